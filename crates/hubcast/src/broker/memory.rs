@@ -1,0 +1,606 @@
+//! The in-memory engine: one node, everything in this process.
+//!
+//! Each room has a log (epoch, latest offset, bounded history, idempotency
+//! window) behind its own mutex; publishing assigns the offset and hands the
+//! publication to the handler while holding that mutex, which is what keeps
+//! delivery in offset order. The locks are `std` mutexes: nothing awaits
+//! while holding one, and the handler only queues frames.
+//!
+//! A room's log is created on first use with a fresh random epoch and is
+//! dropped when it has no subscribers, no history and no idempotency entries
+//! left: a later use starts a new epoch, so clients know their offsets are
+//! void.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, Publication,
+    PublishRequest, PublishResult, Recovery, UserStatus,
+};
+use crate::protocol::{Member, PresenceAction, Status};
+
+/// Room log shards: enough that unrelated rooms rarely share a lock.
+const SHARDS: usize = 64;
+/// Most client `msgId`s remembered per room; past it the oldest are
+/// forgotten early (bounds memory under a flood of unique ids).
+pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it:
+/// the structures here stay consistent between statements.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One shard of room logs.
+type LogShard = Mutex<HashMap<Arc<str>, Arc<Mutex<RoomLog>>>>;
+
+/// The in-memory broker.
+pub struct MemoryBroker {
+    /// Room logs by name, sharded by hash.
+    shards: Box<[LogShard]>,
+    /// Hashes room names to shards.
+    hasher: RandomState,
+    /// Presence and user status.
+    presence: Mutex<PresenceState>,
+    /// Where publications and presence events go.
+    handler: OnceLock<Weak<dyn BrokerHandler>>,
+    /// Messages kept per room.
+    history_size: usize,
+    /// How long messages and msgIds are kept.
+    ttl: Duration,
+    /// Stops the sweeper.
+    cancel: CancellationToken,
+    /// Owns the sweeper task.
+    tasks: TaskTracker,
+}
+
+/// One room's stream.
+struct RoomLog {
+    /// Changes when the log is recreated; offsets restart with it.
+    epoch: Arc<str>,
+    /// Latest offset assigned (0: none yet).
+    top: u64,
+    /// Retained messages, oldest first, with their arrival time.
+    history: VecDeque<(Instant, Arc<Publication>)>,
+    /// Client msgIds seen within the window, with their offset.
+    ids: HashMap<Box<str>, u64>,
+    /// The same ids in arrival order, for expiry.
+    id_order: VecDeque<(Instant, Box<str>)>,
+    /// Nodes subscribed (here: 0 or 1); a subscribed log is never dropped.
+    subscribed: usize,
+}
+
+impl RoomLog {
+    fn new() -> Self {
+        Self {
+            epoch: new_epoch(),
+            top: 0,
+            history: VecDeque::new(),
+            ids: HashMap::new(),
+            id_order: VecDeque::new(),
+            subscribed: 0,
+        }
+    }
+
+    /// Drops what is past its time or over the bounds.
+    fn trim(&mut self, now: Instant, ttl: Duration, size: usize) {
+        while self.history.len() > size {
+            self.history.pop_front();
+        }
+        while self.history.front().is_some_and(|(at, _)| *at + ttl <= now) {
+            self.history.pop_front();
+        }
+        while let Some((at, _)) = self.id_order.front() {
+            if *at + ttl > now && self.id_order.len() <= MAX_IDEMPOTENCY_KEYS {
+                break;
+            }
+            if let Some((_, id)) = self.id_order.pop_front() {
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    /// Oldest offset still held (top + 1 when nothing is).
+    fn oldest(&self) -> u64 {
+        self.history.front().map_or(self.top + 1, |(_, p)| p.offset)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.subscribed == 0 && self.history.is_empty() && self.ids.is_empty()
+    }
+}
+
+/// A fresh epoch tag: 8 random hex digits.
+fn new_epoch() -> Arc<str> {
+    Arc::from(&uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn now_ms() -> i64 {
+    crate::unix_ms()
+}
+
+#[derive(Default)]
+struct PresenceState {
+    /// room → user → the user's presence in it.
+    rooms: HashMap<Arc<str>, HashMap<Arc<str>, RoomMember>>,
+    /// user → status and connections.
+    users: HashMap<Arc<str>, UserState>,
+}
+
+struct RoomMember {
+    name: Arc<str>,
+    /// The user's connections in the room.
+    conns: HashSet<Arc<str>>,
+}
+
+struct UserState {
+    status: Status,
+    connections: u32,
+    /// Rooms the user is present in (for status events).
+    rooms: HashSet<Arc<str>>,
+    /// Unix ms of the last disconnect.
+    last_seen: Option<i64>,
+    /// When the user went offline, for forgetting them later.
+    offline_since: Option<Instant>,
+}
+
+impl MemoryBroker {
+    /// A broker keeping `history_size` messages per room for `ttl`; starts a
+    /// sweeper task that stops on [`Broker::close`].
+    pub fn new(history_size: usize, ttl: Duration) -> Arc<Self> {
+        let broker = Arc::new(Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            presence: Mutex::new(PresenceState::default()),
+            handler: OnceLock::new(),
+            history_size,
+            ttl,
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let weak = Arc::downgrade(&broker);
+        let cancel = broker.cancel.clone();
+        let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        broker.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(b) = weak.upgrade() else { return };
+                b.sweep();
+            }
+        });
+        broker.tasks.close();
+        broker
+    }
+
+    fn shard(&self, room: &str) -> &LogShard {
+        let i = self.hasher.hash_one(room) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    /// The room's log, created if missing.
+    fn log(&self, room: &str) -> Arc<Mutex<RoomLog>> {
+        let mut shard = lock(self.shard(room));
+        if let Some(log) = shard.get(room) {
+            return log.clone();
+        }
+        let log = Arc::new(Mutex::new(RoomLog::new()));
+        shard.insert(Arc::from(room), log.clone());
+        log
+    }
+
+    /// Expires history, msgIds, idle logs and long-offline users.
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.retain(|_, log| {
+                let mut log = lock(log);
+                log.trim(now, self.ttl, self.history_size);
+                !log.is_idle()
+            });
+        }
+        let mut p = lock(&self.presence);
+        let ttl = self.ttl;
+        p.users
+            .retain(|_, u| u.connections > 0 || u.offline_since.is_none_or(|t| t + ttl > now));
+    }
+
+    fn emit(&self, room: &str, event: PresenceEvent) {
+        if let Some(h) = self.handler.get().and_then(Weak::upgrade) {
+            h.on_presence(room, &event);
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn set_handler(&self, handler: Weak<dyn BrokerHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
+        let log = self.log(&req.room);
+        let handler = self.handler.get().and_then(Weak::upgrade);
+        let now = Instant::now();
+        let mut log = lock(&log);
+        log.trim(now, self.ttl, self.history_size);
+        if req.idempotent
+            && let Some(&offset) = log.ids.get(req.msg_id.as_str())
+        {
+            return Ok(PublishResult {
+                offset,
+                epoch: log.epoch.clone(),
+                duplicate: true,
+            });
+        }
+        log.top += 1;
+        let offset = log.top;
+        let publication = Arc::new(Publication {
+            offset,
+            epoch: log.epoch.clone(),
+            skip: req.skip,
+            envelope: req.parts.encode(offset, &log.epoch),
+        });
+        if self.history_size > 0 {
+            log.history.push_back((now, publication.clone()));
+            if log.history.len() > self.history_size {
+                log.history.pop_front();
+            }
+        }
+        if req.idempotent {
+            let id: Box<str> = req.msg_id.into_boxed_str();
+            log.ids.insert(id.clone(), offset);
+            log.id_order.push_back((now, id));
+            if log.id_order.len() > MAX_IDEMPOTENCY_KEYS {
+                log.trim(now, self.ttl, self.history_size);
+            }
+        }
+        let epoch = log.epoch.clone();
+        // Delivered under the room's lock: this is what keeps every
+        // subscriber's stream in offset order.
+        if let Some(h) = handler {
+            h.on_publication(&req.room, &publication);
+        }
+        Ok(PublishResult {
+            offset,
+            epoch,
+            duplicate: false,
+        })
+    }
+
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        lock(&self.log(room)).subscribed += 1;
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
+        let log = self.log(room);
+        let mut log = lock(&log);
+        log.subscribed = log.subscribed.saturating_sub(1);
+        Ok(())
+    }
+
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError> {
+        let log = self.log(room);
+        let mut log = lock(&log);
+        log.trim(Instant::now(), self.ttl, self.history_size);
+        let mut rec = Recovery {
+            top: log.top,
+            epoch: log.epoch.clone(),
+            recovered: false,
+            publications: Vec::new(),
+        };
+        if let Some((since, epoch)) = since {
+            let same_epoch = epoch.is_none_or(|e| *e == *log.epoch);
+            if same_epoch && since <= log.top && log.oldest() <= since + 1 {
+                rec.recovered = true;
+                rec.publications = log
+                    .history
+                    .iter()
+                    .filter(|(_, p)| p.offset > since)
+                    .map(|(_, p)| p.clone())
+                    .collect();
+            }
+        }
+        Ok(rec)
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let log = self.log(room);
+        let mut log = lock(&log);
+        log.trim(Instant::now(), self.ttl, self.history_size);
+        let oldest = log.oldest();
+        let (publications, complete) = match since {
+            Some(since) => (
+                log.history
+                    .iter()
+                    .filter(|(_, p)| p.offset > since)
+                    .take(limit)
+                    .map(|(_, p)| p.clone())
+                    .collect(),
+                oldest <= since.saturating_add(1),
+            ),
+            None => {
+                let skip = log.history.len().saturating_sub(limit);
+                (
+                    log.history.iter().skip(skip).map(|(_, p)| p.clone()).collect(),
+                    oldest <= 1,
+                )
+            }
+        };
+        Ok(HistoryPage {
+            epoch: log.epoch.clone(),
+            publications,
+            complete,
+        })
+    }
+
+    async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut p = lock(&self.presence);
+        let members = p.rooms.entry(Arc::from(room)).or_default();
+        let first = match members.entry(client.user.clone()) {
+            Entry::Occupied(mut e) => {
+                let m = e.get_mut();
+                m.name = client.name.clone();
+                m.conns.insert(client.conn_id.clone()) && m.conns.len() == 1
+            }
+            Entry::Vacant(e) => {
+                e.insert(RoomMember {
+                    name: client.name.clone(),
+                    conns: HashSet::from([client.conn_id.clone()]),
+                });
+                true
+            }
+        };
+        let user = p.users.entry(client.user.clone()).or_insert_with(|| UserState {
+            status: Status::Online,
+            connections: 0,
+            rooms: HashSet::new(),
+            last_seen: None,
+            offline_since: None,
+        });
+        user.rooms.insert(Arc::from(room));
+        let status = user.status;
+        if first {
+            // Emitted under the presence lock so events keep their order.
+            self.emit(
+                room,
+                PresenceEvent {
+                    action: PresenceAction::Join,
+                    user: client.user.clone(),
+                    name: client.name.clone(),
+                    status,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut p = lock(&self.presence);
+        let Some(members) = p.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        let Some(member) = members.get_mut(&client.user) else {
+            return Ok(());
+        };
+        if !member.conns.remove(&client.conn_id) || !member.conns.is_empty() {
+            return Ok(());
+        }
+        let name = member.name.clone();
+        members.remove(&client.user);
+        if members.is_empty() {
+            p.rooms.remove(room);
+        }
+        let status = match p.users.get_mut(&client.user) {
+            Some(u) => {
+                u.rooms.remove(room);
+                u.status
+            }
+            None => Status::Online,
+        };
+        self.emit(
+            room,
+            PresenceEvent {
+                action: PresenceAction::Leave,
+                user: client.user.clone(),
+                name,
+                status,
+            },
+        );
+        Ok(())
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
+        let p = lock(&self.presence);
+        let Some(members) = p.rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let mut list: Vec<Member> = members
+            .iter()
+            .map(|(user, m)| Member {
+                user: user.to_string(),
+                name: m.name.to_string(),
+                status: p.users.get(user).map_or(Status::Online, |u| u.status),
+                connections: m.conns.len() as u32,
+            })
+            .collect();
+        list.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(list)
+    }
+
+    async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut p = lock(&self.presence);
+        let user = p.users.entry(client.user.clone()).or_insert_with(|| UserState {
+            status: Status::Online,
+            connections: 0,
+            rooms: HashSet::new(),
+            last_seen: None,
+            offline_since: None,
+        });
+        if user.connections == 0 {
+            user.status = Status::Online;
+        }
+        user.connections += 1;
+        user.offline_since = None;
+        Ok(())
+    }
+
+    async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut p = lock(&self.presence);
+        if let Some(user) = p.users.get_mut(&client.user) {
+            user.connections = user.connections.saturating_sub(1);
+            if user.connections == 0 {
+                user.status = Status::Offline;
+                user.last_seen = Some(now_ms());
+                user.offline_since = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {
+        let mut p = lock(&self.presence);
+        let Some(state) = p.users.get_mut(user) else {
+            return Ok(());
+        };
+        if state.status == status {
+            return Ok(());
+        }
+        state.status = status;
+        let rooms: Vec<Arc<str>> = state.rooms.iter().cloned().collect();
+        let user: Arc<str> = Arc::from(user);
+        for room in rooms {
+            let name = p
+                .rooms
+                .get(&room)
+                .and_then(|m| m.get(&user))
+                .map_or_else(|| user.clone(), |m| m.name.clone());
+            self.emit(
+                &room,
+                PresenceEvent {
+                    action: PresenceAction::Status,
+                    user: user.clone(),
+                    name,
+                    status,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
+        let p = lock(&self.presence);
+        Ok(match p.users.get(user) {
+            Some(u) if u.connections > 0 => UserStatus {
+                status: u.status,
+                connections: u.connections,
+                last_seen: None,
+            },
+            Some(u) => UserStatus {
+                status: Status::Offline,
+                connections: 0,
+                last_seen: u.last_seen,
+            },
+            None => UserStatus {
+                status: Status::Offline,
+                connections: 0,
+                last_seen: None,
+            },
+        })
+    }
+
+    async fn ready(&self) -> bool {
+        true
+    }
+
+    async fn close(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::EnvelopeParts;
+
+    fn req(room: &str, msg_id: &str, idempotent: bool) -> PublishRequest {
+        PublishRequest {
+            room: Arc::from(room),
+            msg_id: msg_id.into(),
+            idempotent,
+            parts: EnvelopeParts::new(room, msg_id, 1, "e", "u", "1"),
+            skip: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn offsets_history_idempotency_and_expiry() {
+        let b = MemoryBroker::new(3, Duration::from_secs(10));
+        let r1 = b.publish(req("r", "a", true)).await.unwrap();
+        let r2 = b.publish(req("r", "b", false)).await.unwrap();
+        assert_eq!((r1.offset, r2.offset), (1, 2));
+        let dup = b.publish(req("r", "a", true)).await.unwrap();
+        assert!(dup.duplicate);
+        assert_eq!(dup.offset, 1);
+        for i in 0..3 {
+            b.publish(req("r", &format!("x{i}"), false)).await.unwrap();
+        }
+        // history_size 3: offsets 3..=5 remain.
+        let page = b.history("r", None, 100).await.unwrap();
+        let offs: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offs, vec![3, 4, 5]);
+        assert!(!page.complete);
+        let rec = b.recover("r", Some((2, Some(&*r1.epoch)))).await.unwrap();
+        assert!(rec.recovered);
+        assert_eq!(rec.publications.len(), 3);
+        let rec = b.recover("r", Some((1, None))).await.unwrap();
+        assert!(!rec.recovered, "offset 2 was trimmed");
+        let rec = b.recover("r", Some((5, Some("other")))).await.unwrap();
+        assert!(!rec.recovered, "epoch mismatch");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let page = b.history("r", Some(0), 100).await.unwrap();
+        assert!(page.publications.is_empty());
+        let again = b.publish(req("r", "a", true)).await.unwrap();
+        assert!(!again.duplicate, "msgId window expired");
+        b.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_room_gets_a_new_epoch() {
+        let b = MemoryBroker::new(10, Duration::from_secs(1));
+        let e1 = b.publish(req("r", "a", false)).await.unwrap().epoch;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let r = b.publish(req("r", "b", false)).await.unwrap();
+        assert_ne!(e1, r.epoch);
+        assert_eq!(r.offset, 1);
+        b.close().await;
+    }
+}

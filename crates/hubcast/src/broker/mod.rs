@@ -1,0 +1,219 @@
+//! The broker: where offsets, history, idempotency and presence live.
+//!
+//! [`Broker`] is the seam between connection handling (the same on every
+//! node) and the engine that makes rooms consistent: the in-memory engine for
+//! one node ([`memory::MemoryBroker`]), Redis and NATS engines for many. The
+//! trait carries no transport types: a publication is an offset, an epoch and
+//! the already encoded envelope bytes.
+//!
+//! Contract every engine keeps:
+//! - `publish` assigns the room's next offset atomically, once per `msgId`
+//!   when the publisher supplied one (`idempotent`), stores the message in the
+//!   room's bounded history, and hands it to the node's [`BrokerHandler`] on
+//!   every node subscribed to the room.
+//! - The handler sees each room's publications in offset order, with no gap
+//!   and no duplicate, as long as the node is subscribed ([`Broker::subscribe`]
+//!   completes before the node reads the room's position).
+//! - Presence changes are reported to the handler as events for the room.
+
+pub mod memory;
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::protocol::{EnvelopeParts, Member, PresenceAction, Status};
+
+/// A connection's node-local key: cheap to compare on the fan-out path.
+pub type ConnKey = u64;
+
+/// A message to publish into a room.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// Target room.
+    pub room: Arc<str>,
+    /// The message id: the publisher's, or a fresh UUIDv7.
+    pub msg_id: String,
+    /// Whether `msg_id` came from the publisher and must be deduplicated.
+    pub idempotent: bool,
+    /// Envelope fields known before the offset is assigned, pre-encoded.
+    pub parts: EnvelopeParts,
+    /// A local connection not to deliver to (the publisher, when `echo` is
+    /// false).
+    pub skip: Option<ConnKey>,
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishResult {
+    /// The message's offset (the original one for a duplicate).
+    pub offset: u64,
+    /// The room's epoch.
+    pub epoch: Arc<str>,
+    /// The `msgId` was already published in this room within the window.
+    pub duplicate: bool,
+}
+
+/// A message as stored and delivered.
+#[derive(Debug)]
+pub struct Publication {
+    /// Position in the room's stream.
+    pub offset: u64,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// A local connection that must not receive it (echo off).
+    pub skip: Option<ConnKey>,
+    /// The encoded `message` envelope, shared by every recipient.
+    pub envelope: Bytes,
+}
+
+/// A room's current position plus, when asked, what a client missed.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Latest offset in the room (0 when empty).
+    pub top: u64,
+    /// The room's epoch.
+    pub epoch: Arc<str>,
+    /// Whether every message after `since` could be returned.
+    pub recovered: bool,
+    /// Messages after `since`, oldest first (empty when not recovered).
+    pub publications: Vec<Arc<Publication>>,
+}
+
+/// A page of history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The room's epoch.
+    pub epoch: Arc<str>,
+    /// Messages, oldest first.
+    pub publications: Vec<Arc<Publication>>,
+    /// False when messages older than the first returned one (and after
+    /// `since`) were trimmed away.
+    pub complete: bool,
+}
+
+/// Who a connection is, for presence and status.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Globally unique connection id.
+    pub conn_id: Arc<str>,
+    /// User id.
+    pub user: Arc<str>,
+    /// Display name.
+    pub name: Arc<str>,
+}
+
+/// A presence change in a room.
+#[derive(Debug, Clone)]
+pub struct PresenceEvent {
+    /// join, leave or status.
+    pub action: PresenceAction,
+    /// The user concerned.
+    pub user: Arc<str>,
+    /// Their display name.
+    pub name: Arc<str>,
+    /// Their status after the change.
+    pub status: Status,
+}
+
+/// A user's status across all their connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserStatus {
+    /// online, away, busy, or offline when no connection is open.
+    pub status: Status,
+    /// Open connections.
+    pub connections: u32,
+    /// Unix ms of the last disconnect, when offline.
+    pub last_seen: Option<i64>,
+}
+
+/// A broker failure, as seen by clients.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The engine cannot serve now (e.g. Redis down): retry later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a broken invariant.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+/// Where an engine delivers what happens in rooms this node subscribed to.
+/// Called without awaiting; implementations must not block.
+pub trait BrokerHandler: Send + Sync + 'static {
+    /// A new message, in offset order per room.
+    fn on_publication(&self, room: &str, publication: &Arc<Publication>);
+    /// A presence change.
+    fn on_presence(&self, room: &str, event: &PresenceEvent);
+}
+
+/// A messaging engine. See the module documentation for its contract.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Short engine name for logs (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// Sets where publications and presence events go. Called once, before
+    /// any other method.
+    fn set_handler(&self, handler: Weak<dyn BrokerHandler>);
+
+    /// Publishes a message (see the contract above).
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError>;
+
+    /// Starts delivering the room's publications to this node's handler.
+    /// Called when the node's first member joins the room.
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;
+
+    /// Stops delivering the room to this node. Called after its last member
+    /// left.
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError>;
+
+    /// The room's position and, with `since`, the messages after it when the
+    /// epoch matches (`epoch: None` means "the current one") and history still
+    /// holds all of them.
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError>;
+
+    /// Up to `limit` messages after `since`, oldest first; without `since`
+    /// the latest `limit` messages.
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Adds a connection to a room's presence; reports a `join` event when it
+    /// is the user's first connection there.
+    async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Removes a connection from a room's presence; reports a `leave` event
+    /// when it was the user's last connection there.
+    async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// The room's members, one entry per user.
+    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError>;
+
+    /// Registers an open connection for its user's status.
+    async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Unregisters a closed connection.
+    async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Sets a user's status and reports a `status` event in each room the
+    /// user is present in.
+    async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError>;
+
+    /// A user's status.
+    async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError>;
+
+    /// Whether the engine can serve requests now.
+    async fn ready(&self) -> bool;
+
+    /// Stops the engine's background tasks.
+    async fn close(&self);
+}

@@ -1,0 +1,317 @@
+//! Every setting, its default, and validation that names the key.
+//!
+//! Settings are layered, later layers winning: built-in defaults, the TOML
+//! file given with `--config`, `HUBCAST_*` environment variables, then
+//! command-line flags. Clap reads a flag and its variable together (a flag
+//! beats its variable), so the layers are: defaults < file < (env, flags).
+//! TOML keys are the flag names with underscores (`max_message_bytes`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The server's settings after all layers are merged and validated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP and WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// Seconds between WebSocket pings; a connection silent for
+    /// `2 * heartbeat + 5` seconds is closed with 4002.
+    pub heartbeat: u64,
+    /// Largest incoming frame in bytes; larger frames close with 1009.
+    pub max_message_bytes: usize,
+    /// Messages kept per room for recovery and `history`.
+    pub history_size: usize,
+    /// Seconds a message stays in a room's history (and its `msgId` in the
+    /// idempotency window).
+    pub history_ttl: u64,
+    /// Outbound frames queued per connection before it is closed as a slow
+    /// consumer (4000).
+    pub queue_size: usize,
+    /// Rooms one connection may join (its personal room not counted).
+    pub max_rooms_per_conn: usize,
+    /// Browser origins allowed besides the request's own host. Exact origins
+    /// (`https://app.example.com`), host patterns (`*.example.com`, any
+    /// scheme) or `*`. Empty: the request's own host and loopback origins.
+    pub allowed_origins: Vec<String>,
+    /// This node's name in `welcome` and logs. Empty: a random `n-xxxxxxxx`.
+    pub node_id: String,
+    /// `text` for people, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// Seconds shutdown waits for connections to close before exiting anyway.
+    pub shutdown_timeout: u64,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            heartbeat: 25,
+            max_message_bytes: 65536,
+            history_size: 1000,
+            history_ttl: 600,
+            queue_size: 1024,
+            max_rooms_per_conn: 100,
+            allowed_origins: Vec::new(),
+            node_id: String::new(),
+            log_format: LogFormat::Text,
+            shutdown_timeout: 5,
+        }
+    }
+}
+
+/// `hubcast serve` flags. Every field is optional so that an absent flag
+/// (and absent variable) leaves the file's or the default value in place.
+/// The defaults in the help texts are checked against [`Config::default`]
+/// by a unit test.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct ServeArgs {
+    /// TOML file with settings (keys are the flag names with underscores).
+    #[arg(long, env = "HUBCAST_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "HUBCAST_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Seconds between WebSocket pings; silence for 2*heartbeat+5 s closes with 4002 [default: 25]
+    #[arg(long, env = "HUBCAST_HEARTBEAT", value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<u64>,
+    /// Largest incoming frame in bytes; larger ones close with 1009 [default: 65536]
+    #[arg(long, env = "HUBCAST_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<usize>,
+    /// Messages kept per room for recovery and history [default: 1000]
+    #[arg(long, env = "HUBCAST_HISTORY_SIZE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<usize>,
+    /// Seconds a message stays in history and its msgId in the idempotency window [default: 600]
+    #[arg(long, env = "HUBCAST_HISTORY_TTL", value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_ttl: Option<u64>,
+    /// Outbound frames queued per connection before a slow-consumer close (4000) [default: 1024]
+    #[arg(long, env = "HUBCAST_QUEUE_SIZE", value_name = "FRAMES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<usize>,
+    /// Rooms one connection may join, its personal room not counted [default: 100]
+    #[arg(long, env = "HUBCAST_MAX_ROOMS_PER_CONN", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rooms_per_conn: Option<usize>,
+    /// Browser origins allowed besides the request's own host: exact origins, *.example.com patterns or * (comma-separated) [default: loopback origins]
+    #[arg(long, env = "HUBCAST_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<Vec<String>>,
+    /// This node's name in welcome frames and logs [default: random n-xxxxxxxx]
+    #[arg(long, env = "HUBCAST_NODE_ID", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "HUBCAST_LOG_FORMAT", value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Seconds shutdown waits for connections to close [default: 5]
+    #[arg(long, env = "HUBCAST_SHUTDOWN_TIMEOUT", value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// A setting that cannot be used, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or a value could not be read as the key's type.
+    #[error("config: {0}")]
+    Parse(String),
+    /// A value was read but is out of range.
+    #[error("config: {key}: {message}")]
+    Invalid {
+        /// The TOML key (flag name with underscores).
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Merges defaults, the optional TOML file and the flags/variables, then
+    /// validates the result.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &args.config {
+            if !path.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Serialized::defaults(args));
+        let mut cfg: Config = fig.extract().map_err(|e| {
+            // figment prefixes keys with the profile ("default."); users never
+            // see profiles, so drop it.
+            ConfigError::Parse(e.to_string().replace("default.", ""))
+        })?;
+        cfg.validate()?;
+        if cfg.node_id.is_empty() {
+            cfg.node_id = format!("n-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        }
+        Ok(cfg)
+    }
+
+    /// Range checks, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        if !(1..=3600).contains(&self.heartbeat) {
+            return bad("heartbeat", "must be between 1 and 3600 seconds");
+        }
+        if !(256..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return bad("max_message_bytes", "must be between 256 and 67108864 bytes");
+        }
+        if self.history_size > 1_000_000 {
+            return bad("history_size", "must be at most 1000000 messages");
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.history_ttl) {
+            return bad("history_ttl", "must be between 1 second and 7 days");
+        }
+        if !(16..=1_000_000).contains(&self.queue_size) {
+            return bad("queue_size", "must be between 16 and 1000000 frames");
+        }
+        if !(1..=100_000).contains(&self.max_rooms_per_conn) {
+            return bad("max_rooms_per_conn", "must be between 1 and 100000");
+        }
+        for origin in &self.allowed_origins {
+            if let Err(message) = crate::http::origin::check_pattern(origin) {
+                return bad("allowed_origins", format!("{origin:?}: {message}"));
+            }
+        }
+        if self.node_id.len() > 64 || self.node_id.chars().any(|c| c.is_control() || c == ' ') {
+            return bad(
+                "node_id",
+                "must be at most 64 characters, without spaces or control characters",
+            );
+        }
+        if !(1..=600).contains(&self.shutdown_timeout) {
+            return bad("shutdown_timeout", "must be between 1 and 600 seconds");
+        }
+        Ok(())
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat)
+    }
+
+    /// Silence after which a connection is closed with 4002.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(2 * self.heartbeat + 5)
+    }
+
+    /// How long history and idempotency entries live.
+    pub fn history_ttl(&self) -> Duration {
+        Duration::from_secs(self.history_ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        let mut v = vec!["hubcast"];
+        v.extend_from_slice(argv);
+        Cli::try_parse_from(v).expect("flags parse").serve
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let cfg = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.heartbeat, 25);
+        assert!(cfg.node_id.starts_with("n-"));
+    }
+
+    #[test]
+    fn help_documents_each_default() {
+        let help = Cli::command().render_long_help().to_string();
+        let d = Config::default();
+        for (flag, default) in [
+            ("--listen", d.listen.to_string()),
+            ("--heartbeat", d.heartbeat.to_string()),
+            ("--max-message-bytes", d.max_message_bytes.to_string()),
+            ("--history-size", d.history_size.to_string()),
+            ("--history-ttl", d.history_ttl.to_string()),
+            ("--queue-size", d.queue_size.to_string()),
+            ("--max-rooms-per-conn", d.max_rooms_per_conn.to_string()),
+            ("--log-format", "text".to_string()),
+            ("--shutdown-timeout", d.shutdown_timeout.to_string()),
+        ] {
+            let at = help.find(flag).unwrap_or_else(|| panic!("{flag} not in help"));
+            let next = help[at..].find("\n  -").map_or(help.len(), |n| at + n);
+            assert!(
+                help[at..next].contains(&format!("[default: {default}]")),
+                "{flag} help does not say [default: {default}]: {}",
+                &help[at..next]
+            );
+        }
+        assert!(help.contains("HUBCAST_LISTEN"));
+    }
+
+    #[test]
+    fn file_then_flags_win() {
+        let dir = std::env::temp_dir().join(format!("hubcast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.toml");
+        std::fs::write(&file, "heartbeat = 7\nmax_message_bytes = 4096\nallowed_origins = [\"https://a.example\"]\n").unwrap();
+        let cfg = Config::load(&args(&["--config", file.to_str().unwrap(), "--heartbeat", "9"])).unwrap();
+        assert_eq!(cfg.heartbeat, 9, "flag beats file");
+        assert_eq!(cfg.max_message_bytes, 4096, "file beats default");
+        assert_eq!(cfg.allowed_origins, vec!["https://a.example".to_string()]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("hubcast-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("b.toml");
+        std::fs::write(&file, "heartbeat = \"soon\"\n").unwrap();
+        let err = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(err.contains("heartbeat"), "{err}");
+        std::fs::write(&file, "hearbeat = 3\n").unwrap();
+        let err = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(err.contains("hearbeat"), "unknown key named: {err}");
+        let err = Config::load(&args(&["--queue-size", "1"])).unwrap_err().to_string();
+        assert!(err.contains("queue_size"), "{err}");
+        let err = Config::load(&args(&["--allowed-origins", "ftp://x/y"])).unwrap_err().to_string();
+        assert!(err.contains("allowed_origins"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

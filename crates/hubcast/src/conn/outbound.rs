@@ -1,0 +1,183 @@
+//! A connection's bounded outbound queue.
+//!
+//! Every frame for a connection (replies, messages, presence events) goes
+//! through this queue, so one writer orders them. Pushing never blocks and
+//! never drops silently: a push into a full queue marks the connection for a
+//! slow-consumer close (4000), and nothing is queued after that. The writer
+//! takes the whole queue at once and writes it as one batch; an idle
+//! connection holds no buffer (an empty `VecDeque` does not allocate).
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::protocol::close;
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code (PROTOCOL.md section 4).
+    pub code: u16,
+    /// Short reason sent in the close frame and logged.
+    pub reason: &'static str,
+}
+
+/// The queue and its wake-up signal.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Frames waiting for the writer, and the close decision once made.
+    state: Mutex<State>,
+    /// Wakes the writer when frames or a close arrive.
+    notify: Notify,
+    /// Queued frames allowed before the slow-consumer close.
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    close: Option<CloseReason>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// The queue was full: the connection is now closing with 4000.
+    Overflow,
+    /// The connection is already closing; the frame was not queued (the
+    /// client recovers what it missed after reconnecting).
+    Closing,
+}
+
+impl Outbound {
+    /// An empty queue holding at most `cap` frames.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding this lock; recover anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues one frame, or starts the slow-consumer close when full.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Pushed::Closing;
+        }
+        if s.frames.len() >= self.cap {
+            s.frames.clear();
+            s.close = Some(CloseReason {
+                code: close::SLOW_CONSUMER,
+                reason: "slow consumer: outbound queue full",
+            });
+            drop(s);
+            self.notify.notify_one();
+            return Pushed::Overflow;
+        }
+        let wake = s.frames.is_empty();
+        s.frames.push_back(frame);
+        drop(s);
+        if wake {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Queues frames that must stay together (a `joined` reply and the
+    /// recovered messages). Their number is bounded by the history size, so
+    /// they may go past the cap; the next single push then decides.
+    pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Pushed {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Pushed::Closing;
+        }
+        let wake = s.frames.is_empty();
+        s.frames.extend(frames);
+        drop(s);
+        if wake {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Decides to close the connection (the first reason wins).
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(CloseReason { code, reason });
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// The close decision, if one was made.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.lock().close
+    }
+
+    /// Takes every queued frame and the close decision.
+    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<CloseReason> {
+        let mut s = self.lock();
+        if into.is_empty() {
+            std::mem::swap(into, &mut s.frames);
+        } else {
+            into.extend(s.frames.drain(..));
+        }
+        s.close
+    }
+
+    /// Frames waiting now.
+    pub fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until something was pushed or a close decided since the last
+    /// wake-up (a notification sent while nobody waits is kept).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_and_never_queues_after() {
+        let q = Outbound::new(2);
+        assert_eq!(q.push(Bytes::from_static(b"1")), Pushed::Queued);
+        assert_eq!(q.push(Bytes::from_static(b"2")), Pushed::Queued);
+        assert_eq!(q.push(Bytes::from_static(b"3")), Pushed::Overflow);
+        assert_eq!(q.closing().map(|c| c.code), Some(4000));
+        assert_eq!(q.push(Bytes::from_static(b"4")), Pushed::Closing);
+        let mut out = VecDeque::new();
+        assert!(q.take(&mut out).is_some());
+        assert!(out.is_empty(), "a slow consumer gets its close, not a partial stream");
+    }
+
+    #[test]
+    fn take_moves_everything() {
+        let q = Outbound::new(8);
+        q.push(Bytes::from_static(b"a"));
+        q.push_all([Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        let mut out = VecDeque::new();
+        assert!(q.take(&mut out).is_none());
+        assert_eq!(out.len(), 3);
+        assert!(q.is_empty());
+    }
+}

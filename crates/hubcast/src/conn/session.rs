@@ -1,0 +1,312 @@
+//! One connection's protocol state: the rooms it joined, and what each
+//! client frame does (PROTOCOL.md section 2). Frames are handled one at a
+//! time, in arrival order; every reply goes through the connection's
+//! outbound queue so it is ordered with the messages around it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::Conn;
+use crate::App;
+use crate::broker::{BrokerError, ClientInfo, PublishRequest};
+use crate::hub::Subscriber;
+use crate::protocol::{self, ClientFrame, EnvelopeParts, ErrorCode, FrameError, out};
+
+/// A connection's protocol state.
+pub struct Session {
+    app: Arc<App>,
+    conn: Arc<Conn>,
+    /// The same connection, as the hub holds it.
+    sub: Arc<dyn Subscriber>,
+    /// Who this is, for presence.
+    info: ClientInfo,
+    /// `@user`, always subscribed.
+    personal: Arc<str>,
+    /// Rooms joined with `join` (the personal room only if joined so).
+    rooms: HashSet<Arc<str>>,
+}
+
+/// A failed request: the `error` frame to send.
+struct Reject {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Reject {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<BrokerError> for Reject {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable(m) => Reject::new(ErrorCode::Unavailable, m),
+            BrokerError::Internal(m) => {
+                tracing::error!(error = %m, "broker error");
+                Reject::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Registers the connection with the broker and subscribes it to its
+    /// personal room.
+    pub async fn open(app: Arc<App>, conn: Arc<Conn>) -> Result<Session, BrokerError> {
+        let info = ClientInfo {
+            conn_id: conn.id.clone(),
+            user: conn.user.clone(),
+            name: conn.name.clone(),
+        };
+        let personal: Arc<str> = Arc::from(protocol::personal_room(&conn.user));
+        let sub: Arc<dyn Subscriber> = conn.clone();
+        app.broker.connect(&info).await?;
+        let start = app.hub.begin_join(&sub, &personal, false);
+        match app.hub.recover(&start, &personal, None).await {
+            Ok(rec) => app.hub.finish_join(&sub, &personal, None, &rec, None),
+            Err(e) => {
+                app.hub.abort_join(&sub, &personal, &start).await;
+                let _ = app.broker.disconnect(&info).await;
+                return Err(e);
+            }
+        }
+        Ok(Session {
+            app,
+            conn,
+            sub,
+            info,
+            personal,
+            rooms: HashSet::new(),
+        })
+    }
+
+    fn push(&self, frame: Bytes) {
+        self.conn.out.push(frame);
+    }
+
+    fn push_error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
+        self.push(protocol::error_frame(id, code, message));
+    }
+
+    /// A binary frame: answered with an error, otherwise ignored.
+    pub fn on_binary(&self) {
+        self.push_error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
+    }
+
+    /// Handles one text frame.
+    pub async fn on_text(&mut self, text: &[u8]) {
+        let (id, frame) = match protocol::parse_client_frame(text) {
+            Ok(parsed) => parsed,
+            Err(FrameError { id, code, message }) => {
+                self.push_error(id.as_deref(), code, &message);
+                return;
+            }
+        };
+        let id = id.as_deref();
+        if let Err(r) = self.dispatch(id, frame).await {
+            self.push_error(id, r.code, &r.message);
+        }
+    }
+
+    async fn dispatch(&mut self, id: Option<&RawValue>, frame: ClientFrame<'_>) -> Result<(), Reject> {
+        match frame {
+            ClientFrame::Join { room, since, epoch } => {
+                let since = since.map(|s| (s, epoch.as_deref()));
+                self.join(id, &room, since).await
+            }
+            ClientFrame::Leave { room } => self.leave(id, &room).await,
+            ClientFrame::Publish {
+                room,
+                event,
+                data,
+                msg_id,
+                echo,
+            } => {
+                self.check_personal(&room, "publish to")?;
+                self.publish(id, &room, &event, data, msg_id.as_deref(), echo).await
+            }
+            ClientFrame::Send {
+                to,
+                event,
+                data,
+                msg_id,
+            } => {
+                let room = protocol::personal_room(&to);
+                self.publish(id, &room, &event, data, msg_id.as_deref(), false).await
+            }
+            ClientFrame::Presence { room } => {
+                self.check_personal(&room, "see presence of")?;
+                let members = if protocol::is_personal(&room) {
+                    Vec::new()
+                } else {
+                    self.app.broker.presence(&room).await?
+                };
+                self.push(protocol::encode(&out::PresenceReply {
+                    ty: "presence",
+                    id,
+                    room: &room,
+                    members: &members,
+                }));
+                Ok(())
+            }
+            ClientFrame::History { room, since, limit } => {
+                self.check_personal(&room, "read history of")?;
+                let page = self.app.broker.history(&room, since, limit).await?;
+                self.push(protocol::encode(&out::History {
+                    ty: "history",
+                    id,
+                    room: &room,
+                    epoch: &page.epoch,
+                    messages: page.publications.iter().map(|p| protocol::as_raw(&p.envelope)).collect(),
+                    complete: page.complete,
+                }));
+                Ok(())
+            }
+            ClientFrame::Status { status } => {
+                self.app.broker.set_status(&self.conn.user, status).await?;
+                self.push(protocol::encode(&out::Ok { ty: "ok", id }));
+                Ok(())
+            }
+            ClientFrame::Ping => {
+                self.push(protocol::encode(&out::Pong {
+                    ty: "pong",
+                    id,
+                    timestamp: crate::unix_ms(),
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    /// Personal rooms are their owner's only.
+    fn check_personal(&self, room: &str, what: &str) -> Result<(), Reject> {
+        if protocol::is_personal(room) && *room != *self.personal {
+            return Err(Reject::new(
+                ErrorCode::Forbidden,
+                format!("cannot {what} {room}: personal rooms belong to their user"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn join(&mut self, id: Option<&RawValue>, room: &str, since: Option<(u64, Option<&str>)>) -> Result<(), Reject> {
+        self.check_personal(room, "join")?;
+        let personal = protocol::is_personal(room);
+        let already = self.rooms.contains(room);
+        if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {
+            return Err(Reject::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may join at most {} rooms", self.app.config.max_rooms_per_conn),
+            ));
+        }
+        let hub = &self.app.hub;
+        let start = hub.begin_join(&self.sub, room, true);
+        let prepared = async {
+            let rec = hub.recover(&start, room, since).await?;
+            if !personal && !already {
+                self.app.broker.presence_join(room, &self.info).await?;
+            }
+            let members = if personal { Vec::new() } else { self.app.broker.presence(room).await? };
+            Ok::<_, BrokerError>((rec, members))
+        }
+        .await;
+        let (rec, members) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                hub.abort_join(&self.sub, room, &start).await;
+                return Err(e.into());
+            }
+        };
+        let reply = protocol::encode(&out::Joined {
+            ty: "joined",
+            id,
+            room,
+            offset: rec.top,
+            epoch: &rec.epoch,
+            recovered: since.map(|_| rec.recovered),
+            members: &members,
+        });
+        hub.finish_join(&self.sub, room, since.map(|(s, _)| s), &rec, Some(reply));
+        self.rooms.insert(Arc::from(room));
+        Ok(())
+    }
+
+    /// Explicitly joined rooms, the personal room not counted.
+    fn joined_count(&self) -> usize {
+        self.rooms.len() - usize::from(self.rooms.contains(&self.personal))
+    }
+
+    async fn leave(&mut self, id: Option<&RawValue>, room: &str) -> Result<(), Reject> {
+        if !self.rooms.remove(room) {
+            return Err(Reject::new(ErrorCode::NotJoined, format!("not joined to {room}")));
+        }
+        self.app.hub.leave(&*self.conn, room, true).await;
+        self.push(protocol::encode(&out::Left { ty: "left", id, room }));
+        if !protocol::is_personal(room) {
+            self.app.broker.presence_leave(room, &self.info).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        id: Option<&RawValue>,
+        room: &str,
+        event: &str,
+        data: &RawValue,
+        msg_id: Option<&str>,
+        echo: bool,
+    ) -> Result<(), Reject> {
+        let (msg_id, idempotent) = match msg_id {
+            Some(m) => (m.to_owned(), true),
+            None => (uuid::Uuid::now_v7().to_string(), false),
+        };
+        let parts = EnvelopeParts::new(room, &msg_id, crate::unix_ms(), event, &self.conn.user, data.get());
+        let result = self
+            .app
+            .broker
+            .publish(PublishRequest {
+                room: Arc::from(room),
+                msg_id: msg_id.clone(),
+                idempotent,
+                parts,
+                skip: (!echo).then_some(self.conn.key),
+            })
+            .await?;
+        self.push(protocol::encode(&out::Ack {
+            ty: "ack",
+            id,
+            msg_id: &msg_id,
+            room,
+            offset: result.offset,
+            epoch: &result.epoch,
+            duplicate: result.duplicate,
+        }));
+        Ok(())
+    }
+
+    /// Leaves every room (reporting presence), drops the personal-room
+    /// subscription and unregisters the connection.
+    pub async fn close(self) {
+        let hub = &self.app.hub;
+        for room in &self.rooms {
+            hub.leave(&*self.conn, room, false).await;
+            if !protocol::is_personal(room)
+                && let Err(e) = self.app.broker.presence_leave(room, &self.info).await
+            {
+                tracing::warn!(conn = %self.conn.id, room = %room, error = %e, "presence leave failed");
+            }
+        }
+        hub.leave(&*self.conn, &self.personal, false).await;
+        if let Err(e) = self.app.broker.disconnect(&self.info).await {
+            tracing::warn!(conn = %self.conn.id, error = %e, "broker disconnect failed");
+        }
+    }
+}

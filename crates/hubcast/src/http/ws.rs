@@ -1,0 +1,170 @@
+//! `GET /ws`: checks the handshake (PROTOCOL.md section 1), answers 101 and
+//! hands the upgraded stream to [`crate::conn::serve`].
+//!
+//! The upgrade is done here rather than by a WebSocket crate's axum
+//! integration because tokio-websockets takes over an already upgraded
+//! stream; a refused handshake is always an HTTP error with a JSON body.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hyper_util::rt::TokioIo;
+use tokio_websockets::{Limits, ServerBuilder};
+
+use super::error::HttpError;
+use super::origin;
+use crate::App;
+use crate::conn::outbound::Outbound;
+use crate::conn::{self, Conn};
+use crate::protocol::{self, ErrorCode};
+
+/// RFC 6455 key suffix for `Sec-WebSocket-Accept`.
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `Sec-WebSocket-Accept` for a client key.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(GUID.as_bytes());
+    BASE64.encode(sha.digest().bytes())
+}
+
+/// The upgrade handler.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Result<Response, HttpError> {
+    if app.shutdown.is_cancelled() {
+        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
+    }
+    let headers = req.headers();
+    if !has_token(headers, header::UPGRADE, "websocket") || !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "GET /ws expects a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+        ));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        let mut resp = HttpError::new(ErrorCode::BadRequest, "unsupported WebSocket version; use 13")
+            .with_status(StatusCode::UPGRADE_REQUIRED)
+            .into_response();
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Ok(resp);
+    }
+    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) if BASE64.decode(k.as_bytes()).is_ok_and(|d| d.len() == 16) => k.as_bytes().to_vec(),
+        _ => {
+            return Err(HttpError::new(
+                ErrorCode::BadRequest,
+                "missing or invalid Sec-WebSocket-Key",
+            ));
+        }
+    };
+    if let Some(o) = headers.get(header::ORIGIN) {
+        let o = o.to_str().unwrap_or("null");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin::allowed(o, host, &app.config.allowed_origins) {
+            tracing::info!(origin = o, remote = %remote, "handshake refused: origin not allowed");
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!("origin {o} is not allowed (see allowed_origins)"),
+            ));
+        }
+    }
+    let subprotocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == protocol::SUBPROTOCOL);
+    let query: Query<HashMap<String, String>> = Query::try_from_uri(req.uri())
+        .map_err(|e| HttpError::new(ErrorCode::BadRequest, format!("bad query string: {e}")))?;
+    let name = match query.get("name") {
+        Some(n) => {
+            let n = n.trim();
+            if n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control) {
+                return Err(HttpError::new(
+                    ErrorCode::BadRequest,
+                    "name must be 1 to 64 characters without control characters",
+                ));
+            }
+            Some(n.to_string())
+        }
+        None => None,
+    };
+
+    let key_n = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let conn_id = format!("c-{}", uuid::Uuid::now_v7());
+    let user = format!("anon-{conn_id}");
+    let conn = Arc::new(Conn {
+        key: key_n,
+        id: Arc::from(conn_id.as_str()),
+        name: Arc::from(name.as_deref().unwrap_or(&user)),
+        user: Arc::from(user),
+        out: Outbound::new(app.config.queue_size),
+    });
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_app = app.clone();
+    app.tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(remote = %remote, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let ws = ServerBuilder::new()
+            .limits(Limits::default().max_payload_len(Some(task_app.config.max_message_bytes)))
+            // The writer flushes once per batch itself; never flush early.
+            .config(tokio_websockets::Config::default().flush_threshold(usize::MAX))
+            .serve(TokioIo::new(upgraded));
+        task_app.open_connections.fetch_add(1, Ordering::Relaxed);
+        conn::serve(task_app.clone(), ws, conn, remote).await;
+        task_app.open_connections.fetch_sub(1, Ordering::Relaxed);
+    });
+
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept_key(&key)).map_err(|_| HttpError::new(ErrorCode::Internal, "bad accept key"))?,
+    );
+    if subprotocol {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol::SUBPROTOCOL),
+        );
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 section 1.3.
+        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+}

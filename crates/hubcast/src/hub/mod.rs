@@ -1,0 +1,400 @@
+//! The node-local side of rooms: which local connections are in which room,
+//! and fan-out of what the broker delivers to them.
+//!
+//! Rooms are sharded by name, each shard behind a `std` mutex that is never
+//! held across an `.await`. Fan-out pushes the shared envelope bytes into each
+//! subscriber's bounded queue; it never writes to a socket, so a slow client
+//! cannot hold anyone up.
+//!
+//! Joining is where the no-gap, no-duplicate promise is kept. A joining
+//! connection is first added in *buffering* mode, so every publication from
+//! then on is kept for it; only then does the hub ask the broker for the
+//! room's position and the missed messages. It queues `joined`, the missed
+//! messages, then the buffered ones that are newer than anything already sent,
+//! and switches the subscription to live, all under the shard lock. Each
+//! subscription also remembers which offsets it delivered, so joining a room
+//! the connection is already in (its personal room, say) never repeats one.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::OnceCell;
+
+use crate::broker::{Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery};
+use crate::conn::outbound::{Outbound, Pushed};
+use crate::protocol::{self, out};
+
+const SHARDS: usize = 64;
+
+/// A local connection as the hub sees it.
+pub trait Subscriber: Send + Sync + 'static {
+    /// Node-local key.
+    fn key(&self) -> ConnKey;
+    /// The connection's outbound queue.
+    fn outbound(&self) -> &Outbound;
+}
+
+/// One shard of rooms.
+type RoomShard = Mutex<HashMap<Arc<str>, LocalRoom>>;
+
+/// Node-local room membership and fan-out.
+pub struct Hub {
+    shards: Box<[RoomShard]>,
+    hasher: RandomState,
+    broker: Arc<dyn Broker>,
+    /// Largest number of frames buffered for a joining connection.
+    buffer_cap: usize,
+}
+
+/// The local members of one room.
+struct LocalRoom {
+    subs: HashMap<ConnKey, Sub>,
+    /// Resolved once the broker subscription for this room is in place;
+    /// every joiner waits on it before reading the room's position.
+    subscribed: Arc<OnceCell<()>>,
+}
+
+struct Sub {
+    conn: Arc<dyn Subscriber>,
+    /// Joined with `join` (false: only the automatic personal-room one).
+    explicit: bool,
+    /// Buffering while a join is in progress.
+    buffer: Option<Vec<Pending>>,
+    /// Offsets `first..=last` of `epoch` were delivered (or belong to the
+    /// time before the subscription); `first > last` when none yet.
+    epoch: Arc<str>,
+    first: u64,
+    last: u64,
+}
+
+enum Pending {
+    Publication(Arc<Publication>),
+    Frame(Bytes),
+}
+
+/// What `Hub::begin_join` found.
+pub struct JoinStart {
+    /// The connection was already subscribed (its personal room, a repeated
+    /// join).
+    pub existed: bool,
+    /// The node must make sure it is subscribed at the broker.
+    subscribed: Arc<OnceCell<()>>,
+}
+
+/// What `Hub::leave` found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LeaveResult {
+    /// The connection was subscribed.
+    pub was_member: bool,
+    /// It was explicitly joined.
+    pub was_explicit: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// A hub fanning out what `broker` delivers. `buffer_cap` bounds what is
+    /// buffered for a joining connection (the queue size is a good value).
+    pub fn new(broker: Arc<dyn Broker>, buffer_cap: usize) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            broker: broker.clone(),
+            buffer_cap,
+        });
+        let weak: std::sync::Weak<dyn BrokerHandler> = Arc::downgrade(&hub) as _;
+        broker.set_handler(weak);
+        hub
+    }
+
+    /// The broker behind this hub.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    fn shard(&self, room: &str) -> &RoomShard {
+        &self.shards[self.hasher.hash_one(room) as usize % SHARDS]
+    }
+
+    /// Step 1 of a join: adds the subscription in buffering mode (or switches
+    /// an existing one to it), so nothing published from now on is missed.
+    /// Follow with [`Hub::recover`], then [`Hub::finish_join`] or, on error,
+    /// [`Hub::abort_join`].
+    pub fn begin_join(&self, conn: &Arc<dyn Subscriber>, room: &str, explicit: bool) -> JoinStart {
+        self.buffering(conn, room, explicit)
+    }
+
+    /// Step 2 of a join: makes sure this node is subscribed at the broker,
+    /// then reads the room's position and what was missed since `since`.
+    pub async fn recover(
+        &self,
+        start: &JoinStart,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError> {
+        start
+            .subscribed
+            .get_or_try_init(|| self.broker.subscribe(room))
+            .await?;
+        self.broker.recover(room, since).await
+    }
+
+    /// Adds (or switches) the subscription to buffering mode.
+    fn buffering(&self, conn: &Arc<dyn Subscriber>, room: &str, explicit: bool) -> JoinStart {
+        let mut shard = lock(self.shard(room));
+        let local = shard.entry(Arc::from(room)).or_insert_with(|| LocalRoom {
+            subs: HashMap::new(),
+            subscribed: Arc::new(OnceCell::new()),
+        });
+        let subscribed = local.subscribed.clone();
+        let existed = match local.subs.get_mut(&conn.key()) {
+            Some(sub) => {
+                sub.explicit |= explicit;
+                if sub.buffer.is_none() {
+                    sub.buffer = Some(Vec::new());
+                }
+                true
+            }
+            None => {
+                local.subs.insert(
+                    conn.key(),
+                    Sub {
+                        conn: conn.clone(),
+                        explicit,
+                        buffer: Some(Vec::new()),
+                        epoch: Arc::from(""),
+                        first: 1,
+                        last: 0,
+                    },
+                );
+                false
+            }
+        };
+        JoinStart { existed, subscribed }
+    }
+
+    /// Step 3 of a join: queues the reply, the recovered messages not
+    /// delivered yet and the buffered ones, then switches to live delivery.
+    pub fn finish_join(
+        &self,
+        conn: &Arc<dyn Subscriber>,
+        room: &str,
+        since: Option<u64>,
+        rec: &Recovery,
+        reply: Option<Bytes>,
+    ) {
+        let mut shard = lock(self.shard(room));
+        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(&conn.key())) else {
+            return;
+        };
+        let Some(buffer) = sub.buffer.take() else {
+            return;
+        };
+        let key = conn.key();
+        let mut frames: Vec<Bytes> = Vec::with_capacity(1 + rec.publications.len() + buffer.len());
+        frames.extend(reply);
+        // A subscription that was live in this epoch continues from what it
+        // delivered; a new one starts after the room's current top.
+        let continuing = *sub.epoch == *rec.epoch;
+        let (mut first, mut sent) = if continuing { (sub.first, sub.last) } else { (rec.top + 1, rec.top) };
+        if rec.recovered {
+            for p in &rec.publications {
+                let had = continuing && p.offset >= sub.first && p.offset <= sub.last;
+                if !had && p.skip != Some(key) {
+                    frames.push(p.envelope.clone());
+                }
+                sent = sent.max(p.offset);
+            }
+            if let Some(since) = since {
+                first = first.min(since + 1);
+            }
+        }
+        let mut epoch = rec.epoch.clone();
+        for item in buffer {
+            match item {
+                Pending::Frame(f) => frames.push(f),
+                Pending::Publication(p) => {
+                    if *p.epoch != *epoch {
+                        // The room's history was lost meanwhile: a new stream.
+                        epoch = p.epoch.clone();
+                        first = p.offset;
+                    } else if p.offset <= sent {
+                        continue;
+                    }
+                    sent = p.offset;
+                    if p.skip != Some(key) {
+                        frames.push(p.envelope.clone());
+                    }
+                }
+            }
+        }
+        sub.epoch = epoch;
+        sub.first = first;
+        sub.last = sent;
+        conn.outbound().push_all(frames);
+    }
+
+    /// Undoes [`Hub::begin_join`] after a failure: a new subscription is
+    /// removed, an existing one goes back to live with what it buffered.
+    pub async fn abort_join(&self, conn: &Arc<dyn Subscriber>, room: &str, start: &JoinStart) {
+        let unsubscribe = {
+            let mut shard = lock(self.shard(room));
+            let Some(local) = shard.get_mut(room) else { return };
+            if start.existed {
+                if let Some(sub) = local.subs.get_mut(&conn.key()) {
+                    // Give back what was buffered, in order, then go live again.
+                    for item in sub.buffer.take().unwrap_or_default() {
+                        match item {
+                            Pending::Frame(f) => {
+                                conn.outbound().push(f);
+                            }
+                            Pending::Publication(p) => deliver(sub, &p),
+                        }
+                    }
+                }
+                false
+            } else {
+                local.subs.remove(&conn.key());
+                if local.subs.is_empty() {
+                    let subscribed = local.subscribed.initialized();
+                    shard.remove(room);
+                    subscribed
+                } else {
+                    false
+                }
+            }
+        };
+        if unsubscribe && let Err(e) = self.broker.unsubscribe(room).await {
+            tracing::warn!(room, error = %e, "broker unsubscribe failed");
+        }
+    }
+
+    /// Removes `conn` from `room` (an explicit leave with `explicit_only`
+    /// keeps the automatic personal-room subscription). Unsubscribes the node
+    /// at the broker when its last local member left.
+    pub async fn leave(&self, conn: &dyn Subscriber, room: &str, explicit_only: bool) -> LeaveResult {
+        let (result, last) = {
+            let mut shard = lock(self.shard(room));
+            let Some(local) = shard.get_mut(room) else {
+                return LeaveResult {
+                    was_member: false,
+                    was_explicit: false,
+                };
+            };
+            let Some(sub) = local.subs.get_mut(&conn.key()) else {
+                return LeaveResult {
+                    was_member: false,
+                    was_explicit: false,
+                };
+            };
+            let was_explicit = sub.explicit;
+            if explicit_only && protocol::is_personal(room) {
+                // The personal room stays subscribed; only the flag goes.
+                sub.explicit = false;
+                return LeaveResult {
+                    was_member: true,
+                    was_explicit,
+                };
+            }
+            local.subs.remove(&conn.key());
+            let last = if local.subs.is_empty() {
+                let subscribed = local.subscribed.initialized();
+                shard.remove(room);
+                subscribed
+            } else {
+                false
+            };
+            (
+                LeaveResult {
+                    was_member: true,
+                    was_explicit,
+                },
+                last,
+            )
+        };
+        if last && let Err(e) = self.broker.unsubscribe(room).await {
+            tracing::warn!(room, error = %e, "broker unsubscribe failed");
+        }
+        result
+    }
+
+    /// Local members of a room (for tests and stats).
+    pub fn local_members(&self, room: &str) -> usize {
+        lock(self.shard(room)).get(room).map_or(0, |r| r.subs.len())
+    }
+
+    /// Rooms with local members.
+    pub fn rooms(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+/// Delivers one publication to a live subscription, keeping its delivered
+/// range and skipping what it already had.
+fn deliver(sub: &mut Sub, p: &Arc<Publication>) {
+    if *sub.epoch == *p.epoch {
+        if p.offset <= sub.last {
+            return;
+        }
+    } else {
+        sub.epoch = p.epoch.clone();
+        sub.first = p.offset;
+    }
+    sub.last = p.offset;
+    if p.skip != Some(sub.conn.key()) {
+        sub.conn.outbound().push(p.envelope.clone());
+    }
+}
+
+impl BrokerHandler for Hub {
+    fn on_publication(&self, room: &str, publication: &Arc<Publication>) {
+        let mut shard = lock(self.shard(room));
+        let Some(local) = shard.get_mut(room) else { return };
+        for sub in local.subs.values_mut() {
+            match &mut sub.buffer {
+                Some(buffer) => {
+                    if buffer.len() >= self.buffer_cap {
+                        buffer.clear();
+                        sub.conn.outbound().close(
+                            protocol::close::SLOW_CONSUMER,
+                            "slow consumer: too many messages while joining",
+                        );
+                    } else {
+                        buffer.push(Pending::Publication(publication.clone()));
+                    }
+                }
+                None => deliver(sub, publication),
+            }
+        }
+    }
+
+    fn on_presence(&self, room: &str, event: &PresenceEvent) {
+        let frame = protocol::encode(&out::PresenceEvent {
+            ty: "presence",
+            room,
+            action: event.action,
+            user: &event.user,
+            name: &event.name,
+            status: event.status,
+        });
+        let mut shard = lock(self.shard(room));
+        let Some(local) = shard.get_mut(room) else { return };
+        for sub in local.subs.values_mut() {
+            if !sub.explicit {
+                continue;
+            }
+            match &mut sub.buffer {
+                Some(buffer) => buffer.push(Pending::Frame(frame.clone())),
+                None => {
+                    if sub.conn.outbound().push(frame.clone()) == Pushed::Overflow {
+                        tracing::debug!(room, "slow consumer on presence event");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! hubcast: a real-time messaging server.
+//!
+//! Browsers and services connect over WebSocket, join rooms, and receive what
+//! is published there within milliseconds. The wire protocol is
+//! `PROTOCOL.md` (version 1); this crate is the server.
+//!
+//! # Layout
+//!
+//! - [`config`]: every setting, its default, validation naming the key.
+//! - [`protocol`]: frame types, parsing with per-field errors, error and
+//!   close codes, the encode-once message envelope.
+//! - [`broker`]: the [`broker::Broker`] trait (offsets, history, recovery,
+//!   idempotency, presence) and its in-memory engine. Redis and NATS engines
+//!   plug in behind the same trait.
+//! - [`hub`]: node-local room membership and fan-out of broker deliveries
+//!   into connection queues; the join protocol that makes recovery gap- and
+//!   duplicate-free.
+//! - [`conn`]: one WebSocket connection: its bounded outbound queue, the
+//!   reader/writer loops (heartbeats, batching, close codes), and the
+//!   per-connection protocol session.
+//! - [`http`]: routes (`/ws` upgrade, health), origin checks, JSON errors.
+//! - [`run`]: wires it together and serves until the shutdown token fires.
+//!
+//! A message's life: `conn::session` parses a `publish`, the broker assigns
+//! the offset and encodes the envelope once, the hub pushes the same bytes
+//! into every local subscriber's queue, and each connection's writer sends
+//! its whole queue in one batch.
+
+pub mod broker;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod hub;
+pub mod protocol;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use broker::Broker;
+use broker::memory::MemoryBroker;
+use config::Config;
+use hub::Hub;
+
+/// Shared server state.
+pub struct App {
+    /// The validated settings.
+    pub config: Config,
+    /// Node-local rooms and fan-out.
+    pub hub: Arc<Hub>,
+    /// The engine behind the hub.
+    pub broker: Arc<dyn Broker>,
+    /// Fires on SIGTERM/SIGINT (or when a test says so).
+    pub shutdown: CancellationToken,
+    /// Owns every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Next node-local connection key.
+    pub next_conn: AtomicU64,
+    /// WebSocket connections currently open.
+    pub open_connections: AtomicU64,
+}
+
+/// Current Unix time in milliseconds.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Serves on `listener` until `shutdown` fires, then closes every WebSocket
+/// with 1001 and waits (up to `shutdown_timeout`) for connections to end.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let broker: Arc<dyn Broker> = MemoryBroker::new(config.history_size, config.history_ttl());
+    let hub = Hub::new(broker.clone(), config.queue_size);
+    let grace = Duration::from_secs(config.shutdown_timeout);
+    let app = Arc::new(App {
+        config,
+        hub,
+        broker: broker.clone(),
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+        next_conn: AtomicU64::new(1),
+        open_connections: AtomicU64::new(0),
+    });
+    let router = http::router(app.clone());
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        // Frames are small and latency matters: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+    });
+    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // HTTP requests drain on their own, within the grace period; WebSockets
+    // are closed by their writers when the token fires.
+    let result = tokio::select! {
+        r = served => r,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown timeout: HTTP requests still running");
+            Ok(())
+        }
+    };
+    app.tasks.close();
+    if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            open = app.tasks.len(),
+            "shutdown timeout: some connections did not close in time"
+        );
+    }
+    broker.close().await;
+    result.map_err(Into::into)
+}
