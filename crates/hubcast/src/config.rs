@@ -114,7 +114,12 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rooms_per_conn: Option<usize>,
     /// Browser origins allowed besides the request's own host: exact origins, *.example.com patterns or * (comma-separated) [default: loopback origins]
-    #[arg(long, env = "HUBCAST_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "HUBCAST_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_origins: Option<Vec<String>>,
     /// This node's name in welcome frames and logs [default: random n-xxxxxxxx]
@@ -186,7 +191,10 @@ impl Config {
             return bad("heartbeat", "must be between 1 and 3600 seconds");
         }
         if !(256..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
-            return bad("max_message_bytes", "must be between 256 and 67108864 bytes");
+            return bad(
+                "max_message_bytes",
+                "must be between 256 and 67108864 bytes",
+            );
         }
         if self.history_size > 1_000_000 {
             return bad("history_size", "must be at most 1000000 messages");
@@ -273,7 +281,9 @@ mod tests {
             ("--log-format", "text".to_string()),
             ("--shutdown-timeout", d.shutdown_timeout.to_string()),
         ] {
-            let at = help.find(flag).unwrap_or_else(|| panic!("{flag} not in help"));
+            let at = help
+                .find(flag)
+                .unwrap_or_else(|| panic!("{flag} not in help"));
             let next = help[at..].find("\n  -").map_or(help.len(), |n| at + n);
             assert!(
                 help[at..next].contains(&format!("[default: {default}]")),
@@ -289,8 +299,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hubcast-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("a.toml");
-        std::fs::write(&file, "heartbeat = 7\nmax_message_bytes = 4096\nallowed_origins = [\"https://a.example\"]\n").unwrap();
-        let cfg = Config::load(&args(&["--config", file.to_str().unwrap(), "--heartbeat", "9"])).unwrap();
+        std::fs::write(
+            &file,
+            "heartbeat = 7\nmax_message_bytes = 4096\nallowed_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--heartbeat",
+            "9",
+        ]))
+        .unwrap();
         assert_eq!(cfg.heartbeat, 9, "flag beats file");
         assert_eq!(cfg.max_message_bytes, 4096, "file beats default");
         assert_eq!(cfg.allowed_origins, vec!["https://a.example".to_string()]);
@@ -303,14 +323,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("b.toml");
         std::fs::write(&file, "heartbeat = \"soon\"\n").unwrap();
-        let err = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();
+        let err = Config::load(&args(&["--config", file.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("heartbeat"), "{err}");
         std::fs::write(&file, "hearbeat = 3\n").unwrap();
-        let err = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();
+        let err = Config::load(&args(&["--config", file.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hearbeat"), "unknown key named: {err}");
-        let err = Config::load(&args(&["--queue-size", "1"])).unwrap_err().to_string();
+        let err = Config::load(&args(&["--queue-size", "1"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("queue_size"), "{err}");
-        let err = Config::load(&args(&["--allowed-origins", "ftp://x/y"])).unwrap_err().to_string();
+        let err = Config::load(&args(&["--allowed-origins", "ftp://x/y"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("allowed_origins"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -74,7 +74,11 @@ pub fn unix_ms() -> i64 {
 
 /// Serves on `listener` until `shutdown` fires, then closes every WebSocket
 /// with 1001 and waits (up to `shutdown_timeout`) for connections to end.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let broker: Arc<dyn Broker> = MemoryBroker::new(config.history_size, config.history_ttl());
     let hub = Hub::new(broker.clone(), config.queue_size);
     let grace = Duration::from_secs(config.shutdown_timeout);
@@ -92,8 +96,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         // Frames are small and latency matters: no Nagle delay.
         let _ = tcp.set_nodelay(true);
     });
-    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     // HTTP requests drain on their own, within the grace period; WebSockets
     // are closed by their writers when the token fires.
     let result = tokio::select! {

@@ -253,7 +253,11 @@ impl<'a> Fields<'a, '_> {
         FrameError::bad(self.id.clone(), message)
     }
 
-    fn string(&self, name: &str, v: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, FrameError> {
+    fn string(
+        &self,
+        name: &str,
+        v: Option<&'a RawValue>,
+    ) -> Result<Option<Cow<'a, str>>, FrameError> {
         match v {
             None => Ok(None),
             Some(raw) => match serde_json::from_str::<&'a str>(raw.get()) {
@@ -266,7 +270,11 @@ impl<'a> Fields<'a, '_> {
         }
     }
 
-    fn required_string(&self, name: &str, v: Option<&'a RawValue>) -> Result<Cow<'a, str>, FrameError> {
+    fn required_string(
+        &self,
+        name: &str,
+        v: Option<&'a RawValue>,
+    ) -> Result<Cow<'a, str>, FrameError> {
         self.string(name, v)?
             .ok_or_else(|| self.err(format!("field `{name}` is required")))
     }
@@ -516,7 +524,14 @@ pub struct EnvelopeParts {
 
 impl EnvelopeParts {
     /// Builds the parts from plain values.
-    pub fn new(room: &str, msg_id: &str, timestamp: i64, event: &str, source: &str, data: &str) -> Self {
+    pub fn new(
+        room: &str,
+        msg_id: &str,
+        timestamp: i64,
+        event: &str,
+        source: &str,
+        data: &str,
+    ) -> Self {
         Self {
             room: json_string(room),
             msg_id: json_string(msg_id),
@@ -532,7 +547,12 @@ impl EnvelopeParts {
     pub fn encode(&self, offset: u64, epoch: &str) -> Bytes {
         let epoch = json_string(epoch);
         let mut s = String::with_capacity(
-            120 + self.room.len() + self.msg_id.len() + self.event.len() + self.source.len() + self.data.len() + epoch.len(),
+            120 + self.room.len()
+                + self.msg_id.len()
+                + self.event.len()
+                + self.source.len()
+                + self.data.len()
+                + epoch.len(),
         );
         s.push_str(r#"{"type":"message","room":"#);
         s.push_str(&self.room);
@@ -583,7 +603,9 @@ pub fn encode<T: Serialize>(frame: &T) -> Bytes {
     match serde_json::to_vec(frame) {
         Ok(v) => Bytes::from(v),
         // Our frame types always serialize; keep the connection usable if not.
-        Err(_) => Bytes::from_static(br#"{"type":"error","code":"internal","message":"encoding failed"}"#),
+        Err(_) => {
+            Bytes::from_static(br#"{"type":"error","code":"internal","message":"encoding failed"}"#)
+        }
     }
 }
 
@@ -760,7 +782,9 @@ mod tests {
         for c in cases {
             parse_client_frame(c.as_bytes()).unwrap_or_else(|e| panic!("{c}: {}", e.message));
         }
-        let (_, f) = parse_client_frame(br#"{"type":"publish","room":"r","event":"e","data":[1, 2]}"#).unwrap();
+        let (_, f) =
+            parse_client_frame(br#"{"type":"publish","room":"r","event":"e","data":[1, 2]}"#)
+                .unwrap();
         match f {
             ClientFrame::Publish { data, echo, .. } => {
                 assert_eq!(data.get(), "[1, 2]");
@@ -780,20 +804,72 @@ mod tests {
         assert_eq!(e.code, ErrorCode::UnknownType);
         assert_eq!(e.id.unwrap().get(), "7");
         assert!(err_of(r#"{"type":"join"}"#).message.contains("`room`"));
-        assert!(err_of(r#"{"type":"join","room":5}"#).message.contains("`room` must be a string"));
-        assert!(err_of(r#"{"type":"join","room":"a b"}"#).message.contains("invalid room"));
-        assert!(err_of(r#"{"type":"join","room":"r","since":-1}"#).message.contains("`since`"));
-        assert!(err_of(r#"{"type":"publish","room":"r","event":"e e","data":1}"#).message.contains("invalid event"));
-        assert!(err_of(r#"{"type":"publish","room":"r","event":"e"}"#).message.contains("`data`"));
-        assert!(err_of(r#"{"type":"publish","room":"r","event":"e","data":1,"echo":"yes"}"#).message.contains("`echo`"));
-        assert!(err_of(r#"{"type":"history","room":"r","limit":0}"#).message.contains("`limit`"));
-        assert!(err_of(r#"{"type":"history","room":"r","limit":1001}"#).message.contains("`limit`"));
-        assert!(err_of(r#"{"type":"status","status":"sleeping"}"#).message.contains("`status`"));
-        assert!(err_of(r#"{"type":"status","status":"offline"}"#).message.contains("`status`"));
-        assert!(err_of(r#"{"type":"ping","id":{"a":1}}"#).message.contains("`id`"));
+        assert!(
+            err_of(r#"{"type":"join","room":5}"#)
+                .message
+                .contains("`room` must be a string")
+        );
+        assert!(
+            err_of(r#"{"type":"join","room":"a b"}"#)
+                .message
+                .contains("invalid room")
+        );
+        assert!(
+            err_of(r#"{"type":"join","room":"r","since":-1}"#)
+                .message
+                .contains("`since`")
+        );
+        assert!(
+            err_of(r#"{"type":"publish","room":"r","event":"e e","data":1}"#)
+                .message
+                .contains("invalid event")
+        );
+        assert!(
+            err_of(r#"{"type":"publish","room":"r","event":"e"}"#)
+                .message
+                .contains("`data`")
+        );
+        assert!(
+            err_of(r#"{"type":"publish","room":"r","event":"e","data":1,"echo":"yes"}"#)
+                .message
+                .contains("`echo`")
+        );
+        assert!(
+            err_of(r#"{"type":"history","room":"r","limit":0}"#)
+                .message
+                .contains("`limit`")
+        );
+        assert!(
+            err_of(r#"{"type":"history","room":"r","limit":1001}"#)
+                .message
+                .contains("`limit`")
+        );
+        assert!(
+            err_of(r#"{"type":"status","status":"sleeping"}"#)
+                .message
+                .contains("`status`")
+        );
+        assert!(
+            err_of(r#"{"type":"status","status":"offline"}"#)
+                .message
+                .contains("`status`")
+        );
+        assert!(
+            err_of(r#"{"type":"ping","id":{"a":1}}"#)
+                .message
+                .contains("`id`")
+        );
         let long = "x".repeat(65);
-        assert!(err_of(&format!(r#"{{"type":"ping","id":"{long}"}}"#)).message.contains("`id`"));
-        assert!(err_of(r#"{"type":"send","to":"","event":"e","data":1}"#).message.contains("`to`"));
+        assert!(
+            err_of(&format!(r#"{{"type":"ping","id":"{long}"}}"#))
+                .message
+                .contains("`id`")
+        );
+        assert!(
+            err_of(r#"{"type":"send","to":"","event":"e","data":1}"#)
+                .message
+                .contains("`to`")
+        );
     }
 
     #[test]
@@ -818,7 +894,14 @@ mod tests {
 
     #[test]
     fn envelope_is_valid_json_with_every_field() {
-        let parts = EnvelopeParts::new("lobby", "m\"1", 1763800000123, "chat.message", "alice", r#"{"text":"hi"}"#);
+        let parts = EnvelopeParts::new(
+            "lobby",
+            "m\"1",
+            1763800000123,
+            "chat.message",
+            "alice",
+            r#"{"text":"hi"}"#,
+        );
         let bytes = parts.encode(43, "e1");
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "message");

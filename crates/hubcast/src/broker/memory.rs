@@ -349,7 +349,11 @@ impl Broker for MemoryBroker {
             None => {
                 let skip = log.history.len().saturating_sub(limit);
                 (
-                    log.history.iter().skip(skip).map(|(_, p)| p.clone()).collect(),
+                    log.history
+                        .iter()
+                        .skip(skip)
+                        .map(|(_, p)| p.clone())
+                        .collect(),
                     oldest <= 1,
                 )
             }
@@ -378,13 +382,16 @@ impl Broker for MemoryBroker {
                 true
             }
         };
-        let user = p.users.entry(client.user.clone()).or_insert_with(|| UserState {
-            status: Status::Online,
-            connections: 0,
-            rooms: HashSet::new(),
-            last_seen: None,
-            offline_since: None,
-        });
+        let user = p
+            .users
+            .entry(client.user.clone())
+            .or_insert_with(|| UserState {
+                status: Status::Online,
+                connections: 0,
+                rooms: HashSet::new(),
+                last_seen: None,
+                offline_since: None,
+            });
         user.rooms.insert(Arc::from(room));
         let status = user.status;
         if first {
@@ -457,13 +464,16 @@ impl Broker for MemoryBroker {
 
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
         let mut p = lock(&self.presence);
-        let user = p.users.entry(client.user.clone()).or_insert_with(|| UserState {
-            status: Status::Online,
-            connections: 0,
-            rooms: HashSet::new(),
-            last_seen: None,
-            offline_since: None,
-        });
+        let user = p
+            .users
+            .entry(client.user.clone())
+            .or_insert_with(|| UserState {
+                status: Status::Online,
+                connections: 0,
+                rooms: HashSet::new(),
+                last_seen: None,
+                offline_since: None,
+            });
         if user.connections == 0 {
             user.status = Status::Online;
         }

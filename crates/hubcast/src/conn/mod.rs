@@ -105,7 +105,12 @@ where
     let mut frames_in: u64 = 0;
     let end = {
         let reader = read_loop(&mut stream, session.as_mut(), &conn, &app, &mut frames_in);
-        let writer = write_loop(&mut sink, &conn, app.config.heartbeat_interval(), &app.shutdown);
+        let writer = write_loop(
+            &mut sink,
+            &conn,
+            app.config.heartbeat_interval(),
+            &app.shutdown,
+        );
         tokio::pin!(reader, writer);
         tokio::select! {
             end = &mut reader => {
@@ -131,7 +136,14 @@ where
     }
     let closed = conn.out.closing();
     let (code, reason) = match (&end, closed) {
-        (ReadEnd::Peer(code), Some(CloseReason { code: close::NORMAL, .. }) | None) => (*code, "client closed".to_string()),
+        (
+            ReadEnd::Peer(code),
+            Some(CloseReason {
+                code: close::NORMAL,
+                ..
+            })
+            | None,
+        ) => (*code, "client closed".to_string()),
         (_, Some(c)) => (Some(c.code), c.reason.to_string()),
         (e, None) => (None, format!("{e:?}")),
     };
@@ -213,7 +225,11 @@ where
         let slow = closing.is_some_and(|c| c.code == close::SLOW_CONSUMER);
         if !batch.is_empty() && !slow {
             for frame in batch.drain(..) {
-                if sink.feed(Message::text(Payload::from(frame))).await.is_err() {
+                if sink
+                    .feed(Message::text(Payload::from(frame)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -282,7 +298,9 @@ where
     let _ = timeout(CLOSE_GRACE, async {
         // The WebSocket layer may have queued a close already (the client
         // closed, or broke the protocol): then just get it out.
-        if let Err(WsError::AlreadyClosed) = sink.send(Message::close(Some(code), reason.reason)).await {
+        if let Err(WsError::AlreadyClosed) =
+            sink.send(Message::close(Some(code), reason.reason)).await
+        {
             let _ = sink.flush().await;
         }
     })

@@ -167,7 +167,10 @@ mod tests {
         assert_eq!(q.push(Bytes::from_static(b"4")), Pushed::Closing);
         let mut out = VecDeque::new();
         assert!(q.take(&mut out).is_some());
-        assert!(out.is_empty(), "a slow consumer gets its close, not a partial stream");
+        assert!(
+            out.is_empty(),
+            "a slow consumer gets its close, not a partial stream"
+        );
     }
 
     #[test]

@@ -97,7 +97,11 @@ impl Session {
 
     /// A binary frame: answered with an error, otherwise ignored.
     pub fn on_binary(&self) {
-        self.push_error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
+        self.push_error(
+            None,
+            ErrorCode::BadRequest,
+            "binary frames are not supported; send JSON text frames",
+        );
     }
 
     /// Handles one text frame.
@@ -115,7 +119,11 @@ impl Session {
         }
     }
 
-    async fn dispatch(&mut self, id: Option<&RawValue>, frame: ClientFrame<'_>) -> Result<(), Reject> {
+    async fn dispatch(
+        &mut self,
+        id: Option<&RawValue>,
+        frame: ClientFrame<'_>,
+    ) -> Result<(), Reject> {
         match frame {
             ClientFrame::Join { room, since, epoch } => {
                 let since = since.map(|s| (s, epoch.as_deref()));
@@ -130,7 +138,8 @@ impl Session {
                 echo,
             } => {
                 self.check_personal(&room, "publish to")?;
-                self.publish(id, &room, &event, data, msg_id.as_deref(), echo).await
+                self.publish(id, &room, &event, data, msg_id.as_deref(), echo)
+                    .await
             }
             ClientFrame::Send {
                 to,
@@ -139,7 +148,8 @@ impl Session {
                 msg_id,
             } => {
                 let room = protocol::personal_room(&to);
-                self.publish(id, &room, &event, data, msg_id.as_deref(), false).await
+                self.publish(id, &room, &event, data, msg_id.as_deref(), false)
+                    .await
             }
             ClientFrame::Presence { room } => {
                 self.check_personal(&room, "see presence of")?;
@@ -164,7 +174,11 @@ impl Session {
                     id,
                     room: &room,
                     epoch: &page.epoch,
-                    messages: page.publications.iter().map(|p| protocol::as_raw(&p.envelope)).collect(),
+                    messages: page
+                        .publications
+                        .iter()
+                        .map(|p| protocol::as_raw(&p.envelope))
+                        .collect(),
                     complete: page.complete,
                 }));
                 Ok(())
@@ -196,14 +210,22 @@ impl Session {
         Ok(())
     }
 
-    async fn join(&mut self, id: Option<&RawValue>, room: &str, since: Option<(u64, Option<&str>)>) -> Result<(), Reject> {
+    async fn join(
+        &mut self,
+        id: Option<&RawValue>,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<(), Reject> {
         self.check_personal(room, "join")?;
         let personal = protocol::is_personal(room);
         let already = self.rooms.contains(room);
         if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {
             return Err(Reject::new(
                 ErrorCode::TooManyRooms,
-                format!("a connection may join at most {} rooms", self.app.config.max_rooms_per_conn),
+                format!(
+                    "a connection may join at most {} rooms",
+                    self.app.config.max_rooms_per_conn
+                ),
             ));
         }
         let hub = &self.app.hub;
@@ -213,7 +235,11 @@ impl Session {
             if !personal && !already {
                 self.app.broker.presence_join(room, &self.info).await?;
             }
-            let members = if personal { Vec::new() } else { self.app.broker.presence(room).await? };
+            let members = if personal {
+                Vec::new()
+            } else {
+                self.app.broker.presence(room).await?
+            };
             Ok::<_, BrokerError>((rec, members))
         }
         .await;
@@ -245,10 +271,17 @@ impl Session {
 
     async fn leave(&mut self, id: Option<&RawValue>, room: &str) -> Result<(), Reject> {
         if !self.rooms.remove(room) {
-            return Err(Reject::new(ErrorCode::NotJoined, format!("not joined to {room}")));
+            return Err(Reject::new(
+                ErrorCode::NotJoined,
+                format!("not joined to {room}"),
+            ));
         }
         self.app.hub.leave(&*self.conn, room, true).await;
-        self.push(protocol::encode(&out::Left { ty: "left", id, room }));
+        self.push(protocol::encode(&out::Left {
+            ty: "left",
+            id,
+            room,
+        }));
         if !protocol::is_personal(room) {
             self.app.broker.presence_leave(room, &self.info).await?;
         }
@@ -268,7 +301,14 @@ impl Session {
             Some(m) => (m.to_owned(), true),
             None => (uuid::Uuid::now_v7().to_string(), false),
         };
-        let parts = EnvelopeParts::new(room, &msg_id, crate::unix_ms(), event, &self.conn.user, data.get());
+        let parts = EnvelopeParts::new(
+            room,
+            &msg_id,
+            crate::unix_ms(),
+            event,
+            &self.conn.user,
+            data.get(),
+        );
         let result = self
             .app
             .broker

@@ -46,7 +46,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<impl IntoResponse, HttpEr
         )
         .retry_after(1));
     }
-    Ok(Json(json!({"status": "ready", "node": app.config.node_id, "broker": app.broker.name()})))
+    Ok(Json(
+        json!({"status": "ready", "node": app.config.node_id, "broker": app.broker.name()}),
+    ))
 }
 
 async fn not_found() -> HttpError {

@@ -11,7 +11,8 @@
 
 /// Checks one `allowed_origins` entry; the error says what is expected.
 pub fn check_pattern(p: &str) -> Result<(), String> {
-    const EXPECTED: &str = "expected an origin like https://app.example.com, a pattern like *.example.com, or *";
+    const EXPECTED: &str =
+        "expected an origin like https://app.example.com, a pattern like *.example.com, or *";
     if p == "*" {
         return Ok(());
     }
@@ -28,9 +29,13 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
         return Err(format!("an origin has no path; {EXPECTED}"));
     }
     let host = rest.strip_prefix("*.").unwrap_or(rest);
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.parse::<u16>().is_ok() { h } else { host }
-    });
+    let host =
+        host.rsplit_once(':').map_or(
+            host,
+            |(h, port)| {
+                if port.parse::<u16>().is_ok() { h } else { host }
+            },
+        );
     let ok = !host.is_empty()
         && host
             .bytes()
@@ -81,7 +86,9 @@ fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host.ends_with(".localhost")
         || host == "[::1]"
-        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a browser on `origin` may open a WebSocket on the host named by
@@ -140,27 +147,77 @@ mod tests {
 
     #[test]
     fn default_allows_same_host_and_loopback_only() {
-        assert!(allowed("http://localhost:3000", Some("127.0.0.1:8080"), &[]));
-        assert!(allowed("http://127.0.0.1:5173", Some("127.0.0.1:8080"), &[]));
+        assert!(allowed(
+            "http://localhost:3000",
+            Some("127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(allowed(
+            "http://127.0.0.1:5173",
+            Some("127.0.0.1:8080"),
+            &[]
+        ));
         assert!(allowed("http://[::1]:8080", Some("x"), &[]));
-        assert!(allowed("https://chat.example.com", Some("chat.example.com"), &[]));
-        assert!(allowed("https://chat.example.com", Some("chat.example.com:443"), &[]));
-        assert!(!allowed("https://evil.example", Some("chat.example.com"), &[]));
+        assert!(allowed(
+            "https://chat.example.com",
+            Some("chat.example.com"),
+            &[]
+        ));
+        assert!(allowed(
+            "https://chat.example.com",
+            Some("chat.example.com:443"),
+            &[]
+        ));
+        assert!(!allowed(
+            "https://evil.example",
+            Some("chat.example.com"),
+            &[]
+        ));
         assert!(!allowed("null", Some("chat.example.com"), &[]));
-        assert!(!allowed("http://chat.example.com:8081", Some("chat.example.com:8080"), &[]));
+        assert!(!allowed(
+            "http://chat.example.com:8081",
+            Some("chat.example.com:8080"),
+            &[]
+        ));
     }
 
     #[test]
     fn configured_patterns() {
-        let p = v(&["https://app.example.com", "*.example.org", "http://localhost:3000"]);
-        assert!(allowed("https://app.example.com", Some("ws.example.com"), &p));
-        assert!(!allowed("http://app.example.com", Some("ws.example.com"), &p));
-        assert!(allowed("https://a.b.example.org", Some("ws.example.com"), &p));
+        let p = v(&[
+            "https://app.example.com",
+            "*.example.org",
+            "http://localhost:3000",
+        ]);
+        assert!(allowed(
+            "https://app.example.com",
+            Some("ws.example.com"),
+            &p
+        ));
+        assert!(!allowed(
+            "http://app.example.com",
+            Some("ws.example.com"),
+            &p
+        ));
+        assert!(allowed(
+            "https://a.b.example.org",
+            Some("ws.example.com"),
+            &p
+        ));
         assert!(!allowed("https://example.org", Some("ws.example.com"), &p));
-        assert!(!allowed("https://badexample.org", Some("ws.example.com"), &p));
+        assert!(!allowed(
+            "https://badexample.org",
+            Some("ws.example.com"),
+            &p
+        ));
         assert!(allowed("http://localhost:3000", Some("ws.example.com"), &p));
-        assert!(!allowed("http://localhost:4000", Some("ws.example.com"), &p), "loopback not implied once configured");
-        assert!(allowed("https://ws.example.com", Some("ws.example.com"), &p), "own host always");
+        assert!(
+            !allowed("http://localhost:4000", Some("ws.example.com"), &p),
+            "loopback not implied once configured"
+        );
+        assert!(
+            allowed("https://ws.example.com", Some("ws.example.com"), &p),
+            "own host always"
+        );
         assert!(allowed("null", None, &v(&["*"])));
     }
 

@@ -56,22 +56,35 @@ pub async fn upgrade(
         return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
     }
     let headers = req.headers();
-    if !has_token(headers, header::UPGRADE, "websocket") || !has_token(headers, header::CONNECTION, "upgrade") {
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
             "GET /ws expects a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
         ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        let mut resp = HttpError::new(ErrorCode::BadRequest, "unsupported WebSocket version; use 13")
-            .with_status(StatusCode::UPGRADE_REQUIRED)
-            .into_response();
-        resp.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut resp = HttpError::new(
+            ErrorCode::BadRequest,
+            "unsupported WebSocket version; use 13",
+        )
+        .with_status(StatusCode::UPGRADE_REQUIRED)
+        .into_response();
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return Ok(resp);
     }
     let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(k) if BASE64.decode(k.as_bytes()).is_ok_and(|d| d.len() == 16) => k.as_bytes().to_vec(),
+        Some(k) if BASE64.decode(k.as_bytes()).is_ok_and(|d| d.len() == 16) => {
+            k.as_bytes().to_vec()
+        }
         _ => {
             return Err(HttpError::new(
                 ErrorCode::BadRequest,
@@ -149,7 +162,8 @@ pub async fn upgrade(
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept_key(&key)).map_err(|_| HttpError::new(ErrorCode::Internal, "bad accept key"))?,
+        HeaderValue::from_str(&accept_key(&key))
+            .map_err(|_| HttpError::new(ErrorCode::Internal, "bad accept key"))?,
     );
     if subprotocol {
         h.insert(
@@ -165,6 +179,9 @@ mod tests {
     #[test]
     fn accept_key_matches_rfc_example() {
         // RFC 6455 section 1.3.
-        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use crate::broker::{Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery};
+use crate::broker::{
+    Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery,
+};
 use crate::conn::outbound::{Outbound, Pushed};
 use crate::protocol::{self, out};
 
@@ -174,7 +176,10 @@ impl Hub {
                 false
             }
         };
-        JoinStart { existed, subscribed }
+        JoinStart {
+            existed,
+            subscribed,
+        }
     }
 
     /// Step 3 of a join: queues the reply, the recovered messages not
@@ -188,7 +193,10 @@ impl Hub {
         reply: Option<Bytes>,
     ) {
         let mut shard = lock(self.shard(room));
-        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(&conn.key())) else {
+        let Some(sub) = shard
+            .get_mut(room)
+            .and_then(|r| r.subs.get_mut(&conn.key()))
+        else {
             return;
         };
         let Some(buffer) = sub.buffer.take() else {
@@ -200,7 +208,11 @@ impl Hub {
         // A subscription that was live in this epoch continues from what it
         // delivered; a new one starts after the room's current top.
         let continuing = *sub.epoch == *rec.epoch;
-        let (mut first, mut sent) = if continuing { (sub.first, sub.last) } else { (rec.top + 1, rec.top) };
+        let (mut first, mut sent) = if continuing {
+            (sub.first, sub.last)
+        } else {
+            (rec.top + 1, rec.top)
+        };
         if rec.recovered {
             for p in &rec.publications {
                 let had = continuing && p.offset >= sub.first && p.offset <= sub.last;
@@ -243,7 +255,9 @@ impl Hub {
     pub async fn abort_join(&self, conn: &Arc<dyn Subscriber>, room: &str, start: &JoinStart) {
         let unsubscribe = {
             let mut shard = lock(self.shard(room));
-            let Some(local) = shard.get_mut(room) else { return };
+            let Some(local) = shard.get_mut(room) else {
+                return;
+            };
             if start.existed {
                 if let Some(sub) = local.subs.get_mut(&conn.key()) {
                     // Give back what was buffered, in order, then go live again.
@@ -276,7 +290,12 @@ impl Hub {
     /// Removes `conn` from `room` (an explicit leave with `explicit_only`
     /// keeps the automatic personal-room subscription). Unsubscribes the node
     /// at the broker when its last local member left.
-    pub async fn leave(&self, conn: &dyn Subscriber, room: &str, explicit_only: bool) -> LeaveResult {
+    pub async fn leave(
+        &self,
+        conn: &dyn Subscriber,
+        room: &str,
+        explicit_only: bool,
+    ) -> LeaveResult {
         let (result, last) = {
             let mut shard = lock(self.shard(room));
             let Some(local) = shard.get_mut(room) else {
@@ -353,7 +372,9 @@ fn deliver(sub: &mut Sub, p: &Arc<Publication>) {
 impl BrokerHandler for Hub {
     fn on_publication(&self, room: &str, publication: &Arc<Publication>) {
         let mut shard = lock(self.shard(room));
-        let Some(local) = shard.get_mut(room) else { return };
+        let Some(local) = shard.get_mut(room) else {
+            return;
+        };
         for sub in local.subs.values_mut() {
             match &mut sub.buffer {
                 Some(buffer) => {
@@ -382,7 +403,9 @@ impl BrokerHandler for Hub {
             status: event.status,
         });
         let mut shard = lock(self.shard(room));
-        let Some(local) = shard.get_mut(room) else { return };
+        let Some(local) = shard.get_mut(room) else {
+            return;
+        };
         for sub in local.subs.values_mut() {
             if !sub.explicit {
                 continue;

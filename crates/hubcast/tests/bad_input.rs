@@ -1,0 +1,318 @@
+//! Bad input gets the protocol's error and leaves the connection usable
+//! (PROTOCOL.md section 3); refused handshakes are JSON HTTP errors.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Sends raw text; expects an error with `code` (and the id echoed when the
+/// frame had a valid one); then checks the connection still works.
+async fn rejects(c: &mut common::Client, text: &str, code: &str, id: Option<Value>) {
+    c.send_text(text).await;
+    let e = c.expect("error").await;
+    assert_eq!(e["code"], code, "{text} → {e}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+    assert_eq!(e.get("id").cloned(), id, "{text} → {e}");
+    let pong = c.call(json!({"type":"ping"})).await;
+    assert_eq!(pong["type"], "pong", "connection usable after {text}");
+}
+
+#[tokio::test]
+async fn each_bad_frame_gets_its_error_and_the_connection_stays_usable() {
+    let s = Server::start(|c| c.max_rooms_per_conn = 2).await;
+    let mut c = s.client().await;
+    rejects(&mut c, "{not json", "bad_request", None).await;
+    rejects(&mut c, "[1,2]", "bad_request", None).await;
+    rejects(&mut c, "\"hello\"", "bad_request", None).await;
+    rejects(&mut c, r#"{"id":1}"#, "bad_request", Some(json!(1))).await;
+    rejects(
+        &mut c,
+        r#"{"type":"dance","id":"x"}"#,
+        "unknown_type",
+        Some(json!("x")),
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":7,"id":2}"#,
+        "bad_request",
+        Some(json!(2)),
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"join","id":3}"#,
+        "bad_request",
+        Some(json!(3)),
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"join","room":["a"],"id":4}"#,
+        "bad_request",
+        Some(json!(4)),
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"join","room":"no spaces","id":5}"#,
+        "bad_request",
+        Some(json!(5)),
+    )
+    .await;
+    rejects(
+        &mut c,
+        &format!(r#"{{"type":"join","room":"{}"}}"#, "x".repeat(129)),
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"join","room":"r","since":"3"}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"publish","room":"r","event":"bad event!","data":1}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"publish","room":"r","data":1}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"publish","room":"r","event":"e"}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"send","event":"e","data":1}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"leave","room":"never-joined","id":6}"#,
+        "not_joined",
+        Some(json!(6)),
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"history","room":"r","limit":1001}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"history","room":"r","limit":0}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"history","room":"r","limit":-5}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"status","status":"asleep"}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"ping","id":{"nested":true}}"#,
+        "bad_request",
+        None,
+    )
+    .await;
+    rejects(
+        &mut c,
+        r#"{"type":"join","room":"@somebody-else"}"#,
+        "forbidden",
+        None,
+    )
+    .await;
+    // Binary frames.
+    c.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let e = c.expect("error").await;
+    assert_eq!(e["code"], "bad_request");
+    // Too many rooms: the personal room is not counted.
+    c.join("one").await;
+    c.join("two").await;
+    let e = c.call(json!({"type":"join","room":"three"})).await;
+    assert_eq!(e["code"], "too_many_rooms", "{e}");
+    // Rejoining an already joined room is not a new room.
+    let j = c.call(json!({"type":"join","room":"one"})).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    // After all that, publishing still works.
+    let ack = c.publish("one", json!("still here")).await;
+    assert_eq!(ack["offset"], 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn frame_over_max_message_bytes_closes_with_1009() {
+    let s = Server::start(|c| c.max_message_bytes = 1024).await;
+    let mut c = s.client().await;
+    // Just under the limit is fine.
+    let data = "x".repeat(900);
+    c.publish("r", json!(data)).await;
+    let big = json!({"type":"publish","room":"r","event":"e","data":"y".repeat(2000)});
+    c.send(big).await;
+    let (code, _reason, _) = c.until_close().await;
+    assert_eq!(code, Some(1009));
+    // Other clients are unaffected.
+    let mut d = s.client().await;
+    d.publish("r", json!(1)).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refused_handshakes_are_json_http_errors() {
+    let s = Server::default().await;
+    let http = reqwest::Client::new();
+    // Not an upgrade.
+    let r = http.get(s.http("/ws")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    // Wrong version.
+    let r = http
+        .get(s.http("/ws"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "8")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers()["sec-websocket-version"], "13");
+    // Bad display name.
+    let long = "n".repeat(65);
+    let err = common::Client::connect_request(format!("{}?name={long}", s.ws_url()))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 400);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "bad_request");
+        }
+        other => panic!("{other:?}"),
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_origin_gets_403_before_the_upgrade() {
+    let s = Server::start(|c| c.allowed_origins = vec!["https://app.example.com".into()]).await;
+    let with_origin = |o: &str| {
+        let mut req = s.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+        req
+    };
+    match common::Client::connect_request(with_origin("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "forbidden");
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    assert!(
+        common::Client::connect_request(with_origin("https://app.example.com"))
+            .await
+            .is_ok()
+    );
+    // The request's own host is always allowed.
+    let own = format!("http://{}", s.addr);
+    assert!(
+        common::Client::connect_request(with_origin(&own))
+            .await
+            .is_ok()
+    );
+    // No Origin (not a browser): allowed.
+    assert!(common::Client::connect_request(s.ws_url()).await.is_ok());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn default_origin_policy_is_loopback_and_same_host() {
+    let s = Server::default().await;
+    let with_origin = |o: &str| {
+        let mut req = s.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+        req
+    };
+    assert!(
+        common::Client::connect_request(with_origin("http://localhost:5173"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        common::Client::connect_request(with_origin("https://example.com"))
+            .await
+            .is_err()
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_does_not_stall_other_connections() {
+    let s = Server::default().await;
+    let mut flooder = s.client().await;
+    let mut calm = s.client().await;
+    calm.join("calm").await;
+    let mut other = s.client().await;
+    // Queue thousands of frames without reading replies.
+    let flood = tokio::spawn(async move {
+        for i in 0..20_000 {
+            let frame = if i % 2 == 0 {
+                r#"{"type":"ping"}"#.to_string()
+            } else {
+                r#"{"type":"publish","room":"flood","event":"e","data":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_string()
+            };
+            if flooder.ws.feed(Message::text(frame)).await.is_err() {
+                break;
+            }
+        }
+        let _ = flooder.ws.flush().await;
+        flooder
+    });
+    // Meanwhile a well-behaved pair keeps getting answers.
+    for i in 0..20 {
+        other.publish("calm", json!(i)).await;
+        let m = calm.expect("message").await;
+        assert_eq!(m["data"], i);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _flooder = flood.await.unwrap();
+    s.stop().await;
+}
