@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error as WsError, Message, Payload};
 
@@ -174,12 +174,26 @@ where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let idle = app.config.idle_timeout();
-    let mut deadline = Instant::now() + idle;
+    // One timer for the connection's life, re-armed only when it fires: a
+    // busy connection does not touch the timer wheel per frame.
+    let mut last_seen = Instant::now();
+    let deadline = tokio::time::sleep_until(last_seen + idle);
+    tokio::pin!(deadline);
     loop {
-        let next = match timeout_at(deadline, stream.next()).await {
-            Err(_) => return ReadEnd::Timeout,
-            Ok(None) => return ReadEnd::Peer(None),
-            Ok(Some(Err(e))) => {
+        let next = tokio::select! {
+            biased;
+            next = stream.next() => next,
+            _ = &mut deadline => {
+                if last_seen + idle <= Instant::now() {
+                    return ReadEnd::Timeout;
+                }
+                deadline.as_mut().reset(last_seen + idle);
+                continue;
+            }
+        };
+        let next = match next {
+            None => return ReadEnd::Peer(None),
+            Some(Err(e)) => {
                 return match e {
                     WsError::PayloadTooLong { .. } => ReadEnd::TooBig,
                     WsError::Protocol(p) => ReadEnd::Protocol(p.to_string()),
@@ -187,9 +201,9 @@ where
                     other => ReadEnd::Io(other.to_string()),
                 };
             }
-            Ok(Some(Ok(msg))) => msg,
+            Some(Ok(msg)) => msg,
         };
-        deadline = Instant::now() + idle;
+        last_seen = Instant::now();
         *frames_in += 1;
         if let Some((code, _)) = next.as_close() {
             return ReadEnd::Peer(Some(u16::from(code)));
@@ -219,7 +233,8 @@ where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch: VecDeque<bytes::Bytes> = VecDeque::new();
-    let mut next_ping = Instant::now() + heartbeat;
+    let ping = sleep_until(Instant::now() + heartbeat);
+    tokio::pin!(ping);
     loop {
         let closing = conn.out.take(&mut batch);
         let slow = closing.is_some_and(|c| c.code == close::SLOW_CONSUMER);
@@ -250,8 +265,8 @@ where
             biased;
             _ = shutdown.cancelled() => conn.out.close(close::GOING_AWAY, "server shutting down"),
             _ = conn.out.notified() => {}
-            _ = sleep_until(next_ping) => {
-                next_ping = Instant::now() + heartbeat;
+            _ = &mut ping => {
+                ping.as_mut().reset(Instant::now() + heartbeat);
                 if sink.feed(Message::ping(Payload::from(bytes::Bytes::new()))).await.is_err()
                     || flush(sink, conn).await == Flushed::Failed
                 {
