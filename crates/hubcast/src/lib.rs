@@ -80,6 +80,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker: Arc<dyn Broker> = MemoryBroker::new(config.history_size, config.history_ttl());
+    run_with_broker(config, listener, shutdown, broker).await
+}
+
+/// [`run`] with a given engine (tests use it to inject failures; the Redis
+/// engine comes in the same way).
+pub async fn run_with_broker(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    broker: Arc<dyn Broker>,
+) -> anyhow::Result<()> {
     let hub = Hub::new(broker.clone(), config.queue_size);
     let grace = Duration::from_secs(config.shutdown_timeout);
     let app = Arc::new(App {

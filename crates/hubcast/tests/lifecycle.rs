@@ -246,6 +246,9 @@ async fn binary_serves_and_exits_0_on_sigterm_after_closing_with_1001() {
     assert!(up, "hubcast serve did not come up");
     let mut c = common::Client::connect(&url).await;
     assert_eq!(c.welcome["heartbeat"], 30, "environment variables are read");
+    // A message body never reaches the logs at info level.
+    c.call(json!({"type":"publish","room":"r","event":"e","data":"BODY-7f3a9c-SECRET"}))
+        .await;
     let pid = child.id().to_string();
     let t0 = std::time::Instant::now();
     assert!(
@@ -280,6 +283,39 @@ async fn binary_serves_and_exits_0_on_sigterm_after_closing_with_1001() {
     assert!(logs.contains("connection opened"), "{logs}");
     assert!(logs.contains("connection closed"), "{logs}");
     assert!(logs.contains("duration_ms"), "{logs}");
+    assert!(
+        !logs.contains("BODY-7f3a9c-SECRET"),
+        "message body in logs:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn client_close_is_answered_with_1000() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let s = Server::default().await;
+    let mut c = s.client().await;
+    c.join("r").await;
+    c.ws.send(Message::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    let (code, _, _) = c.until_close().await;
+    assert_eq!(code, Some(1000));
+    // Its presence is gone (cleanup runs right after the close handshake).
+    let mut d = s.client().await;
+    let mut members = json!(null);
+    for _ in 0..100 {
+        members = d.call(json!({"type":"presence","room":"r"})).await["members"].clone();
+        if members == json!([]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(members, json!([]));
+    s.stop().await;
 }
 
 #[test]

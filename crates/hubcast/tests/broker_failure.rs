@@ -1,0 +1,180 @@
+//! A broker that cannot serve (e.g. Redis down) gives clients `unavailable`
+//! errors, never a silent drop, and the connection stays usable.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use hubcast::broker::memory::MemoryBroker;
+use hubcast::broker::*;
+use hubcast::config::Config;
+use hubcast::protocol::{Member, Status};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// The memory engine, with a switch that makes every call fail.
+struct Flaky {
+    inner: Arc<MemoryBroker>,
+    down: AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), BrokerError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(BrokerError::Unavailable("engine down (test)".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn set_handler(&self, h: Weak<dyn BrokerHandler>) {
+        self.inner.set_handler(h)
+    }
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
+        self.check()?;
+        self.inner.publish(req).await
+    }
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        self.check()?;
+        self.inner.subscribe(room).await
+    }
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
+        self.inner.unsubscribe(room).await
+    }
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError> {
+        self.check()?;
+        self.inner.recover(room, since).await
+    }
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.check()?;
+        self.inner.history(room, since, limit).await
+    }
+    async fn presence_join(&self, room: &str, c: &ClientInfo) -> Result<(), BrokerError> {
+        self.check()?;
+        self.inner.presence_join(room, c).await
+    }
+    async fn presence_leave(&self, room: &str, c: &ClientInfo) -> Result<(), BrokerError> {
+        self.inner.presence_leave(room, c).await
+    }
+    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
+        self.check()?;
+        self.inner.presence(room).await
+    }
+    async fn connect(&self, c: &ClientInfo) -> Result<(), BrokerError> {
+        self.inner.connect(c).await
+    }
+    async fn disconnect(&self, c: &ClientInfo) -> Result<(), BrokerError> {
+        self.inner.disconnect(c).await
+    }
+    async fn set_status(&self, user: &str, s: Status) -> Result<(), BrokerError> {
+        self.check()?;
+        self.inner.set_status(user, s).await
+    }
+    async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
+        self.check()?;
+        self.inner.user_status(user).await
+    }
+    async fn ready(&self) -> bool {
+        !self.down.load(Ordering::SeqCst)
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+async fn recv(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn broker_down_means_unavailable_errors_and_not_ready() {
+    let flaky = Arc::new(Flaky {
+        inner: MemoryBroker::new(100, Duration::from_secs(60)),
+        down: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(hubcast::run_with_broker(
+        Config::default(),
+        listener,
+        shutdown.clone(),
+        flaky.clone(),
+    ));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut ws).await["type"], "welcome");
+
+    flaky.down.store(true, Ordering::SeqCst);
+    let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    for frame in [
+        json!({"type":"publish","room":"r","event":"e","data":1,"id":1}),
+        json!({"type":"join","room":"r","id":2}),
+        json!({"type":"history","room":"r","id":3}),
+        json!({"type":"presence","room":"r","id":4}),
+        json!({"type":"status","status":"busy","id":5}),
+    ] {
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let e = recv(&mut ws).await;
+        assert_eq!(e["type"], "error", "{frame} → {e}");
+        assert_eq!(e["code"], "unavailable", "{frame} → {e}");
+        assert_eq!(e["id"], frame["id"]);
+    }
+    // A failed join leaves nothing behind: the room can be joined later.
+    flaky.down.store(false, Ordering::SeqCst);
+    ws.send(Message::text(
+        json!({"type":"join","room":"r","id":6}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let j = recv(&mut ws).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    ws.send(Message::text(
+        json!({"type":"publish","room":"r","event":"e","data":1,"id":7,"echo":true}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        kinds.push(recv(&mut ws).await["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["presence", "message", "ack"]);
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
