@@ -45,6 +45,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Seconds shutdown waits for connections to close before exiting anyway.
     pub shutdown_timeout: u64,
+    /// Frames per second one connection may send (token bucket refill);
+    /// 0 turns the limit off. Excess frames get `rate_limited`.
+    pub rate_limit_per_conn: u32,
+    /// Frames a connection may send in a burst. A connection refused more
+    /// than this many times within 10 seconds is closed with 4003.
+    pub rate_limit_burst: u32,
 }
 
 /// Log line format.
@@ -71,6 +77,8 @@ impl Default for Config {
             node_id: String::new(),
             log_format: LogFormat::Text,
             shutdown_timeout: 5,
+            rate_limit_per_conn: 1000,
+            rate_limit_burst: 2000,
         }
     }
 }
@@ -134,6 +142,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_SHUTDOWN_TIMEOUT", value_name = "SECONDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout: Option<u64>,
+    /// Frames per second one connection may send, 0 = unlimited; excess frames get rate_limited [default: 1000]
+    #[arg(long, env = "HUBCAST_RATE_LIMIT_PER_CONN", value_name = "FRAMES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_conn: Option<u32>,
+    /// Frames one connection may send in a burst; refused more often than this in 10 s closes with 4003 [default: 2000]
+    #[arg(long, env = "HUBCAST_RATE_LIMIT_BURST", value_name = "FRAMES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<u32>,
 }
 
 /// A setting that cannot be used, named by its key.
@@ -222,6 +238,12 @@ impl Config {
         if !(1..=600).contains(&self.shutdown_timeout) {
             return bad("shutdown_timeout", "must be between 1 and 600 seconds");
         }
+        if self.rate_limit_per_conn > 0 && self.rate_limit_burst == 0 {
+            return bad(
+                "rate_limit_burst",
+                "must be at least 1 when rate_limit_per_conn is set",
+            );
+        }
         Ok(())
     }
 
@@ -280,6 +302,8 @@ mod tests {
             ("--max-rooms-per-conn", d.max_rooms_per_conn.to_string()),
             ("--log-format", "text".to_string()),
             ("--shutdown-timeout", d.shutdown_timeout.to_string()),
+            ("--rate-limit-per-conn", d.rate_limit_per_conn.to_string()),
+            ("--rate-limit-burst", d.rate_limit_burst.to_string()),
         ] {
             let at = help
                 .find(flag)

@@ -313,6 +313,57 @@ async fn a_flood_does_not_stall_other_connections() {
         assert_eq!(m["data"], i);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let _flooder = flood.await.unwrap();
+    // The flooder went past the default limit (1000 frames/s, bursts of
+    // 2000) without reading its replies: it is closed, for flooding (4003)
+    // or because its reply queue overflowed (4000), whichever came first.
+    let mut flooder = flood.await.unwrap();
+    let (code, _, _) = flooder.until_close().await;
+    assert!(matches!(code, Some(4000) | Some(4003)), "{code:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn frames_over_the_rate_limit_are_refused_then_a_flood_is_closed_with_4003() {
+    let s = Server::start(|c| {
+        c.rate_limit_per_conn = 5;
+        c.rate_limit_burst = 10;
+    })
+    .await;
+    let mut c = s.client().await;
+    for i in 0..15 {
+        c.send(json!({"type":"ping","id":i})).await;
+    }
+    let mut replies = Vec::new();
+    for _ in 0..15 {
+        replies.push(c.recv().await);
+    }
+    for (i, r) in replies.iter().enumerate().take(10) {
+        assert_eq!(r["type"], "pong", "the burst is allowed: {r}");
+        assert_eq!(r["id"], i);
+    }
+    let refused: Vec<&Value> = replies[10..]
+        .iter()
+        .filter(|r| r["code"] == "rate_limited")
+        .collect();
+    assert!(refused.len() >= 3, "{replies:?}");
+    for r in &refused {
+        assert_eq!(r["type"], "error");
+        assert!(
+            r["id"].as_u64().unwrap() >= 10,
+            "the refused frame's id is echoed: {r}"
+        );
+    }
+    // The bucket refills: after a pause the connection is usable again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(c.call(json!({"type":"ping"})).await["type"], "pong");
+    // Keeping on past the limit is flooding: closed with 4003.
+    for _ in 0..40 {
+        c.ws.feed(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let (code, reason, _) = c.until_close().await;
+    assert_eq!(code, Some(4003), "{reason}");
     s.stop().await;
 }

@@ -80,6 +80,7 @@ impl Broker for Flaky {
         self.inner.presence(room).await
     }
     async fn connect(&self, c: &ClientInfo) -> Result<(), BrokerError> {
+        self.check()?;
         self.inner.connect(c).await
     }
     async fn disconnect(&self, c: &ClientInfo) -> Result<(), BrokerError> {
@@ -156,6 +157,18 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
         assert_eq!(e["code"], "unavailable", "{frame} → {e}");
         assert_eq!(e["id"], frame["id"]);
     }
+    // A connection that cannot be registered is closed with 1011.
+    let (mut late, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    let mut close = None;
+    while let Some(Ok(m)) = late.next().await {
+        if let Message::Close(f) = m {
+            close = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(close, Some(1011));
     // A failed join leaves nothing behind: the room can be joined later.
     flaky.down.store(false, Ordering::SeqCst);
     ws.send(Message::text(

@@ -11,6 +11,7 @@
 //! Whichever side ends first decides the close; the other gets a short
 //! grace period to finish the close handshake.
 
+pub mod limit;
 pub mod outbound;
 pub mod session;
 

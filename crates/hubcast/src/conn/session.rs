@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::Conn;
+use super::limit::{FrameLimiter, Verdict};
 use crate::App;
 use crate::broker::{BrokerError, ClientInfo, PublishRequest};
 use crate::hub::Subscriber;
@@ -27,6 +28,8 @@ pub struct Session {
     personal: Arc<str>,
     /// Rooms joined with `join` (the personal room only if joined so).
     rooms: HashSet<Arc<str>>,
+    /// Incoming frame rate limit.
+    limiter: FrameLimiter,
 }
 
 /// A failed request: the `error` frame to send.
@@ -77,6 +80,8 @@ impl Session {
                 return Err(e);
             }
         }
+        let limiter =
+            FrameLimiter::new(app.config.rate_limit_per_conn, app.config.rate_limit_burst);
         Ok(Session {
             app,
             conn,
@@ -84,6 +89,7 @@ impl Session {
             info,
             personal,
             rooms: HashSet::new(),
+            limiter,
         })
     }
 
@@ -95,8 +101,30 @@ impl Session {
         self.push(protocol::error_frame(id, code, message));
     }
 
+    /// Applies the frame rate limit; false when the frame is refused (the
+    /// error is already queued, and a flooding client is being closed).
+    fn admit(&mut self, id: Option<&RawValue>) -> bool {
+        match self.limiter.check() {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
+                self.push_error(id, ErrorCode::RateLimited, "too many frames; slow down");
+                false
+            }
+            Verdict::Flood => {
+                self.push_error(id, ErrorCode::RateLimited, "too many frames; closing");
+                self.conn
+                    .out
+                    .close(protocol::close::FLOODING, "rate limit exceeded repeatedly");
+                false
+            }
+        }
+    }
+
     /// A binary frame: answered with an error, otherwise ignored.
-    pub fn on_binary(&self) {
+    pub fn on_binary(&mut self) {
+        if !self.admit(None) {
+            return;
+        }
         self.push_error(
             None,
             ErrorCode::BadRequest,
@@ -109,11 +137,16 @@ impl Session {
         let (id, frame) = match protocol::parse_client_frame(text) {
             Ok(parsed) => parsed,
             Err(FrameError { id, code, message }) => {
-                self.push_error(id.as_deref(), code, &message);
+                if self.admit(id.as_deref()) {
+                    self.push_error(id.as_deref(), code, &message);
+                }
                 return;
             }
         };
         let id = id.as_deref();
+        if !self.admit(id) {
+            return;
+        }
         if let Err(r) = self.dispatch(id, frame).await {
             self.push_error(id, r.code, &r.message);
         }
