@@ -51,6 +51,22 @@ pub struct Config {
     /// Frames a connection may send in a burst. A connection refused more
     /// than this many times within 10 seconds is closed with 4003.
     pub rate_limit_burst: u32,
+    /// The engine: `memory` (one node) or `redis` (many nodes).
+    pub broker: BrokerKind,
+    /// Redis server for `broker = "redis"`.
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel hubcast uses.
+    pub redis_prefix: String,
+}
+
+/// Which engine serves rooms.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// In this process: one node.
+    Memory,
+    /// Redis: many nodes sharing one Redis.
+    Redis,
 }
 
 /// Log line format.
@@ -79,6 +95,9 @@ impl Default for Config {
             shutdown_timeout: 5,
             rate_limit_per_conn: 1000,
             rate_limit_burst: 2000,
+            broker: BrokerKind::Memory,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_prefix: "hubcast".into(),
         }
     }
 }
@@ -150,6 +169,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_RATE_LIMIT_BURST", value_name = "FRAMES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<u32>,
+    /// Engine: memory (one node) or redis (many nodes sharing one Redis) [default: memory]
+    #[arg(long, env = "HUBCAST_BROKER", value_name = "ENGINE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerKind>,
+    /// Redis server for --broker redis [default: redis://127.0.0.1:6379/0]
+    #[arg(long, env = "HUBCAST_REDIS_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel [default: hubcast]
+    #[arg(long, env = "HUBCAST_REDIS_PREFIX", value_name = "PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_prefix: Option<String>,
 }
 
 /// A setting that cannot be used, named by its key.
@@ -238,6 +269,28 @@ impl Config {
         if !(1..=600).contains(&self.shutdown_timeout) {
             return bad("shutdown_timeout", "must be between 1 and 600 seconds");
         }
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("redis+unix://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            return bad(
+                "redis_url",
+                "must be a redis:// (or rediss://, unix://) URL",
+            );
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || !self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            return bad(
+                "redis_prefix",
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ - . :",
+            );
+        }
         if self.rate_limit_per_conn > 0 && self.rate_limit_burst == 0 {
             return bad(
                 "rate_limit_burst",
@@ -304,6 +357,9 @@ mod tests {
             ("--shutdown-timeout", d.shutdown_timeout.to_string()),
             ("--rate-limit-per-conn", d.rate_limit_per_conn.to_string()),
             ("--rate-limit-burst", d.rate_limit_burst.to_string()),
+            ("--broker", "memory".to_string()),
+            ("--redis-url", d.redis_url.clone()),
+            ("--redis-prefix", d.redis_prefix.clone()),
         ] {
             let at = help
                 .find(flag)

@@ -44,7 +44,8 @@ use tokio_util::task::TaskTracker;
 
 use broker::Broker;
 use broker::memory::MemoryBroker;
-use config::Config;
+use broker::redis::RedisBroker;
+use config::{BrokerKind, Config};
 use hub::Hub;
 
 /// Shared server state.
@@ -79,8 +80,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let broker: Arc<dyn Broker> = MemoryBroker::new(config.history_size, config.history_ttl());
+    let broker = connect_broker(&config).await?;
     run_with_broker(config, listener, shutdown, broker).await
+}
+
+/// The engine the config names, connected.
+pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
+    Ok(match config.broker {
+        BrokerKind::Memory => MemoryBroker::new(config.history_size, config.history_ttl()),
+        BrokerKind::Redis => RedisBroker::connect(
+            &config.redis_url,
+            &config.redis_prefix,
+            &config.node_id,
+            config.history_size,
+            config.history_ttl(),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot use Redis at {} (redis_url): {e}", config.redis_url)
+        })?,
+    })
 }
 
 /// [`run`] with a given engine (tests use it to inject failures; the Redis

@@ -542,25 +542,19 @@ impl EnvelopeParts {
         }
     }
 
-    /// Encodes the envelope with its offset and epoch: the one encoding every
-    /// recipient shares.
-    pub fn encode(&self, offset: u64, epoch: &str) -> Bytes {
-        let epoch = json_string(epoch);
+    /// The envelope's text before the offset: `{"type":"message","room":…,"offset":`.
+    pub fn head(&self) -> String {
+        format!(r#"{{"type":"message","room":{},"offset":"#, self.room)
+    }
+
+    /// The envelope's text after the epoch: `,"msgId":…,"data":…}`.
+    pub fn tail(&self) -> String {
         let mut s = String::with_capacity(
-            120 + self.room.len()
-                + self.msg_id.len()
-                + self.event.len()
-                + self.source.len()
-                + self.data.len()
-                + epoch.len(),
+            80 + self.msg_id.len() + self.event.len() + self.source.len() + self.data.len(),
         );
-        s.push_str(r#"{"type":"message","room":"#);
-        s.push_str(&self.room);
-        // Writing into a String cannot fail.
-        let _ = write!(s, r#","offset":{offset},"epoch":"#);
-        s.push_str(&epoch);
         s.push_str(r#","msgId":"#);
         s.push_str(&self.msg_id);
+        // Writing into a String cannot fail.
         let _ = write!(s, r#","timestamp":{}"#, self.timestamp);
         s.push_str(r#","eventType":"#);
         s.push_str(&self.event);
@@ -569,6 +563,18 @@ impl EnvelopeParts {
         s.push_str(r#","data":"#);
         s.push_str(&self.data);
         s.push('}');
+        s
+    }
+
+    /// Encodes the envelope with its offset and epoch: the one encoding every
+    /// recipient shares. Engines that assign offsets elsewhere (a Redis
+    /// script) build the same bytes as `head + offset + ,"epoch":"E" + tail`.
+    pub fn encode(&self, offset: u64, epoch: &str) -> Bytes {
+        let tail = self.tail();
+        let mut s = self.head();
+        s.reserve(40 + epoch.len() + tail.len());
+        let _ = write!(s, r#"{offset},"epoch":{}"#, json_string(epoch));
+        s.push_str(&tail);
         Bytes::from(s)
     }
 }

@@ -6,6 +6,8 @@ mod common;
 
 use std::time::Duration;
 
+#[allow(unused_imports)]
+use common::Engine;
 use common::Server;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -24,156 +26,158 @@ async fn rejects(c: &mut common::Client, text: &str, code: &str, id: Option<Valu
     assert_eq!(pong["type"], "pong", "connection usable after {text}");
 }
 
-#[tokio::test]
-async fn each_bad_frame_gets_its_error_and_the_connection_stays_usable() {
-    let s = Server::start(|c| c.max_rooms_per_conn = 2).await;
-    let mut c = s.client().await;
-    rejects(&mut c, "{not json", "bad_request", None).await;
-    rejects(&mut c, "[1,2]", "bad_request", None).await;
-    rejects(&mut c, "\"hello\"", "bad_request", None).await;
-    rejects(&mut c, r#"{"id":1}"#, "bad_request", Some(json!(1))).await;
-    rejects(
-        &mut c,
-        r#"{"type":"dance","id":"x"}"#,
-        "unknown_type",
-        Some(json!("x")),
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":7,"id":2}"#,
-        "bad_request",
-        Some(json!(2)),
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"join","id":3}"#,
-        "bad_request",
-        Some(json!(3)),
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"join","room":["a"],"id":4}"#,
-        "bad_request",
-        Some(json!(4)),
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"join","room":"no spaces","id":5}"#,
-        "bad_request",
-        Some(json!(5)),
-    )
-    .await;
-    rejects(
-        &mut c,
-        &format!(r#"{{"type":"join","room":"{}"}}"#, "x".repeat(129)),
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"join","room":"r","since":"3"}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"publish","room":"r","event":"bad event!","data":1}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"publish","room":"r","data":1}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"publish","room":"r","event":"e"}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"send","event":"e","data":1}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"leave","room":"never-joined","id":6}"#,
-        "not_joined",
-        Some(json!(6)),
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"history","room":"r","limit":1001}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"history","room":"r","limit":0}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"history","room":"r","limit":-5}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"status","status":"asleep"}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"ping","id":{"nested":true}}"#,
-        "bad_request",
-        None,
-    )
-    .await;
-    rejects(
-        &mut c,
-        r#"{"type":"join","room":"@somebody-else"}"#,
-        "forbidden",
-        None,
-    )
-    .await;
-    // Binary frames.
-    c.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    let e = c.expect("error").await;
-    assert_eq!(e["code"], "bad_request");
-    // Too many rooms: the personal room is not counted.
-    c.join("one").await;
-    c.join("two").await;
-    let e = c.call(json!({"type":"join","room":"three"})).await;
-    assert_eq!(e["code"], "too_many_rooms", "{e}");
-    // Rejoining an already joined room is not a new room.
-    let j = c.call(json!({"type":"join","room":"one"})).await;
-    assert_eq!(j["type"], "joined", "{j}");
-    // After all that, publishing still works.
-    let ack = c.publish("one", json!("still here")).await;
-    assert_eq!(ack["offset"], 1);
-    s.stop().await;
+both_engines! {
+    #[tokio::test]
+    async fn each_bad_frame_gets_its_error_and_the_connection_stays_usable(engine) {
+        let s = Server::start_on(engine, |c| c.max_rooms_per_conn = 2).await;
+        let mut c = s.client().await;
+        rejects(&mut c, "{not json", "bad_request", None).await;
+        rejects(&mut c, "[1,2]", "bad_request", None).await;
+        rejects(&mut c, "\"hello\"", "bad_request", None).await;
+        rejects(&mut c, r#"{"id":1}"#, "bad_request", Some(json!(1))).await;
+        rejects(
+            &mut c,
+            r#"{"type":"dance","id":"x"}"#,
+            "unknown_type",
+            Some(json!("x")),
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":7,"id":2}"#,
+            "bad_request",
+            Some(json!(2)),
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"join","id":3}"#,
+            "bad_request",
+            Some(json!(3)),
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"join","room":["a"],"id":4}"#,
+            "bad_request",
+            Some(json!(4)),
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"join","room":"no spaces","id":5}"#,
+            "bad_request",
+            Some(json!(5)),
+        )
+        .await;
+        rejects(
+            &mut c,
+            &format!(r#"{{"type":"join","room":"{}"}}"#, "x".repeat(129)),
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"join","room":"r","since":"3"}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"publish","room":"r","event":"bad event!","data":1}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"publish","room":"r","data":1}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"publish","room":"r","event":"e"}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"send","event":"e","data":1}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"leave","room":"never-joined","id":6}"#,
+            "not_joined",
+            Some(json!(6)),
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"history","room":"r","limit":1001}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"history","room":"r","limit":0}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"history","room":"r","limit":-5}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"status","status":"asleep"}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"ping","id":{"nested":true}}"#,
+            "bad_request",
+            None,
+        )
+        .await;
+        rejects(
+            &mut c,
+            r#"{"type":"join","room":"@somebody-else"}"#,
+            "forbidden",
+            None,
+        )
+        .await;
+        // Binary frames.
+        c.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        let e = c.expect("error").await;
+        assert_eq!(e["code"], "bad_request");
+        // Too many rooms: the personal room is not counted.
+        c.join("one").await;
+        c.join("two").await;
+        let e = c.call(json!({"type":"join","room":"three"})).await;
+        assert_eq!(e["code"], "too_many_rooms", "{e}");
+        // Rejoining an already joined room is not a new room.
+        let j = c.call(json!({"type":"join","room":"one"})).await;
+        assert_eq!(j["type"], "joined", "{j}");
+        // After all that, publishing still works.
+        let ack = c.publish("one", json!("still here")).await;
+        assert_eq!(ack["offset"], 1);
+        s.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -322,48 +326,50 @@ async fn a_flood_does_not_stall_other_connections() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn frames_over_the_rate_limit_are_refused_then_a_flood_is_closed_with_4003() {
-    let s = Server::start(|c| {
-        c.rate_limit_per_conn = 5;
-        c.rate_limit_burst = 10;
-    })
-    .await;
-    let mut c = s.client().await;
-    for i in 0..15 {
-        c.send(json!({"type":"ping","id":i})).await;
+both_engines! {
+    #[tokio::test]
+    async fn frames_over_the_rate_limit_are_refused_then_a_flood_is_closed_with_4003(engine) {
+        let s = Server::start_on(engine, |c| {
+            c.rate_limit_per_conn = 5;
+            c.rate_limit_burst = 10;
+        })
+        .await;
+        let mut c = s.client().await;
+        for i in 0..15 {
+            c.send(json!({"type":"ping","id":i})).await;
+        }
+        let mut replies = Vec::new();
+        for _ in 0..15 {
+            replies.push(c.recv().await);
+        }
+        for (i, r) in replies.iter().enumerate().take(10) {
+            assert_eq!(r["type"], "pong", "the burst is allowed: {r}");
+            assert_eq!(r["id"], i);
+        }
+        let refused: Vec<&Value> = replies[10..]
+            .iter()
+            .filter(|r| r["code"] == "rate_limited")
+            .collect();
+        assert!(refused.len() >= 3, "{replies:?}");
+        for r in &refused {
+            assert_eq!(r["type"], "error");
+            assert!(
+                r["id"].as_u64().unwrap() >= 10,
+                "the refused frame's id is echoed: {r}"
+            );
+        }
+        // The bucket refills: after a pause the connection is usable again.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(c.call(json!({"type":"ping"})).await["type"], "pong");
+        // Keeping on past the limit is flooding: closed with 4003.
+        for _ in 0..40 {
+            c.ws.feed(Message::text(r#"{"type":"ping"}"#))
+                .await
+                .unwrap();
+        }
+        c.ws.flush().await.unwrap();
+        let (code, reason, _) = c.until_close().await;
+        assert_eq!(code, Some(4003), "{reason}");
+        s.stop().await;
     }
-    let mut replies = Vec::new();
-    for _ in 0..15 {
-        replies.push(c.recv().await);
-    }
-    for (i, r) in replies.iter().enumerate().take(10) {
-        assert_eq!(r["type"], "pong", "the burst is allowed: {r}");
-        assert_eq!(r["id"], i);
-    }
-    let refused: Vec<&Value> = replies[10..]
-        .iter()
-        .filter(|r| r["code"] == "rate_limited")
-        .collect();
-    assert!(refused.len() >= 3, "{replies:?}");
-    for r in &refused {
-        assert_eq!(r["type"], "error");
-        assert!(
-            r["id"].as_u64().unwrap() >= 10,
-            "the refused frame's id is echoed: {r}"
-        );
-    }
-    // The bucket refills: after a pause the connection is usable again.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(c.call(json!({"type":"ping"})).await["type"], "pong");
-    // Keeping on past the limit is flooding: closed with 4003.
-    for _ in 0..40 {
-        c.ws.feed(Message::text(r#"{"type":"ping"}"#))
-            .await
-            .unwrap();
-    }
-    c.ws.flush().await.unwrap();
-    let (code, reason, _) = c.until_close().await;
-    assert_eq!(code, Some(4003), "{reason}");
-    s.stop().await;
 }

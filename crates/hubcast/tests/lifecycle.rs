@@ -8,77 +8,81 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+#[allow(unused_imports)]
+use common::Engine;
 use common::Server;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_is_closed_with_4000_and_nobody_else_waits() {
-    let s = Server::start(|c| c.queue_size = 16).await;
-    let mut slow = s.client().await;
-    slow.join("firehose").await;
-    let mut fast = s.client().await;
-    fast.join("firehose").await;
-    let _ = slow.expect("presence").await; // fast's arrival
-    let mut publisher = s.client().await;
+both_engines! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_consumer_is_closed_with_4000_and_nobody_else_waits(engine) {
+        let s = Server::start_on(engine, |c| c.queue_size = 16).await;
+        let mut slow = s.client().await;
+        slow.join("firehose").await;
+        let mut fast = s.client().await;
+        fast.join("firehose").await;
+        let _ = slow.expect("presence").await; // fast's arrival
+        let mut publisher = s.client().await;
 
-    // 600 x 60 KiB = 36 MiB: far more than the socket buffers hold, so the
-    // slow client's queue overflows while it reads nothing.
-    let payload = "x".repeat(60 * 1024);
-    let fast_reader = tokio::spawn(async move {
-        let mut next = 1;
+        // 600 x 60 KiB = 36 MiB: far more than the socket buffers hold, so the
+        // slow client's queue overflows while it reads nothing.
+        let payload = "x".repeat(60 * 1024);
+        let fast_reader = tokio::spawn(async move {
+            let mut next = 1;
+            while next <= 600 {
+                let v = fast.recv().await;
+                if v["type"] == "message" {
+                    assert_eq!(v["offset"], next, "the fast subscriber misses nothing");
+                    next += 1;
+                }
+            }
+            fast
+        });
+        for i in 1..=600u64 {
+            let ack = publisher
+                .call(json!({"type":"publish","room":"firehose","event":"big","data":payload}))
+                .await;
+            assert_eq!(
+                ack["offset"], i,
+                "the publisher is never refused or blocked"
+            );
+        }
+        let _fast = tokio::time::timeout(Duration::from_secs(60), fast_reader)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // The slow client now reads: an unbroken run of messages, then 4000.
+        let (code, reason, frames) = slow.until_close().await;
+        assert_eq!(code, Some(4000), "reason {reason:?}");
+        let offsets: Vec<u64> = frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["offset"].as_u64().unwrap())
+            .collect();
+        assert!(offsets.len() < 600, "it could not have kept up");
+        for w in offsets.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "no silent gap before the close");
+        }
+        // It recovers everything it missed on a new connection.
+        let last = offsets.last().copied().unwrap_or(0);
+        let mut again = s.client().await;
+        let (j, _) = again
+            .request(json!({"type":"join","room":"firehose","since":last}))
+            .await;
+        assert_eq!(j["recovered"], true, "{j}");
+        let mut next = last + 1;
         while next <= 600 {
-            let v = fast.recv().await;
+            let v = again.recv().await;
             if v["type"] == "message" {
-                assert_eq!(v["offset"], next, "the fast subscriber misses nothing");
+                assert_eq!(v["offset"], next);
                 next += 1;
             }
         }
-        fast
-    });
-    for i in 1..=600u64 {
-        let ack = publisher
-            .call(json!({"type":"publish","room":"firehose","event":"big","data":payload}))
-            .await;
-        assert_eq!(
-            ack["offset"], i,
-            "the publisher is never refused or blocked"
-        );
+        s.stop().await;
     }
-    let _fast = tokio::time::timeout(Duration::from_secs(60), fast_reader)
-        .await
-        .unwrap()
-        .unwrap();
-
-    // The slow client now reads: an unbroken run of messages, then 4000.
-    let (code, reason, frames) = slow.until_close().await;
-    assert_eq!(code, Some(4000), "reason {reason:?}");
-    let offsets: Vec<u64> = frames
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .map(|f| f["offset"].as_u64().unwrap())
-        .collect();
-    assert!(offsets.len() < 600, "it could not have kept up");
-    for w in offsets.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "no silent gap before the close");
-    }
-    // It recovers everything it missed on a new connection.
-    let last = offsets.last().copied().unwrap_or(0);
-    let mut again = s.client().await;
-    let (j, _) = again
-        .request(json!({"type":"join","room":"firehose","since":last}))
-        .await;
-    assert_eq!(j["recovered"], true, "{j}");
-    let mut next = last + 1;
-    while next <= 600 {
-        let v = again.recv().await;
-        if v["type"] == "message" {
-            assert_eq!(v["offset"], next);
-            next += 1;
-        }
-    }
-    s.stop().await;
 }
 
 /// A raw WebSocket client that never writes after the handshake (so never
@@ -190,23 +194,25 @@ async fn server_pings_every_heartbeat() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_closes_every_connection_with_1001() {
-    let s = Server::default().await;
-    let mut a = s.client().await;
-    let mut b = s.client().await;
-    b.join("r").await;
-    let token = s.shutdown.clone();
-    let stopping = tokio::spawn(s.stop());
-    let (code_a, _, _) = a.until_close().await;
-    let (code_b, _, _) = b.until_close().await;
-    assert_eq!(code_a, Some(1001));
-    assert_eq!(code_b, Some(1001));
-    tokio::time::timeout(Duration::from_secs(10), stopping)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(token.is_cancelled());
+both_engines! {
+    #[tokio::test]
+    async fn shutdown_closes_every_connection_with_1001(engine) {
+        let s = Server::on(engine).await;
+        let mut a = s.client().await;
+        let mut b = s.client().await;
+        b.join("r").await;
+        let token = s.shutdown.clone();
+        let stopping = tokio::spawn(s.stop());
+        let (code_a, _, _) = a.until_close().await;
+        let (code_b, _, _) = b.until_close().await;
+        assert_eq!(code_a, Some(1001));
+        assert_eq!(code_b, Some(1001));
+        tokio::time::timeout(Duration::from_secs(10), stopping)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(token.is_cancelled());
+    }
 }
 
 fn hubcast() -> Command {
@@ -289,33 +295,35 @@ async fn binary_serves_and_exits_0_on_sigterm_after_closing_with_1001() {
     );
 }
 
-#[tokio::test]
-async fn client_close_is_answered_with_1000() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    let s = Server::default().await;
-    let mut c = s.client().await;
-    c.join("r").await;
-    c.ws.send(Message::Close(Some(CloseFrame {
-        code: 1000.into(),
-        reason: "bye".into(),
-    })))
-    .await
-    .unwrap();
-    let (code, _, _) = c.until_close().await;
-    assert_eq!(code, Some(1000));
-    // Its presence is gone (cleanup runs right after the close handshake).
-    let mut d = s.client().await;
-    let mut members = json!(null);
-    for _ in 0..100 {
-        members = d.call(json!({"type":"presence","room":"r"})).await["members"].clone();
-        if members == json!([]) {
-            break;
+both_engines! {
+    #[tokio::test]
+    async fn client_close_is_answered_with_1000(engine) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let s = Server::on(engine).await;
+        let mut c = s.client().await;
+        c.join("r").await;
+        c.ws.send(Message::Close(Some(CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+        let (code, _, _) = c.until_close().await;
+        assert_eq!(code, Some(1000));
+        // Its presence is gone (cleanup runs right after the close handshake).
+        let mut d = s.client().await;
+        let mut members = json!(null);
+        for _ in 0..100 {
+            members = d.call(json!({"type":"presence","room":"r"})).await["members"].clone();
+            if members == json!([]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(members, json!([]));
+        s.stop().await;
     }
-    assert_eq!(members, json!([]));
-    s.stop().await;
 }
 
 #[test]

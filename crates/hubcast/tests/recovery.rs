@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+#[allow(unused_imports)]
+use common::Engine;
 use common::Server;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -51,140 +53,148 @@ async fn read_run(c: &mut common::Client, room: &str, after: u64, upto: u64) -> 
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
-    let s = Server::default().await;
-    let stop = CancellationToken::new();
-    let pub_task = publisher(&s, "busy", stop.clone());
+both_engines! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_under_concurrent_publishing_has_no_gap_and_no_duplicate(engine) {
+        let s = Server::on(engine).await;
+        let stop = CancellationToken::new();
+        let pub_task = publisher(&s, "busy", stop.clone());
 
-    // First life: join, read a while, remember the last offset, drop.
-    let mut c = s.client().await;
-    let j = c.join_quiet("busy").await;
-    let start = j["offset"].as_u64().unwrap();
-    let epoch = j["epoch"].clone();
-    let seen = read_run(&mut c, "busy", start, start + 50).await;
-    let last = seen.last().unwrap()["offset"].as_u64().unwrap();
-    c.close().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+        // First life: join, read a while, remember the last offset, drop.
+        let mut c = s.client().await;
+        let j = c.join_quiet("busy").await;
+        let start = j["offset"].as_u64().unwrap();
+        let epoch = j["epoch"].clone();
+        let seen = read_run(&mut c, "busy", start, start + 50).await;
+        let last = seen.last().unwrap()["offset"].as_u64().unwrap();
+        c.close().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
 
-    // Second life, on a new connection, while publishing goes on.
-    for round in 0..5 {
+        // Second life, on a new connection, while publishing goes on.
+        for round in 0..5 {
+            let mut c = s.client().await;
+            let (j, _) = c
+                .request(json!({"type":"join","room":"busy","since":last,"epoch":epoch}))
+                .await;
+            assert_eq!(j["type"], "joined", "{j}");
+            assert_eq!(j["recovered"], true, "round {round}: {j}");
+            assert!(j["offset"].as_u64().unwrap() >= last);
+            // Missed ones first, then live ones, one unbroken run.
+            let top = j["offset"].as_u64().unwrap();
+            read_run(&mut c, "busy", last, top + 30).await;
+            c.close().await;
+        }
+        stop.cancel();
+        let n = pub_task.await.unwrap();
+        assert!(n > 50);
+        s.stop().await;
+    }
+}
+
+both_engines! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plain_join_during_publishing_continues_from_its_offset(engine) {
+        let s = Server::on(engine).await;
+        let stop = CancellationToken::new();
+        let pub_task = publisher(&s, "live", stop.clone());
+        for _ in 0..5 {
+            let mut c = s.client().await;
+            // Wait for some traffic first.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (j, _) = c.request(json!({"type":"join","room":"live"})).await;
+            let top = j["offset"].as_u64().unwrap();
+            read_run(&mut c, "live", top, top + 40).await;
+            c.close().await;
+        }
+        stop.cancel();
+        pub_task.await.unwrap();
+        s.stop().await;
+    }
+}
+
+both_engines! {
+    #[tokio::test]
+    async fn recovery_refused_for_another_epoch_or_trimmed_history(engine) {
+        let s = Server::start_on(engine, |c| c.history_size = 3).await;
+        let mut p = s.client().await;
+        let mut epoch = Value::Null;
+        for i in 1..=6 {
+            epoch = p.publish("small", json!(i)).await["epoch"].clone();
+        }
+        let mut c = s.client().await;
+        // Everything after 3 is still held: recovered.
+        let (j, _) = c
+            .request(json!({"type":"join","room":"small","since":3,"epoch":epoch}))
+            .await;
+        assert_eq!(j["recovered"], true);
+        let offs: Vec<u64> = [
+            c.expect("message").await,
+            c.expect("message").await,
+            c.expect("message").await,
+        ]
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+        assert_eq!(offs, vec![4, 5, 6]);
+        let _ = c.expect("presence").await;
+
+        // Offset 2 is gone: not recovered, and no messages replayed.
+        let mut d = s.client().await;
+        let (j, _) = d
+            .request(json!({"type":"join","room":"small","since":1,"epoch":epoch}))
+            .await;
+        assert_eq!(j["recovered"], false);
+        assert_eq!(j["offset"], 6);
+        assert_eq!(d.expect("presence").await["action"], "join");
+        d.silent_for(Duration::from_millis(150)).await;
+
+        // Another epoch: not recovered.
+        let mut e = s.client().await;
+        let (j, _) = e
+            .request(json!({"type":"join","room":"small","since":5,"epoch":"not-it"}))
+            .await;
+        assert_eq!(j["recovered"], false);
+        assert_eq!(j["epoch"], epoch);
+        assert_eq!(e.expect("presence").await["action"], "join");
+        e.silent_for(Duration::from_millis(150)).await;
+
+        // since beyond the top: not recovered.
+        let mut f = s.client().await;
+        let (j, _) = f
+            .request(json!({"type":"join","room":"small","since":99,"epoch":epoch}))
+            .await;
+        assert_eq!(j["recovered"], false);
+        s.stop().await;
+    }
+}
+
+both_engines! {
+    #[tokio::test]
+    async fn recovery_is_complete_up_to_the_top(engine) {
+        let s = Server::on(engine).await;
+        let mut p = s.client().await;
+        let mut epoch = Value::Null;
+        for i in 1..=10 {
+            epoch = p.publish("r", json!(i)).await["epoch"].clone();
+        }
         let mut c = s.client().await;
         let (j, _) = c
-            .request(json!({"type":"join","room":"busy","since":last,"epoch":epoch}))
+            .request(json!({"type":"join","room":"r","since":10,"epoch":epoch}))
             .await;
-        assert_eq!(j["type"], "joined", "{j}");
-        assert_eq!(j["recovered"], true, "round {round}: {j}");
-        assert!(j["offset"].as_u64().unwrap() >= last);
-        // Missed ones first, then live ones, one unbroken run.
-        let top = j["offset"].as_u64().unwrap();
-        read_run(&mut c, "busy", last, top + 30).await;
-        c.close().await;
+        assert_eq!(j["recovered"], true);
+        assert_eq!(j["offset"], 10);
+        assert_eq!(c.expect("presence").await["action"], "join");
+        c.silent_for(Duration::from_millis(100)).await;
+        // since 0: all ten, in order.
+        let mut d = s.client().await;
+        let (j, _) = d
+            .request(json!({"type":"join","room":"r","since":0,"epoch":epoch}))
+            .await;
+        assert_eq!(j["recovered"], true);
+        for i in 1..=10 {
+            let m = d.expect("message").await;
+            assert_eq!(m["offset"], i);
+        }
+        s.stop().await;
     }
-    stop.cancel();
-    let n = pub_task.await.unwrap();
-    assert!(n > 50);
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_join_during_publishing_continues_from_its_offset() {
-    let s = Server::default().await;
-    let stop = CancellationToken::new();
-    let pub_task = publisher(&s, "live", stop.clone());
-    for _ in 0..5 {
-        let mut c = s.client().await;
-        // Wait for some traffic first.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let (j, _) = c.request(json!({"type":"join","room":"live"})).await;
-        let top = j["offset"].as_u64().unwrap();
-        read_run(&mut c, "live", top, top + 40).await;
-        c.close().await;
-    }
-    stop.cancel();
-    pub_task.await.unwrap();
-    s.stop().await;
-}
-
-#[tokio::test]
-async fn recovery_refused_for_another_epoch_or_trimmed_history() {
-    let s = Server::start(|c| c.history_size = 3).await;
-    let mut p = s.client().await;
-    let mut epoch = Value::Null;
-    for i in 1..=6 {
-        epoch = p.publish("small", json!(i)).await["epoch"].clone();
-    }
-    let mut c = s.client().await;
-    // Everything after 3 is still held: recovered.
-    let (j, _) = c
-        .request(json!({"type":"join","room":"small","since":3,"epoch":epoch}))
-        .await;
-    assert_eq!(j["recovered"], true);
-    let offs: Vec<u64> = [
-        c.expect("message").await,
-        c.expect("message").await,
-        c.expect("message").await,
-    ]
-    .iter()
-    .map(|m| m["offset"].as_u64().unwrap())
-    .collect();
-    assert_eq!(offs, vec![4, 5, 6]);
-    let _ = c.expect("presence").await;
-
-    // Offset 2 is gone: not recovered, and no messages replayed.
-    let mut d = s.client().await;
-    let (j, _) = d
-        .request(json!({"type":"join","room":"small","since":1,"epoch":epoch}))
-        .await;
-    assert_eq!(j["recovered"], false);
-    assert_eq!(j["offset"], 6);
-    assert_eq!(d.expect("presence").await["action"], "join");
-    d.silent_for(Duration::from_millis(150)).await;
-
-    // Another epoch: not recovered.
-    let mut e = s.client().await;
-    let (j, _) = e
-        .request(json!({"type":"join","room":"small","since":5,"epoch":"not-it"}))
-        .await;
-    assert_eq!(j["recovered"], false);
-    assert_eq!(j["epoch"], epoch);
-    assert_eq!(e.expect("presence").await["action"], "join");
-    e.silent_for(Duration::from_millis(150)).await;
-
-    // since beyond the top: not recovered.
-    let mut f = s.client().await;
-    let (j, _) = f
-        .request(json!({"type":"join","room":"small","since":99,"epoch":epoch}))
-        .await;
-    assert_eq!(j["recovered"], false);
-    s.stop().await;
-}
-
-#[tokio::test]
-async fn recovery_is_complete_up_to_the_top() {
-    let s = Server::default().await;
-    let mut p = s.client().await;
-    let mut epoch = Value::Null;
-    for i in 1..=10 {
-        epoch = p.publish("r", json!(i)).await["epoch"].clone();
-    }
-    let mut c = s.client().await;
-    let (j, _) = c
-        .request(json!({"type":"join","room":"r","since":10,"epoch":epoch}))
-        .await;
-    assert_eq!(j["recovered"], true);
-    assert_eq!(j["offset"], 10);
-    assert_eq!(c.expect("presence").await["action"], "join");
-    c.silent_for(Duration::from_millis(100)).await;
-    // since 0: all ten, in order.
-    let mut d = s.client().await;
-    let (j, _) = d
-        .request(json!({"type":"join","room":"r","since":0,"epoch":epoch}))
-        .await;
-    assert_eq!(j["recovered"], true);
-    for i in 1..=10 {
-        let m = d.expect("message").await;
-        assert_eq!(m["offset"], i);
-    }
-    s.stop().await;
 }

@@ -17,6 +17,7 @@
 //! - Presence changes are reported to the handler as events for the room.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::{Arc, Weak};
 
@@ -146,6 +147,10 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn on_publication(&self, room: &str, publication: &Arc<Publication>);
     /// A presence change.
     fn on_presence(&self, room: &str, event: &PresenceEvent);
+    /// The engine lost messages of this room it cannot fetch again (a gap it
+    /// could not fill): every local subscriber must be told, since none of
+    /// them may silently miss a message.
+    fn on_reset(&self, room: &str);
 }
 
 /// A messaging engine. See the module documentation for its contract.

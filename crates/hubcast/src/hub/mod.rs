@@ -393,6 +393,22 @@ impl BrokerHandler for Hub {
         }
     }
 
+    fn on_reset(&self, room: &str) {
+        let shard = lock(self.shard(room));
+        let Some(local) = shard.get(room) else { return };
+        tracing::warn!(
+            room,
+            subscribers = local.subs.len(),
+            "room stream broken: closing its subscribers"
+        );
+        for sub in local.subs.values() {
+            sub.conn.outbound().close(
+                protocol::close::SLOW_CONSUMER,
+                "messages lost between nodes: reconnect and recover",
+            );
+        }
+    }
+
     fn on_presence(&self, room: &str, event: &PresenceEvent) {
         let frame = protocol::encode(&out::PresenceEvent {
             ty: "presence",

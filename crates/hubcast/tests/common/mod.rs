@@ -20,33 +20,125 @@ use tokio_util::sync::CancellationToken;
 /// How long a test waits for an expected frame before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The engines every table-driven test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Memory,
+    Redis,
+}
+
+/// Redis for tests: `HUBCAST_TEST_REDIS_URL`, default the machine's server.
+pub fn redis_url() -> String {
+    std::env::var("HUBCAST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("hubcast-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Deletes every key under `prefix`.
+pub fn clean_redis(prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    }
+}
+
+/// Runs a test body once per engine: `both_engines! { #[tokio::test] async
+/// fn name(engine) { ... } }` makes `name::memory` and `name::redis`.
+#[macro_export]
+macro_rules! both_engines {
+    ($(#[$attr:meta])* async fn $name:ident($engine:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn body($engine: $crate::common::Engine) $body
+            $(#[$attr])*
+            async fn memory() {
+                body($crate::common::Engine::Memory).await
+            }
+            $(#[$attr])*
+            async fn redis() {
+                body($crate::common::Engine::Redis).await
+            }
+        }
+    };
+}
+
 /// A server running in this test's runtime.
 pub struct Server {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The Redis key prefix to clean up, for the Redis engine.
+    redis_prefix: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(prefix) = self.redis_prefix.take() {
+            clean_redis(&prefix);
+        }
+    }
 }
 
 impl Server {
-    /// Starts a server with default settings changed by `f`.
+    /// Starts a memory-engine server with default settings changed by `f`.
     pub async fn start(f: impl FnOnce(&mut Config)) -> Server {
+        Server::start_on(Engine::Memory, f).await
+    }
+
+    /// Starts a server on `engine` with default settings changed by `f`.
+    pub async fn start_on(engine: Engine, f: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config::default();
         config.node_id = "test-node".into();
+        let redis_prefix = (engine == Engine::Redis).then(unique_prefix);
+        if let Some(prefix) = &redis_prefix {
+            config.broker = hubcast::config::BrokerKind::Redis;
+            config.redis_url = redis_url();
+            config.redis_prefix = prefix.clone();
+        }
         f(&mut config);
+        Server::with_config(config, redis_prefix).await
+    }
+
+    /// Starts a server with exactly `config`; `redis_prefix` is cleaned up
+    /// when it is dropped.
+    pub async fn with_config(config: Config, redis_prefix: Option<String>) -> Server {
         config.validate().expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(hubcast::run(config, listener, shutdown.clone()));
+        let handle = Some(tokio::spawn(hubcast::run(
+            config,
+            listener,
+            shutdown.clone(),
+        )));
         Server {
             addr,
             shutdown,
             handle,
+            redis_prefix,
         }
     }
 
     pub async fn default() -> Server {
         Server::start(|_| {}).await
+    }
+
+    pub async fn on(engine: Engine) -> Server {
+        Server::start_on(engine, |_| {}).await
     }
 
     pub fn ws_url(&self) -> String {
@@ -68,13 +160,15 @@ impl Server {
     }
 
     /// Fires shutdown and waits for `run` to return.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.handle)
-            .await
-            .expect("server stops in time")
-            .unwrap()
-            .unwrap();
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(15), handle)
+                .await
+                .expect("server stops in time")
+                .unwrap()
+                .unwrap();
+        }
     }
 }
 

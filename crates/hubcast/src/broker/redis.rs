@@ -1,0 +1,1063 @@
+//! The Redis engine: many hubcast nodes sharing one Redis act as one server.
+//!
+//! Per room (every key carries the room as a hash tag, `{room}`, so a room's
+//! keys and channel share a cluster slot):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:{room}:m` | hash | `e` epoch, `o` latest offset |
+//! | `P:{room}:s` | stream | history; entry id `offset-0`, fields `t` (ms), `d` (envelope), `n`/`k` (publishing node and connection) |
+//! | `P:{room}:i:<msgId>` | string | `epoch:offset` of a client msgId, for `history_ttl` |
+//! | `P:{room}:c` | channel | new messages and presence events |
+//! | `P:{room}:p` | hash | connection id → user, name, node |
+//! | `P:{room}:pu` | hash | user → connections in the room |
+//! | `P:u:<user>` | hash | `c` connections, `s` status, `n` name, `l` last seen |
+//! | `P:ur:<user>` | set | rooms the user is present in |
+//!
+//! One Lua script per publish does the idempotency check, assigns the next
+//! offset, appends to the stream (bounded to `history_size`) and publishes
+//! to the room's channel, atomically. A missing meta hash means Redis lost
+//! the room: the script starts a new epoch.
+//!
+//! Each node holds one pub/sub connection, owned by a task that subscribes a
+//! room's channel while the node has local members in it. Pub/sub loses what
+//! is published while that connection is down, so the task remembers the
+//! last offset it delivered per room: an offset jump, or a reconnect, makes it
+//! read the missing range from the stream before delivering anything newer.
+//! A range the stream no longer holds is reported to the hub (`on_reset`),
+//! which closes the room's local subscribers with 4000 so they recover.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    Broker, BrokerError, BrokerHandler, ClientInfo, ConnKey, HistoryPage, PresenceEvent,
+    Publication, PublishRequest, PublishResult, Recovery, UserStatus,
+};
+use crate::protocol::{Member, PresenceAction, Status};
+
+/// How long the meta hash (epoch, offset) outlives the last activity in a
+/// room. Past it, the room starts a new epoch.
+const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Timeout for one Redis command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest pause between pub/sub reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+const PUBLISH: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+if ARGV[10] == '1' then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then
+    local sep = string.find(prev, ':', 1, true)
+    if sep and string.sub(prev, 1, sep - 1) == epoch then
+      return {tonumber(string.sub(prev, sep + 1)), epoch, 1}
+    end
+  end
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local env = ARGV[1] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[2]
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 't', ARGV[9], 'd', env, 'n', ARGV[7], 'k', ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+if ARGV[10] == '1' then
+  redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'EX', ARGV[4])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call(ARGV[11], KEYS[3], offset .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n' .. ARGV[8] .. '\n' .. env)
+return {offset, epoch, 0}
+"#;
+
+/// Ensures the meta hash, then returns the epoch, the top and the entries
+/// after `since` (ARGV[3], -1 for none).
+const RECOVER: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+local since = tonumber(ARGV[3])
+local entries = {}
+if since >= 0 and since < top then
+  entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+')
+end
+return {epoch, top, entries}
+"#;
+
+/// Like RECOVER, for `history`: entries after `since` (or the latest ones)
+/// up to ARGV[4], and the oldest entry held.
+const HISTORY: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+local since = tonumber(ARGV[3])
+local entries
+if since >= 0 then
+  entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', ARGV[4])
+else
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+return {epoch, top, entries, first}
+"#;
+
+/// Adds a connection to a room's presence; the user's first connection
+/// publishes a join event. Returns the user's connection count there.
+const PRESENCE_JOIN: &str = r#"
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\31' .. ARGV[3] .. '\31' .. ARGV[4])
+if added == 1 then
+  local n = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  if n == 1 then
+    redis.call(ARGV[6], KEYS[3], 'p\njoin\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[5])
+  end
+  return n
+end
+return -1
+"#;
+
+/// Removes a connection from a room's presence; the user's last connection
+/// publishes a leave event. Returns the user's remaining connections there.
+const PRESENCE_LEAVE: &str = r#"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 1 then
+  local n = redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+  if n <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    redis.call(ARGV[5], KEYS[3], 'p\nleave\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[4])
+  end
+  return n
+end
+return -1
+"#;
+
+const CONNECT: &str = r#"
+local n = redis.call('HINCRBY', KEYS[1], 'c', 1)
+if n == 1 then
+  redis.call('HSET', KEYS[1], 's', 'online', 'n', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'l')
+end
+redis.call('PERSIST', KEYS[1])
+return n
+"#;
+
+const DISCONNECT: &str = r#"
+local n = redis.call('HINCRBY', KEYS[1], 'c', -1)
+if n <= 0 then
+  redis.call('HSET', KEYS[1], 'c', 0, 's', 'offline', 'l', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return n
+"#;
+
+/// The scripts, loaded once.
+struct Scripts {
+    publish: Script,
+    recover: Script,
+    history: Script,
+    presence_join: Script,
+    presence_leave: Script,
+    connect: Script,
+    disconnect: Script,
+}
+
+/// Key names for one deployment prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    fn room(&self, room: &str, suffix: &str) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, room, suffix)
+    }
+    fn channel(&self, room: &str) -> String {
+        self.room(room, "c")
+    }
+    fn idem(&self, room: &str, msg_id: &str) -> String {
+        format!("{}:{{{}}}:i:{}", self.prefix, room, msg_id)
+    }
+    fn user(&self, user: &str) -> String {
+        format!("{}:u:{}", self.prefix, user)
+    }
+    fn user_rooms(&self, user: &str) -> String {
+        format!("{}:ur:{}", self.prefix, user)
+    }
+    /// The room of a channel name, when it is one of ours.
+    fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(&*self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:c")
+    }
+}
+
+/// What the pub/sub task is asked to do.
+enum SubCmd {
+    Subscribe(Arc<str>, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(Arc<str>),
+}
+
+/// State shared by the broker and its pub/sub task.
+struct Shared {
+    conn: ConnectionManager,
+    keys: Keys,
+    node: Arc<str>,
+    scripts: Scripts,
+    handler: OnceLock<Weak<dyn BrokerHandler>>,
+    history_size: usize,
+    ttl: Duration,
+    /// The pub/sub connection is up.
+    pubsub_up: AtomicBool,
+}
+
+/// The Redis engine.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    cmd: mpsc::UnboundedSender<SubCmd>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("redis: {e}"))
+}
+
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// One stream entry: (offset, time ms, envelope, node, connection key).
+struct Entry {
+    offset: u64,
+    time: i64,
+    envelope: Bytes,
+    node: String,
+    key: String,
+}
+
+fn parse_entries(v: &Value) -> Vec<Entry> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let id: String = redis::from_redis_value(pair.first()?.clone()).ok()?;
+            let offset = id.split('-').next()?.parse().ok()?;
+            let fields: Vec<Vec<u8>> = redis::from_redis_value(pair.get(1)?.clone()).ok()?;
+            let mut e = Entry {
+                offset,
+                time: 0,
+                envelope: Bytes::new(),
+                node: String::new(),
+                key: String::new(),
+            };
+            for kv in fields.chunks(2) {
+                let [k, v] = kv else { continue };
+                match k.as_slice() {
+                    b"t" => e.time = std::str::from_utf8(v).ok()?.parse().ok()?,
+                    b"d" => e.envelope = Bytes::copy_from_slice(v),
+                    b"n" => e.node = String::from_utf8_lossy(v).into_owned(),
+                    b"k" => e.key = String::from_utf8_lossy(v).into_owned(),
+                    _ => {}
+                }
+            }
+            Some(e)
+        })
+        .collect()
+}
+
+impl Shared {
+    fn handler(&self) -> Option<Arc<dyn BrokerHandler>> {
+        self.handler.get().and_then(Weak::upgrade)
+    }
+
+    fn publication(
+        &self,
+        offset: u64,
+        epoch: &Arc<str>,
+        node: &str,
+        key: &str,
+        envelope: Bytes,
+    ) -> Arc<Publication> {
+        let skip = if node == &*self.node {
+            key.parse::<ConnKey>().ok()
+        } else {
+            None
+        };
+        Arc::new(Publication {
+            offset,
+            epoch: epoch.clone(),
+            skip,
+            envelope,
+        })
+    }
+
+    /// Oldest time a message may have to still count as history.
+    fn cutoff_ms(&self) -> i64 {
+        crate::unix_ms() - self.ttl.as_millis() as i64
+    }
+
+    async fn recover_raw(
+        &self,
+        room: &str,
+        since: i64,
+    ) -> Result<(Arc<str>, u64, Vec<Entry>), BrokerError> {
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .scripts
+            .recover
+            .key(self.keys.room(room, "m"))
+            .key(self.keys.room(room, "s"))
+            .arg(new_epoch())
+            .arg(META_TTL.as_secs())
+            .arg(since)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(parts) = v else {
+            return Err(BrokerError::Internal(
+                "recover script: unexpected reply".into(),
+            ));
+        };
+        let epoch: String = parts
+            .first()
+            .cloned()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(|| BrokerError::Internal("recover script: no epoch".into()))?;
+        let top: u64 = parts
+            .get(1)
+            .cloned()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(0);
+        let entries = parts.get(2).map(parse_entries).unwrap_or_default();
+        Ok((Arc::from(epoch), top, entries))
+    }
+}
+
+impl RedisBroker {
+    /// Connects to Redis at `url` (fails when it cannot) and starts the
+    /// node's pub/sub task.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        node: &str,
+        history_size: usize,
+        ttl: Duration,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let client =
+            redis::Client::open(url).map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(MAX_BACKOFF);
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(unavailable)?;
+        let shared = Arc::new(Shared {
+            conn,
+            keys: Keys {
+                prefix: Arc::from(prefix),
+            },
+            node: Arc::from(node),
+            scripts: Scripts {
+                publish: Script::new(PUBLISH),
+                recover: Script::new(RECOVER),
+                history: Script::new(HISTORY),
+                presence_join: Script::new(PRESENCE_JOIN),
+                presence_leave: Script::new(PRESENCE_LEAVE),
+                connect: Script::new(CONNECT),
+                disconnect: Script::new(DISCONNECT),
+            },
+            handler: OnceLock::new(),
+            history_size,
+            ttl,
+            pubsub_up: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(pubsub_task(shared.clone(), client, rx, cancel.clone()));
+        tasks.close();
+        // Start ready: wait for the pub/sub connection too.
+        let t0 = tokio::time::Instant::now();
+        while !shared.pubsub_up.load(Ordering::SeqCst) {
+            if t0.elapsed() > COMMAND_TIMEOUT {
+                cancel.cancel();
+                tasks.wait().await;
+                return Err(unavailable("cannot open the pub/sub connection"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Arc::new(Self {
+            shared,
+            cmd: tx,
+            cancel,
+            tasks,
+        }))
+    }
+
+    async fn user_status_name(&self, user: &str) -> (Status, String) {
+        let mut conn = self.shared.conn.clone();
+        let r: Result<(Option<String>, Option<String>), _> =
+            conn.hmget(self.shared.keys.user(user), &["s", "n"]).await;
+        match r {
+            Ok((s, n)) => (
+                parse_status(s.as_deref()),
+                n.unwrap_or_else(|| user.to_string()),
+            ),
+            Err(_) => (Status::Online, user.to_string()),
+        }
+    }
+}
+
+fn parse_status(s: Option<&str>) -> Status {
+    match s {
+        Some("away") => Status::Away,
+        Some("busy") => Status::Busy,
+        Some("offline") => Status::Offline,
+        _ => Status::Online,
+    }
+}
+
+/// Per subscribed room: the last offset delivered to the hub.
+struct RoomPos {
+    epoch: Arc<str>,
+    last: u64,
+}
+
+/// Owns the node's pub/sub connection: subscribes and unsubscribes rooms on
+/// request, delivers messages in order, fills gaps from the streams, and
+/// reconnects (resubscribing and catching up) when the connection drops.
+async fn pubsub_task(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut rx: mpsc::UnboundedReceiver<SubCmd>,
+    cancel: CancellationToken,
+) {
+    let mut rooms: HashMap<Arc<str>, (usize, RoomPos)> = HashMap::new();
+    let mut backoff = Duration::from_millis(50);
+    'connect: loop {
+        shared.pubsub_up.store(false, Ordering::SeqCst);
+        let pubsub = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()) => p,
+        };
+        let pubsub = match pubsub {
+            Ok(Ok(p)) => p,
+            other => {
+                let err = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timeout".to_string(),
+                };
+                tracing::warn!(error = %err, "redis pub/sub connection failed; retrying");
+                // Refuse new subscriptions while down; keep unsubscribes.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = &mut deadline => break,
+                        cmd = rx.recv() => match cmd {
+                            None => return,
+                            Some(SubCmd::Subscribe(room, reply)) => {
+                                if let Some((n, _)) = rooms.get_mut(&room) {
+                                    *n += 1;
+                                    let _ = reply.send(Ok(()));
+                                } else {
+                                    let _ = reply.send(Err(unavailable("pub/sub connection down")));
+                                }
+                            }
+                            Some(SubCmd::Unsubscribe(room)) => release(&mut rooms, &room),
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue 'connect;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        for room in rooms.keys() {
+            if let Err(e) = sink.subscribe(shared.keys.channel(room)).await {
+                tracing::warn!(error = %e, "redis resubscribe failed");
+                continue 'connect;
+            }
+        }
+        // Whatever was published while we were away comes from the streams.
+        let names: Vec<Arc<str>> = rooms.keys().cloned().collect();
+        for room in names {
+            if let Some((_, pos)) = rooms.get_mut(&room) {
+                catch_up(&shared, &room, pos, None).await;
+            }
+        }
+        shared.pubsub_up.store(true, Ordering::SeqCst);
+        backoff = Duration::from_millis(50);
+        if !rooms.is_empty() {
+            tracing::info!(
+                rooms = rooms.len(),
+                "redis pub/sub connected; rooms resubscribed"
+            );
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                cmd = rx.recv() => match cmd {
+                    None => return,
+                    Some(SubCmd::Subscribe(room, reply)) => {
+                        if let Some((n, _)) = rooms.get_mut(&room) {
+                            *n += 1;
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        if let Err(e) = sink.subscribe(shared.keys.channel(&room)).await {
+                            let _ = reply.send(Err(unavailable(e)));
+                            continue 'connect;
+                        }
+                        // Read the position only now: anything published from
+                        // here on arrives over pub/sub.
+                        match shared.recover_raw(&room, -1).await {
+                            Ok((epoch, top, _)) => {
+                                rooms.insert(room, (1, RoomPos { epoch, last: top }));
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = sink.unsubscribe(shared.keys.channel(&room)).await;
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    Some(SubCmd::Unsubscribe(room)) => {
+                        release(&mut rooms, &room);
+                        if !rooms.contains_key(&room) {
+                            let _ = sink.unsubscribe(shared.keys.channel(&room)).await;
+                        }
+                    }
+                },
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        tracing::warn!("redis pub/sub connection lost; reconnecting");
+                        continue 'connect;
+                    };
+                    let Some(room) = shared.keys.room_of(msg.get_channel_name()) else { continue };
+                    let Some((_, pos)) = rooms.get_mut(room) else { continue };
+                    on_message(&shared, room, pos, msg.get_payload_bytes()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Drops one subscription reference to a room.
+fn release(rooms: &mut HashMap<Arc<str>, (usize, RoomPos)>, room: &str) {
+    if let Some((n, _)) = rooms.get_mut(room) {
+        *n -= 1;
+        if *n == 0 {
+            rooms.remove(room);
+        }
+    }
+}
+
+/// Delivers the stream's entries after `pos.last` (up to `upto`, exclusive,
+/// when given). Reports a reset when the stream no longer holds them.
+async fn catch_up(shared: &Shared, room: &str, pos: &mut RoomPos, upto: Option<u64>) {
+    let (epoch, top, entries) = match shared.recover_raw(room, pos.last as i64).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(room, error = %e, "cannot read missed messages from redis");
+            if let Some(h) = shared.handler() {
+                h.on_reset(room);
+            }
+            return;
+        }
+    };
+    let Some(handler) = shared.handler() else {
+        return;
+    };
+    if epoch != pos.epoch {
+        // The room was lost and restarted meanwhile.
+        pos.epoch = epoch.clone();
+        handler.on_reset(room);
+        pos.last = top;
+        return;
+    }
+    let end = upto.map_or(top, |u| u.saturating_sub(1).min(top));
+    // Deliver the unbroken run that follows what was delivered last.
+    for e in entries {
+        if e.offset > end || e.offset != pos.last + 1 {
+            break;
+        }
+        handler.on_publication(
+            room,
+            &shared.publication(e.offset, &epoch, &e.node, &e.key, e.envelope),
+        );
+        pos.last = e.offset;
+    }
+    if pos.last < end {
+        tracing::warn!(
+            room,
+            from = pos.last + 1,
+            to = end,
+            "messages missing from the stream"
+        );
+        handler.on_reset(room);
+        pos.last = end;
+    }
+}
+
+async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u8]) {
+    let Some(handler) = shared.handler() else {
+        return;
+    };
+    if let Some(rest) = payload.strip_prefix(b"p\n") {
+        let text = String::from_utf8_lossy(rest);
+        let mut it = text.split('\n');
+        let (Some(action), Some(user), Some(name), Some(status)) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            return;
+        };
+        let action = match action {
+            "join" => PresenceAction::Join,
+            "leave" => PresenceAction::Leave,
+            _ => PresenceAction::Status,
+        };
+        handler.on_presence(
+            room,
+            &PresenceEvent {
+                action,
+                user: Arc::from(user),
+                name: Arc::from(name),
+                status: parse_status(Some(status)),
+            },
+        );
+        return;
+    }
+    // offset \n epoch \n node \n key \n envelope
+    let mut parts = payload.splitn(5, |b| *b == b'\n');
+    let (Some(off), Some(epoch), Some(node), Some(key), Some(env)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return;
+    };
+    let Some(offset) = std::str::from_utf8(off)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let epoch = String::from_utf8_lossy(epoch);
+    if *epoch != *pos.epoch {
+        // A new epoch: the room's history was lost; its subscribers must
+        // reload, and the new stream starts here.
+        handler.on_reset(room);
+        pos.epoch = Arc::from(&*epoch);
+        pos.last = offset.saturating_sub(1);
+    }
+    if offset <= pos.last {
+        return;
+    }
+    if offset > pos.last + 1 {
+        catch_up(shared, room, pos, Some(offset)).await;
+    }
+    let node = String::from_utf8_lossy(node);
+    let key = String::from_utf8_lossy(key);
+    let epoch = pos.epoch.clone();
+    handler.on_publication(
+        room,
+        &shared.publication(offset, &epoch, &node, &key, Bytes::copy_from_slice(env)),
+    );
+    pos.last = offset;
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn set_handler(&self, handler: Weak<dyn BrokerHandler>) {
+        let _ = self.shared.handler.set(handler);
+    }
+
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let room = &*req.room;
+        let (offset, epoch, dup): (u64, String, u8) = s
+            .scripts
+            .publish
+            .key(s.keys.room(room, "m"))
+            .key(s.keys.room(room, "s"))
+            .key(s.keys.channel(room))
+            .key(if req.idempotent {
+                s.keys.idem(room, &req.msg_id)
+            } else {
+                s.keys.room(room, "m")
+            })
+            .arg(req.parts.head())
+            .arg(req.parts.tail())
+            .arg(s.history_size)
+            .arg(s.ttl.as_secs().max(1))
+            .arg(META_TTL.as_secs())
+            .arg(new_epoch())
+            .arg(&*s.node)
+            .arg(req.skip.map(|k| k.to_string()).unwrap_or_default())
+            .arg(crate::unix_ms())
+            .arg(if req.idempotent { "1" } else { "0" })
+            .arg("publish")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(PublishResult {
+            offset,
+            epoch: Arc::from(epoch),
+            duplicate: dup == 1,
+        })
+    }
+
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(SubCmd::Subscribe(Arc::from(room), tx))
+            .map_err(|_| BrokerError::Internal("pub/sub task stopped".into()))?;
+        match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(BrokerError::Internal("pub/sub task stopped".into())),
+            Err(_) => Err(unavailable("subscribe timed out")),
+        }
+    }
+
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
+        self.cmd
+            .send(SubCmd::Unsubscribe(Arc::from(room)))
+            .map_err(|_| BrokerError::Internal("pub/sub task stopped".into()))
+    }
+
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError> {
+        let s = &self.shared;
+        let since_arg = since.map_or(-1, |(o, _)| o.min(i64::MAX as u64) as i64);
+        let (epoch, top, entries) = s.recover_raw(room, since_arg).await?;
+        let mut rec = Recovery {
+            top,
+            epoch: epoch.clone(),
+            recovered: false,
+            publications: Vec::new(),
+        };
+        if let Some((since, want)) = since {
+            let same_epoch = want.is_none_or(|e| *e == *epoch);
+            if same_epoch && since <= top {
+                let cutoff = s.cutoff_ms();
+                let mut expect = since + 1;
+                let mut pubs = Vec::new();
+                let mut whole = true;
+                for e in entries {
+                    if e.offset != expect || e.time < cutoff {
+                        whole = false;
+                        break;
+                    }
+                    pubs.push(s.publication(e.offset, &epoch, &e.node, &e.key, e.envelope));
+                    expect += 1;
+                }
+                if whole && expect == top + 1 {
+                    rec.recovered = true;
+                    rec.publications = pubs;
+                }
+            }
+        }
+        Ok(rec)
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let v: Value = s
+            .scripts
+            .history
+            .key(s.keys.room(room, "m"))
+            .key(s.keys.room(room, "s"))
+            .arg(new_epoch())
+            .arg(META_TTL.as_secs())
+            .arg(since.map_or(-1, |o| o.min(i64::MAX as u64) as i64))
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(parts) = v else {
+            return Err(BrokerError::Internal(
+                "history script: unexpected reply".into(),
+            ));
+        };
+        let epoch: Arc<str> = parts
+            .first()
+            .cloned()
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+            .map(Arc::from)
+            .ok_or_else(|| BrokerError::Internal("history script: no epoch".into()))?;
+        let top: u64 = parts
+            .get(1)
+            .cloned()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(0);
+        let mut entries = parts.get(2).map(parse_entries).unwrap_or_default();
+        let first = parts.get(3).map(parse_entries).unwrap_or_default();
+        let cutoff = s.cutoff_ms();
+        if since.is_none() {
+            entries.reverse();
+        }
+        entries.retain(|e| e.time >= cutoff);
+        let oldest_held = first
+            .first()
+            .filter(|e| e.time >= cutoff)
+            .map_or(top + 1, |e| e.offset)
+            .min(entries.first().map_or(u64::MAX, |e| e.offset));
+        let complete = match since {
+            Some(since) => since >= top || entries.first().is_some_and(|e| e.offset == since + 1),
+            None => top == 0 || oldest_held <= 1,
+        };
+        let publications = entries
+            .into_iter()
+            .map(|e| s.publication(e.offset, &epoch, &e.node, &e.key, e.envelope))
+            .collect();
+        Ok(HistoryPage {
+            epoch,
+            publications,
+            complete,
+        })
+    }
+
+    async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let (status, _) = self.user_status_name(&client.user).await;
+        let mut conn = s.conn.clone();
+        let n: i64 = s
+            .scripts
+            .presence_join
+            .key(s.keys.room(room, "p"))
+            .key(s.keys.room(room, "pu"))
+            .key(s.keys.channel(room))
+            .arg(&*client.conn_id)
+            .arg(&*client.user)
+            .arg(&*client.name)
+            .arg(&*s.node)
+            .arg(status.as_str())
+            .arg("publish")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if n >= 1 {
+            let _: () = conn
+                .sadd(s.keys.user_rooms(&client.user), room)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let (status, _) = self.user_status_name(&client.user).await;
+        let mut conn = s.conn.clone();
+        let n: i64 = s
+            .scripts
+            .presence_leave
+            .key(s.keys.room(room, "p"))
+            .key(s.keys.room(room, "pu"))
+            .key(s.keys.channel(room))
+            .arg(&*client.conn_id)
+            .arg(&*client.user)
+            .arg(&*client.name)
+            .arg(status.as_str())
+            .arg("publish")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if n == 0 {
+            let _: () = conn
+                .srem(s.keys.user_rooms(&client.user), room)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let all: HashMap<String, String> = conn
+            .hgetall(s.keys.room(room, "p"))
+            .await
+            .map_err(unavailable)?;
+        let mut by_user: HashMap<String, (String, u32)> = HashMap::new();
+        for v in all.values() {
+            let mut it = v.split('\u{1f}');
+            let (Some(user), Some(name)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let e = by_user
+                .entry(user.to_string())
+                .or_insert_with(|| (name.to_string(), 0));
+            e.1 += 1;
+        }
+        let mut members = Vec::with_capacity(by_user.len());
+        for (user, (name, connections)) in by_user {
+            let status: Option<String> = conn
+                .hget(s.keys.user(&user), "s")
+                .await
+                .map_err(unavailable)?;
+            let status = match parse_status(status.as_deref()) {
+                Status::Offline => Status::Online,
+                other => other,
+            };
+            members.push(Member {
+                user,
+                name,
+                status,
+                connections,
+            });
+        }
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(members)
+    }
+
+    async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let _: i64 = s
+            .scripts
+            .connect
+            .key(s.keys.user(&client.user))
+            .arg(&*client.name)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let _: i64 = s
+            .scripts
+            .disconnect
+            .key(s.keys.user(&client.user))
+            .arg(crate::unix_ms())
+            .arg(s.ttl.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let key = s.keys.user(user);
+        let (prev, name): (Option<String>, Option<String>) =
+            conn.hmget(&key, &["s", "n"]).await.map_err(unavailable)?;
+        if parse_status(prev.as_deref()) == status {
+            return Ok(());
+        }
+        let _: () = conn
+            .hset(&key, "s", status.as_str())
+            .await
+            .map_err(unavailable)?;
+        let rooms: Vec<String> = conn
+            .smembers(s.keys.user_rooms(user))
+            .await
+            .map_err(unavailable)?;
+        let name = name.unwrap_or_else(|| user.to_string());
+        for room in rooms {
+            let payload = format!("p\nstatus\n{user}\n{name}\n{}", status.as_str());
+            let _: i64 = conn
+                .publish(s.keys.channel(&room), payload)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let (c, st, l): (Option<i64>, Option<String>, Option<i64>) = conn
+            .hmget(s.keys.user(user), &["c", "s", "l"])
+            .await
+            .map_err(unavailable)?;
+        let connections = c.unwrap_or(0).max(0) as u32;
+        Ok(if connections > 0 {
+            UserStatus {
+                status: parse_status(st.as_deref()),
+                connections,
+                last_seen: None,
+            }
+        } else {
+            UserStatus {
+                status: Status::Offline,
+                connections: 0,
+                last_seen: l,
+            }
+        })
+    }
+
+    async fn ready(&self) -> bool {
+        if !self.shared.pubsub_up.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut conn = self.shared.conn.clone();
+        matches!(
+            tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                redis::cmd("PING").query_async::<String>(&mut conn)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn close(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+}
