@@ -589,7 +589,19 @@ fn release(rooms: &mut HashMap<Arc<str>, (usize, RoomPos)>, room: &str) {
 /// Delivers the stream's entries after `pos.last` (up to `upto`, exclusive,
 /// when given). Reports a reset when the stream no longer holds them.
 async fn catch_up(shared: &Shared, room: &str, pos: &mut RoomPos, upto: Option<u64>) {
-    let (epoch, top, entries) = match shared.recover_raw(room, pos.last as i64).await {
+    let mut read = shared.recover_raw(room, pos.last as i64).await;
+    if let Ok((epoch, _, _)) = &read
+        && *epoch != pos.epoch
+    {
+        // Redis lost the room and it restarted with a new epoch: that is how
+        // the protocol tells clients history is gone. Follow the new stream
+        // from its start.
+        tracing::info!(room, old = %pos.epoch, new = %epoch, "room restarted with a new epoch");
+        pos.epoch = epoch.clone();
+        pos.last = 0;
+        read = shared.recover_raw(room, 0).await;
+    }
+    let (epoch, top, entries) = match read {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(room, error = %e, "cannot read missed messages from redis");
@@ -603,10 +615,10 @@ async fn catch_up(shared: &Shared, room: &str, pos: &mut RoomPos, upto: Option<u
         return;
     };
     if epoch != pos.epoch {
-        // The room was lost and restarted meanwhile.
-        pos.epoch = epoch.clone();
-        handler.on_reset(room);
+        // Restarted again between the two reads: start over later.
+        pos.epoch = epoch;
         pos.last = top;
+        handler.on_reset(room);
         return;
     }
     let end = upto.map_or(top, |u| u.saturating_sub(1).min(top));
@@ -680,11 +692,11 @@ async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u
     };
     let epoch = String::from_utf8_lossy(epoch);
     if *epoch != *pos.epoch {
-        // A new epoch: the room's history was lost; its subscribers must
-        // reload, and the new stream starts here.
-        handler.on_reset(room);
+        // A new epoch: Redis lost the room's history. Clients see the new
+        // epoch in the envelopes; follow the new stream from its start.
+        tracing::info!(room, old = %pos.epoch, new = %epoch, "room restarted with a new epoch");
         pos.epoch = Arc::from(&*epoch);
-        pos.last = offset.saturating_sub(1);
+        pos.last = 0;
     }
     if offset <= pos.last {
         return;

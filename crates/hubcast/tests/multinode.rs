@@ -1,0 +1,224 @@
+//! Several hubcast nodes sharing one Redis act as one server: one offset
+//! order per room, recovery and idempotency on any node, presence across
+//! nodes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Client, Server};
+use hubcast::config::{BrokerKind, Config};
+use serde_json::{Value, json};
+
+/// `n` nodes on one Redis prefix.
+async fn cluster(n: usize) -> Vec<Server> {
+    let prefix = common::unique_prefix();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let config = Config {
+            node_id: format!("node-{i}"),
+            broker: BrokerKind::Redis,
+            redis_url: common::redis_url(),
+            redis_prefix: prefix.clone(),
+            ..Config::default()
+        };
+        nodes.push(Server::with_config(config, Some(prefix.clone())).await);
+    }
+    nodes
+}
+
+/// Reads messages of `room` until `count` arrived; returns them.
+async fn messages(c: &mut Client, room: &str, count: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let v = c.recv().await;
+        if v["type"] == "message" && v["room"] == room {
+            got.push(v);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_message_published_on_one_node_reaches_subscribers_on_all() {
+    let nodes = cluster(3).await;
+    let mut subs = Vec::new();
+    for n in &nodes {
+        let mut c = n.client().await;
+        c.join_quiet("x").await;
+        subs.push(c);
+    }
+    let mut p = nodes[1].client().await;
+    let ack = p.publish("x", json!({"hello": "world"})).await;
+    assert_eq!(ack["offset"], 1);
+    for (i, c) in subs.iter_mut().enumerate() {
+        let m = messages(c, "x", 1).await;
+        assert_eq!(m[0]["offset"], 1, "node {i}");
+        assert_eq!(m[0]["data"], json!({"hello": "world"}));
+        assert_eq!(m[0]["msgId"], ack["msgId"]);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_every_node_give_one_gapless_order() {
+    let nodes = cluster(2).await;
+    let mut subs = Vec::new();
+    for n in &nodes {
+        for _ in 0..2 {
+            let mut c = n.client().await;
+            c.join_quiet("order").await;
+            subs.push(c);
+        }
+    }
+    const EACH: usize = 150;
+    let mut pubs = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let url = n.ws_url();
+        pubs.push(tokio::spawn(async move {
+            let mut p = Client::connect(&url).await;
+            for k in 0..EACH {
+                p.publish("order", json!(format!("n{i}-{k}"))).await;
+            }
+        }));
+    }
+    for p in pubs {
+        p.await.unwrap();
+    }
+    let mut first: Option<Vec<Value>> = None;
+    for c in &mut subs {
+        let got = messages(c, "order", 2 * EACH).await;
+        for (k, m) in got.iter().enumerate() {
+            assert_eq!(m["offset"], k as u64 + 1, "gapless, in offset order");
+        }
+        let ids: Vec<Value> = got.iter().map(|m| m["msgId"].clone()).collect();
+        match &first {
+            None => first = Some(ids),
+            Some(f) => assert_eq!(&ids, f, "every subscriber sees one order"),
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn recovery_on_another_node_than_the_one_left() {
+    let nodes = cluster(2).await;
+    let mut p = nodes[0].client().await;
+    let mut c = nodes[0].client().await;
+    let j = c.join_quiet("rec").await;
+    let epoch = j["epoch"].clone();
+    for i in 1..=5 {
+        p.publish("rec", json!(i)).await;
+    }
+    let seen = messages(&mut c, "rec", 5).await;
+    let last = seen[4]["offset"].as_u64().unwrap();
+    c.close().await;
+    for i in 6..=12 {
+        p.publish("rec", json!(i)).await;
+    }
+    let mut c2 = nodes[1].client().await;
+    let (j, _) = c2
+        .request(json!({"type":"join","room":"rec","since":last,"epoch":epoch}))
+        .await;
+    assert_eq!(j["recovered"], true, "{j}");
+    let got = messages(&mut c2, "rec", 7).await;
+    let offs: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offs, (6..=12).collect::<Vec<u64>>());
+    // History reads the same from either node.
+    let h0 = p
+        .call(json!({"type":"history","room":"rec","limit":3}))
+        .await;
+    let (h1, _) = c2
+        .request(json!({"type":"history","room":"rec","limit":3}))
+        .await;
+    assert_eq!(h0["messages"], h1["messages"]);
+    assert_eq!(h0["messages"][2]["offset"], 12);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn idempotent_publish_across_nodes() {
+    let nodes = cluster(2).await;
+    let mut sub = nodes[0].client().await;
+    sub.join_quiet("idem").await;
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    let frame = json!({"type":"publish","room":"idem","event":"e","data":1,"msgId":"once"});
+    let first = a.call(frame.clone()).await;
+    let again = b.call(frame).await;
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["offset"], first["offset"]);
+    let m = messages(&mut sub, "idem", 1).await;
+    assert_eq!(m[0]["msgId"], "once");
+    sub.silent_for(Duration::from_millis(300)).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn presence_and_status_across_nodes() {
+    let nodes = cluster(2).await;
+    let mut a = nodes[0].named("Ada").await;
+    let mut b = nodes[1].named("Bob").await;
+    a.join("lobby").await;
+    let j = b.join("lobby").await;
+    let names: HashSet<&str> = j["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, HashSet::from(["Ada", "Bob"]));
+    let ev = a.expect("presence").await;
+    assert_eq!(
+        (ev["action"].clone(), ev["name"].clone()),
+        (json!("join"), json!("Bob"))
+    );
+
+    let (_, _) = b.request(json!({"type":"status","status":"busy"})).await;
+    let ev = a.expect("presence").await;
+    assert_eq!(ev["action"], "status");
+    assert_eq!(ev["status"], "busy");
+    let st = reqwest_status(&nodes[0], &b.user()).await;
+    assert_eq!(st, "busy");
+
+    b.close().await;
+    let ev = a.expect("presence").await;
+    assert_eq!(
+        (ev["action"].clone(), ev["name"].clone()),
+        (json!("leave"), json!("Bob"))
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// A user's status in the `lobby` presence list, as `node` reports it
+/// (waits for it to leave `online`).
+async fn reqwest_status(node: &Server, user: &str) -> String {
+    let mut c = node.client().await;
+    for _ in 0..50 {
+        let p = c.call(json!({"type":"presence","room":"lobby"})).await;
+        if let Some(m) = p["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["user"] == user)
+            && m["status"] != "online"
+        {
+            return m["status"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    "online".into()
+}

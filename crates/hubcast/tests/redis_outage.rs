@@ -1,0 +1,173 @@
+//! Redis failures under traffic: a killed pub/sub connection loses nothing
+//! (the gap is read back from the stream); Redis down means `unavailable`
+//! and not ready, connections stay open, and the node comes back by itself.
+//! Kept in its own test binary: `CLIENT KILL TYPE pubsub` hits every pub/sub
+//! client of the shared Redis.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Client, Server};
+use hubcast::config::{BrokerKind, Config};
+use serde_json::json;
+
+fn redis_config(url: String, prefix: &str) -> Config {
+    Config {
+        node_id: "outage-node".into(),
+        broker: BrokerKind::Redis,
+        redis_url: url,
+        redis_prefix: prefix.into(),
+        ..Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_pubsub_connection_loses_nothing() {
+    let prefix = common::unique_prefix();
+    let a = Server::with_config(
+        redis_config(common::redis_url(), &prefix),
+        Some(prefix.clone()),
+    )
+    .await;
+    let mut b_cfg = redis_config(common::redis_url(), &prefix);
+    b_cfg.node_id = "outage-node-2".into();
+    let b = Server::with_config(b_cfg, Some(prefix.clone())).await;
+    let mut sub = a.client().await;
+    sub.join_quiet("kill").await;
+    const N: u64 = 400;
+    let url = b.ws_url();
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::connect(&url).await;
+        for i in 1..=N {
+            p.publish("kill", json!(i)).await;
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let killer = tokio::spawn(async move {
+        let client = redis::Client::open(common::redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let _: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    });
+    let mut next = 1;
+    while next <= N {
+        let v = sub.recv().await;
+        if v["type"] == "message" {
+            assert_eq!(v["offset"], next, "every message once, in order");
+            assert_eq!(v["data"], next);
+            next += 1;
+        }
+    }
+    publisher.await.unwrap();
+    killer.await.unwrap();
+    sub.silent_for(Duration::from_millis(200)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_redis(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+async fn ready(s: &Server) -> u16 {
+    reqwest::get(s.http("/readyz"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_and_back() {
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let s = Server::with_config(redis_config(url, "outage"), None).await;
+    let mut sub = s.client().await;
+    let j = sub.join("r").await;
+    let epoch = j["epoch"].clone();
+    let mut p = s.client().await;
+    p.publish("r", json!(1)).await;
+    assert_eq!(sub.expect("message").await["offset"], 1);
+    assert_eq!(ready(&s).await, 200);
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    // Publishing fails loudly; the server says it is not ready; clients stay.
+    let e = p
+        .call(json!({"type":"publish","room":"r","event":"e","data":2}))
+        .await;
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["code"], "unavailable");
+    assert_eq!(ready(&s).await, 503);
+    assert_eq!(sub.call(json!({"type":"ping"})).await["type"], "pong");
+
+    // Redis comes back (empty: it kept nothing). The node reconnects and
+    // resubscribes by itself; the room's history is gone, so it restarts
+    // with a new epoch, which every subscriber sees in the envelopes.
+    let mut redis = start_redis(port);
+    let mut up = false;
+    for _ in 0..100 {
+        if ready(&s).await == 200 {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "ready again after Redis returned");
+    let ack = p.publish("r", json!(3)).await;
+    assert_eq!(ack["offset"], 1);
+    assert_ne!(ack["epoch"], epoch, "lost history means a new epoch");
+    let m = sub.expect("message").await;
+    assert_eq!(m["data"], 3);
+    assert_eq!(m["epoch"], ack["epoch"]);
+    let mut fresh = s.client().await;
+    let j2 = fresh.join("r").await;
+    assert_eq!(j2["epoch"], ack["epoch"]);
+    assert_eq!(j2["offset"], 1);
+    s.stop().await;
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+}
