@@ -57,6 +57,10 @@ pub struct Config {
     pub redis_url: String,
     /// Prefix of every Redis key and channel hubcast uses.
     pub redis_prefix: String,
+    /// Seconds a node's presence entries outlive it when it dies without
+    /// cleaning up (Redis engine): other nodes then remove them and send
+    /// the leave events.
+    pub presence_lease: u64,
 }
 
 /// Which engine serves rooms.
@@ -98,6 +102,7 @@ impl Default for Config {
             broker: BrokerKind::Memory,
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_prefix: "hubcast".into(),
+            presence_lease: 30,
         }
     }
 }
@@ -181,6 +186,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_REDIS_PREFIX", value_name = "PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_prefix: Option<String>,
+    /// Seconds a dead node's presence lingers before other nodes remove it (Redis engine) [default: 30]
+    #[arg(long, env = "HUBCAST_PRESENCE_LEASE", value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_lease: Option<u64>,
 }
 
 /// A setting that cannot be used, named by its key.
@@ -291,6 +300,9 @@ impl Config {
                 "must be 1 to 64 characters of A-Z a-z 0-9 _ - . :",
             );
         }
+        if !(1..=3600).contains(&self.presence_lease) {
+            return bad("presence_lease", "must be between 1 and 3600 seconds");
+        }
         if self.rate_limit_per_conn > 0 && self.rate_limit_burst == 0 {
             return bad(
                 "rate_limit_burst",
@@ -360,6 +372,7 @@ mod tests {
             ("--broker", "memory".to_string()),
             ("--redis-url", d.redis_url.clone()),
             ("--redis-prefix", d.redis_prefix.clone()),
+            ("--presence-lease", d.presence_lease.to_string()),
         ] {
             let at = help
                 .find(flag)

@@ -94,6 +94,7 @@ pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> 
             &config.node_id,
             config.history_size,
             config.history_ttl(),
+            Duration::from_secs(config.presence_lease),
         )
         .await
         .map_err(|e| {

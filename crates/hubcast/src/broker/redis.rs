@@ -207,6 +207,22 @@ impl Keys {
     fn user_rooms(&self, user: &str) -> String {
         format!("{}:ur:{}", self.prefix, user)
     }
+    /// Sorted set: node id → lease expiry (Unix ms).
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    /// Hash: a node's connections (connection id → user).
+    fn node_conns(&self, node: &str) -> String {
+        format!("{}:nc:{}", self.prefix, node)
+    }
+    /// Set: rooms a node has presence entries in.
+    fn node_rooms(&self, node: &str) -> String {
+        format!("{}:np:{}", self.prefix, node)
+    }
+    /// A node's reaping claim.
+    fn reap_lock(&self, node: &str) -> String {
+        format!("{}:reap:{}", self.prefix, node)
+    }
     /// The room of a channel name, when it is one of ours.
     fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel
@@ -233,6 +249,8 @@ struct Shared {
     ttl: Duration,
     /// The pub/sub connection is up.
     pubsub_up: AtomicBool,
+    /// How long this node's presence entries outlive its last lease renewal.
+    lease: Duration,
 }
 
 /// The Redis engine.
@@ -321,6 +339,107 @@ impl Shared {
         })
     }
 
+    /// Extends this node's lease.
+    async fn renew_lease(&self) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let until = crate::unix_ms() + self.lease.as_millis() as i64;
+        let _: i64 = conn
+            .zadd(self.keys.nodes(), &*self.node, until)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Removes what nodes with an expired lease left behind: their presence
+    /// entries (sending the leave events) and their connections' status.
+    async fn reap_dead_nodes(&self) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let dead: Vec<String> = conn
+            .zrangebyscore(self.keys.nodes(), "-inf", crate::unix_ms())
+            .await
+            .map_err(unavailable)?;
+        for node in dead.into_iter().filter(|n| *n != *self.node) {
+            // One node reaps; the others skip.
+            let claimed: bool = redis::cmd("SET")
+                .arg(self.keys.reap_lock(&node))
+                .arg(&*self.node)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.lease.as_secs().max(1))
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .map_err(unavailable)?
+                .is_some();
+            if !claimed {
+                continue;
+            }
+            tracing::warn!(node = %node, "node lease expired: removing its presence");
+            let rooms: Vec<String> = conn
+                .smembers(self.keys.node_rooms(&node))
+                .await
+                .map_err(unavailable)?;
+            for room in rooms {
+                let entries: HashMap<String, String> = conn
+                    .hgetall(self.keys.room(&room, "p"))
+                    .await
+                    .map_err(unavailable)?;
+                for (conn_id, value) in entries {
+                    let mut it = value.split('\u{1f}');
+                    let (Some(user), Some(name), Some(owner)) = (it.next(), it.next(), it.next())
+                    else {
+                        continue;
+                    };
+                    if owner != node {
+                        continue;
+                    }
+                    let n: i64 = self
+                        .scripts
+                        .presence_leave
+                        .key(self.keys.room(&room, "p"))
+                        .key(self.keys.room(&room, "pu"))
+                        .key(self.keys.channel(&room))
+                        .arg(&conn_id)
+                        .arg(user)
+                        .arg(name)
+                        .arg("offline")
+                        .arg("publish")
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    if n == 0 {
+                        let _: () = conn
+                            .srem(self.keys.user_rooms(user), &room)
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                }
+            }
+            let conns: HashMap<String, String> = conn
+                .hgetall(self.keys.node_conns(&node))
+                .await
+                .map_err(unavailable)?;
+            for user in conns.values() {
+                let _: i64 = self
+                    .scripts
+                    .disconnect
+                    .key(self.keys.user(user))
+                    .arg(crate::unix_ms())
+                    .arg(self.ttl.as_secs().max(1))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let _: () = redis::pipe()
+                .del(self.keys.node_rooms(&node))
+                .del(self.keys.node_conns(&node))
+                .zrem(self.keys.nodes(), &node)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     /// Oldest time a message may have to still count as history.
     fn cutoff_ms(&self) -> i64 {
         crate::unix_ms() - self.ttl.as_millis() as i64
@@ -372,6 +491,7 @@ impl RedisBroker {
         node: &str,
         history_size: usize,
         ttl: Duration,
+        lease: Duration,
     ) -> Result<Arc<Self>, BrokerError> {
         let client =
             redis::Client::open(url).map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
@@ -402,11 +522,16 @@ impl RedisBroker {
             history_size,
             ttl,
             pubsub_up: AtomicBool::new(false),
+            lease,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(pubsub_task(shared.clone(), client, rx, cancel.clone()));
+        // Take the lease before serving anyone, then keep it and reap the
+        // nodes whose lease ran out.
+        shared.renew_lease().await?;
+        tasks.spawn(lease_task(shared.clone(), cancel.clone()));
         tasks.close();
         // Start ready: wait for the pub/sub connection too.
         let t0 = tokio::time::Instant::now();
@@ -572,6 +697,26 @@ async fn pubsub_task(
                     on_message(&shared, room, pos, msg.get_payload_bytes()).await;
                 }
             }
+        }
+    }
+}
+
+/// Renews this node's lease every third of it and reaps dead nodes.
+async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
+    let period = (shared.lease / 3).max(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = shared.renew_lease().await {
+            tracing::warn!(error = %e, "cannot renew the node lease");
+            continue;
+        }
+        if let Err(e) = shared.reap_dead_nodes().await {
+            tracing::warn!(error = %e, "cannot reap dead nodes");
         }
     }
 }
@@ -899,8 +1044,12 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         if n >= 1 {
-            let _: () = conn
+            let _: () = redis::pipe()
                 .sadd(s.keys.user_rooms(&client.user), room)
+                .ignore()
+                .sadd(s.keys.node_rooms(&s.node), room)
+                .ignore()
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
         }
@@ -984,6 +1133,10 @@ impl Broker for RedisBroker {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        let _: () = conn
+            .hset(s.keys.node_conns(&s.node), &*client.conn_id, &*client.user)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -997,6 +1150,10 @@ impl Broker for RedisBroker {
             .arg(crate::unix_ms())
             .arg(s.ttl.as_secs().max(1))
             .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let _: () = conn
+            .hdel(s.keys.node_conns(&s.node), &*client.conn_id)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -1071,5 +1228,17 @@ impl Broker for RedisBroker {
     async fn close(&self) {
         self.cancel.cancel();
         self.tasks.wait().await;
+        // Connections cleaned up after themselves; give the lease back.
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let _: Result<(), _> = redis::pipe()
+            .zrem(s.keys.nodes(), &*s.node)
+            .ignore()
+            .del(s.keys.node_conns(&s.node))
+            .ignore()
+            .del(s.keys.node_rooms(&s.node))
+            .ignore()
+            .query_async(&mut conn)
+            .await;
     }
 }

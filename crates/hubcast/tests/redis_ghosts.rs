@@ -1,0 +1,93 @@
+//! A node killed with SIGKILL leaves no ghost users: when its lease runs
+//! out, another node removes its presence entries and sends the leave
+//! events.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server};
+use hubcast::config::{BrokerKind, Config};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_killed_node_leaves_no_ghost_presence() {
+    let prefix = common::unique_prefix();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--broker",
+            "redis",
+        ])
+        .args([
+            "--redis-url",
+            &common::redis_url(),
+            "--redis-prefix",
+            &prefix,
+        ])
+        .args(["--presence-lease", "2", "--node-id", "doomed"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let survivor = Server::with_config(
+        Config {
+            node_id: "survivor".into(),
+            broker: BrokerKind::Redis,
+            redis_url: common::redis_url(),
+            redis_prefix: prefix.clone(),
+            presence_lease: 2,
+            ..Config::default()
+        },
+        Some(prefix.clone()),
+    )
+    .await;
+
+    let mut ghost = Client::connect(&format!("ws://127.0.0.1:{port}/ws?name=Ghost")).await;
+    ghost.join("lobby").await;
+    let mut watcher = survivor.named("Watcher").await;
+    let j = watcher.join("lobby").await;
+    assert_eq!(j["members"].as_array().unwrap().len(), 2, "{j}");
+
+    doomed.kill().unwrap(); // SIGKILL: no cleanup on that node
+    doomed.wait().unwrap();
+    let t0 = Instant::now();
+    let ev = watcher.expect("presence").await;
+    assert_eq!(ev["action"], "leave");
+    assert_eq!(ev["name"], "Ghost");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "ghost removed after {took:?}"
+    );
+    let p = watcher
+        .call(json!({"type":"presence","room":"lobby"}))
+        .await;
+    let names: Vec<&str> = p["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["Watcher"]);
+    drop(ghost);
+    survivor.stop().await;
+}
