@@ -222,3 +222,53 @@ async fn reqwest_status(node: &Server, user: &str) -> String {
     }
     "online".into()
 }
+
+/// The room channels a Redis has subscribers for, under `prefix`.
+async fn channels(prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut v: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(format!("{prefix}:{{room-*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_node_subscribes_a_room_only_while_it_has_members_there() {
+    let prefix = common::unique_prefix();
+    let config = Config {
+        broker: BrokerKind::Redis,
+        redis_url: common::redis_url(),
+        redis_prefix: prefix.clone(),
+        ..Config::default()
+    };
+    let s = Server::with_config(config, Some(prefix.clone())).await;
+    let channel = format!("{prefix}:{{room-a}}:c");
+    assert!(channels(&prefix).await.is_empty());
+    let mut c = s.client().await;
+    c.join("room-a").await;
+    assert_eq!(channels(&prefix).await, vec![channel.clone()]);
+    // Leaving and joining again at once keeps the subscription.
+    c.call(json!({"type":"leave","room":"room-a"})).await;
+    assert_eq!(
+        channels(&prefix).await,
+        vec![channel.clone()],
+        "unsubscribed after a delay, not at once"
+    );
+    c.join("room-a").await;
+    c.call(json!({"type":"leave","room":"room-a"})).await;
+    let mut gone = false;
+    for _ in 0..60 {
+        if channels(&prefix).await.is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the node unsubscribes once its last member has left");
+    s.stop().await;
+}

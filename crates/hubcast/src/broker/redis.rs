@@ -52,6 +52,8 @@ use crate::protocol::{Member, PresenceAction, Status};
 const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Timeout for one Redis command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a room stays subscribed after its last local member left.
+const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// Longest pause between pub/sub reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -589,7 +591,7 @@ async fn pubsub_task(
     mut rx: mpsc::UnboundedReceiver<SubCmd>,
     cancel: CancellationToken,
 ) {
-    let mut rooms: HashMap<Arc<str>, (usize, RoomPos)> = HashMap::new();
+    let mut rooms: HashMap<Arc<str>, RoomSub> = HashMap::new();
     let mut backoff = Duration::from_millis(50);
     'connect: loop {
         shared.pubsub_up.store(false, Ordering::SeqCst);
@@ -615,8 +617,8 @@ async fn pubsub_task(
                         cmd = rx.recv() => match cmd {
                             None => return,
                             Some(SubCmd::Subscribe(room, reply)) => {
-                                if let Some((n, _)) = rooms.get_mut(&room) {
-                                    *n += 1;
+                                if let Some(r) = rooms.get_mut(&room).filter(|r| r.refs > 0) {
+                                    r.refs += 1;
                                     let _ = reply.send(Ok(()));
                                 } else {
                                     let _ = reply.send(Err(unavailable("pub/sub connection down")));
@@ -631,6 +633,8 @@ async fn pubsub_task(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
+        // Rooms left while disconnected are not resubscribed.
+        rooms.retain(|_, r| r.refs > 0);
         for room in rooms.keys() {
             if let Err(e) = sink.subscribe(shared.keys.channel(room)).await {
                 tracing::warn!(error = %e, "redis resubscribe failed");
@@ -640,8 +644,8 @@ async fn pubsub_task(
         // Whatever was published while we were away comes from the streams.
         let names: Vec<Arc<str>> = rooms.keys().cloned().collect();
         for room in names {
-            if let Some((_, pos)) = rooms.get_mut(&room) {
-                catch_up(&shared, &room, pos, None).await;
+            if let Some(r) = rooms.get_mut(&room) {
+                catch_up(&shared, &room, &mut r.pos, None).await;
             }
         }
         shared.pubsub_up.store(true, Ordering::SeqCst);
@@ -652,14 +656,31 @@ async fn pubsub_task(
                 "redis pub/sub connected; rooms resubscribed"
             );
         }
+        let mut sweep = tokio::time::interval(UNSUBSCRIBE_DELAY / 4);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = sweep.tick() => {
+                    // Unsubscribe rooms left long enough ago (a room that is
+                    // left and joined again in between keeps its subscription).
+                    let idle: Vec<Arc<str>> = rooms
+                        .iter()
+                        .filter(|(_, r)| r.refs == 0 && r.idle_since.is_some_and(|t| t.elapsed() >= UNSUBSCRIBE_DELAY))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for room in idle {
+                        rooms.remove(&room);
+                        if sink.unsubscribe(shared.keys.channel(&room)).await.is_err() {
+                            continue 'connect;
+                        }
+                    }
+                }
                 cmd = rx.recv() => match cmd {
                     None => return,
                     Some(SubCmd::Subscribe(room, reply)) => {
-                        if let Some((n, _)) = rooms.get_mut(&room) {
-                            *n += 1;
+                        if let Some(r) = rooms.get_mut(&room) {
+                            r.refs += 1;
+                            r.idle_since = None;
                             let _ = reply.send(Ok(()));
                             continue;
                         }
@@ -671,7 +692,7 @@ async fn pubsub_task(
                         // here on arrives over pub/sub.
                         match shared.recover_raw(&room, -1).await {
                             Ok((epoch, top, _)) => {
-                                rooms.insert(room, (1, RoomPos { epoch, last: top }));
+                                rooms.insert(room, RoomSub { refs: 1, pos: RoomPos { epoch, last: top }, idle_since: None });
                                 let _ = reply.send(Ok(()));
                             }
                             Err(e) => {
@@ -680,12 +701,7 @@ async fn pubsub_task(
                             }
                         }
                     }
-                    Some(SubCmd::Unsubscribe(room)) => {
-                        release(&mut rooms, &room);
-                        if !rooms.contains_key(&room) {
-                            let _ = sink.unsubscribe(shared.keys.channel(&room)).await;
-                        }
-                    }
+                    Some(SubCmd::Unsubscribe(room)) => release(&mut rooms, &room),
                 },
                 msg = stream.next() => {
                     let Some(msg) = msg else {
@@ -693,8 +709,8 @@ async fn pubsub_task(
                         continue 'connect;
                     };
                     let Some(room) = shared.keys.room_of(msg.get_channel_name()) else { continue };
-                    let Some((_, pos)) = rooms.get_mut(room) else { continue };
-                    on_message(&shared, room, pos, msg.get_payload_bytes()).await;
+                    let Some(r) = rooms.get_mut(room) else { continue };
+                    on_message(&shared, room, &mut r.pos, msg.get_payload_bytes()).await;
                 }
             }
         }
@@ -721,12 +737,24 @@ async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-/// Drops one subscription reference to a room.
-fn release(rooms: &mut HashMap<Arc<str>, (usize, RoomPos)>, room: &str) {
-    if let Some((n, _)) = rooms.get_mut(room) {
-        *n -= 1;
-        if *n == 0 {
-            rooms.remove(room);
+/// A room the node is subscribed to.
+struct RoomSub {
+    /// Subscribe calls not yet matched by an unsubscribe.
+    refs: usize,
+    /// What was delivered last.
+    pos: RoomPos,
+    /// When `refs` dropped to 0; the channel is unsubscribed after
+    /// [`UNSUBSCRIBE_DELAY`].
+    idle_since: Option<tokio::time::Instant>,
+}
+
+/// Drops one subscription reference to a room; the channel itself is
+/// unsubscribed a little later, if nobody joins again meanwhile.
+fn release(rooms: &mut HashMap<Arc<str>, RoomSub>, room: &str) {
+    if let Some(r) = rooms.get_mut(room) {
+        r.refs = r.refs.saturating_sub(1);
+        if r.refs == 0 {
+            r.idle_since = Some(tokio::time::Instant::now());
         }
     }
 }
