@@ -408,3 +408,40 @@ both_engines! {
         s.stop().await;
     }
 }
+
+both_engines! {
+    #[tokio::test]
+    async fn replies_keep_frame_order_while_publishes_run_together(engine) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let s = Server::on(engine).await;
+        let mut c = s.client().await;
+        for i in 0..60 {
+            let frame = if i % 20 == 19 {
+                json!({"type":"ping","id":i})
+            } else if i == 30 {
+                json!({"type":"publish","room":"@someone-else","event":"e","data":i,"id":i})
+            } else {
+                json!({"type":"publish","room":"pipe","event":"e","data":i,"id":i})
+            };
+            c.ws.feed(Message::text(frame.to_string())).await.unwrap();
+        }
+        c.ws.flush().await.unwrap();
+        let mut last_offset = 0;
+        for i in 0..60 {
+            let r = c.recv().await;
+            assert_eq!(r["id"], i, "replies in frame order: {r}");
+            if i % 20 == 19 {
+                assert_eq!(r["type"], "pong");
+            } else if i == 30 {
+                assert_eq!(r["code"], "forbidden");
+            } else {
+                assert_eq!(r["type"], "ack");
+                let off = r["offset"].as_u64().unwrap();
+                assert!(off > last_offset, "one connection's publishes keep their order");
+                last_offset = off;
+            }
+        }
+        s.stop().await;
+    }
+}

@@ -181,8 +181,11 @@ where
     let deadline = tokio::time::sleep_until(last_seen + idle);
     tokio::pin!(deadline);
     loop {
+        let pending = session.as_deref().is_some_and(Session::has_pending);
         let next = tokio::select! {
             biased;
+            // Replies of publishes under way, as they complete.
+            _ = async { if let Some(s) = session.as_deref_mut() { s.next_reply().await } }, if pending => continue,
             next = stream.next() => next,
             _ = &mut deadline => {
                 if last_seen + idle <= Instant::now() {

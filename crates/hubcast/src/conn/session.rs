@@ -4,7 +4,13 @@
 //! outbound queue so it is ordered with the messages around it.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -30,7 +36,16 @@ pub struct Session {
     rooms: HashSet<Arc<str>>,
     /// Incoming frame rate limit.
     limiter: FrameLimiter,
+    /// Publishes under way, oldest first: their broker calls run together
+    /// (a remote engine pipelines them) and their replies go out in order.
+    pending: FuturesOrdered<ReplyFuture>,
 }
+
+/// A reply still being computed.
+type ReplyFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+/// Publishes one connection may have under way at once.
+const MAX_PIPELINE: usize = 64;
 
 /// A failed request: the `error` frame to send.
 struct Reject {
@@ -90,6 +105,7 @@ impl Session {
             personal,
             rooms: HashSet::new(),
             limiter,
+            pending: FuturesOrdered::new(),
         })
     }
 
@@ -133,12 +149,16 @@ impl Session {
     }
 
     /// Handles one text frame.
+    ///
+    /// `publish` and `send` start their broker call and return at once (up to
+    /// [`MAX_PIPELINE`] under way); any other frame first waits for those,
+    /// so every reply leaves in the order the frames came.
     pub async fn on_text(&mut self, text: &[u8]) {
         let (id, frame) = match protocol::parse_client_frame(text) {
             Ok(parsed) => parsed,
             Err(FrameError { id, code, message }) => {
                 if self.admit(id.as_deref()) {
-                    self.push_error(id.as_deref(), code, &message);
+                    self.reply_in_order(protocol::error_frame(id.as_deref(), code, &message));
                 }
                 return;
             }
@@ -147,8 +167,78 @@ impl Session {
         if !self.admit(id) {
             return;
         }
-        if let Err(r) = self.dispatch(id, frame).await {
-            self.push_error(id, r.code, &r.message);
+        let started = match frame {
+            ClientFrame::Publish {
+                room,
+                event,
+                data,
+                msg_id,
+                echo,
+            } => self
+                .check_personal(&room, "publish to")
+                .map(|()| self.publish(id, &room, &event, data, msg_id.as_deref(), echo)),
+            ClientFrame::Send {
+                to,
+                event,
+                data,
+                msg_id,
+            } => {
+                let room = protocol::personal_room(&to);
+                Ok(self.publish(id, &room, &event, data, msg_id.as_deref(), false))
+            }
+            other => {
+                self.drain().await;
+                if let Err(r) = self.dispatch(id, other).await {
+                    self.push_error(id, r.code, &r.message);
+                }
+                return;
+            }
+        };
+        match started {
+            Ok(reply) => self.start(reply).await,
+            Err(r) => self.reply_in_order(protocol::error_frame(id, r.code, &r.message)),
+        }
+    }
+
+    /// Queues a reply behind the replies still being computed.
+    fn reply_in_order(&mut self, frame: Bytes) {
+        if self.pending.is_empty() {
+            self.push(frame);
+        } else {
+            self.pending.push_back(Box::pin(std::future::ready(frame)));
+        }
+    }
+
+    /// Starts a reply future: polled once at once (which sends a remote
+    /// engine its command; the memory engine simply finishes), then kept in
+    /// order with the others.
+    async fn start(&mut self, mut reply: ReplyFuture) {
+        if self.pending.len() >= MAX_PIPELINE {
+            self.next_reply().await;
+        }
+        let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        match first {
+            Poll::Ready(frame) => self.reply_in_order(frame),
+            Poll::Pending => self.pending.push_back(reply),
+        }
+    }
+
+    /// Whether replies are still being computed.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Waits for the oldest reply under way and queues it.
+    pub async fn next_reply(&mut self) {
+        if let Some(frame) = self.pending.next().await {
+            self.push(frame);
+        }
+    }
+
+    /// Waits for every reply under way.
+    async fn drain(&mut self) {
+        while self.has_pending() {
+            self.next_reply().await;
         }
     }
 
@@ -163,26 +253,9 @@ impl Session {
                 self.join(id, &room, since).await
             }
             ClientFrame::Leave { room } => self.leave(id, &room).await,
-            ClientFrame::Publish {
-                room,
-                event,
-                data,
-                msg_id,
-                echo,
-            } => {
-                self.check_personal(&room, "publish to")?;
-                self.publish(id, &room, &event, data, msg_id.as_deref(), echo)
-                    .await
-            }
-            ClientFrame::Send {
-                to,
-                event,
-                data,
-                msg_id,
-            } => {
-                let room = protocol::personal_room(&to);
-                self.publish(id, &room, &event, data, msg_id.as_deref(), false)
-                    .await
+            ClientFrame::Publish { .. } | ClientFrame::Send { .. } => {
+                // Handled by `on_text` before dispatch.
+                Err(Reject::new(ErrorCode::Internal, "publish dispatched twice"))
             }
             ClientFrame::Presence { room } => {
                 self.check_personal(&room, "see presence of")?;
@@ -321,7 +394,8 @@ impl Session {
         Ok(())
     }
 
-    async fn publish(
+    /// The reply future of a `publish` (or `send`, into `@user`).
+    fn publish(
         &self,
         id: Option<&RawValue>,
         room: &str,
@@ -329,7 +403,7 @@ impl Session {
         data: &RawValue,
         msg_id: Option<&str>,
         echo: bool,
-    ) -> Result<(), Reject> {
+    ) -> ReplyFuture {
         let (msg_id, idempotent) = match msg_id {
             Some(m) => (m.to_owned(), true),
             None => (uuid::Uuid::now_v7().to_string(), false),
@@ -342,32 +416,43 @@ impl Session {
             &self.conn.user,
             data.get(),
         );
-        let result = self
-            .app
-            .broker
-            .publish(PublishRequest {
-                room: Arc::from(room),
-                msg_id: msg_id.clone(),
-                idempotent,
-                parts,
-                skip: (!echo).then_some(self.conn.key),
-            })
-            .await?;
-        self.push(protocol::encode(&out::Ack {
-            ty: "ack",
-            id,
-            msg_id: &msg_id,
-            room,
-            offset: result.offset,
-            epoch: &result.epoch,
-            duplicate: result.duplicate,
-        }));
-        Ok(())
+        let req = PublishRequest {
+            room: Arc::from(room),
+            msg_id: msg_id.clone(),
+            idempotent,
+            parts,
+            skip: (!echo).then_some(self.conn.key),
+        };
+        let app = self.app.clone();
+        let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
+        Box::pin(async move {
+            let id = id.as_deref();
+            let room = req.room.clone();
+            match app.broker.publish(req).await {
+                Ok(result) => protocol::encode(&out::Ack {
+                    ty: "ack",
+                    id,
+                    msg_id: &msg_id,
+                    room: &room,
+                    offset: result.offset,
+                    epoch: &result.epoch,
+                    duplicate: result.duplicate,
+                }),
+                Err(e) => {
+                    let r = Reject::from(e);
+                    protocol::error_frame(id, r.code, &r.message)
+                }
+            }
+        })
     }
 
     /// Leaves every room (reporting presence), drops the personal-room
     /// subscription and unregisters the connection.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        // Publishes under way finish (their replies may not reach the
+        // client any more; a retry with the same msgId is acked as a
+        // duplicate).
+        self.drain().await;
         let hub = &self.app.hub;
         for room in &self.rooms {
             hub.leave(&*self.conn, room, false).await;
