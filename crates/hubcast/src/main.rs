@@ -74,7 +74,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!(
             listen = %addr,
             node = %config.node_id,
-            broker = "memory",
+            broker = ?config.broker,
             "hubcast listening on http://{addr} (WebSocket: ws://{addr}/ws)"
         );
         let shutdown = CancellationToken::new();
