@@ -153,6 +153,19 @@ struct UserState {
     offline_since: Option<Instant>,
 }
 
+impl UserState {
+    /// A user seen for the first time: online, no connection yet.
+    fn new() -> Self {
+        Self {
+            status: Status::Online,
+            connections: 0,
+            rooms: HashSet::new(),
+            last_seen: None,
+            offline_since: None,
+        }
+    }
+}
+
 impl MemoryBroker {
     /// A broker keeping `history_size` messages per room for `ttl`; starts a
     /// sweeper task that stops on [`Broker::close`].
@@ -385,13 +398,7 @@ impl Broker for MemoryBroker {
         let user = p
             .users
             .entry(client.user.clone())
-            .or_insert_with(|| UserState {
-                status: Status::Online,
-                connections: 0,
-                rooms: HashSet::new(),
-                last_seen: None,
-                offline_since: None,
-            });
+            .or_insert_with(UserState::new);
         user.rooms.insert(Arc::from(room));
         let status = user.status;
         if first {
@@ -467,13 +474,7 @@ impl Broker for MemoryBroker {
         let user = p
             .users
             .entry(client.user.clone())
-            .or_insert_with(|| UserState {
-                status: Status::Online,
-                connections: 0,
-                rooms: HashSet::new(),
-                last_seen: None,
-                offline_since: None,
-            });
+            .or_insert_with(UserState::new);
         if user.connections == 0 {
             user.status = Status::Online;
         }

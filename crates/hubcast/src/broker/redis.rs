@@ -280,6 +280,21 @@ struct Entry {
     key: String,
 }
 
+/// The epoch and latest offset a RECOVER or HISTORY script replies first.
+fn position(parts: &[Value], script: &str) -> Result<(Arc<str>, u64), BrokerError> {
+    let epoch: String = parts
+        .first()
+        .cloned()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .ok_or_else(|| BrokerError::Internal(format!("{script} script: no epoch")))?;
+    let top: u64 = parts
+        .get(1)
+        .cloned()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or(0);
+    Ok((Arc::from(epoch), top))
+}
+
 fn parse_entries(v: &Value) -> Vec<Entry> {
     let Value::Array(items) = v else {
         return Vec::new();
@@ -341,6 +356,41 @@ impl Shared {
         })
     }
 
+    /// Removes one connection from a room's presence (the script sends the
+    /// leave event for the user's last one) and forgets the room for the
+    /// user when it was their last connection there.
+    async fn leave_presence(
+        &self,
+        room: &str,
+        conn_id: &str,
+        user: &str,
+        name: &str,
+        status: Status,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .presence_leave
+            .key(self.keys.room(room, "p"))
+            .key(self.keys.room(room, "pu"))
+            .key(self.keys.channel(room))
+            .arg(conn_id)
+            .arg(user)
+            .arg(name)
+            .arg(status.as_str())
+            .arg("publish")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if n == 0 {
+            let _: () = conn
+                .srem(self.keys.user_rooms(user), room)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     /// Extends this node's lease.
     async fn renew_lease(&self) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
@@ -394,26 +444,8 @@ impl Shared {
                     if owner != node {
                         continue;
                     }
-                    let n: i64 = self
-                        .scripts
-                        .presence_leave
-                        .key(self.keys.room(&room, "p"))
-                        .key(self.keys.room(&room, "pu"))
-                        .key(self.keys.channel(&room))
-                        .arg(&conn_id)
-                        .arg(user)
-                        .arg(name)
-                        .arg("offline")
-                        .arg("publish")
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(unavailable)?;
-                    if n == 0 {
-                        let _: () = conn
-                            .srem(self.keys.user_rooms(user), &room)
-                            .await
-                            .map_err(unavailable)?;
-                    }
+                    self.leave_presence(&room, &conn_id, user, name, Status::Offline)
+                        .await?;
                 }
             }
             let conns: HashMap<String, String> = conn
@@ -469,18 +501,9 @@ impl Shared {
                 "recover script: unexpected reply".into(),
             ));
         };
-        let epoch: String = parts
-            .first()
-            .cloned()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .ok_or_else(|| BrokerError::Internal("recover script: no epoch".into()))?;
-        let top: u64 = parts
-            .get(1)
-            .cloned()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or(0);
+        let (epoch, top) = position(&parts, "recover")?;
         let entries = parts.get(2).map(parse_entries).unwrap_or_default();
-        Ok((Arc::from(epoch), top, entries))
+        Ok((epoch, top, entries))
     }
 }
 
@@ -1014,17 +1037,7 @@ impl Broker for RedisBroker {
                 "history script: unexpected reply".into(),
             ));
         };
-        let epoch: Arc<str> = parts
-            .first()
-            .cloned()
-            .and_then(|v| redis::from_redis_value::<String>(v).ok())
-            .map(Arc::from)
-            .ok_or_else(|| BrokerError::Internal("history script: no epoch".into()))?;
-        let top: u64 = parts
-            .get(1)
-            .cloned()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or(0);
+        let (epoch, top) = position(&parts, "history")?;
         let mut entries = parts.get(2).map(parse_entries).unwrap_or_default();
         let first = parts.get(3).map(parse_entries).unwrap_or_default();
         let cutoff = s.cutoff_ms();
@@ -1085,29 +1098,10 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
         let (status, _) = self.user_status_name(&client.user).await;
-        let mut conn = s.conn.clone();
-        let n: i64 = s
-            .scripts
-            .presence_leave
-            .key(s.keys.room(room, "p"))
-            .key(s.keys.room(room, "pu"))
-            .key(s.keys.channel(room))
-            .arg(&*client.conn_id)
-            .arg(&*client.user)
-            .arg(&*client.name)
-            .arg(status.as_str())
-            .arg("publish")
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if n == 0 {
-            let _: () = conn
-                .srem(s.keys.user_rooms(&client.user), room)
-                .await
-                .map_err(unavailable)?;
-        }
+        self.shared
+            .leave_presence(room, &client.conn_id, &client.user, &client.name, status)
+            .await?;
         Ok(())
     }
 
