@@ -61,6 +61,15 @@ pub struct Config {
     /// cleaning up (Redis engine): other nodes then remove them and send
     /// the leave events.
     pub presence_lease: u64,
+    /// Shared secret for HS256 connection tokens.
+    pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (instead of `jwt_secret`).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key for RS256 or ES256 connection tokens.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Whether connections without a token are allowed. Unset: only when
+    /// listening on loopback.
+    pub anonymous: Option<bool>,
 }
 
 /// Which engine serves rooms.
@@ -103,6 +112,10 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_prefix: "hubcast".into(),
             presence_lease: 30,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            jwt_public_key: None,
+            anonymous: None,
         }
     }
 }
@@ -190,6 +203,27 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_PRESENCE_LEASE", value_name = "SECONDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_lease: Option<u64>,
+    /// Shared secret for HS256 connection tokens (at least 16 bytes)
+    #[arg(
+        long,
+        env = "HUBCAST_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret
+    #[arg(long, env = "HUBCAST_JWT_SECRET_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key for RS256 or ES256 connection tokens
+    #[arg(long, env = "HUBCAST_JWT_PUBLIC_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Allow connections without a token [default: only when listening on loopback]
+    #[arg(long, env = "HUBCAST_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<bool>,
 }
 
 /// A setting that cannot be used, named by its key.
@@ -298,6 +332,20 @@ impl Config {
             return bad(
                 "redis_prefix",
                 "must be 1 to 64 characters of A-Z a-z 0-9 _ - . :",
+            );
+        }
+        let has_key = self.jwt_secret.is_some()
+            || self.jwt_secret_file.is_some()
+            || self.jwt_public_key.is_some();
+        if !self.listen.ip().is_loopback() && !has_key && self.anonymous != Some(true) {
+            return bad(
+                "anonymous",
+                format!(
+                    "refusing to listen on {} without authentication: set jwt_secret \
+                     (--jwt-secret or HUBCAST_JWT_SECRET), jwt_secret_file or jwt_public_key \
+                     to require tokens, or anonymous = true (--anonymous) to let anyone in",
+                    self.listen
+                ),
             );
         }
         if !(1..=3600).contains(&self.presence_lease) {

@@ -26,6 +26,7 @@
 //! into every local subscriber's queue, and each connection's writer sends
 //! its whole queue in one batch.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;
@@ -64,6 +65,8 @@ pub struct App {
     pub next_conn: AtomicU64,
     /// WebSocket connections currently open.
     pub open_connections: AtomicU64,
+    /// Token verification and the anonymous switch.
+    pub auth: auth::Auth,
 }
 
 /// Current Unix time in milliseconds.
@@ -111,6 +114,7 @@ pub async fn run_with_broker(
     shutdown: CancellationToken,
     broker: Arc<dyn Broker>,
 ) -> anyhow::Result<()> {
+    let auth = auth::Auth::from_config(&config)?;
     let hub = Hub::new(broker.clone(), config.queue_size);
     let grace = Duration::from_secs(config.shutdown_timeout);
     let app = Arc::new(App {
@@ -121,6 +125,7 @@ pub async fn run_with_broker(
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(1),
         open_connections: AtomicU64::new(0),
+        auth,
     });
     let router = http::router(app.clone());
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -19,7 +19,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server. With no settings: in-memory broker on 127.0.0.1:8080.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print an HS256 connection token, for tests and demos.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// User id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// The server's jwt_secret.
+    #[arg(long, env = "HUBCAST_JWT_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Display name (`name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Room patterns the user may use (`rooms`, comma-separated; `*` one segment, `**` the rest).
+    #[arg(long, value_delimiter = ',')]
+    rooms: Option<Vec<String>>,
+    /// May use any room and see any presence (`admin`).
+    #[arg(long)]
+    admin: bool,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -37,7 +61,33 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Token(args) => token(args),
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let exp = hubcast::unix_ms() as u64 / 1000 + args.ttl;
+    let mut claims = serde_json::json!({"sub": args.sub, "exp": exp});
+    if let Some(name) = args.name {
+        claims["name"] = name.into();
+    }
+    if let Some(rooms) = args.rooms {
+        claims["rooms"] = rooms.into();
+    }
+    if args.admin {
+        claims["admin"] = true.into();
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(args.secret.as_bytes());
+    match jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hubcast: cannot sign the token: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

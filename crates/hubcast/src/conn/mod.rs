@@ -46,6 +46,10 @@ pub struct Conn {
     pub user: Arc<str>,
     /// Display name.
     pub name: Arc<str>,
+    /// What the token allows.
+    pub grants: crate::auth::Grants,
+    /// When the token expires (the connection is closed with 4001 then).
+    pub expires: Option<Instant>,
     /// Everything to send to this client.
     pub out: Outbound,
 }
@@ -239,6 +243,12 @@ where
     let mut batch: VecDeque<bytes::Bytes> = VecDeque::new();
     let ping = sleep_until(Instant::now() + heartbeat);
     tokio::pin!(ping);
+    // A far-away deadline stands in for "never" when the token has no expiry.
+    let expiry = sleep_until(
+        conn.expires
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
+    );
+    tokio::pin!(expiry);
     loop {
         let closing = conn.out.take(&mut batch);
         let slow = closing.is_some_and(|c| c.code == close::SLOW_CONSUMER);
@@ -269,6 +279,7 @@ where
             biased;
             _ = shutdown.cancelled() => conn.out.close(close::GOING_AWAY, "server shutting down"),
             _ = conn.out.notified() => {}
+            _ = &mut expiry, if conn.expires.is_some() => conn.out.close(close::TOKEN_EXPIRED, "token expired"),
             _ = &mut ping => {
                 ping.as_mut().reset(Instant::now() + heartbeat);
                 if sink.feed(Message::ping(Payload::from(bytes::Bytes::new()))).await.is_err()

@@ -175,7 +175,7 @@ impl Session {
                 msg_id,
                 echo,
             } => self
-                .check_personal(&room, "publish to")
+                .check_room(&room, "publish to")
                 .map(|()| self.publish(id, &room, &event, data, msg_id.as_deref(), echo)),
             ClientFrame::Send {
                 to,
@@ -258,7 +258,7 @@ impl Session {
                 Err(Reject::new(ErrorCode::Internal, "publish dispatched twice"))
             }
             ClientFrame::Presence { room } => {
-                self.check_personal(&room, "see presence of")?;
+                self.check_room(&room, "see presence of")?;
                 let members = if protocol::is_personal(&room) {
                     Vec::new()
                 } else {
@@ -273,7 +273,7 @@ impl Session {
                 Ok(())
             }
             ClientFrame::History { room, since, limit } => {
-                self.check_personal(&room, "read history of")?;
+                self.check_room(&room, "read history of")?;
                 let page = self.app.broker.history(&room, since, limit).await?;
                 self.push(protocol::encode(&out::History {
                     ty: "history",
@@ -305,15 +305,21 @@ impl Session {
         }
     }
 
-    /// Personal rooms are their owner's only.
-    fn check_personal(&self, room: &str, what: &str) -> Result<(), Reject> {
-        if protocol::is_personal(room) && *room != *self.personal {
-            return Err(Reject::new(
-                ErrorCode::Forbidden,
-                format!("cannot {what} {room}: personal rooms belong to their user"),
-            ));
+    /// Whether the token (or anonymity) allows this room: personal rooms are
+    /// their owner's (and admins'), others follow the `rooms` claim.
+    fn check_room(&self, room: &str, what: &str) -> Result<(), Reject> {
+        if self.conn.grants.allows(&self.conn.user, room) {
+            return Ok(());
         }
-        Ok(())
+        let why = if protocol::is_personal(room) {
+            "personal rooms belong to their user"
+        } else {
+            "not in this token's rooms"
+        };
+        Err(Reject::new(
+            ErrorCode::Forbidden,
+            format!("cannot {what} {room}: {why}"),
+        ))
     }
 
     async fn join(
@@ -322,7 +328,7 @@ impl Session {
         room: &str,
         since: Option<(u64, Option<&str>)>,
     ) -> Result<(), Reject> {
-        self.check_personal(room, "join")?;
+        self.check_room(room, "join")?;
         let personal = protocol::is_personal(room);
         let already = self.rooms.contains(room);
         if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {

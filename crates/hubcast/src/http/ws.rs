@@ -125,14 +125,51 @@ pub async fn upgrade(
         None => None,
     };
 
+    // Credentials: the Authorization header first, then ?token=.
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let token = bearer.or_else(|| query.get("token").map(String::as_str));
+    let identity = app.auth.authenticate(token).map_err(|e| {
+        tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
+        HttpError::new(ErrorCode::Unauthorized, e.to_string())
+    })?;
+
     let key_n = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let conn_id = format!("c-{}", uuid::Uuid::now_v7());
-    let user = format!("anon-{conn_id}");
+    let (user, display, grants, expires) = match identity {
+        Some(id) => {
+            let remaining = id.exp.saturating_sub(crate::unix_ms() as u64 / 1000);
+            let display = id.name.clone().unwrap_or_else(|| id.user.clone());
+            (
+                id.user,
+                display,
+                crate::auth::Grants {
+                    admin: id.admin,
+                    rooms: id.rooms,
+                },
+                Some(tokio::time::Instant::now() + std::time::Duration::from_secs(remaining)),
+            )
+        }
+        None => {
+            let user = format!("anon-{conn_id}");
+            let display = name.clone().unwrap_or_else(|| user.clone());
+            (user, display, crate::auth::Grants::default(), None)
+        }
+    };
     let conn = Arc::new(Conn {
         key: key_n,
         id: Arc::from(conn_id.as_str()),
-        name: Arc::from(name.as_deref().unwrap_or(&user)),
+        name: Arc::from(display),
         user: Arc::from(user),
+        grants,
+        expires,
         out: Outbound::new(app.config.queue_size),
     });
 

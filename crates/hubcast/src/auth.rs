@@ -1,0 +1,310 @@
+//! Connection tokens (PROTOCOL.md section 1, "JWT claims") and what they
+//! allow.
+//!
+//! A token is a JWT signed with HS256 (`jwt_secret`) or with RS256/ES256
+//! (`jwt_public_key`, a PEM file; the key type picks the algorithm). Only
+//! that one algorithm is accepted: `alg: none`, other algorithms and other
+//! keys are refused. `sub` and `exp` are required.
+
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::{Config, ConfigError};
+use crate::protocol;
+
+/// How a handshake's credentials are checked.
+pub struct Auth {
+    /// The verification key and its one algorithm, when tokens are on.
+    key: Option<(DecodingKey, Algorithm)>,
+    /// Whether connections without a token are let in.
+    pub anonymous: bool,
+}
+
+/// Who a token says the client is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `sub`.
+    pub user: String,
+    /// `name`, if any.
+    pub name: Option<String>,
+    /// `rooms` patterns; `None`: every non-personal room.
+    pub rooms: Option<Arc<[RoomPattern]>>,
+    /// `admin`.
+    pub admin: bool,
+    /// `exp`, Unix seconds.
+    pub exp: u64,
+}
+
+/// Why a handshake's token was refused (HTTP 401).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token where one is required.
+    #[error("a token is required (Authorization: Bearer <JWT> or ?token=)")]
+    Missing,
+    /// A token was sent but tokens are not configured.
+    #[error("this server does not accept tokens (no jwt_secret or jwt_public_key configured)")]
+    NotConfigured,
+    /// Expired.
+    #[error("token expired")]
+    Expired,
+    /// Anything else: bad signature, algorithm, claims, format.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+    #[serde(default)]
+    admin: bool,
+}
+
+impl Auth {
+    /// Reads the key settings; fails naming the key.
+    pub fn from_config(cfg: &Config) -> Result<Auth, ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let secret = match (&cfg.jwt_secret, &cfg.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "jwt_secret_file",
+                    "set jwt_secret or jwt_secret_file, not both".into(),
+                ));
+            }
+            (Some(s), None) => Some(s.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        bad(
+                            "jwt_secret_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let key = match (secret, &cfg.jwt_public_key) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "jwt_public_key",
+                    "set a JWT secret or a public key, not both".into(),
+                ));
+            }
+            (Some(secret), None) => {
+                if secret.len() < 16 {
+                    return Err(bad("jwt_secret", "must be at least 16 bytes".into()));
+                }
+                Some((
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    Algorithm::HS256,
+                ))
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    bad(
+                        "jwt_public_key",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let key = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                    (k, Algorithm::RS256)
+                } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                    (k, Algorithm::ES256)
+                } else {
+                    return Err(bad(
+                        "jwt_public_key",
+                        format!(
+                            "{} is not an RSA or EC (P-256) public key in PEM",
+                            path.display()
+                        ),
+                    ));
+                };
+                Some(key)
+            }
+            (None, None) => None,
+        };
+        let anonymous = cfg
+            .anonymous
+            .unwrap_or_else(|| cfg.listen.ip().is_loopback());
+        Ok(Auth { key, anonymous })
+    }
+
+    /// Whether tokens are verified at all.
+    pub fn tokens_enabled(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Checks a handshake's token (if any). `Ok(None)`: anonymous.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Option<Identity>, AuthError> {
+        let Some(token) = token else {
+            return if self.anonymous {
+                Ok(None)
+            } else {
+                Err(AuthError::Missing)
+            };
+        };
+        let Some((key, alg)) = &self.key else {
+            return Err(AuthError::NotConfigured);
+        };
+        let mut validation = Validation::new(*alg);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::InvalidAlgorithm => {
+                    AuthError::Invalid(format!("only {alg:?} tokens are accepted"))
+                }
+                ErrorKind::MissingRequiredClaim(c) => {
+                    AuthError::Invalid(format!("missing claim `{c}`"))
+                }
+                _ => AuthError::Invalid(e.to_string()),
+            }
+        })?;
+        let c = data.claims;
+        protocol::check_user(&c.sub)
+            .map_err(|m| AuthError::Invalid(format!("claim `sub`: {m}")))?;
+        if let Some(name) = &c.name
+            && (name.chars().count() > 64 || name.chars().any(char::is_control))
+        {
+            return Err(AuthError::Invalid(
+                "claim `name`: at most 64 characters, no control characters".into(),
+            ));
+        }
+        let rooms = match c.rooms {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|p| RoomPattern::parse(p))
+                    .collect::<Result<Arc<[RoomPattern]>, _>>()
+                    .map_err(|m| AuthError::Invalid(format!("claim `rooms`: {m}")))?,
+            ),
+        };
+        Ok(Some(Identity {
+            user: c.sub,
+            name: c.name,
+            rooms,
+            admin: c.admin,
+            exp: c.exp,
+        }))
+    }
+}
+
+/// A `rooms` claim entry: dot-separated segments, `*` matching one segment
+/// and a final `**` matching one or more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPattern(Vec<String>);
+
+impl RoomPattern {
+    /// Parses a pattern.
+    pub fn parse(p: &str) -> Result<RoomPattern, String> {
+        if p.is_empty() || p.len() > 128 {
+            return Err(format!("pattern {p:?} must be 1 to 128 characters"));
+        }
+        let segs: Vec<String> = p.split('.').map(str::to_string).collect();
+        for (i, s) in segs.iter().enumerate() {
+            let ok = s == "*"
+                || (s == "**" && i == segs.len() - 1)
+                || (!s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-')));
+            if !ok {
+                return Err(format!("pattern {p:?}: bad segment {s:?} (`**` only last)"));
+            }
+        }
+        Ok(RoomPattern(segs))
+    }
+
+    /// Whether `room` matches.
+    pub fn matches(&self, room: &str) -> bool {
+        let parts: Vec<&str> = room.split('.').collect();
+        let mut i = 0;
+        for (k, seg) in self.0.iter().enumerate() {
+            if seg == "**" {
+                return k == self.0.len() - 1 && i < parts.len();
+            }
+            let Some(part) = parts.get(i) else {
+                return false;
+            };
+            if seg != "*" && seg != part {
+                return false;
+            }
+            i += 1;
+        }
+        i == parts.len()
+    }
+}
+
+/// What a connection may do, from its token (or anonymity).
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// May join, read and publish anywhere, personal rooms included.
+    pub admin: bool,
+    /// Allowed non-personal rooms; `None`: all.
+    pub rooms: Option<Arc<[RoomPattern]>>,
+}
+
+impl Grants {
+    /// Whether `user` may join, read or publish to `room`.
+    pub fn allows(&self, user: &str, room: &str) -> bool {
+        if self.admin {
+            return true;
+        }
+        if let Some(owner) = room.strip_prefix('@') {
+            return owner == user;
+        }
+        match &self.rooms {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(room)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = |s: &str| RoomPattern::parse(s).unwrap();
+        assert!(p("lobby").matches("lobby"));
+        assert!(!p("lobby").matches("lobby.x"));
+        assert!(p("chat.*").matches("chat.general"));
+        assert!(!p("chat.*").matches("chat"));
+        assert!(!p("chat.*").matches("chat.a.b"));
+        assert!(p("team.**").matches("team.a"));
+        assert!(p("team.**").matches("team.a.b.c"));
+        assert!(!p("team.**").matches("team"));
+        assert!(p("*.news").matches("eu.news"));
+        assert!(RoomPattern::parse("a.**.b").is_err());
+        assert!(RoomPattern::parse("a..b").is_err());
+    }
+
+    #[test]
+    fn grants() {
+        let g = Grants {
+            admin: false,
+            rooms: Some(Arc::from(vec![RoomPattern::parse("chat.*").unwrap()])),
+        };
+        assert!(g.allows("alice", "chat.x"));
+        assert!(!g.allows("alice", "other"));
+        assert!(g.allows("alice", "@alice"));
+        assert!(!g.allows("alice", "@bob"));
+        let admin = Grants {
+            admin: true,
+            rooms: None,
+        };
+        assert!(admin.allows("root", "@bob"));
+        assert!(Grants::default().allows("x", "anything"));
+    }
+}
