@@ -306,11 +306,7 @@ fn token_command_prints_a_token_the_server_accepts() {
 
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
         .args([
             "serve",

@@ -49,14 +49,13 @@ both_engines! {
                 "the publisher is never refused or blocked"
             );
         }
+        // The slow client now reads: an unbroken run of messages, then 4000.
+        let (code, reason, frames) = slow.until_close().await;
+        assert_eq!(code, Some(4000), "reason {reason:?}");
         let _fast = tokio::time::timeout(Duration::from_secs(60), fast_reader)
             .await
             .unwrap()
             .unwrap();
-
-        // The slow client now reads: an unbroken run of messages, then 4000.
-        let (code, reason, frames) = slow.until_close().await;
-        assert_eq!(code, Some(4000), "reason {reason:?}");
         let offsets: Vec<u64> = frames
             .iter()
             .filter(|f| f["type"] == "message")
@@ -219,17 +218,9 @@ fn hubcast() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hubcast"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn binary_serves_and_exits_0_on_sigterm_after_closing_with_1001() {
-    let port = free_port();
+    let port = common::free_port();
     let mut child = hubcast()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("HUBCAST_HEARTBEAT", "30")

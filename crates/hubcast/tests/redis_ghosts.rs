@@ -15,11 +15,7 @@ use serde_json::json;
 #[tokio::test]
 async fn a_killed_node_leaves_no_ghost_presence() {
     let prefix = common::unique_prefix();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut doomed = Command::new(env!("CARGO_BIN_EXE_hubcast"))
         .args([
             "serve",

@@ -78,14 +78,6 @@ async fn killing_the_pubsub_connection_loses_nothing() {
     b.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_redis(port: u16) -> Child {
     let child = Command::new("redis-server")
         .args([
@@ -121,7 +113,7 @@ async fn ready(s: &Server) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_and_back() {
-    let port = free_port();
+    let port = common::free_port();
     let mut redis = start_redis(port);
     let url = format!("redis://127.0.0.1:{port}/0");
     let s = Server::with_config(redis_config(url, "outage"), None).await;

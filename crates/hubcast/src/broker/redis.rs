@@ -87,9 +87,12 @@ redis.call(ARGV[11], KEYS[3], offset .. '\n' .. epoch .. '\n' .. ARGV[7] .. '\n'
 return {offset, epoch, 0}
 "#;
 
-/// Ensures the meta hash, then returns the epoch, the top and the entries
-/// after `since` (ARGV[3], -1 for none).
-const RECOVER: &str = r#"
+/// The start of RECOVER and HISTORY: creates the meta hash with a new epoch
+/// (ARGV[1]) when Redis lost it, refreshes its TTL (ARGV[2]), and reads the
+/// epoch, the top and `since` (ARGV[3], -1 for none).
+macro_rules! meta_prelude {
+    () => {
+        r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[1]
@@ -99,25 +102,28 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
 local since = tonumber(ARGV[3])
+"#
+    };
+}
+
+/// Ensures the meta hash, then returns the epoch, the top and the entries
+/// after `since` (ARGV[3], -1 for none).
+const RECOVER: &str = concat!(
+    meta_prelude!(),
+    r#"
 local entries = {}
 if since >= 0 and since < top then
   entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+')
 end
 return {epoch, top, entries}
-"#;
+"#
+);
 
 /// Like RECOVER, for `history`: entries after `since` (or the latest ones)
 /// up to ARGV[4], and the oldest entry held.
-const HISTORY: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
-local since = tonumber(ARGV[3])
+const HISTORY: &str = concat!(
+    meta_prelude!(),
+    r#"
 local entries
 if since >= 0 then
   entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', ARGV[4])
@@ -126,7 +132,8 @@ else
 end
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 return {epoch, top, entries, first}
-"#;
+"#
+);
 
 /// Adds a connection to a room's presence; the user's first connection
 /// publishes a join event. Returns the user's connection count there.

@@ -34,6 +34,10 @@ use session::Session;
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a slow consumer's 4000 close frame may wait behind the data the
+/// client has not read yet: it must see the 4000 (to recover with `since`)
+/// once it reads on, rather than a bare disconnect.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// A connection's identity and outbound queue, shared with the hub.
 #[derive(Debug)]
@@ -325,7 +329,12 @@ where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let code = CloseCode::try_from(reason.code).unwrap_or(CloseCode::INTERNAL_SERVER_ERROR);
-    let _ = timeout(CLOSE_GRACE, async {
+    let grace = if reason.code == close::SLOW_CONSUMER {
+        SLOW_CLOSE_GRACE
+    } else {
+        CLOSE_GRACE
+    };
+    let _ = timeout(grace, async {
         // The WebSocket layer may have queued a close already (the client
         // closed, or broke the protocol): then just get it out.
         if let Err(WsError::AlreadyClosed) =

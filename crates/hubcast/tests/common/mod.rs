@@ -32,6 +32,15 @@ pub fn redis_url() -> String {
     std::env::var("HUBCAST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A key prefix no other test uses.
 pub fn unique_prefix() -> String {
     format!("hubcast-test-{}", uuid::Uuid::new_v4().simple())
