@@ -70,6 +70,13 @@ pub struct Config {
     /// Whether connections without a token are allowed. Unset: only when
     /// listening on loopback.
     pub anonymous: Option<bool>,
+    /// WebSocket connections the node accepts in all; past it, 503.
+    pub max_connections: u32,
+    /// WebSocket connections from one IP address; past it, 429.
+    pub max_connections_per_ip: u32,
+    /// WebSocket handshakes one IP address may make per second (bursts of
+    /// twice that); past it, 429 with `Retry-After`. 0 turns it off.
+    pub handshakes_per_ip_per_sec: u32,
 }
 
 /// Which engine serves rooms.
@@ -116,6 +123,9 @@ impl Default for Config {
             jwt_secret_file: None,
             jwt_public_key: None,
             anonymous: None,
+            max_connections: 100_000,
+            max_connections_per_ip: 2_000,
+            handshakes_per_ip_per_sec: 500,
         }
     }
 }
@@ -224,6 +234,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anonymous: Option<bool>,
+    /// WebSocket connections accepted in all; past it, 503 [default: 100000]
+    #[arg(long, env = "HUBCAST_MAX_CONNECTIONS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// WebSocket connections from one IP address; past it, 429 [default: 2000]
+    #[arg(long, env = "HUBCAST_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
+    /// WebSocket handshakes per second from one IP address, 0 = unlimited; past it, 429 [default: 500]
+    #[arg(long, env = "HUBCAST_HANDSHAKES_PER_IP_PER_SEC", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshakes_per_ip_per_sec: Option<u32>,
 }
 
 /// A setting that cannot be used, named by its key.
@@ -348,6 +370,12 @@ impl Config {
                 ),
             );
         }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.max_connections_per_ip == 0 {
+            return bad("max_connections_per_ip", "must be at least 1");
+        }
         if !(1..=3600).contains(&self.presence_lease) {
             return bad("presence_lease", "must be between 1 and 3600 seconds");
         }
@@ -421,6 +449,15 @@ mod tests {
             ("--redis-url", d.redis_url.clone()),
             ("--redis-prefix", d.redis_prefix.clone()),
             ("--presence-lease", d.presence_lease.to_string()),
+            ("--max-connections", d.max_connections.to_string()),
+            (
+                "--max-connections-per-ip",
+                d.max_connections_per_ip.to_string(),
+            ),
+            (
+                "--handshakes-per-ip-per-sec",
+                d.handshakes_per_ip_per_sec.to_string(),
+            ),
         ] {
             let at = help
                 .find(flag)

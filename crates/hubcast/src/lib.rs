@@ -67,6 +67,8 @@ pub struct App {
     pub open_connections: AtomicU64,
     /// Token verification and the anonymous switch.
     pub auth: auth::Auth,
+    /// Connection caps and handshake rates.
+    pub limits: Arc<http::limits::ConnLimits>,
 }
 
 /// Current Unix time in milliseconds.
@@ -115,6 +117,7 @@ pub async fn run_with_broker(
     broker: Arc<dyn Broker>,
 ) -> anyhow::Result<()> {
     let auth = auth::Auth::from_config(&config)?;
+    let limits = http::limits::ConnLimits::new(&config);
     let hub = Hub::new(broker.clone(), config.queue_size);
     let grace = Duration::from_secs(config.shutdown_timeout);
     let app = Arc::new(App {
@@ -126,6 +129,7 @@ pub async fn run_with_broker(
         next_conn: AtomicU64::new(1),
         open_connections: AtomicU64::new(0),
         auth,
+        limits,
     });
     let router = http::router(app.clone());
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -2,6 +2,7 @@
 //! Every error reply is JSON (PROTOCOL.md section 6).
 
 pub mod error;
+pub mod limits;
 pub mod origin;
 pub mod ws;
 

@@ -55,6 +55,9 @@ pub async fn upgrade(
     if app.shutdown.is_cancelled() {
         return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
     }
+    let slot = app.limits.admit(remote.ip()).inspect_err(|e| {
+        tracing::info!(remote = %remote, reason = %e.message, "handshake refused: limit");
+    })?;
     let headers = req.headers();
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
@@ -176,6 +179,8 @@ pub async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
     app.tasks.spawn(async move {
+        // Holds the connection's place in the limits until it ends.
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

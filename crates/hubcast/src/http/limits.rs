@@ -1,0 +1,110 @@
+//! Handshake admission: a global connection cap (503), connections per IP
+//! address (429) and handshakes per IP per second (429), each with
+//! `Retry-After`. A granted [`ConnSlot`] lives as long as the connection.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::error::HttpError;
+use crate::config::Config;
+use crate::protocol::ErrorCode;
+
+/// Counts and limits of WebSocket connections.
+pub struct ConnLimits {
+    max_total: u32,
+    max_per_ip: u32,
+    /// Open connections in all and per address.
+    counts: Mutex<Counts>,
+    /// Handshake rate per address; None when off.
+    handshakes: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Handshakes seen, to forget idle addresses now and then.
+    seen: AtomicU64,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: u32,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl ConnLimits {
+    /// Limits from the settings.
+    pub fn new(cfg: &Config) -> Arc<Self> {
+        let handshakes = NonZeroU32::new(cfg.handshakes_per_ip_per_sec).map(|rate| {
+            let burst = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Arc::new(Self {
+            max_total: cfg.max_connections,
+            max_per_ip: cfg.max_connections_per_ip,
+            counts: Mutex::new(Counts::default()),
+            handshakes,
+            seen: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a handshake from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, HttpError> {
+        if let Some(rl) = &self.handshakes {
+            if self.seen.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+                rl.retain_recent();
+            }
+            if rl.check_key(&ip).is_err() {
+                return Err(HttpError::new(
+                    ErrorCode::RateLimited,
+                    "too many connection attempts from this address; retry later",
+                )
+                .retry_after(1));
+            }
+        }
+        let mut c = self.lock();
+        if c.total >= self.max_total {
+            return Err(
+                HttpError::new(ErrorCode::Unavailable, "server at its connection limit")
+                    .retry_after(5),
+            );
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(HttpError::new(
+                ErrorCode::RateLimited,
+                "too many connections from this address",
+            )
+            .retry_after(5));
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut c = self.limits.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
