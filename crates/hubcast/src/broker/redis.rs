@@ -287,8 +287,14 @@ struct Entry {
     key: String,
 }
 
-/// The epoch and latest offset a RECOVER or HISTORY script replies first.
-fn position(parts: &[Value], script: &str) -> Result<(Arc<str>, u64), BrokerError> {
+/// Splits a RECOVER or HISTORY reply into the epoch, the latest offset and
+/// the remaining parts (entry lists).
+fn position(reply: Value, script: &str) -> Result<(Arc<str>, u64, Vec<Value>), BrokerError> {
+    let Value::Array(parts) = reply else {
+        return Err(BrokerError::Internal(format!(
+            "{script} script: unexpected reply"
+        )));
+    };
     let epoch: String = parts
         .first()
         .cloned()
@@ -299,7 +305,12 @@ fn position(parts: &[Value], script: &str) -> Result<(Arc<str>, u64), BrokerErro
         .cloned()
         .and_then(|v| redis::from_redis_value(v).ok())
         .unwrap_or(0);
-    Ok((Arc::from(epoch), top))
+    Ok((Arc::from(epoch), top, parts))
+}
+
+/// An offset as the scripts take it: -1 for none (Lua numbers are signed).
+fn since_arg(since: Option<u64>) -> i64 {
+    since.map_or(-1, |o| o.min(i64::MAX as u64) as i64)
 }
 
 fn parse_entries(v: &Value) -> Vec<Entry> {
@@ -503,12 +514,7 @@ impl Shared {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let Value::Array(parts) = v else {
-            return Err(BrokerError::Internal(
-                "recover script: unexpected reply".into(),
-            ));
-        };
-        let (epoch, top) = position(&parts, "recover")?;
+        let (epoch, top, parts) = position(v, "recover")?;
         let entries = parts.get(2).map(parse_entries).unwrap_or_default();
         Ok((epoch, top, entries))
     }
@@ -987,7 +993,7 @@ impl Broker for RedisBroker {
         since: Option<(u64, Option<&str>)>,
     ) -> Result<Recovery, BrokerError> {
         let s = &self.shared;
-        let since_arg = since.map_or(-1, |(o, _)| o.min(i64::MAX as u64) as i64);
+        let since_arg = since_arg(since.map(|(o, _)| o));
         let (epoch, top, entries) = s.recover_raw(room, since_arg).await?;
         let mut rec = Recovery {
             top,
@@ -1034,17 +1040,12 @@ impl Broker for RedisBroker {
             .key(s.keys.room(room, "s"))
             .arg(new_epoch())
             .arg(META_TTL.as_secs())
-            .arg(since.map_or(-1, |o| o.min(i64::MAX as u64) as i64))
+            .arg(since_arg(since))
             .arg(limit)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let Value::Array(parts) = v else {
-            return Err(BrokerError::Internal(
-                "history script: unexpected reply".into(),
-            ));
-        };
-        let (epoch, top) = position(&parts, "history")?;
+        let (epoch, top, parts) = position(v, "history")?;
         let mut entries = parts.get(2).map(parse_entries).unwrap_or_default();
         let first = parts.get(3).map(parse_entries).unwrap_or_default();
         let cutoff = s.cutoff_ms();
