@@ -53,8 +53,12 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// The engine: `memory` (one node) or `redis` (many nodes).
     pub broker: BrokerKind,
-    /// Redis server for `broker = "redis"`.
+    /// Redis server for `broker = "redis"`; with `redis_cluster`, a
+    /// comma-separated list of seed nodes.
     pub redis_url: String,
+    /// `redis_url` names a Redis Cluster: rooms spread over its masters by
+    /// hash tag, with sharded pub/sub (Redis 7).
+    pub redis_cluster: bool,
     /// Prefix of every Redis key and channel hubcast uses.
     pub redis_prefix: String,
     /// Seconds a node's presence entries outlive it when it dies without
@@ -117,6 +121,7 @@ impl Default for Config {
             rate_limit_burst: 2000,
             broker: BrokerKind::Memory,
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_cluster: false,
             redis_prefix: "hubcast".into(),
             presence_lease: 30,
             jwt_secret: None,
@@ -205,6 +210,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_REDIS_URL", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// --redis-url names Redis Cluster seed nodes (comma-separated): sharded pub/sub, Redis 7 [default: false]
+    #[arg(long, env = "HUBCAST_REDIS_CLUSTER", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<bool>,
     /// Prefix of every Redis key and channel [default: hubcast]
     #[arg(long, env = "HUBCAST_REDIS_PREFIX", value_name = "PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -334,14 +343,26 @@ impl Config {
         if !(1..=600).contains(&self.shutdown_timeout) {
             return bad("shutdown_timeout", "must be between 1 and 600 seconds");
         }
-        if !(self.redis_url.starts_with("redis://")
-            || self.redis_url.starts_with("rediss://")
-            || self.redis_url.starts_with("redis+unix://")
-            || self.redis_url.starts_with("unix://"))
+        let urls: Vec<&str> = self.redis_url.split(',').map(str::trim).collect();
+        if self.redis_cluster {
+            if !urls
+                .iter()
+                .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+            {
+                return bad(
+                    "redis_url",
+                    "with redis_cluster, must be comma-separated redis:// (or rediss://) URLs of cluster nodes",
+                );
+            }
+        } else if urls.len() != 1
+            || !(self.redis_url.starts_with("redis://")
+                || self.redis_url.starts_with("rediss://")
+                || self.redis_url.starts_with("redis+unix://")
+                || self.redis_url.starts_with("unix://"))
         {
             return bad(
                 "redis_url",
-                "must be a redis:// (or rediss://, unix://) URL",
+                "must be one redis:// (or rediss://, unix://) URL; several are for redis_cluster",
             );
         }
         if self.redis_prefix.is_empty()
@@ -448,6 +469,7 @@ mod tests {
             ("--broker", "memory".to_string()),
             ("--redis-url", d.redis_url.clone()),
             ("--redis-prefix", d.redis_prefix.clone()),
+            ("--redis-cluster", d.redis_cluster.to_string()),
             ("--presence-lease", d.presence_lease.to_string()),
             ("--max-connections", d.max_connections.to_string()),
             (

@@ -45,7 +45,7 @@ use tokio_util::task::TaskTracker;
 
 use broker::Broker;
 use broker::memory::MemoryBroker;
-use broker::redis::RedisBroker;
+use broker::redis::{RedisBroker, RedisSettings};
 use config::{BrokerKind, Config};
 use hub::Hub;
 
@@ -93,14 +93,15 @@ pub async fn run(
 pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
     Ok(match config.broker {
         BrokerKind::Memory => MemoryBroker::new(config.history_size, config.history_ttl()),
-        BrokerKind::Redis => RedisBroker::connect(
-            &config.redis_url,
-            &config.redis_prefix,
-            &config.node_id,
-            config.history_size,
-            config.history_ttl(),
-            Duration::from_secs(config.presence_lease),
-        )
+        BrokerKind::Redis => RedisBroker::connect(RedisSettings {
+            url: config.redis_url.clone(),
+            cluster: config.redis_cluster,
+            prefix: config.redis_prefix.clone(),
+            node: config.node_id.clone(),
+            history_size: config.history_size,
+            ttl: config.history_ttl(),
+            lease: Duration::from_secs(config.presence_lease),
+        })
         .await
         .map_err(|e| {
             anyhow::anyhow!("cannot use Redis at {} (redis_url): {e}", config.redis_url)

@@ -26,8 +26,19 @@
 //! read the missing range from the stream before delivering anything newer.
 //! A range the stream no longer holds is reported to the hub (`on_reset`),
 //! which closes the room's local subscribers with 4000 so they recover.
+//!
+//! Redis Cluster (`redis_cluster`): every script touches one room's keys
+//! only, and they share a slot through the `{room}` hash tag, so each runs
+//! on the master holding the room. Messages go out with sharded pub/sub
+//! (`SPUBLISH` from the script, `SSUBSCRIBE` by the node), so a message
+//! travels only to the shard that owns the room instead of to every node of
+//! the cluster. The cluster client keeps one connection per master and
+//! resubscribes by itself after a reconnect or a slot move; each
+//! resubscription confirmation makes the node read the room's stream, so
+//! what was published meanwhile is still delivered, in order. Keys that are
+//! not a room's (users, nodes) are only ever touched one at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -35,8 +46,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, PushInfo, PushKind, RedisFuture, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -247,9 +260,47 @@ enum SubCmd {
     Unsubscribe(Arc<str>),
 }
 
+/// The command connection: one Redis server, or a Redis Cluster (commands
+/// routed by key slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// State shared by the broker and its pub/sub task.
 struct Shared {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// `publish`, or `spublish` on a cluster (sharded pub/sub).
+    publish_cmd: &'static str,
     keys: Keys,
     node: Arc<str>,
     scripts: Scripts,
@@ -396,7 +447,7 @@ impl Shared {
             .arg(user)
             .arg(name)
             .arg(status.as_str())
-            .arg("publish")
+            .arg(self.publish_cmd)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -481,11 +532,17 @@ impl Shared {
                     .await
                     .map_err(unavailable)?;
             }
-            let _: () = redis::pipe()
+            // Separate commands: the keys are in different cluster slots.
+            let _: () = conn
                 .del(self.keys.node_rooms(&node))
+                .await
+                .map_err(unavailable)?;
+            let _: () = conn
                 .del(self.keys.node_conns(&node))
+                .await
+                .map_err(unavailable)?;
+            let _: () = conn
                 .zrem(self.keys.nodes(), &node)
-                .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
         }
@@ -520,33 +577,87 @@ impl Shared {
     }
 }
 
+/// Where and how a node uses Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`; for a cluster, comma-separated seed nodes.
+    pub url: String,
+    /// `url` names Redis Cluster nodes.
+    pub cluster: bool,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// This node's id (presence entries, leases).
+    pub node: String,
+    /// Messages kept per room.
+    pub history_size: usize,
+    /// How long messages and msgIds are kept.
+    pub ttl: Duration,
+    /// How long a dead node's presence lingers.
+    pub lease: Duration,
+}
+
+/// The node's pub/sub side, before its task starts.
+enum PubSubSource {
+    /// A dedicated pub/sub connection, reopened by the task when it drops.
+    Single(redis::Client),
+    /// A cluster connection (one connection per master, resubscribed by the
+    /// client) and the pushes it receives.
+    Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
+}
+
 impl RedisBroker {
-    /// Connects to Redis at `url` (fails when it cannot) and starts the
-    /// node's pub/sub task.
-    pub async fn connect(
-        url: &str,
-        prefix: &str,
-        node: &str,
-        history_size: usize,
-        ttl: Duration,
-        lease: Duration,
-    ) -> Result<Arc<Self>, BrokerError> {
-        let client =
-            redis::Client::open(url).map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(MAX_BACKOFF);
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(unavailable)?;
+    /// Connects to Redis (fails when it cannot) and starts the node's
+    /// pub/sub and lease tasks.
+    pub async fn connect(settings: RedisSettings) -> Result<Arc<Self>, BrokerError> {
+        let (conn, pubsub, publish_cmd) = if settings.cluster {
+            let seeds: Vec<&str> = settings.url.split(',').map(str::trim).collect();
+            let builder = || {
+                ClusterClient::builder(seeds.clone())
+                    .connection_timeout(COMMAND_TIMEOUT)
+                    .response_timeout(COMMAND_TIMEOUT)
+                    .retries(2)
+                    .max_retry_wait(MAX_BACKOFF.as_millis() as u64)
+            };
+            let client = builder()
+                .build()
+                .map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
+            let conn = client.get_async_connection().await.map_err(unavailable)?;
+            // Sharded subscriptions need RESP3: the messages arrive as pushes.
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sub_client = builder()
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()
+                .map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
+            let sub = sub_client
+                .get_async_connection()
+                .await
+                .map_err(unavailable)?;
+            (
+                Conn::Cluster(conn),
+                PubSubSource::Cluster(sub, rx),
+                "spublish",
+            )
+        } else {
+            let client = redis::Client::open(settings.url.as_str())
+                .map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT))
+                .set_number_of_retries(2)
+                .set_max_delay(MAX_BACKOFF);
+            let conn = ConnectionManager::new_with_config(client.clone(), config)
+                .await
+                .map_err(unavailable)?;
+            (Conn::Single(conn), PubSubSource::Single(client), "publish")
+        };
         let shared = Arc::new(Shared {
             conn,
+            publish_cmd,
             keys: Keys {
-                prefix: Arc::from(prefix),
+                prefix: Arc::from(settings.prefix.as_str()),
             },
-            node: Arc::from(node),
+            node: Arc::from(settings.node.as_str()),
             scripts: Scripts {
                 publish: Script::new(PUBLISH),
                 recover: Script::new(RECOVER),
@@ -557,15 +668,28 @@ impl RedisBroker {
                 disconnect: Script::new(DISCONNECT),
             },
             handler: OnceLock::new(),
-            history_size,
-            ttl,
+            history_size: settings.history_size,
+            ttl: settings.ttl,
             pubsub_up: AtomicBool::new(false),
-            lease,
+            lease: settings.lease,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(pubsub_task(shared.clone(), client, rx, cancel.clone()));
+        match pubsub {
+            PubSubSource::Single(client) => {
+                tasks.spawn(pubsub_task(shared.clone(), client, rx, cancel.clone()));
+            }
+            PubSubSource::Cluster(sub, pushes) => {
+                tasks.spawn(cluster_pubsub_task(
+                    shared.clone(),
+                    sub,
+                    pushes,
+                    rx,
+                    cancel.clone(),
+                ));
+            }
+        }
         // Take the lease before serving anyone, then keep it and reap the
         // nodes whose lease ran out.
         shared.renew_lease().await?;
@@ -699,12 +823,7 @@ async fn pubsub_task(
                 _ = sweep.tick() => {
                     // Unsubscribe rooms left long enough ago (a room that is
                     // left and joined again in between keeps its subscription).
-                    let idle: Vec<Arc<str>> = rooms
-                        .iter()
-                        .filter(|(_, r)| r.refs == 0 && r.idle_since.is_some_and(|t| t.elapsed() >= UNSUBSCRIBE_DELAY))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for room in idle {
+                    for room in idle_rooms(&rooms) {
                         rooms.remove(&room);
                         if sink.unsubscribe(shared.keys.channel(&room)).await.is_err() {
                             continue 'connect;
@@ -753,6 +872,132 @@ async fn pubsub_task(
     }
 }
 
+/// The cluster's pub/sub: sharded subscriptions on the cluster connection,
+/// the same room bookkeeping as [`pubsub_task`], and a catch-up from the
+/// stream whenever a room's subscription is confirmed again.
+///
+/// The cluster client resubscribes a reconnected master by itself, but it
+/// does not say which master a disconnection was, and in testing it did not
+/// always restore every subscription. So after any disconnection every room
+/// counts as unconfirmed, and the task subscribes them again itself until
+/// Redis confirms each one (a repeated `SSUBSCRIBE` is harmless: Redis only
+/// confirms it once more).
+async fn cluster_pubsub_task(
+    shared: Arc<Shared>,
+    sub: ClusterConnection,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    mut rx: mpsc::UnboundedReceiver<SubCmd>,
+    cancel: CancellationToken,
+) {
+    let mut rooms: HashMap<Arc<str>, RoomSub> = HashMap::new();
+    // Rooms whose subscription Redis has not confirmed since the last
+    // disconnection, and when to subscribe them again.
+    let mut unconfirmed: HashSet<Arc<str>> = HashSet::new();
+    let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    let mut backoff = Duration::from_millis(100);
+    shared.pubsub_up.store(true, Ordering::SeqCst);
+    let mut sweep = tokio::time::interval(UNSUBSCRIBE_DELAY / 4);
+    loop {
+        let resubscribe = async {
+            match resubscribe_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = sweep.tick() => {
+                for room in idle_rooms(&rooms) {
+                    rooms.remove(&room);
+                    unconfirmed.remove(&room);
+                    if let Err(e) = sub.clone().sunsubscribe(shared.keys.channel(&room)).await {
+                        tracing::warn!(room = %room, error = %e, "redis sunsubscribe failed");
+                    }
+                }
+            }
+            _ = resubscribe => {
+                unconfirmed.retain(|r| rooms.contains_key(r));
+                let results = futures_util::future::join_all(unconfirmed.iter().map(|room| {
+                    let mut conn = sub.clone();
+                    let channel = shared.keys.channel(room);
+                    async move { conn.ssubscribe(channel).await }
+                }))
+                .await;
+                if results.iter().any(|r| r.is_err()) {
+                    tracing::warn!("redis cluster resubscribe failed; retrying");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    resubscribe_at = Some(tokio::time::Instant::now() + backoff);
+                } else {
+                    // Confirmations arrive as pushes and clear `unconfirmed`.
+                    backoff = Duration::from_millis(100);
+                    resubscribe_at = None;
+                }
+            }
+            cmd = rx.recv() => match cmd {
+                None => return,
+                Some(SubCmd::Subscribe(room, reply)) => {
+                    if let Some(r) = rooms.get_mut(&room) {
+                        r.refs += 1;
+                        r.idle_since = None;
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
+                    if let Err(e) = sub.clone().ssubscribe(shared.keys.channel(&room)).await {
+                        let _ = reply.send(Err(unavailable(e)));
+                        continue;
+                    }
+                    // Read the position only now: anything published from
+                    // here on arrives over pub/sub.
+                    match shared.recover_raw(&room, -1).await {
+                        Ok((epoch, top, _)) => {
+                            rooms.insert(room, RoomSub { refs: 1, pos: RoomPos { epoch, last: top }, idle_since: None });
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(e) => {
+                            let _ = sub.clone().sunsubscribe(shared.keys.channel(&room)).await;
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Some(SubCmd::Unsubscribe(room)) => release(&mut rooms, &room),
+            },
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                let channel = push.data.first().and_then(|v| match v {
+                    Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                    _ => None,
+                });
+                let room = channel.and_then(|c| shared.keys.room_of(c));
+                match push.kind {
+                    PushKind::SMessage => {
+                        let (Some(room), Some(Value::BulkString(payload))) = (room, push.data.get(1))
+                        else { continue };
+                        let Some(r) = rooms.get_mut(room) else { continue };
+                        on_message(&shared, room, &mut r.pos, payload).await;
+                    }
+                    PushKind::SSubscribe => {
+                        // A (re)subscription: whatever was published while
+                        // the shard's connection was down is in the stream.
+                        let Some(room) = room else { continue };
+                        unconfirmed.remove(room);
+                        let Some(r) = rooms.get_mut(room) else { continue };
+                        catch_up(&shared, room, &mut r.pos, None).await;
+                    }
+                    PushKind::Disconnection => {
+                        tracing::warn!("a redis cluster pub/sub connection dropped; resubscribing");
+                        unconfirmed.extend(rooms.keys().cloned());
+                        if resubscribe_at.is_none() {
+                            // Give the client a moment to reconnect first.
+                            resubscribe_at = Some(tokio::time::Instant::now() + backoff);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// Renews this node's lease every third of it and reaps dead nodes.
 async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
     let period = (shared.lease / 3).max(Duration::from_millis(200));
@@ -782,6 +1027,20 @@ struct RoomSub {
     /// When `refs` dropped to 0; the channel is unsubscribed after
     /// [`UNSUBSCRIBE_DELAY`].
     idle_since: Option<tokio::time::Instant>,
+}
+
+/// Rooms left long enough ago to unsubscribe (a room that is left and
+/// joined again in between keeps its subscription).
+fn idle_rooms(rooms: &HashMap<Arc<str>, RoomSub>) -> Vec<Arc<str>> {
+    rooms
+        .iter()
+        .filter(|(_, r)| {
+            r.refs == 0
+                && r.idle_since
+                    .is_some_and(|t| t.elapsed() >= UNSUBSCRIBE_DELAY)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Drops one subscription reference to a room; the channel itself is
@@ -958,7 +1217,7 @@ impl Broker for RedisBroker {
             .arg(req.skip.map(|k| k.to_string()).unwrap_or_default())
             .arg(crate::unix_ms())
             .arg(if req.idempotent { "1" } else { "0" })
-            .arg("publish")
+            .arg(s.publish_cmd)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -1088,19 +1347,18 @@ impl Broker for RedisBroker {
             .arg(&*client.name)
             .arg(&*s.node)
             .arg(status.as_str())
-            .arg("publish")
+            .arg(s.publish_cmd)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
         if n >= 1 {
-            let _: () = redis::pipe()
-                .sadd(s.keys.user_rooms(&client.user), room)
-                .ignore()
-                .sadd(s.keys.node_rooms(&s.node), room)
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            // Two slots on a cluster: two commands, sent together.
+            let mut other = conn.clone();
+            let user_rooms = s.keys.user_rooms(&client.user);
+            let node_rooms = s.keys.node_rooms(&s.node);
+            let (a, b): (redis::RedisResult<()>, redis::RedisResult<()>) =
+                tokio::join!(conn.sadd(&user_rooms, room), other.sadd(&node_rooms, room));
+            a.and(b).map_err(unavailable)?;
         }
         Ok(())
     }
@@ -1209,8 +1467,10 @@ impl Broker for RedisBroker {
         let name = name.unwrap_or_else(|| user.to_string());
         for room in rooms {
             let payload = format!("p\nstatus\n{user}\n{name}\n{}", status.as_str());
-            let _: i64 = conn
-                .publish(s.keys.channel(&room), payload)
+            let _: i64 = redis::cmd(s.publish_cmd)
+                .arg(s.keys.channel(&room))
+                .arg(payload)
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
         }
@@ -1261,14 +1521,8 @@ impl Broker for RedisBroker {
         // Connections cleaned up after themselves; give the lease back.
         let s = &self.shared;
         let mut conn = s.conn.clone();
-        let _: Result<(), _> = redis::pipe()
-            .zrem(s.keys.nodes(), &*s.node)
-            .ignore()
-            .del(s.keys.node_conns(&s.node))
-            .ignore()
-            .del(s.keys.node_rooms(&s.node))
-            .ignore()
-            .query_async(&mut conn)
-            .await;
+        let _: Result<(), _> = conn.zrem(s.keys.nodes(), &*s.node).await;
+        let _: Result<(), _> = conn.del(s.keys.node_conns(&s.node)).await;
+        let _: Result<(), _> = conn.del(s.keys.node_rooms(&s.node)).await;
     }
 }
