@@ -163,3 +163,90 @@ async fn redis_down_and_back() {
     redis.kill().unwrap();
     redis.wait().unwrap();
 }
+
+/// Redis restarts empty while users are connected: each node notices its
+/// lease is gone and registers its connections and presence again, so the
+/// users are present (and online) again without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_comes_back_after_redis_loses_it() {
+    let port = common::free_port();
+    let mut redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut a_cfg = redis_config(url.clone(), "relost");
+    a_cfg.node_id = "relost-a".into();
+    a_cfg.presence_lease = 3;
+    let mut b_cfg = redis_config(url, "relost");
+    b_cfg.node_id = "relost-b".into();
+    b_cfg.presence_lease = 3;
+    let a = Server::with_config(a_cfg, None).await;
+    let b = Server::with_config(b_cfg, None).await;
+    let mut ada = a.named("Ada").await;
+    ada.join("lobby").await;
+    let mut bob = b.named("Bob").await;
+    bob.join("lobby").await;
+    let ev = ada.expect("presence").await;
+    assert_eq!(
+        (ev["action"].clone(), ev["name"].clone()),
+        (json!("join"), json!("Bob"))
+    );
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let mut redis = start_redis(port);
+
+    // Within a lease period both nodes register again; each side sees the
+    // other's join event again, and a newcomer sees both in the list.
+    let ev = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let v = bob.recv().await;
+            if v["type"] == "presence" && v["name"] == "Ada" {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("Ada's presence registered again");
+    assert_eq!(ev["action"], "join");
+    let ev = loop {
+        let v = ada.recv().await;
+        if v["type"] == "presence" && v["name"] == "Bob" {
+            break v;
+        }
+    };
+    assert_eq!(ev["action"], "join");
+    let mut carol = a.named("Carol").await;
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        let (j, _) = carol
+            .request(json!({"type":"presence","room":"lobby"}))
+            .await;
+        names = j["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        if names == ["Ada", "Bob"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(names, ["Ada", "Bob"]);
+
+    // A connection closing afterwards still leaves cleanly.
+    bob.close().await;
+    let ev = loop {
+        let v = ada.recv().await;
+        if v["type"] == "presence" && v["name"] == "Bob" {
+            break v;
+        }
+    };
+    assert_eq!(ev["action"], "leave");
+    a.stop().await;
+    b.stop().await;
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+}

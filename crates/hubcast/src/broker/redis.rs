@@ -311,6 +311,29 @@ struct Shared {
     pubsub_up: AtomicBool,
     /// How long this node's presence entries outlive its last lease renewal.
     lease: Duration,
+    /// What this node registered in Redis, to register again when Redis
+    /// loses it.
+    registry: std::sync::Mutex<Registry>,
+    /// The lease was taken once: a renewal that finds it missing means
+    /// Redis lost this node's entries (or another node reaped them).
+    leased: AtomicBool,
+}
+
+/// This node's connections and presence entries, as registered in Redis.
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<Arc<str>, ClientInfo>,
+    /// Room → connection ids present there.
+    presence: HashMap<Arc<str>, HashSet<Arc<str>>>,
+}
+
+impl Registry {
+    fn has_conn(&self, conn_id: &str) -> bool {
+        self.conns.contains_key(conn_id)
+    }
+    fn has_presence(&self, room: &str, conn_id: &str) -> bool {
+        self.presence.get(room).is_some_and(|c| c.contains(conn_id))
+    }
 }
 
 /// The Redis engine.
@@ -460,14 +483,156 @@ impl Shared {
         Ok(())
     }
 
-    /// Extends this node's lease.
-    async fn renew_lease(&self) -> Result<(), BrokerError> {
+    /// Extends this node's lease. Returns true when the lease had been
+    /// taken before but Redis no longer had it: Redis lost this node's
+    /// entries (a restart without persistence, a flush) or another node
+    /// reaped them after a long partition.
+    async fn renew_lease(&self) -> Result<bool, BrokerError> {
         let mut conn = self.conn.clone();
         let until = crate::unix_ms() + self.lease.as_millis() as i64;
-        let _: i64 = conn
+        let added: i64 = conn
             .zadd(self.keys.nodes(), &*self.node, until)
             .await
             .map_err(unavailable)?;
+        let before = self.leased.swap(true, Ordering::SeqCst);
+        Ok(added == 1 && before)
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers this node's connections and presence entries again, after
+    /// Redis lost them: user status counts, the node's connection list, and
+    /// presence (with join events, since the other nodes saw them vanish
+    /// or never knew). An entry removed locally meanwhile is removed from
+    /// Redis again, so a connection closing during this leaves no ghost.
+    async fn register_again(&self) -> Result<(), BrokerError> {
+        let (conns, presence): (Vec<ClientInfo>, Vec<(Arc<str>, ClientInfo)>) = {
+            let reg = self.registry();
+            let conns = reg.conns.values().cloned().collect();
+            let presence = reg
+                .presence
+                .iter()
+                .flat_map(|(room, ids)| {
+                    ids.iter()
+                        .filter_map(|id| reg.conns.get(id))
+                        .map(|c| (room.clone(), c.clone()))
+                })
+                .collect();
+            (conns, presence)
+        };
+        tracing::warn!(
+            connections = conns.len(),
+            presence = presence.len(),
+            "redis lost this node's entries: registering them again"
+        );
+        for c in &conns {
+            self.register_conn(c).await?;
+            if !self.registry().has_conn(&c.conn_id) {
+                self.unregister_conn(c).await?;
+            }
+        }
+        for (room, c) in &presence {
+            let (status, _) = self.user_status_name(&c.user).await;
+            self.join_presence(room, c, status).await?;
+            if !self.registry().has_presence(room, &c.conn_id) {
+                self.leave_presence(room, &c.conn_id, &c.user, &c.name, status)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a connection for its user's status and in this node's list.
+    async fn register_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .connect
+            .key(self.keys.user(&client.user))
+            .arg(&*client.name)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let _: () = conn
+            .hset(
+                self.keys.node_conns(&self.node),
+                &*client.conn_id,
+                &*client.user,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Undoes [`Shared::register_conn`].
+    async fn unregister_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .disconnect
+            .key(self.keys.user(&client.user))
+            .arg(crate::unix_ms())
+            .arg(self.ttl.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let _: () = conn
+            .hdel(self.keys.node_conns(&self.node), &*client.conn_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// A user's status and display name (online and the user id when
+    /// unknown).
+    async fn user_status_name(&self, user: &str) -> (Status, String) {
+        let mut conn = self.conn.clone();
+        let r: Result<(Option<String>, Option<String>), _> =
+            conn.hmget(self.keys.user(user), &["s", "n"]).await;
+        match r {
+            Ok((s, n)) => (
+                parse_status(s.as_deref()),
+                n.unwrap_or_else(|| user.to_string()),
+            ),
+            Err(_) => (Status::Online, user.to_string()),
+        }
+    }
+
+    /// Adds one connection to a room's presence (the script sends the join
+    /// event for the user's first connection there).
+    async fn join_presence(
+        &self,
+        room: &str,
+        client: &ClientInfo,
+        status: Status,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .presence_join
+            .key(self.keys.room(room, "p"))
+            .key(self.keys.room(room, "pu"))
+            .key(self.keys.channel(room))
+            .arg(&*client.conn_id)
+            .arg(&*client.user)
+            .arg(&*client.name)
+            .arg(&*self.node)
+            .arg(status.as_str())
+            .arg(self.publish_cmd)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if n >= 1 {
+            // Two slots on a cluster: two commands, sent together.
+            let mut other = conn.clone();
+            let user_rooms = self.keys.user_rooms(&client.user);
+            let node_rooms = self.keys.node_rooms(&self.node);
+            let (a, b): (redis::RedisResult<()>, redis::RedisResult<()>) =
+                tokio::join!(conn.sadd(&user_rooms, room), other.sadd(&node_rooms, room));
+            a.and(b).map_err(unavailable)?;
+        }
         Ok(())
     }
 
@@ -672,6 +837,8 @@ impl RedisBroker {
             ttl: settings.ttl,
             pubsub_up: AtomicBool::new(false),
             lease: settings.lease,
+            registry: std::sync::Mutex::new(Registry::default()),
+            leased: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
@@ -712,19 +879,6 @@ impl RedisBroker {
             tasks,
         }))
     }
-
-    async fn user_status_name(&self, user: &str) -> (Status, String) {
-        let mut conn = self.shared.conn.clone();
-        let r: Result<(Option<String>, Option<String>), _> =
-            conn.hmget(self.shared.keys.user(user), &["s", "n"]).await;
-        match r {
-            Ok((s, n)) => (
-                parse_status(s.as_deref()),
-                n.unwrap_or_else(|| user.to_string()),
-            ),
-            Err(_) => (Status::Online, user.to_string()),
-        }
-    }
 }
 
 fn parse_status(s: Option<&str>) -> Status {
@@ -753,8 +907,17 @@ async fn pubsub_task(
 ) {
     let mut rooms: HashMap<Arc<str>, RoomSub> = HashMap::new();
     let mut backoff = Duration::from_millis(50);
+    // Set when the connection is given up for a failed stream read: wait
+    // before reconnecting.
+    let mut pause = false;
     'connect: loop {
         shared.pubsub_up.store(false, Ordering::SeqCst);
+        if std::mem::take(&mut pause) {
+            if !wait_serving(backoff, &mut rx, &mut rooms, &cancel).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
         let pubsub = tokio::select! {
             _ = cancel.cancelled() => return,
             p = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()) => p,
@@ -767,28 +930,7 @@ async fn pubsub_task(
                     _ => "timeout".to_string(),
                 };
                 tracing::warn!(error = %err, "redis pub/sub connection failed; retrying");
-                // Refuse new subscriptions while down; keep unsubscribes.
-                let deadline = tokio::time::sleep(backoff);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = &mut deadline => break,
-                        cmd = rx.recv() => match cmd {
-                            None => return,
-                            Some(SubCmd::Subscribe(room, reply)) => {
-                                if let Some(r) = rooms.get_mut(&room).filter(|r| r.refs > 0) {
-                                    r.refs += 1;
-                                    let _ = reply.send(Ok(()));
-                                } else {
-                                    let _ = reply.send(Err(unavailable("pub/sub connection down")));
-                                }
-                            }
-                            Some(SubCmd::Unsubscribe(room)) => release(&mut rooms, &room),
-                        },
-                    }
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                pause = true;
                 continue 'connect;
             }
         };
@@ -804,8 +946,12 @@ async fn pubsub_task(
         // Whatever was published while we were away comes from the streams.
         let names: Vec<Arc<str>> = rooms.keys().cloned().collect();
         for room in names {
-            if let Some(r) = rooms.get_mut(&room) {
-                catch_up(&shared, &room, &mut r.pos, None).await;
+            if let Some(r) = rooms.get_mut(&room)
+                && let Err(e) = catch_up(&shared, &room, &mut r.pos, None).await
+            {
+                tracing::warn!(room = %room, error = %e, "cannot read missed messages from redis; reconnecting");
+                pause = true;
+                continue 'connect;
             }
         }
         shared.pubsub_up.store(true, Ordering::SeqCst);
@@ -865,9 +1011,47 @@ async fn pubsub_task(
                     };
                     let Some(room) = shared.keys.room_of(msg.get_channel_name()) else { continue };
                     let Some(r) = rooms.get_mut(room) else { continue };
-                    on_message(&shared, room, &mut r.pos, msg.get_payload_bytes()).await;
+                    if let Err(e) = on_message(&shared, room, &mut r.pos, msg.get_payload_bytes()).await {
+                        // Nothing newer is delivered before the gap is
+                        // filled: start over, reading the streams again.
+                        tracing::warn!(room, error = %e, "cannot read missed messages from redis; reconnecting");
+                        pause = true;
+                        continue 'connect;
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Waits `pause` while the pub/sub connection is down, answering
+/// subscription requests meanwhile: rooms already subscribed gain a
+/// reference, new ones are refused (`unavailable`). False when the task
+/// must stop.
+async fn wait_serving(
+    pause: Duration,
+    rx: &mut mpsc::UnboundedReceiver<SubCmd>,
+    rooms: &mut HashMap<Arc<str>, RoomSub>,
+    cancel: &CancellationToken,
+) -> bool {
+    let deadline = tokio::time::sleep(pause);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = &mut deadline => return true,
+            cmd = rx.recv() => match cmd {
+                None => return false,
+                Some(SubCmd::Subscribe(room, reply)) => {
+                    if let Some(r) = rooms.get_mut(&room).filter(|r| r.refs > 0) {
+                        r.refs += 1;
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        let _ = reply.send(Err(unavailable("pub/sub connection down")));
+                    }
+                }
+                Some(SubCmd::Unsubscribe(room)) => release(rooms, &room),
+            },
         }
     }
 }
@@ -973,7 +1157,13 @@ async fn cluster_pubsub_task(
                         let (Some(room), Some(Value::BulkString(payload))) = (room, push.data.get(1))
                         else { continue };
                         let Some(r) = rooms.get_mut(room) else { continue };
-                        on_message(&shared, room, &mut r.pos, payload).await;
+                        if let Err(e) = on_message(&shared, room, &mut r.pos, payload).await {
+                            // Not delivered: the resubscription's catch-up
+                            // reads it from the stream, in order.
+                            tracing::warn!(room, error = %e, "cannot read missed messages from redis; retrying");
+                            unconfirmed.insert(Arc::from(room));
+                            resubscribe_at.get_or_insert(tokio::time::Instant::now() + backoff);
+                        }
                     }
                     PushKind::SSubscribe => {
                         // A (re)subscription: whatever was published while
@@ -981,7 +1171,11 @@ async fn cluster_pubsub_task(
                         let Some(room) = room else { continue };
                         unconfirmed.remove(room);
                         let Some(r) = rooms.get_mut(room) else { continue };
-                        catch_up(&shared, room, &mut r.pos, None).await;
+                        if let Err(e) = catch_up(&shared, room, &mut r.pos, None).await {
+                            tracing::warn!(room, error = %e, "cannot read missed messages from redis; retrying");
+                            unconfirmed.insert(Arc::from(room));
+                            resubscribe_at.get_or_insert(tokio::time::Instant::now() + backoff);
+                        }
                     }
                     PushKind::Disconnection => {
                         tracing::warn!("a redis cluster pub/sub connection dropped; resubscribing");
@@ -1008,9 +1202,23 @@ async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = shared.renew_lease().await {
-            tracing::warn!(error = %e, "cannot renew the node lease");
-            continue;
+        match shared.renew_lease().await {
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the node lease");
+                continue;
+            }
+            Ok(true) => {
+                if let Err(e) = shared.register_again().await {
+                    tracing::warn!(error = %e, "cannot register this node's entries again");
+                    // Drop the lease again so the next tick retries.
+                    let _: Result<i64, _> = shared
+                        .conn
+                        .clone()
+                        .zrem(shared.keys.nodes(), &*shared.node)
+                        .await;
+                }
+            }
+            Ok(false) => {}
         }
         if let Err(e) = shared.reap_dead_nodes().await {
             tracing::warn!(error = %e, "cannot reap dead nodes");
@@ -1055,8 +1263,15 @@ fn release(rooms: &mut HashMap<Arc<str>, RoomSub>, room: &str) {
 }
 
 /// Delivers the stream's entries after `pos.last` (up to `upto`, exclusive,
-/// when given). Reports a reset when the stream no longer holds them.
-async fn catch_up(shared: &Shared, room: &str, pos: &mut RoomPos, upto: Option<u64>) {
+/// when given). Reports a reset when the stream no longer holds them. An
+/// error means Redis could not be read: nothing was skipped, and the caller
+/// must not deliver anything newer before trying again.
+async fn catch_up(
+    shared: &Shared,
+    room: &str,
+    pos: &mut RoomPos,
+    upto: Option<u64>,
+) -> Result<(), BrokerError> {
     let mut read = shared.recover_raw(room, pos.last as i64).await;
     if let Ok((epoch, _, _)) = &read
         && *epoch != pos.epoch
@@ -1069,25 +1284,16 @@ async fn catch_up(shared: &Shared, room: &str, pos: &mut RoomPos, upto: Option<u
         pos.last = 0;
         read = shared.recover_raw(room, 0).await;
     }
-    let (epoch, top, entries) = match read {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(room, error = %e, "cannot read missed messages from redis");
-            if let Some(h) = shared.handler() {
-                h.on_reset(room);
-            }
-            return;
-        }
-    };
+    let (epoch, top, entries) = read?;
     let Some(handler) = shared.handler() else {
-        return;
+        return Ok(());
     };
     if epoch != pos.epoch {
         // Restarted again between the two reads: start over later.
         pos.epoch = epoch;
         pos.last = top;
         handler.on_reset(room);
-        return;
+        return Ok(());
     }
     let end = upto.map_or(top, |u| u.saturating_sub(1).min(top));
     // Deliver the unbroken run that follows what was delivered last.
@@ -1111,11 +1317,19 @@ async fn catch_up(shared: &Shared, room: &str, pos: &mut RoomPos, upto: Option<u
         handler.on_reset(room);
         pos.last = end;
     }
+    Ok(())
 }
 
-async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u8]) {
+/// Delivers one pub/sub payload, after filling the gap before it from the
+/// stream. An error (the stream could not be read) delivers nothing.
+async fn on_message(
+    shared: &Shared,
+    room: &str,
+    pos: &mut RoomPos,
+    payload: &[u8],
+) -> Result<(), BrokerError> {
     let Some(handler) = shared.handler() else {
-        return;
+        return Ok(());
     };
     if let Some(rest) = payload.strip_prefix(b"p\n") {
         let text = String::from_utf8_lossy(rest);
@@ -1123,7 +1337,7 @@ async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u
         let (Some(action), Some(user), Some(name), Some(status)) =
             (it.next(), it.next(), it.next(), it.next())
         else {
-            return;
+            return Ok(());
         };
         let action = match action {
             "join" => PresenceAction::Join,
@@ -1139,7 +1353,7 @@ async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u
                 status: parse_status(Some(status)),
             },
         );
-        return;
+        return Ok(());
     }
     // offset \n epoch \n node \n key \n envelope
     let mut parts = payload.splitn(5, |b| *b == b'\n');
@@ -1150,13 +1364,13 @@ async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u
         parts.next(),
         parts.next(),
     ) else {
-        return;
+        return Ok(());
     };
     let Some(offset) = std::str::from_utf8(off)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     else {
-        return;
+        return Ok(());
     };
     let epoch = String::from_utf8_lossy(epoch);
     if *epoch != *pos.epoch {
@@ -1167,10 +1381,10 @@ async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u
         pos.last = 0;
     }
     if offset <= pos.last {
-        return;
+        return Ok(());
     }
     if offset > pos.last + 1 {
-        catch_up(shared, room, pos, Some(offset)).await;
+        catch_up(shared, room, pos, Some(offset)).await?;
     }
     let node = String::from_utf8_lossy(node);
     let key = String::from_utf8_lossy(key);
@@ -1180,6 +1394,7 @@ async fn on_message(shared: &Shared, room: &str, pos: &mut RoomPos, payload: &[u
         &shared.publication(offset, &epoch, &node, &key, Bytes::copy_from_slice(env)),
     );
     pos.last = offset;
+    Ok(())
 }
 
 #[async_trait]
@@ -1334,41 +1549,32 @@ impl Broker for RedisBroker {
 
     async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
-        let (status, _) = self.user_status_name(&client.user).await;
-        let mut conn = s.conn.clone();
-        let n: i64 = s
-            .scripts
-            .presence_join
-            .key(s.keys.room(room, "p"))
-            .key(s.keys.room(room, "pu"))
-            .key(s.keys.channel(room))
-            .arg(&*client.conn_id)
-            .arg(&*client.user)
-            .arg(&*client.name)
-            .arg(&*s.node)
-            .arg(status.as_str())
-            .arg(s.publish_cmd)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if n >= 1 {
-            // Two slots on a cluster: two commands, sent together.
-            let mut other = conn.clone();
-            let user_rooms = s.keys.user_rooms(&client.user);
-            let node_rooms = s.keys.node_rooms(&s.node);
-            let (a, b): (redis::RedisResult<()>, redis::RedisResult<()>) =
-                tokio::join!(conn.sadd(&user_rooms, room), other.sadd(&node_rooms, room));
-            a.and(b).map_err(unavailable)?;
-        }
+        let (status, _) = s.user_status_name(&client.user).await;
+        s.join_presence(room, client, status).await?;
+        s.registry()
+            .presence
+            .entry(Arc::from(room))
+            .or_default()
+            .insert(client.conn_id.clone());
         Ok(())
     }
 
     async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        let (status, _) = self.user_status_name(&client.user).await;
-        self.shared
-            .leave_presence(room, &client.conn_id, &client.user, &client.name, status)
-            .await?;
-        Ok(())
+        let s = &self.shared;
+        // Forget it first: a re-registration running meanwhile then undoes
+        // its own entry (see `Shared::register_again`).
+        {
+            let mut reg = s.registry();
+            if let Some(ids) = reg.presence.get_mut(room) {
+                ids.remove(&client.conn_id);
+                if ids.is_empty() {
+                    reg.presence.remove(room);
+                }
+            }
+        }
+        let (status, _) = s.user_status_name(&client.user).await;
+        s.leave_presence(room, &client.conn_id, &client.user, &client.name, status)
+            .await
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
@@ -1412,39 +1618,17 @@ impl Broker for RedisBroker {
 
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
-        let mut conn = s.conn.clone();
-        let _: i64 = s
-            .scripts
-            .connect
-            .key(s.keys.user(&client.user))
-            .arg(&*client.name)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let _: () = conn
-            .hset(s.keys.node_conns(&s.node), &*client.conn_id, &*client.user)
-            .await
-            .map_err(unavailable)?;
+        s.register_conn(client).await?;
+        s.registry()
+            .conns
+            .insert(client.conn_id.clone(), client.clone());
         Ok(())
     }
 
     async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
-        let mut conn = s.conn.clone();
-        let _: i64 = s
-            .scripts
-            .disconnect
-            .key(s.keys.user(&client.user))
-            .arg(crate::unix_ms())
-            .arg(s.ttl.as_secs().max(1))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let _: () = conn
-            .hdel(s.keys.node_conns(&s.node), &*client.conn_id)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        s.registry().conns.remove(&client.conn_id);
+        s.unregister_conn(client).await
     }
 
     async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {
