@@ -74,6 +74,9 @@ pub struct Config {
     /// Whether connections without a token are allowed. Unset: only when
     /// listening on loopback.
     pub anonymous: Option<bool>,
+    /// Keys for `/api/*` (`Authorization: Bearer <key>`). Empty: the API
+    /// answers loopback callers only.
+    pub api_keys: Vec<String>,
     /// WebSocket connections the node accepts in all; past it, 503.
     pub max_connections: u32,
     /// WebSocket connections from one IP address; past it, 429.
@@ -128,6 +131,7 @@ impl Default for Config {
             jwt_secret_file: None,
             jwt_public_key: None,
             anonymous: None,
+            api_keys: Vec::new(),
             max_connections: 100_000,
             max_connections_per_ip: 2_000,
             handshakes_per_ip_per_sec: 500,
@@ -243,6 +247,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anonymous: Option<bool>,
+    /// Key for /api/* calls (Authorization: Bearer KEY); repeat the flag or comma-separate for several [default: none, API open to loopback callers only]
+    #[arg(
+        long = "api-key",
+        env = "HUBCAST_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<Vec<String>>,
     /// WebSocket connections accepted in all; past it, 503 [default: 100000]
     #[arg(long, env = "HUBCAST_MAX_CONNECTIONS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -376,6 +390,14 @@ impl Config {
                 "redis_prefix",
                 "must be 1 to 64 characters of A-Z a-z 0-9 _ - . :",
             );
+        }
+        for key in &self.api_keys {
+            if key.len() < 16 || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad(
+                    "api_keys",
+                    "each key must be 16 to 256 printable ASCII characters without spaces",
+                );
+            }
         }
         let has_key = self.jwt_secret.is_some()
             || self.jwt_secret_file.is_some()

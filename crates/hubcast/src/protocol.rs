@@ -240,6 +240,8 @@ struct RawFrame<'a> {
     limit: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     status: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    source: Option<&'a RawValue>,
 }
 
 /// Field checks for one frame, carrying its id for error replies.
@@ -313,6 +315,57 @@ impl<'a> Fields<'a, '_> {
         }
         Ok(msg_id)
     }
+}
+
+/// The body of `POST /api/publish` or `POST /api/send`, checked like the
+/// WebSocket frames.
+#[derive(Debug)]
+pub struct ApiPublish<'a> {
+    /// Target room (`@to` for a send).
+    pub room: Cow<'a, str>,
+    /// Event type.
+    pub event: Cow<'a, str>,
+    /// Payload.
+    pub data: &'a RawValue,
+    /// Caller-chosen idempotency key.
+    pub msg_id: Option<Cow<'a, str>>,
+    /// The envelope's `source` (default `api`).
+    pub source: Option<Cow<'a, str>>,
+}
+
+/// Parses an API publish (`send` false: `room`) or send (`to`) body. Errors
+/// name the field, as for frames.
+pub fn parse_api_publish(body: &[u8], send: bool) -> Result<ApiPublish<'_>, FrameError> {
+    let value: &RawValue = serde_json::from_slice(body)
+        .map_err(|e| FrameError::bad(None, format!("malformed JSON: {e}")))?;
+    if !value.get().starts_with('{') {
+        return Err(FrameError::bad(None, "the body must be a JSON object"));
+    }
+    let raw: RawFrame<'_> = serde_json::from_str(value.get())
+        .map_err(|e| FrameError::bad(None, format!("malformed body: {e}")))?;
+    let id = None;
+    let f = Fields { raw: &raw, id: &id };
+    let room = if send {
+        let to = f.required_string("to", raw.to)?;
+        check_user(&to).map_err(|m| f.err(format!("field `to`: {m}")))?;
+        Cow::Owned(personal_room(&to))
+    } else {
+        f.room()?
+    };
+    let event = f.event()?;
+    let data = f.data()?;
+    let msg_id = f.msg_id()?;
+    let source = f.string("source", raw.source)?;
+    if let Some(s) = &source {
+        check_user(s).map_err(|m| f.err(format!("field `source`: {m}")))?;
+    }
+    Ok(ApiPublish {
+        room,
+        event,
+        data,
+        msg_id,
+        source,
+    })
 }
 
 /// Parses and checks one client text frame.

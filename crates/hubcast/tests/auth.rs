@@ -305,7 +305,8 @@ fn token_command_prints_a_token_the_server_accepts() {
 }
 
 #[tokio::test]
-async fn tokens_never_reach_the_logs() {
+async fn tokens_and_api_keys_never_reach_the_logs() {
+    const API_KEY: &str = "api-key-that-must-not-be-logged";
     let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
         .args([
@@ -314,6 +315,8 @@ async fn tokens_never_reach_the_logs() {
             &format!("127.0.0.1:{port}"),
             "--jwt-secret",
             SECRET,
+            "--api-key",
+            API_KEY,
         ])
         .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::null())
@@ -334,6 +337,16 @@ async fn tokens_never_reach_the_logs() {
     let bad = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2VjcmV0LXNpZ25hdHVyZQ";
     let _ = Client::connect_request(format!("ws://127.0.0.1:{port}/ws?token={bad}")).await;
     c.close().await;
+    let http = reqwest::Client::new();
+    for key in [API_KEY, "wrong-api-key-also-not-logged"] {
+        let _ = http
+            .post(format!("http://127.0.0.1:{port}/api/publish"))
+            .bearer_auth(key)
+            .json(&json!({"room":"r","event":"e","data":1}))
+            .send()
+            .await
+            .unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         Command::new("kill")
@@ -357,4 +370,8 @@ async fn tokens_never_reach_the_logs() {
         "a token in the logs:\n{out}"
     );
     assert!(!out.contains(SECRET), "the secret in the logs");
+    assert!(
+        !out.contains(API_KEY) && !out.contains("wrong-api-key"),
+        "an API key in the logs:\n{out}"
+    );
 }

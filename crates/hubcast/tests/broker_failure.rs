@@ -157,6 +157,23 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
         assert_eq!(e["code"], "unavailable", "{frame} → {e}");
         assert_eq!(e["id"], frame["id"]);
     }
+    // The HTTP API answers 503 with Retry-After, never a 500 or a drop.
+    let http = reqwest::Client::new();
+    for req in [
+        http.post(format!("http://{addr}/api/publish"))
+            .json(&json!({"room":"r","event":"e","data":1})),
+        http.post(format!("http://{addr}/api/send"))
+            .json(&json!({"to":"u","event":"e","data":1})),
+        http.get(format!("http://{addr}/api/rooms/r/presence")),
+        http.get(format!("http://{addr}/api/rooms/r/history")),
+        http.get(format!("http://{addr}/api/users/u/status")),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 503, "{}", r.url());
+        assert_eq!(r.headers()["retry-after"], "1");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable");
+    }
     // A connection that cannot be registered is closed with 1011.
     let (mut late, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await

@@ -272,3 +272,52 @@ async fn a_node_subscribes_a_room_only_while_it_has_members_there() {
     assert!(gone, "the node unsubscribes once its last member has left");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_http_publish_on_one_node_reaches_websockets_on_the_others() {
+    let nodes = cluster(3).await;
+    let mut subs = Vec::new();
+    for n in &nodes[1..] {
+        let mut c = n.client().await;
+        c.join_quiet("api-x").await;
+        subs.push(c);
+    }
+    let http = reqwest::Client::new();
+    let ack: Value = http
+        .post(nodes[0].http("/api/publish"))
+        .json(&json!({"room":"api-x","event":"e","data":"from-http","msgId":"h-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["offset"], 1, "{ack}");
+    for c in subs.iter_mut() {
+        let m = messages(c, "api-x", 1).await;
+        assert_eq!(m[0]["msgId"], "h-1");
+        assert_eq!(m[0]["data"], "from-http");
+        assert_eq!(m[0]["source"], "api");
+    }
+    // The same msgId over WebSocket on another node is a duplicate.
+    let mut ws = nodes[2].client().await;
+    let dup = ws
+        .call(json!({"type":"publish","room":"api-x","event":"e","data":"again","msgId":"h-1"}))
+        .await;
+    assert_eq!(dup["duplicate"], true);
+    assert_eq!(dup["offset"], 1);
+    // And history over HTTP on a third node has it once.
+    let h: Value = http
+        .get(nodes[1].http("/api/rooms/api-x/history"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(h["messages"][0]["msgId"], "h-1");
+    for n in nodes {
+        n.stop().await;
+    }
+}

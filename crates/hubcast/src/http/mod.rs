@@ -1,6 +1,8 @@
-//! HTTP routes: `/ws` (the WebSocket upgrade), `/healthz`, `/readyz`.
+//! HTTP routes: `/ws` (the WebSocket upgrade), `/api/*` (the server API),
+//! `/healthz`, `/readyz`.
 //! Every error reply is JSON (PROTOCOL.md section 6).
 
+pub mod api;
 pub mod error;
 pub mod limits;
 pub mod origin;
@@ -25,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(api::routes(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

@@ -1,0 +1,346 @@
+//! The server API for backends (PROTOCOL.md section 5): publish and send,
+//! presence, history and user status reads. Every call needs
+//! `Authorization: Bearer <api key>`; with no keys configured, the API
+//! answers loopback callers only. Errors are section 6's JSON bodies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router, routing};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+
+use super::error::HttpError;
+use crate::App;
+use crate::broker::{BrokerError, PublishRequest};
+use crate::protocol::{self, ApiPublish, EnvelopeParts, ErrorCode, Member};
+
+/// The `/api` routes, behind the key check.
+pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/publish", routing::post(publish))
+        .route("/api/send", routing::post(send))
+        .route("/api/rooms/{room}/presence", routing::get(presence))
+        .route("/api/rooms/{room}/history", routing::get(history))
+        .route("/api/users/{user}/status", routing::get(user_status))
+        .route_layer(axum::middleware::from_fn_with_state(app, require_key))
+}
+
+/// Whether `presented` is one of `keys`, comparing in constant time (every
+/// key is compared, whatever matches).
+fn key_matches(keys: &[String], presented: &str) -> bool {
+    keys.iter().fold(false, |found, k| {
+        found | bool::from(k.as_bytes().ct_eq(presented.as_bytes()))
+    })
+}
+
+/// The API key check (or, with no keys configured, the loopback check).
+async fn require_key(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let keys = &app.config.api_keys;
+    if keys.is_empty() {
+        if !remote.ip().is_loopback() {
+            return HttpError::new(
+                ErrorCode::Forbidden,
+                "the API answers loopback callers only until api_keys are configured",
+            )
+            .into_response();
+        }
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => HttpError::new(
+            ErrorCode::Unauthorized,
+            "missing API key: send Authorization: Bearer <key>",
+        )
+        .into_response(),
+        Some(k) if key_matches(keys, k) => next.run(req).await,
+        Some(_) => HttpError::new(ErrorCode::Unauthorized, "invalid API key").into_response(),
+    }
+}
+
+impl From<BrokerError> for HttpError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable(m) => HttpError::new(ErrorCode::Unavailable, m).retry_after(1),
+            BrokerError::Internal(m) => {
+                tracing::error!(error = %m, "broker error on the API");
+                HttpError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+/// Reads a JSON request body of at most `max_message_bytes`: 400 for a
+/// wrong content type, 413 past the limit.
+async fn json_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "Content-Type must be application/json{}",
+                if ct.is_empty() {
+                    String::new()
+                } else {
+                    format!(", not {:?}", ct.chars().take(64).collect::<String>())
+                }
+            ),
+        ));
+    }
+    let limit = app.config.max_message_bytes;
+    let too_large = || {
+        HttpError::new(
+            ErrorCode::TooLarge,
+            format!("request body larger than max_message_bytes ({limit} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // The only error besides the limit is a broken request stream.
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            too_large()
+        } else {
+            HttpError::new(ErrorCode::BadRequest, "could not read the request body")
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct PublishReply<'a> {
+    #[serde(rename = "msgId")]
+    msg_id: &'a str,
+    room: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    duplicate: bool,
+}
+
+async fn publish(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let body = json_body(&app, &headers, body).await?;
+    let req = protocol::parse_api_publish(&body, false).map_err(bad_frame)?;
+    do_publish(&app, req).await
+}
+
+async fn send(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let body = json_body(&app, &headers, body).await?;
+    let req = protocol::parse_api_publish(&body, true).map_err(bad_frame)?;
+    do_publish(&app, req).await
+}
+
+fn bad_frame(e: protocol::FrameError) -> HttpError {
+    HttpError::new(e.code, e.message)
+}
+
+/// Publishes through the broker exactly as a WebSocket publish does (same
+/// envelope, offsets and msgId deduplication).
+async fn do_publish(app: &App, req: ApiPublish<'_>) -> Result<Response, HttpError> {
+    let (msg_id, idempotent) = match &req.msg_id {
+        Some(m) => (m.to_string(), true),
+        None => (uuid::Uuid::now_v7().to_string(), false),
+    };
+    let parts = EnvelopeParts::new(
+        &req.room,
+        &msg_id,
+        crate::unix_ms(),
+        &req.event,
+        req.source.as_deref().unwrap_or("api"),
+        req.data.get(),
+    );
+    let result = app
+        .broker
+        .publish(PublishRequest {
+            room: Arc::from(&*req.room),
+            msg_id: msg_id.clone(),
+            idempotent,
+            parts,
+            skip: None,
+        })
+        .await?;
+    Ok(Json(PublishReply {
+        msg_id: &msg_id,
+        room: &req.room,
+        offset: result.offset,
+        epoch: &result.epoch,
+        duplicate: result.duplicate,
+    })
+    .into_response())
+}
+
+fn valid_room(room: &str) -> Result<(), HttpError> {
+    protocol::check_room(room).map_err(|m| HttpError::new(ErrorCode::BadRequest, m))
+}
+
+#[derive(Serialize)]
+struct PresenceReply<'a> {
+    room: &'a str,
+    members: &'a [Member],
+}
+
+async fn presence(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+) -> Result<Response, HttpError> {
+    valid_room(&room)?;
+    let members = if protocol::is_personal(&room) {
+        Vec::new()
+    } else {
+        app.broker.presence(&room).await?
+    };
+    Ok(Json(PresenceReply {
+        room: &room,
+        members: &members,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct HistoryReply<'a> {
+    room: &'a str,
+    epoch: &'a str,
+    messages: Vec<&'a RawValue>,
+    complete: bool,
+}
+
+/// `since` and `limit` of a history query, checked like the frame's.
+fn history_query(q: &[(String, String)]) -> Result<(Option<u64>, usize), HttpError> {
+    let mut since = None;
+    let mut limit = protocol::DEFAULT_HISTORY_LIMIT;
+    for (k, v) in q {
+        match k.as_str() {
+            "since" => {
+                since = Some(v.parse::<u64>().map_err(|_| {
+                    HttpError::new(
+                        ErrorCode::BadRequest,
+                        "query `since` must be a non-negative integer",
+                    )
+                })?);
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=protocol::MAX_HISTORY_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        HttpError::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "query `limit` must be an integer from 1 to {}",
+                                protocol::MAX_HISTORY_LIMIT
+                            ),
+                        )
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    Ok((since, limit))
+}
+
+async fn history(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, HttpError> {
+    valid_room(&room)?;
+    let (since, limit) = history_query(&q)?;
+    let page = app.broker.history(&room, since, limit).await?;
+    Ok(Json(HistoryReply {
+        room: &room,
+        epoch: &page.epoch,
+        messages: page
+            .publications
+            .iter()
+            .map(|p| protocol::as_raw(&p.envelope))
+            .collect(),
+        complete: page.complete,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct StatusReply<'a> {
+    user: &'a str,
+    status: protocol::Status,
+    connections: u32,
+    #[serde(rename = "lastSeen")]
+    last_seen: Option<i64>,
+}
+
+async fn user_status(
+    State(app): State<Arc<App>>,
+    Path(user): Path<String>,
+) -> Result<Response, HttpError> {
+    protocol::check_user(&user).map_err(|m| HttpError::new(ErrorCode::BadRequest, m))?;
+    let st = app.broker.user_status(&user).await?;
+    if st.connections == 0 && st.last_seen.is_none() {
+        return Err(HttpError::new(
+            ErrorCode::NotFound,
+            format!(
+                "unknown user {:?}: never connected within history_ttl",
+                user.chars().take(128).collect::<String>()
+            ),
+        ));
+    }
+    Ok(Json(StatusReply {
+        user: &user,
+        status: st.status,
+        connections: st.connections,
+        last_seen: st.last_seen,
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        let keys = vec![
+            "0123456789abcdef".to_string(),
+            "fedcba9876543210".to_string(),
+        ];
+        assert!(key_matches(&keys, "0123456789abcdef"));
+        assert!(key_matches(&keys, "fedcba9876543210"));
+        assert!(!key_matches(&keys, "0123456789abcde"));
+        assert!(!key_matches(&keys, "0123456789abcdefg"));
+        assert!(!key_matches(&keys, ""));
+        assert!(!key_matches(&[], "0123456789abcdef"));
+    }
+}
