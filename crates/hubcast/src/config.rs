@@ -77,6 +77,10 @@ pub struct Config {
     /// Keys for `/api/*` (`Authorization: Bearer <key>`). Empty: the API
     /// answers loopback callers only.
     pub api_keys: Vec<String>,
+    /// PEM certificate chain: serve wss:// and https:// directly.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// WebSocket connections the node accepts in all; past it, 503.
     pub max_connections: u32,
     /// WebSocket connections from one IP address; past it, 429.
@@ -132,6 +136,8 @@ impl Default for Config {
             jwt_public_key: None,
             anonymous: None,
             api_keys: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             max_connections: 100_000,
             max_connections_per_ip: 2_000,
             handshakes_per_ip_per_sec: 500,
@@ -257,6 +263,14 @@ pub struct ServeArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<Vec<String>>,
+    /// PEM certificate chain: serve wss:// and https:// directly (with --tls-key)
+    #[arg(long, env = "HUBCAST_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, env = "HUBCAST_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// WebSocket connections accepted in all; past it, 503 [default: 100000]
     #[arg(long, env = "HUBCAST_MAX_CONNECTIONS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -398,6 +412,11 @@ impl Config {
                     "each key must be 16 to 256 printable ASCII characters without spaces",
                 );
             }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return bad("tls_key", "tls_cert needs tls_key too"),
+            (None, Some(_)) => return bad("tls_cert", "tls_key needs tls_cert too"),
+            _ => {}
         }
         let has_key = self.jwt_secret.is_some()
             || self.jwt_secret_file.is_some()

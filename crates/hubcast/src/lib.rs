@@ -133,24 +133,28 @@ pub async fn run_with_broker(
         limits,
     });
     let router = http::router(app.clone());
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        // Frames are small and latency matters: no Nagle delay.
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    // HTTP requests drain on their own, within the grace period; WebSockets
-    // are closed by their writers when the token fires.
-    let result = tokio::select! {
-        r = served => r,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("shutdown timeout: HTTP requests still running");
-            Ok(())
+    // The TLS accept loop stops on shutdown like every other task.
+    let accept_tasks = TaskTracker::new();
+    let result = match (&app.config.tls_cert, &app.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = http::tls::load(cert, key)?;
+            let listener =
+                http::tls::TlsListener::start(listener, tls, &accept_tasks, shutdown.clone())?;
+            // (tap_io: axum gives the remote address to handlers only for
+            // its own listener types.)
+            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+            serve_until_shutdown(listener, router, &shutdown, grace).await
+        }
+        _ => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                // Frames are small and latency matters: no Nagle delay.
+                let _ = tcp.set_nodelay(true);
+            });
+            serve_until_shutdown(listener, router, &shutdown, grace).await
         }
     };
+    accept_tasks.close();
+    accept_tasks.wait().await;
     app.tasks.close();
     if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
         tracing::warn!(
@@ -160,4 +164,32 @@ pub async fn run_with_broker(
     }
     broker.close().await;
     result.map_err(Into::into)
+}
+
+/// Serves `router` on `listener` until `shutdown` fires; HTTP requests then
+/// drain on their own, within `grace`. WebSockets are closed by their
+/// writers when the token fires.
+async fn serve_until_shutdown<L>(
+    listener: L,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Unpin,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        r = std::future::IntoFuture::into_future(served) => r,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown timeout: HTTP requests still running");
+            Ok(())
+        }
+    }
 }

@@ -121,11 +121,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         let addr = listener
             .local_addr()
             .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        let (http, ws) = if config.tls_cert.is_some() {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
         tracing::info!(
             listen = %addr,
             node = %config.node_id,
             broker = ?config.broker,
-            "hubcast listening on http://{addr} (WebSocket: ws://{addr}/ws)"
+            "hubcast listening on {http}://{addr} (WebSocket: {ws}://{addr}/ws)"
         );
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
