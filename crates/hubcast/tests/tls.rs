@@ -1,7 +1,7 @@
 //! TLS served directly (`tls_cert`, `tls_key`): wss:// and https:// with a
 //! self-signed certificate made by openssl in the test, verified by a real
 //! rustls client.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 mod common;
 
