@@ -77,6 +77,9 @@ pub struct Config {
     /// Keys for `/api/*` (`Authorization: Bearer <key>`). Empty: the API
     /// answers loopback callers only.
     pub api_keys: Vec<String>,
+    /// Members listed in one presence reply (`joined`, `presence`, the
+    /// API); `total` tells how many there are in all.
+    pub max_presence_members: usize,
     /// PEM certificate chain: serve wss:// and https:// directly.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -136,6 +139,7 @@ impl Default for Config {
             jwt_public_key: None,
             anonymous: None,
             api_keys: Vec::new(),
+            max_presence_members: 1000,
             tls_cert: None,
             tls_key: None,
             max_connections: 100_000,
@@ -263,6 +267,10 @@ pub struct ServeArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<Vec<String>>,
+    /// Members listed in one presence reply; the reply's total counts them all [default: 1000]
+    #[arg(long, env = "HUBCAST_MAX_PRESENCE_MEMBERS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_presence_members: Option<usize>,
     /// PEM certificate chain: serve wss:// and https:// directly (with --tls-key)
     #[arg(long, env = "HUBCAST_TLS_CERT", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -413,6 +421,9 @@ impl Config {
                 );
             }
         }
+        if !(1..=100_000).contains(&self.max_presence_members) {
+            return bad("max_presence_members", "must be between 1 and 100000");
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return bad("tls_key", "tls_cert needs tls_key too"),
             (None, Some(_)) => return bad("tls_cert", "tls_key needs tls_cert too"),
@@ -511,6 +522,7 @@ mod tests {
             ("--redis-url", d.redis_url.clone()),
             ("--redis-prefix", d.redis_prefix.clone()),
             ("--redis-cluster", d.redis_cluster.to_string()),
+            ("--max-presence-members", d.max_presence_members.to_string()),
             ("--presence-lease", d.presence_lease.to_string()),
             ("--max-connections", d.max_connections.to_string()),
             (

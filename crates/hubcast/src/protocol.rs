@@ -703,6 +703,9 @@ pub mod out {
         #[serde(skip_serializing_if = "Option::is_none")]
         pub recovered: Option<bool>,
         pub members: &'a [Member],
+        /// Extension: users present in all (`members` lists at most
+        /// `max_presence_members`).
+        pub total: usize,
     }
 
     /// `left` and `ok` and `pong`: a reply with an id and a few fields.
@@ -759,6 +762,8 @@ pub mod out {
         pub id: Option<&'a RawValue>,
         pub room: &'a str,
         pub members: &'a [Member],
+        /// Extension: users present in all.
+        pub total: usize,
     }
 
     /// `presence` event.

@@ -361,3 +361,30 @@ async fn api_keys_are_required_when_configured() {
     let mut c = Client::connect(&s.ws_url()).await;
     c.join_quiet("r").await;
 }
+
+both_engines! {
+    #[tokio::test]
+    async fn presence_replies_list_at_most_max_presence_members(engine) {
+        let s = Server::start_on(engine, |c| c.max_presence_members = 2).await;
+        let mut clients = Vec::new();
+        for name in ["A", "B", "C"] {
+            let mut c = s.named(name).await;
+            c.join("big").await;
+            clients.push(c);
+        }
+        let mut d = s.named("D").await;
+        let (j, _) = d.request(json!({"type":"join","room":"big"})).await;
+        assert_eq!(j["members"].as_array().unwrap().len(), 2, "{j}");
+        assert_eq!(j["total"], 4, "{j}");
+        let mut users: Vec<String> = clients.iter().map(|c| c.user()).chain([d.user()]).collect();
+        users.sort();
+        let (p, _) = d.request(json!({"type":"presence","room":"big"})).await;
+        let listed: Vec<&str> = p["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap()).collect();
+        assert_eq!(listed, users[..2].iter().map(String::as_str).collect::<Vec<_>>(), "the first by user id");
+        assert_eq!(p["total"], 4);
+        let (st, h) = get(&s, "/api/rooms/big/presence").await;
+        assert_eq!(st, 200);
+        assert_eq!(h["members"].as_array().unwrap().len(), 2);
+        assert_eq!(h["total"], 4);
+    }
+}

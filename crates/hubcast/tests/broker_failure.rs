@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use hubcast::broker::memory::MemoryBroker;
 use hubcast::broker::*;
 use hubcast::config::Config;
-use hubcast::protocol::{Member, Status};
+use hubcast::protocol::Status;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -75,9 +75,9 @@ impl Broker for Flaky {
     async fn presence_leave(&self, room: &str, c: &ClientInfo) -> Result<(), BrokerError> {
         self.inner.presence_leave(room, c).await
     }
-    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
+    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
         self.check()?;
-        self.inner.presence(room).await
+        self.inner.presence(room, limit).await
     }
     async fn connect(&self, c: &ClientInfo) -> Result<(), BrokerError> {
         self.check()?;

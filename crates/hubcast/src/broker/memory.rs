@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, Publication,
-    PublishRequest, PublishResult, Recovery, UserStatus,
+    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, PresencePage,
+    Publication, PublishRequest, PublishResult, Recovery, UserStatus,
 };
 use crate::protocol::{Member, PresenceAction, Status};
 
@@ -451,22 +451,35 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
+    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
         let p = lock(&self.presence);
         let Some(members) = p.rooms.get(room) else {
-            return Ok(Vec::new());
+            return Ok(PresencePage::default());
         };
-        let mut list: Vec<Member> = members
-            .iter()
-            .map(|(user, m)| Member {
-                user: user.to_string(),
-                name: m.name.to_string(),
-                status: p.users.get(user).map_or(Status::Online, |u| u.status),
-                connections: m.conns.len() as u32,
+        let total = members.len();
+        // The first `limit` user ids, without building every member.
+        let mut users: Vec<&Arc<str>> = members.keys().collect();
+        if users.len() > limit {
+            users.select_nth_unstable(limit);
+            users.truncate(limit);
+        }
+        let mut list: Vec<Member> = users
+            .into_iter()
+            .filter_map(|user| {
+                let m = members.get(user)?;
+                Some(Member {
+                    user: user.to_string(),
+                    name: m.name.to_string(),
+                    status: p.users.get(user).map_or(Status::Online, |u| u.status),
+                    connections: m.conns.len() as u32,
+                })
             })
             .collect();
         list.sort_by(|a, b| a.user.cmp(&b.user));
-        Ok(list)
+        Ok(PresencePage {
+            members: list,
+            total,
+        })
     }
 
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {

@@ -105,6 +105,15 @@ pub struct ClientInfo {
     pub name: Arc<str>,
 }
 
+/// A room's members, as far as a reply may list them.
+#[derive(Debug, Clone, Default)]
+pub struct PresencePage {
+    /// The first members by user id (at most the limit asked for).
+    pub members: Vec<Member>,
+    /// Users present in all.
+    pub total: usize,
+}
+
 /// A presence change in a room.
 #[derive(Debug, Clone)]
 pub struct PresenceEvent {
@@ -200,8 +209,9 @@ pub trait Broker: Send + Sync + 'static {
     /// when it was the user's last connection there.
     async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
 
-    /// The room's members, one entry per user.
-    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError>;
+    /// The room's members, one entry per user: the first `limit` by user
+    /// id, and how many there are in all.
+    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError>;
 
     /// Registers an open connection for its user's status.
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError>;

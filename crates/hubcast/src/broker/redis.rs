@@ -56,7 +56,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, ConnKey, HistoryPage, PresenceEvent,
-    Publication, PublishRequest, PublishResult, Recovery, UserStatus,
+    PresencePage, Publication, PublishRequest, PublishResult, Recovery, UserStatus,
 };
 use crate::protocol::{Member, PresenceAction, Status};
 
@@ -1577,7 +1577,7 @@ impl Broker for RedisBroker {
             .await
     }
 
-    async fn presence(&self, room: &str) -> Result<Vec<Member>, BrokerError> {
+    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
         let s = &self.shared;
         let mut conn = s.conn.clone();
         let all: HashMap<String, String> = conn
@@ -1595,25 +1595,37 @@ impl Broker for RedisBroker {
                 .or_insert_with(|| (name.to_string(), 0));
             e.1 += 1;
         }
-        let mut members = Vec::with_capacity(by_user.len());
-        for (user, (name, connections)) in by_user {
-            let status: Option<String> = conn
-                .hget(s.keys.user(&user), "s")
-                .await
-                .map_err(unavailable)?;
-            let status = match parse_status(status.as_deref()) {
-                Status::Offline => Status::Online,
-                other => other,
-            };
-            members.push(Member {
+        let total = by_user.len();
+        let mut listed: Vec<(String, (String, u32))> = by_user.into_iter().collect();
+        if listed.len() > limit {
+            listed.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
+            listed.truncate(limit);
+        }
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        // Statuses of the listed users only, asked all at once (the user
+        // keys may live on different cluster masters: no pipeline).
+        let statuses = futures_util::future::try_join_all(listed.iter().map(|(user, _)| {
+            let mut conn = s.conn.clone();
+            let key = s.keys.user(user);
+            async move { conn.hget::<_, _, Option<String>>(key, "s").await }
+        }))
+        .await
+        .map_err(unavailable)?;
+        let members = listed
+            .into_iter()
+            .zip(statuses)
+            .map(|((user, (name, connections)), status)| Member {
                 user,
                 name,
-                status,
+                // Present means connected, whatever a stale status says.
+                status: match parse_status(status.as_deref()) {
+                    Status::Offline => Status::Online,
+                    other => other,
+                },
                 connections,
-            });
-        }
-        members.sort_by(|a, b| a.user.cmp(&b.user));
-        Ok(members)
+            })
+            .collect();
+        Ok(PresencePage { members, total })
     }
 
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::Conn;
 use super::limit::{FrameLimiter, Verdict};
 use crate::App;
-use crate::broker::{BrokerError, ClientInfo, PublishRequest};
+use crate::broker::{BrokerError, ClientInfo, PresencePage, PublishRequest};
 use crate::hub::Subscriber;
 use crate::protocol::{self, ClientFrame, EnvelopeParts, ErrorCode, FrameError, out};
 
@@ -259,16 +259,20 @@ impl Session {
             }
             ClientFrame::Presence { room } => {
                 self.check_room(&room, "see presence of")?;
-                let members = if protocol::is_personal(&room) {
-                    Vec::new()
+                let page = if protocol::is_personal(&room) {
+                    PresencePage::default()
                 } else {
-                    self.app.broker.presence(&room).await?
+                    self.app
+                        .broker
+                        .presence(&room, self.app.config.max_presence_members)
+                        .await?
                 };
                 self.push(protocol::encode(&out::PresenceReply {
                     ty: "presence",
                     id,
                     room: &room,
-                    members: &members,
+                    members: &page.members,
+                    total: page.total,
                 }));
                 Ok(())
             }
@@ -347,15 +351,18 @@ impl Session {
             if !personal && !already {
                 self.app.broker.presence_join(room, &self.info).await?;
             }
-            let members = if personal {
-                Vec::new()
+            let page = if personal {
+                PresencePage::default()
             } else {
-                self.app.broker.presence(room).await?
+                self.app
+                    .broker
+                    .presence(room, self.app.config.max_presence_members)
+                    .await?
             };
-            Ok::<_, BrokerError>((rec, members))
+            Ok::<_, BrokerError>((rec, page))
         }
         .await;
-        let (rec, members) = match prepared {
+        let (rec, page) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 hub.abort_join(&self.sub, room, &start).await;
@@ -369,7 +376,8 @@ impl Session {
             offset: rec.top,
             epoch: &rec.epoch,
             recovered: since.map(|_| rec.recovered),
-            members: &members,
+            members: &page.members,
+            total: page.total,
         });
         hub.finish_join(&self.sub, room, since.map(|(s, _)| s), &rec, Some(reply));
         self.rooms.insert(Arc::from(room));

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::HttpError;
 use crate::App;
-use crate::broker::{BrokerError, PublishRequest};
+use crate::broker::{BrokerError, PresencePage, PublishRequest};
 use crate::protocol::{self, ApiPublish, EnvelopeParts, ErrorCode, Member};
 
 /// The `/api` routes, behind the key check.
@@ -210,6 +210,8 @@ fn valid_room(room: &str) -> Result<(), HttpError> {
 struct PresenceReply<'a> {
     room: &'a str,
     members: &'a [Member],
+    /// Extension: users present in all.
+    total: usize,
 }
 
 async fn presence(
@@ -217,14 +219,17 @@ async fn presence(
     Path(room): Path<String>,
 ) -> Result<Response, HttpError> {
     valid_room(&room)?;
-    let members = if protocol::is_personal(&room) {
-        Vec::new()
+    let page = if protocol::is_personal(&room) {
+        PresencePage::default()
     } else {
-        app.broker.presence(&room).await?
+        app.broker
+            .presence(&room, app.config.max_presence_members)
+            .await?
     };
     Ok(Json(PresenceReply {
         room: &room,
-        members: &members,
+        members: &page.members,
+        total: page.total,
     })
     .into_response())
 }
