@@ -29,6 +29,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/api/rooms/{room}/presence", routing::get(presence))
         .route("/api/rooms/{room}/history", routing::get(history))
         .route("/api/users/{user}/status", routing::get(user_status))
+        .route("/api/poll", routing::get(super::poll::poll))
         .route_layer(axum::middleware::from_fn_with_state(app, require_key))
 }
 

@@ -6,6 +6,7 @@ pub mod api;
 pub mod error;
 pub mod limits;
 pub mod origin;
+pub mod poll;
 pub mod tls;
 pub mod ws;
 

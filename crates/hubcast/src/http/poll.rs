@@ -1,0 +1,258 @@
+//! `GET /api/poll`: long polling, for clients that cannot keep a WebSocket.
+//!
+//! A poll joins the room through the hub like a WebSocket connection does
+//! (same buffered join, so nothing published during the join is missed),
+//! answers at once with what came after `since`, or waits until something
+//! does, or until `timeout`. The room stays subscribed at the broker only
+//! while polls (or other members) are in it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::error::HttpError;
+use crate::App;
+use crate::broker::ConnKey;
+use crate::conn::outbound::Outbound;
+use crate::hub::Subscriber;
+use crate::protocol::{self, ErrorCode};
+
+/// Longest `timeout` a poll may ask for, seconds (PROTOCOL.md section 5).
+pub const MAX_TIMEOUT: u64 = 30;
+/// `timeout` when none is given.
+pub const DEFAULT_TIMEOUT: u64 = 25;
+
+/// A hub member that is not a WebSocket: its queue is read by an HTTP
+/// handler (long polls, Server-Sent Events).
+pub struct Tap {
+    key: ConnKey,
+    out: Outbound,
+}
+
+impl Tap {
+    /// A new member with its own node-local key.
+    pub fn new(app: &App) -> Arc<Tap> {
+        Arc::new(Tap {
+            key: app.next_conn.fetch_add(1, Ordering::Relaxed),
+            out: Outbound::new(app.config.queue_size),
+        })
+    }
+}
+
+impl Subscriber for Tap {
+    fn key(&self) -> ConnKey {
+        self.key
+    }
+    fn outbound(&self) -> &Outbound {
+        &self.out
+    }
+}
+
+/// Leaves the tap's rooms when dropped (the handler finished, or the client
+/// went away and its future was dropped).
+pub struct TapGuard {
+    pub app: Arc<App>,
+    pub tap: Arc<Tap>,
+    pub rooms: Vec<Arc<str>>,
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        let app = self.app.clone();
+        let tap = self.tap.clone();
+        let rooms = std::mem::take(&mut self.rooms);
+        if rooms.is_empty() {
+            return;
+        }
+        self.app.tasks.spawn(async move {
+            for room in rooms {
+                app.hub.leave(&*tap, &room, false).await;
+            }
+        });
+    }
+}
+
+/// Whether a queued frame is a message envelope (the hub also queues
+/// presence events for members).
+pub fn is_message(frame: &[u8]) -> bool {
+    frame.starts_with(br#"{"type":"message""#)
+}
+
+#[derive(Serialize)]
+struct PollReply<'a> {
+    room: &'a str,
+    epoch: &'a str,
+    messages: Vec<&'a RawValue>,
+}
+
+/// The query of a poll, checked.
+struct PollQuery {
+    room: String,
+    since: Option<u64>,
+    timeout: Duration,
+    limit: usize,
+}
+
+fn parse_query(q: &[(String, String)]) -> Result<PollQuery, HttpError> {
+    let bad = |m: String| HttpError::new(ErrorCode::BadRequest, m);
+    let mut room = None;
+    let mut since = None;
+    let mut timeout = DEFAULT_TIMEOUT;
+    let mut limit = protocol::DEFAULT_HISTORY_LIMIT;
+    for (k, v) in q {
+        match k.as_str() {
+            "room" => room = Some(v.clone()),
+            "since" => {
+                since = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| bad("query `since` must be a non-negative integer".into()))?,
+                );
+            }
+            "timeout" => {
+                timeout = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|t| *t <= MAX_TIMEOUT)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "query `timeout` must be seconds from 0 to {MAX_TIMEOUT}"
+                        ))
+                    })?;
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=protocol::MAX_HISTORY_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "query `limit` must be an integer from 1 to {}",
+                            protocol::MAX_HISTORY_LIMIT
+                        ))
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    let room = room.ok_or_else(|| bad("query `room` is required".into()))?;
+    protocol::check_room(&room).map_err(bad)?;
+    Ok(PollQuery {
+        room,
+        since,
+        timeout: Duration::from_secs(timeout),
+        limit,
+    })
+}
+
+/// `GET /api/poll?room=R&since=N&timeout=S[&limit=L]`.
+pub async fn poll(
+    State(app): State<Arc<App>>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, HttpError> {
+    let q = parse_query(&q)?;
+    let room: Arc<str> = Arc::from(q.room.as_str());
+    let tap = Tap::new(&app);
+    let sub: Arc<dyn Subscriber> = tap.clone();
+    let start = app.hub.begin_join(&sub, &room, false);
+    let rec = match app
+        .hub
+        .recover(&start, &room, q.since.map(|s| (s, None)))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            app.hub.abort_join(&sub, &room, &start).await;
+            return Err(e.into());
+        }
+    };
+    app.hub.finish_join(&sub, &room, q.since, &rec, None);
+    let _guard = TapGuard {
+        app: app.clone(),
+        tap: tap.clone(),
+        rooms: vec![room.clone()],
+    };
+    let epoch = rec.epoch.clone();
+    let reply = |frames: &[Bytes], epoch: &str| -> Response {
+        Json(PollReply {
+            room: &room,
+            epoch,
+            messages: frames.iter().map(|f| protocol::as_raw(f)).collect(),
+        })
+        .into_response()
+    };
+
+    // Messages after `since` the room no longer replays in full (trimmed,
+    // another epoch, or `since` beyond the room's top after Redis lost it):
+    // answer at once with what history still holds after it.
+    if let Some(since) = q.since
+        && !rec.recovered
+        && since != rec.top
+    {
+        let from = if since > rec.top { 0 } else { since };
+        let page = app.broker.history(&room, Some(from), q.limit).await?;
+        if !page.publications.is_empty() {
+            let frames: Vec<Bytes> = page
+                .publications
+                .iter()
+                .map(|p| p.envelope.clone())
+                .collect();
+            return Ok(reply(&frames, &page.epoch));
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + q.timeout;
+    let mut queue = VecDeque::new();
+    loop {
+        let closing = tap.out.take(&mut queue);
+        queue.retain(|f| is_message(f));
+        if !queue.is_empty() || closing.is_some() {
+            // A queue overflow (`closing`) keeps what was taken: the client
+            // polls again from the last offset it got.
+            let frames: Vec<Bytes> = queue.drain(..).take(q.limit).collect();
+            return Ok(reply(&frames, &epoch));
+        }
+        tokio::select! {
+            _ = tap.out.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(reply(&[], &epoch)),
+            _ = app.shutdown.cancelled() => return Ok(reply(&[], &epoch)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn query_checks() {
+        assert!(parse_query(&q(&[("room", "a")])).is_ok());
+        assert!(parse_query(&q(&[])).is_err());
+        assert!(parse_query(&q(&[("room", "a b")])).is_err());
+        assert!(parse_query(&q(&[("room", "a"), ("timeout", "31")])).is_err());
+        assert!(parse_query(&q(&[("room", "a"), ("since", "-1")])).is_err());
+        assert!(parse_query(&q(&[("room", "a"), ("limit", "0")])).is_err());
+        let p = parse_query(&q(&[("room", "a"), ("since", "4"), ("timeout", "0")])).unwrap();
+        assert_eq!((p.since, p.timeout), (Some(4), Duration::ZERO));
+    }
+
+    #[test]
+    fn message_frames() {
+        assert!(is_message(br#"{"type":"message","room":"r"}"#));
+        assert!(!is_message(br#"{"type":"presence","room":"r"}"#));
+    }
+}
