@@ -184,7 +184,7 @@ pub async fn poll(
         Json(PollReply {
             room: &room,
             epoch,
-            messages: frames.iter().map(|f| protocol::as_raw(f)).collect(),
+            messages: frames.iter().map(protocol::as_raw).collect(),
         })
         .into_response()
     };
