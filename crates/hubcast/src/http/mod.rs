@@ -7,6 +7,7 @@ pub mod error;
 pub mod limits;
 pub mod origin;
 pub mod poll;
+pub mod sse;
 pub mod tls;
 pub mod ws;
 
@@ -27,6 +28,7 @@ use error::HttpError;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
+        .route("/sse", get(sse::sse))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api::routes(app.clone()))

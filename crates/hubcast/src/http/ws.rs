@@ -128,51 +128,15 @@ pub async fn upgrade(
         None => None,
     };
 
-    // Credentials: the Authorization header first, then ?token=.
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let token = bearer.or_else(|| query.get("token").map(String::as_str));
-    let identity = app.auth.authenticate(token).map_err(|e| {
-        tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
-        HttpError::new(ErrorCode::Unauthorized, e.to_string())
-    })?;
-
-    let key_n = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let conn_id = format!("c-{}", uuid::Uuid::now_v7());
-    let (user, display, grants, expires) = match identity {
-        Some(id) => {
-            let remaining = id.exp.saturating_sub(crate::unix_ms() as u64 / 1000);
-            let display = id.name.clone().unwrap_or_else(|| id.user.clone());
-            (
-                id.user,
-                display,
-                crate::auth::Grants {
-                    admin: id.admin,
-                    rooms: id.rooms,
-                },
-                Some(tokio::time::Instant::now() + std::time::Duration::from_secs(remaining)),
-            )
-        }
-        None => {
-            let user = format!("anon-{conn_id}");
-            let display = name.clone().unwrap_or_else(|| user.clone());
-            (user, display, crate::auth::Grants::default(), None)
-        }
-    };
+    let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name)?;
     let conn = Arc::new(Conn {
-        key: key_n,
+        key: app.next_conn.fetch_add(1, Ordering::Relaxed),
         id: Arc::from(conn_id.as_str()),
-        name: Arc::from(display),
-        user: Arc::from(user),
-        grants,
-        expires,
+        name: Arc::from(caller.display),
+        user: Arc::from(caller.user),
+        grants: caller.grants,
+        expires: caller.expires,
         out: Outbound::new(app.config.queue_size),
     });
 
@@ -214,6 +178,70 @@ pub async fn upgrade(
         );
     }
     Ok(resp)
+}
+
+/// Who is connecting, from a token or anonymously.
+pub struct Caller {
+    /// User id (`sub`, or `anon-<conn id>`).
+    pub user: String,
+    /// Display name.
+    pub display: String,
+    /// What the token allows.
+    pub grants: crate::auth::Grants,
+    /// When the token expires.
+    pub expires: Option<tokio::time::Instant>,
+}
+
+/// Checks the credentials of a handshake (WebSocket or SSE): the
+/// `Authorization: Bearer` header first, then `?token=`; 401 when refused.
+pub fn authenticate(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    query: &HashMap<String, String>,
+    remote: SocketAddr,
+    conn_id: &str,
+    name: Option<String>,
+) -> Result<Caller, HttpError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let token = bearer.or_else(|| query.get("token").map(String::as_str));
+    let identity = app.auth.authenticate(token).map_err(|e| {
+        tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
+        HttpError::new(ErrorCode::Unauthorized, e.to_string())
+    })?;
+    Ok(match identity {
+        Some(id) => {
+            let remaining = id.exp.saturating_sub(crate::unix_ms() as u64 / 1000);
+            let display = id.name.clone().unwrap_or_else(|| id.user.clone());
+            Caller {
+                user: id.user,
+                display,
+                grants: crate::auth::Grants {
+                    admin: id.admin,
+                    rooms: id.rooms,
+                },
+                expires: Some(
+                    tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
+                ),
+            }
+        }
+        None => {
+            let user = format!("anon-{conn_id}");
+            let display = name.unwrap_or_else(|| user.clone());
+            Caller {
+                user,
+                display,
+                grants: crate::auth::Grants::default(),
+                expires: None,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

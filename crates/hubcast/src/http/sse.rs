@@ -1,0 +1,284 @@
+//! `GET /sse`: Server-Sent Events, for browsers behind proxies that break
+//! WebSocket.
+//!
+//! `?rooms=a,b` joins rooms through the hub like a WebSocket connection
+//! (buffered join, recovery with `since`); every message goes out as
+//! `id: room:offset` and `data: <envelope>`, so a browser's `EventSource`
+//! reconnects with `Last-Event-ID` and resumes that room without a gap or a
+//! duplicate. Each room first gets a `joined` frame (as on WebSocket) that
+//! says whether its recovery succeeded. Comment lines keep proxies from
+//! closing an idle stream. Credentials, origins and connection limits are
+//! those of `/ws`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::error::HttpError;
+use super::origin;
+use super::poll::{Tap, TapGuard, is_message};
+use crate::App;
+use crate::hub::Subscriber;
+use crate::protocol::{self, ErrorCode, out};
+
+/// The parts of an envelope that make its event id.
+#[derive(Deserialize)]
+struct Position {
+    room: String,
+    offset: u64,
+}
+
+/// `room:offset` pairs (the room may itself contain `:`).
+fn parse_positions(list: &str, what: &str) -> Result<HashMap<String, u64>, HttpError> {
+    let mut out = HashMap::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (room, off) = item.rsplit_once(':').ok_or_else(|| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                format!("{what}: {item:?} is not room:offset"),
+            )
+        })?;
+        let off = off.parse::<u64>().map_err(|_| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                format!("{what}: offset of {room:?} must be a non-negative integer"),
+            )
+        })?;
+        out.insert(room.to_string(), off);
+    }
+    Ok(out)
+}
+
+/// One SSE event carrying a frame; messages get `id: room:offset`.
+fn event(frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(frame.len() + 64);
+    if is_message(frame)
+        && let Ok(p) = serde_json::from_slice::<Position>(frame)
+    {
+        b.put_slice(b"id: ");
+        b.put_slice(p.room.as_bytes());
+        b.put_slice(b":");
+        b.put_slice(p.offset.to_string().as_bytes());
+        b.put_slice(b"\n");
+    }
+    // Envelopes are single-line JSON: one data line.
+    b.put_slice(b"data: ");
+    b.put_slice(frame);
+    b.put_slice(b"\n\n");
+    b.freeze()
+}
+
+/// The stream's state between chunks.
+struct Stream {
+    app: Arc<App>,
+    tap: Arc<Tap>,
+    /// Leaves the rooms when the stream is dropped.
+    _guard: TapGuard,
+    /// Holds the connection's place in the limits.
+    _slot: super::limits::ConnSlot,
+    queue: VecDeque<Bytes>,
+    heartbeat: tokio::time::Interval,
+    expires: Option<tokio::time::Instant>,
+}
+
+impl Stream {
+    /// The next chunk: queued frames as events, or a heartbeat comment;
+    /// `None` ends the stream (shutdown, token expiry, slow consumer).
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            let closing = self.tap.outbound().take(&mut self.queue);
+            if !self.queue.is_empty() {
+                let mut chunk = BytesMut::new();
+                for f in self.queue.drain(..) {
+                    chunk.put(event(&f));
+                }
+                return Some(chunk.freeze());
+            }
+            if closing.is_some() || self.app.shutdown.is_cancelled() {
+                // The client reconnects with Last-Event-ID and recovers.
+                return None;
+            }
+            let expiry = async {
+                match self.expires {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.tap.outbound().notified() => {}
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": ping\n\n")),
+                _ = self.app.shutdown.cancelled() => return None,
+                _ = expiry => return None,
+            }
+        }
+    }
+}
+
+/// `GET /sse?rooms=a,b[&since=a:3,b:5][&token=…]`.
+pub async fn sse(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    if app.shutdown.is_cancelled() {
+        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
+    }
+    let slot = app.limits.admit(remote.ip())?;
+    if let Some(o) = headers.get(header::ORIGIN) {
+        let o = o.to_str().unwrap_or("null");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin::allowed(o, host, &app.config.allowed_origins) {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!("origin {o} is not allowed (see allowed_origins)"),
+            ));
+        }
+    }
+    let rooms: Vec<String> = query
+        .get("rooms")
+        .map(|r| {
+            r.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if rooms.is_empty() {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "query `rooms` is required: a comma-separated list of rooms",
+        ));
+    }
+    if rooms.len() > app.config.max_rooms_per_conn {
+        return Err(HttpError::new(
+            ErrorCode::TooManyRooms,
+            format!(
+                "a stream may join at most {} rooms",
+                app.config.max_rooms_per_conn
+            ),
+        ));
+    }
+    for room in &rooms {
+        protocol::check_room(room).map_err(|m| HttpError::new(ErrorCode::BadRequest, m))?;
+    }
+    let mut since = match query.get("since") {
+        Some(s) => parse_positions(s, "query `since`")?,
+        None => HashMap::new(),
+    };
+    // Last-Event-ID (sent by EventSource on reconnect) wins for its room.
+    if let Some(last) = headers.get("last-event-id") {
+        let last = last.to_str().map_err(|_| {
+            HttpError::new(ErrorCode::BadRequest, "Last-Event-ID must be room:offset")
+        })?;
+        since.extend(parse_positions(last, "Last-Event-ID")?);
+    }
+    let conn_id = format!("s-{}", uuid::Uuid::now_v7());
+    let caller = super::ws::authenticate(&app, &headers, &query, remote, &conn_id, None)?;
+    for room in &rooms {
+        if !caller.grants.allows(&caller.user, room) {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!("cannot join {room}: not allowed by this token"),
+            ));
+        }
+    }
+
+    let tap = Tap::new(&app);
+    let sub: Arc<dyn Subscriber> = tap.clone();
+    let mut guard = TapGuard {
+        app: app.clone(),
+        tap: tap.clone(),
+        rooms: Vec::new(),
+    };
+    for room in &rooms {
+        let from = since.get(room).copied();
+        let start = app.hub.begin_join(&sub, room, true);
+        let rec = match app.hub.recover(&start, room, from.map(|s| (s, None))).await {
+            Ok(r) => r,
+            Err(e) => {
+                app.hub.abort_join(&sub, room, &start).await;
+                // `guard` leaves the rooms joined so far.
+                return Err(e.into());
+            }
+        };
+        let joined = protocol::encode(&out::Joined {
+            ty: "joined",
+            id: None,
+            room,
+            offset: rec.top,
+            epoch: &rec.epoch,
+            recovered: from.map(|_| rec.recovered),
+            members: &[],
+            total: 0,
+        });
+        app.hub.finish_join(&sub, room, from, &rec, Some(joined));
+        guard.rooms.push(Arc::from(room.as_str()));
+    }
+    tracing::info!(conn = %conn_id, user = %caller.user, rooms = rooms.len(), "sse stream opened");
+
+    let period = Duration::from_secs(app.config.heartbeat.max(1));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = Stream {
+        app: app.clone(),
+        tap,
+        _guard: guard,
+        _slot: slot,
+        queue: VecDeque::new(),
+        heartbeat,
+        expires: caller.expires,
+    };
+    // A first chunk at once (the reconnection delay), so clients and
+    // proxies see the stream open.
+    let first = Bytes::from_static(b"retry: 2000\n\n");
+    let body = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(first) })
+        .chain(futures_util::stream::unfold(state, |mut st| async move {
+            st.next().await.map(|chunk| (Ok(chunk), st))
+        }));
+    let mut resp = Body::from_stream(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx: do not buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_split_at_the_last_colon() {
+        let p = parse_positions("a:3, ns:b:5", "x").unwrap();
+        assert_eq!(p["a"], 3);
+        assert_eq!(p["ns:b"], 5);
+        assert!(parse_positions("a", "x").is_err());
+        assert!(parse_positions("a:-1", "x").is_err());
+    }
+
+    #[test]
+    fn message_events_carry_room_and_offset() {
+        let e = event(br#"{"type":"message","room":"ns:r","offset":7,"epoch":"e","data":1}"#);
+        assert_eq!(
+            &e[..],
+            &b"id: ns:r:7\ndata: {\"type\":\"message\",\"room\":\"ns:r\",\"offset\":7,\"epoch\":\"e\",\"data\":1}\n\n"[..]
+        );
+        let j = event(br#"{"type":"joined","room":"r"}"#);
+        assert!(j.starts_with(b"data: "));
+    }
+}
