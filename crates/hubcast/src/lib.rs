@@ -32,6 +32,7 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 
 use std::net::SocketAddr;
@@ -69,6 +70,10 @@ pub struct App {
     pub auth: auth::Auth,
     /// Connection caps and handshake rates.
     pub limits: Arc<http::limits::ConnLimits>,
+    /// Renders `/metrics` (none when another recorder was installed).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// When the server started.
+    pub started: std::time::Instant,
 }
 
 /// Current Unix time in milliseconds.
@@ -118,6 +123,9 @@ pub async fn run_with_broker(
     broker: Arc<dyn Broker>,
 ) -> anyhow::Result<()> {
     let auth = auth::Auth::from_config(&config)?;
+    let metrics = crate::metrics::install();
+    // Every engine's operations are timed the same way.
+    let broker: Arc<dyn Broker> = broker::timed::Timed::new(broker);
     let limits = http::limits::ConnLimits::new(&config);
     let hub = Hub::new(broker.clone(), config.queue_size);
     let grace = Duration::from_secs(config.shutdown_timeout);
@@ -131,7 +139,23 @@ pub async fn run_with_broker(
         open_connections: AtomicU64::new(0),
         auth,
         limits,
+        metrics,
+        started: std::time::Instant::now(),
     });
+    if let Some(handle) = app.metrics.clone() {
+        // Histograms keep raw samples until upkeep folds them into buckets:
+        // do it regularly even when nobody scrapes.
+        let stop = shutdown.clone();
+        app.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
     let router = http::router(app.clone());
     // The TLS accept loop stops on shutdown like every other task.
     let accept_tasks = TaskTracker::new();

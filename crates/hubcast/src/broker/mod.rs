@@ -18,6 +18,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod timed;
 
 use std::sync::{Arc, Weak};
 

@@ -91,6 +91,7 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let opened = Instant::now();
+    let mut counted = crate::metrics::OpenConnection::new("ws");
     tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, "connection opened");
     conn.out.push(protocol::encode(&out::Welcome {
         ty: "welcome",
@@ -156,6 +157,7 @@ where
         (_, Some(c)) => (Some(c.code), c.reason.to_string()),
         (e, None) => (None, format!("{e:?}")),
     };
+    counted.reason = crate::metrics::close_reason(code);
     let detail = match &end {
         ReadEnd::Protocol(m) | ReadEnd::Io(m) => m.as_str(),
         _ => "",
@@ -231,6 +233,9 @@ where
             continue;
         };
         if next.is_text() {
+            crate::metrics::handles()
+                .bytes_in
+                .increment(next.as_payload().len() as u64);
             session.on_text(next.as_payload()).await;
         } else if next.is_binary() {
             session.on_binary();
@@ -257,6 +262,10 @@ where
         let closing = conn.out.take(&mut batch);
         let slow = closing.is_some_and(|c| c.code == close::SLOW_CONSUMER);
         if !batch.is_empty() && !slow {
+            let m = crate::metrics::handles();
+            m.queue_depth.record(batch.len() as f64);
+            m.bytes_out
+                .increment(batch.iter().map(|f| f.len() as u64).sum::<u64>());
             for frame in batch.drain(..) {
                 if sink
                     .feed(Message::text(Payload::from(frame)))

@@ -114,7 +114,7 @@ impl Session {
     }
 
     fn push_error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
-        self.push(protocol::error_frame(id, code, message));
+        self.push(rejected(id, code, message));
     }
 
     /// Applies the frame rate limit; false when the frame is refused (the
@@ -158,7 +158,7 @@ impl Session {
             Ok(parsed) => parsed,
             Err(FrameError { id, code, message }) => {
                 if self.admit(id.as_deref()) {
-                    self.reply_in_order(protocol::error_frame(id.as_deref(), code, &message));
+                    self.reply_in_order(rejected(id.as_deref(), code, &message));
                 }
                 return;
             }
@@ -196,7 +196,7 @@ impl Session {
         };
         match started {
             Ok(reply) => self.start(reply).await,
-            Err(r) => self.reply_in_order(protocol::error_frame(id, r.code, &r.message)),
+            Err(r) => self.reply_in_order(rejected(id, r.code, &r.message)),
         }
     }
 
@@ -443,18 +443,23 @@ impl Session {
             let id = id.as_deref();
             let room = req.room.clone();
             match app.broker.publish(req).await {
-                Ok(result) => protocol::encode(&out::Ack {
-                    ty: "ack",
-                    id,
-                    msg_id: &msg_id,
-                    room: &room,
-                    offset: result.offset,
-                    epoch: &result.epoch,
-                    duplicate: result.duplicate,
-                }),
+                Ok(result) => {
+                    if !result.duplicate {
+                        crate::metrics::handles().published_ws.increment(1);
+                    }
+                    protocol::encode(&out::Ack {
+                        ty: "ack",
+                        id,
+                        msg_id: &msg_id,
+                        room: &room,
+                        offset: result.offset,
+                        epoch: &result.epoch,
+                        duplicate: result.duplicate,
+                    })
+                }
                 Err(e) => {
                     let r = Reject::from(e);
-                    protocol::error_frame(id, r.code, &r.message)
+                    rejected(id, r.code, &r.message)
                 }
             }
         })
@@ -481,4 +486,10 @@ impl Session {
             tracing::warn!(conn = %self.conn.id, error = %e, "broker disconnect failed");
         }
     }
+}
+
+/// An error frame, counted by code.
+fn rejected(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Bytes {
+    metrics::counter!(crate::metrics::FRAMES_REJECTED, "code" => code.as_str()).increment(1);
+    protocol::error_frame(id, code, message)
 }

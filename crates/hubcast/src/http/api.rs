@@ -193,6 +193,9 @@ async fn do_publish(app: &App, req: ApiPublish<'_>) -> Result<Response, HttpErro
             skip: None,
         })
         .await?;
+    if !result.duplicate {
+        crate::metrics::handles().published_http.increment(1);
+    }
     Ok(Json(PublishReply {
         msg_id: &msg_id,
         room: &req.room,

@@ -31,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sse", get(sse::sse))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(api::routes(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -56,6 +57,26 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<impl IntoResponse, HttpEr
     }
     Ok(Json(
         json!({"status": "ready", "node": app.config.node_id, "broker": app.broker.name()}),
+    ))
+}
+
+/// Prometheus text format.
+async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, HttpError> {
+    let Some(handle) = &app.metrics else {
+        return Err(HttpError::new(
+            ErrorCode::NotFound,
+            "metrics are disabled: another metrics recorder is installed in this process",
+        ));
+    };
+    // State gauges come from the hub itself at scrape time.
+    metrics::gauge!(crate::metrics::ROOMS).set(app.hub.rooms() as f64);
+    metrics::gauge!(crate::metrics::ROOM_MEMBERS).set(app.hub.memberships() as f64);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
     ))
 }
 

@@ -174,6 +174,7 @@ pub async fn poll(
         }
     };
     app.hub.finish_join(&sub, &room, q.since, &rec, None);
+    let _counted = crate::metrics::OpenConnection::new("poll");
     let _guard = TapGuard {
         app: app.clone(),
         tap: tap.clone(),

@@ -85,6 +85,8 @@ struct Stream {
     _guard: TapGuard,
     /// Holds the connection's place in the limits.
     _slot: super::limits::ConnSlot,
+    /// Counts the stream as an open `sse` connection.
+    _counted: crate::metrics::OpenConnection,
     queue: VecDeque<Bytes>,
     heartbeat: tokio::time::Interval,
     expires: Option<tokio::time::Instant>,
@@ -235,6 +237,7 @@ pub async fn sse(
         tap,
         _guard: guard,
         _slot: slot,
+        _counted: crate::metrics::OpenConnection::new("sse"),
         queue: VecDeque::new(),
         heartbeat,
         expires: caller.expires,

@@ -266,7 +266,9 @@ impl Hub {
                             Pending::Frame(f) => {
                                 conn.outbound().push(f);
                             }
-                            Pending::Publication(p) => deliver(sub, &p),
+                            Pending::Publication(p) => {
+                                deliver(sub, &p);
+                            }
                         }
                     }
                 }
@@ -350,14 +352,24 @@ impl Hub {
     pub fn rooms(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
+
+    /// Local room memberships (personal rooms and taps included).
+    pub fn memberships(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).values().map(|r| r.subs.len()).sum::<usize>())
+            .sum()
+    }
 }
 
 /// Delivers one publication to a live subscription, keeping its delivered
 /// range and skipping what it already had.
-fn deliver(sub: &mut Sub, p: &Arc<Publication>) {
+/// Queues a publication to a live subscriber; returns (delivered,
+/// overflowed) for the metrics.
+fn deliver(sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
     if *sub.epoch == *p.epoch {
         if p.offset <= sub.last {
-            return;
+            return (0, 0);
         }
     } else {
         sub.epoch = p.epoch.clone();
@@ -365,8 +377,13 @@ fn deliver(sub: &mut Sub, p: &Arc<Publication>) {
     }
     sub.last = p.offset;
     if p.skip != Some(sub.conn.key()) {
-        sub.conn.outbound().push(p.envelope.clone());
+        return match sub.conn.outbound().push(p.envelope.clone()) {
+            Pushed::Queued => (1, 0),
+            Pushed::Overflow => (0, 1),
+            Pushed::Closing => (0, 0),
+        };
     }
+    (0, 0)
 }
 
 impl BrokerHandler for Hub {
@@ -375,6 +392,7 @@ impl BrokerHandler for Hub {
         let Some(local) = shard.get_mut(room) else {
             return;
         };
+        let (mut delivered, mut overflowed) = (0, 0);
         for sub in local.subs.values_mut() {
             match &mut sub.buffer {
                 Some(buffer) => {
@@ -388,8 +406,21 @@ impl BrokerHandler for Hub {
                         buffer.push(Pending::Publication(publication.clone()));
                     }
                 }
-                None => deliver(sub, publication),
+                None => {
+                    let (d, o) = deliver(sub, publication);
+                    delivered += d;
+                    overflowed += o;
+                }
             }
+        }
+        drop(shard);
+        let m = crate::metrics::handles();
+        m.deliveries.increment(delivered);
+        if overflowed > 0 {
+            m.slow_consumers.increment(overflowed);
+        }
+        if delivered > 0 {
+            crate::metrics::record_delivery_latency(&publication.envelope);
         }
     }
 

@@ -1,0 +1,107 @@
+//! A broker wrapper that times every operation of the engine it wraps
+//! (`hubcast_broker_operation_seconds{op,result}`), so every engine, present
+//! and future, is measured the same way without instrumenting each.
+
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{
+    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresencePage, PublishRequest,
+    PublishResult, Recovery, UserStatus,
+};
+use crate::metrics::BROKER_LATENCY;
+use crate::protocol::Status;
+
+/// Times the wrapped engine's operations.
+pub struct Timed {
+    inner: Arc<dyn Broker>,
+}
+
+impl Timed {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Broker>) -> Arc<Self> {
+        Arc::new(Self { inner })
+    }
+}
+
+fn record<T>(op: &'static str, start: Instant, r: &Result<T, BrokerError>) {
+    let result = match r {
+        Ok(_) => "ok",
+        Err(BrokerError::Unavailable(_)) => "unavailable",
+        Err(BrokerError::Internal(_)) => "internal",
+    };
+    metrics::histogram!(BROKER_LATENCY, "op" => op, "result" => result)
+        .record(start.elapsed().as_secs_f64());
+}
+
+macro_rules! timed {
+    ($op:literal, $call:expr) => {{
+        let start = Instant::now();
+        let r = $call.await;
+        record($op, start, &r);
+        r
+    }};
+}
+
+#[async_trait]
+impl Broker for Timed {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn set_handler(&self, handler: Weak<dyn BrokerHandler>) {
+        self.inner.set_handler(handler);
+    }
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
+        timed!("publish", self.inner.publish(req))
+    }
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        timed!("subscribe", self.inner.subscribe(room))
+    }
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
+        timed!("unsubscribe", self.inner.unsubscribe(room))
+    }
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError> {
+        timed!("recover", self.inner.recover(room, since))
+    }
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        timed!("history", self.inner.history(room, since, limit))
+    }
+    async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        timed!("presence_join", self.inner.presence_join(room, client))
+    }
+    async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        timed!("presence_leave", self.inner.presence_leave(room, client))
+    }
+    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
+        timed!("presence", self.inner.presence(room, limit))
+    }
+    async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        timed!("connect", self.inner.connect(client))
+    }
+    async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        timed!("disconnect", self.inner.disconnect(client))
+    }
+    async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {
+        timed!("set_status", self.inner.set_status(user, status))
+    }
+    async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
+        timed!("user_status", self.inner.user_status(user))
+    }
+    async fn ready(&self) -> bool {
+        self.inner.ready().await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}

@@ -1,0 +1,245 @@
+//! Prometheus metrics (`GET /metrics`).
+//!
+//! One process-wide recorder (the `metrics` facade is global), rendered by
+//! the exporter's handle on each scrape; gauges that describe the hub's
+//! current state (rooms, members) are set at scrape time from the hub
+//! itself, so they cannot drift. Histograms get explicit buckets, so they
+//! render as Prometheus histograms, not summaries.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Open connections (gauge), by `transport` (`ws`, `sse`, `poll`).
+pub const CONNECTIONS: &str = "hubcast_connections";
+/// Connections opened (counter), by `transport`.
+pub const CONNECTIONS_OPENED: &str = "hubcast_connections_opened_total";
+/// Connections closed (counter), by `transport` and `reason`.
+pub const CONNECTIONS_CLOSED: &str = "hubcast_connections_closed_total";
+/// Rooms with local members on this node (gauge).
+pub const ROOMS: &str = "hubcast_rooms";
+/// Local room memberships on this node, personal rooms included (gauge).
+pub const ROOM_MEMBERS: &str = "hubcast_room_members";
+/// Messages accepted for publishing (counter), by `entry` (`ws`, `http`).
+pub const PUBLISHED: &str = "hubcast_messages_published_total";
+/// Messages queued to a local subscriber (counter).
+pub const DELIVERIES: &str = "hubcast_deliveries_total";
+/// Connections closed because their outbound queue overflowed (counter).
+pub const SLOW_CONSUMERS: &str = "hubcast_slow_consumer_closes_total";
+/// WebSocket payload bytes received (counter).
+pub const BYTES_IN: &str = "hubcast_received_bytes_total";
+/// WebSocket payload bytes sent (counter).
+pub const BYTES_OUT: &str = "hubcast_sent_bytes_total";
+/// Client frames answered with an error (counter), by `code`.
+pub const FRAMES_REJECTED: &str = "hubcast_frames_rejected_total";
+/// From the publish's arrival to the message being queued to a local
+/// subscriber (histogram, seconds; one sample per message and node).
+pub const DELIVERY_LATENCY: &str = "hubcast_publish_delivery_seconds";
+/// Broker operations (histogram, seconds), by `op` and `result`.
+pub const BROKER_LATENCY: &str = "hubcast_broker_operation_seconds";
+/// Frames a connection's writer found waiting at once (histogram).
+pub const QUEUE_DEPTH: &str = "hubcast_outbound_queue_depth";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder (once per process) and returns its handle; `None`
+/// when another recorder was installed first (an embedding program's).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0,
+            ];
+            let depth = [
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(QUEUE_DEPTH.into()), &depth))
+                .map(PrometheusBuilder::build_recorder);
+            let recorder = match recorder {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics disabled: cannot build the recorder");
+                    return None;
+                }
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("metrics disabled: another recorder is installed");
+                return None;
+            }
+            describe();
+            // The handle's upkeep (histogram buckets draining) happens on
+            // render; scrapes are frequent enough.
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open connections, by transport");
+    describe_counter!(CONNECTIONS_OPENED, "Connections opened, by transport");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections closed, by transport and reason"
+    );
+    describe_gauge!(ROOMS, "Rooms with local members");
+    describe_gauge!(ROOM_MEMBERS, "Local room memberships");
+    describe_counter!(
+        PUBLISHED,
+        "Messages accepted for publishing, by entry point"
+    );
+    describe_counter!(DELIVERIES, "Messages queued to local subscribers");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections closed because their outbound queue overflowed"
+    );
+    describe_counter!(BYTES_IN, Unit::Bytes, "WebSocket payload bytes received");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "WebSocket payload bytes sent");
+    describe_counter!(
+        FRAMES_REJECTED,
+        "Client frames answered with an error, by code"
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From a publish's arrival to its delivery to a local subscriber"
+    );
+    describe_histogram!(
+        BROKER_LATENCY,
+        Unit::Seconds,
+        "Broker operations, by op and result"
+    );
+    describe_histogram!(
+        QUEUE_DEPTH,
+        "Frames a connection's writer found waiting at once"
+    );
+}
+
+/// The close reason label for a close code.
+pub fn close_reason(code: Option<u16>) -> &'static str {
+    match code {
+        Some(1000) | Some(1005) => "normal",
+        Some(1001) => "going_away",
+        Some(1002) => "protocol_error",
+        Some(1008) => "policy",
+        Some(1009) => "too_big",
+        Some(1011) => "internal",
+        Some(4000) => "slow_consumer",
+        Some(4001) => "token_expired",
+        Some(4002) => "heartbeat_timeout",
+        Some(4003) => "flooding",
+        Some(_) => "other",
+        None => "network",
+    }
+}
+
+/// The publish time (`"timestamp":` ms) of an envelope. The first
+/// `,"timestamp":` is the envelope's own: inside JSON strings a quote is
+/// always escaped.
+pub fn envelope_time_ms(envelope: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = br#","timestamp":"#;
+    let at = envelope.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = envelope[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&envelope[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Records a delivery latency sample for an envelope published at its
+/// `timestamp` (clocks of different nodes may disagree: negative values
+/// count as 0).
+pub fn record_delivery_latency(envelope: &[u8]) {
+    if let Some(t) = envelope_time_ms(envelope) {
+        let ms = (crate::unix_ms() - t).max(0) as u64;
+        handles()
+            .delivery_latency
+            .record(Duration::from_millis(ms).as_secs_f64());
+    }
+}
+
+/// Handles of the hot-path metrics, looked up once (a `counter!` call
+/// hashes its key on every use).
+pub struct Handles {
+    pub deliveries: metrics::Counter,
+    pub slow_consumers: metrics::Counter,
+    pub bytes_in: metrics::Counter,
+    pub bytes_out: metrics::Counter,
+    pub delivery_latency: metrics::Histogram,
+    pub queue_depth: metrics::Histogram,
+    pub published_ws: metrics::Counter,
+    pub published_http: metrics::Counter,
+}
+
+/// The hot-path handles (installing the recorder first, so they are bound
+/// to it).
+pub fn handles() -> &'static Handles {
+    static H: OnceLock<Handles> = OnceLock::new();
+    H.get_or_init(|| {
+        let _ = install();
+        Handles {
+            deliveries: metrics::counter!(DELIVERIES),
+            slow_consumers: metrics::counter!(SLOW_CONSUMERS),
+            bytes_in: metrics::counter!(BYTES_IN),
+            bytes_out: metrics::counter!(BYTES_OUT),
+            delivery_latency: metrics::histogram!(DELIVERY_LATENCY),
+            queue_depth: metrics::histogram!(QUEUE_DEPTH),
+            published_ws: metrics::counter!(PUBLISHED, "entry" => "ws"),
+            published_http: metrics::counter!(PUBLISHED, "entry" => "http"),
+        }
+    })
+}
+
+/// Counts one open connection of a transport while it lives.
+pub struct OpenConnection {
+    transport: &'static str,
+    /// Close reason label, set before the drop.
+    pub reason: &'static str,
+}
+
+impl OpenConnection {
+    /// Counts a connection opened now.
+    pub fn new(transport: &'static str) -> Self {
+        let _ = handles();
+        metrics::counter!(CONNECTIONS_OPENED, "transport" => transport).increment(1);
+        metrics::gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
+        Self {
+            transport,
+            reason: "normal",
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS, "transport" => self.transport).decrement(1.0);
+        metrics::counter!(CONNECTIONS_CLOSED, "transport" => self.transport, "reason" => self.reason)
+            .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_read_from_the_envelope_not_from_strings() {
+        let env = br#"{"type":"message","room":"r","offset":1,"epoch":"e","msgId":"\",\"timestamp\":5","timestamp":1700000000123,"eventType":"e","source":"s","data":{"timestamp":9}}"#;
+        assert_eq!(envelope_time_ms(env), Some(1_700_000_000_123));
+        assert_eq!(envelope_time_ms(br#"{"type":"message"}"#), None);
+    }
+
+    #[test]
+    fn reasons() {
+        assert_eq!(close_reason(Some(4000)), "slow_consumer");
+        assert_eq!(close_reason(None), "network");
+    }
+}
