@@ -74,6 +74,64 @@ pub struct App {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// When the server started.
     pub started: std::time::Instant,
+    /// Open SSE streams.
+    pub sse_open: Arc<AtomicU64>,
+    /// Polls waiting.
+    pub polls_open: Arc<AtomicU64>,
+    /// Messages accepted for publishing on this node since start.
+    pub published: AtomicU64,
+    /// (time, published, delivered) once a second, for `/api/stats` rates.
+    pub samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64, u64)>>,
+}
+
+/// Counts one live thing in a shared counter while it exists.
+pub struct Live(Arc<AtomicU64>);
+
+impl Live {
+    /// Counts one more in `counter` until dropped.
+    pub fn new(counter: &Arc<AtomicU64>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl App {
+    /// Records one rate sample (published, delivered) now.
+    fn sample(&self) {
+        let now = std::time::Instant::now();
+        let row = (
+            now,
+            self.published.load(std::sync::atomic::Ordering::Relaxed),
+            self.hub.delivered(),
+        );
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        s.push_back(row);
+        while s.len() > 11 {
+            s.pop_front();
+        }
+    }
+
+    /// Messages published and delivered per second over the last samples
+    /// (up to 10 s).
+    pub fn rates(&self) -> (f64, f64) {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        match (s.front(), s.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                let dt = (b.0 - a.0).as_secs_f64();
+                (
+                    b.1.saturating_sub(a.1) as f64 / dt,
+                    b.2.saturating_sub(a.2) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        }
+    }
 }
 
 /// Current Unix time in milliseconds.
@@ -141,7 +199,25 @@ pub async fn run_with_broker(
         limits,
         metrics,
         started: std::time::Instant::now(),
+        sse_open: Arc::new(AtomicU64::new(0)),
+        polls_open: Arc::new(AtomicU64::new(0)),
+        published: AtomicU64::new(0),
+        samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
     });
+    {
+        // Rates for /api/stats: a sample a second, the last 10 s kept.
+        let app = app.clone();
+        let stop = shutdown.clone();
+        app.clone().tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => app.sample(),
+                }
+            }
+        });
+    }
     if let Some(handle) = app.metrics.clone() {
         // Histograms keep raw samples until upkeep folds them into buckets:
         // do it regularly even when nobody scrapes.

@@ -388,3 +388,60 @@ both_engines! {
         assert_eq!(h["total"], 4);
     }
 }
+
+#[tokio::test]
+async fn stats_summarize_the_node() {
+    let s = Server::default().await;
+    let mut sub = s.client().await;
+    sub.join("st").await;
+    let mut p = s.client().await;
+    for i in 0..4 {
+        p.publish("st", json!(i)).await;
+    }
+    post(
+        &s,
+        "/api/publish",
+        json!({"room":"st","event":"e","data":"h"}),
+    )
+    .await;
+    for _ in 0..5 {
+        sub.expect("message").await;
+    }
+    let sse = http().get(s.http("/sse?rooms=st")).send().await.unwrap();
+    assert_eq!(sse.status(), 200);
+    let base = s.http("");
+    let waiting = tokio::spawn(async move {
+        reqwest::get(format!("{base}/api/poll?room=quiet&timeout=3"))
+            .await
+            .unwrap()
+            .status()
+    });
+    // Two rate samples a second apart include the publishes.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let (st, v) = get(&s, "/api/stats").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["node"], "test-node");
+    assert_eq!(v["broker"], "memory");
+    assert!(v["uptimeSeconds"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(
+        v["connections"],
+        json!({"total":4,"ws":2,"sse":1,"poll":1}),
+        "{v}"
+    );
+    assert_eq!(v["messages"]["published"], 5);
+    // 5 to the WebSocket subscriber (the SSE stream joined after them).
+    assert_eq!(v["messages"]["delivered"], 5);
+    assert!(
+        v["rooms"].as_u64().unwrap() >= 3,
+        "st, quiet and personal rooms: {v}"
+    );
+    assert!(
+        v["rates"]["publishedPerSecond"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert!(
+        v["rates"]["deliveredPerSecond"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert_eq!(waiting.await.unwrap(), 200);
+}

@@ -446,6 +446,8 @@ impl Session {
                 Ok(result) => {
                     if !result.duplicate {
                         crate::metrics::handles().published_ws.increment(1);
+                        app.published
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     protocol::encode(&out::Ack {
                         ty: "ack",

@@ -30,6 +30,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/api/rooms/{room}/history", routing::get(history))
         .route("/api/users/{user}/status", routing::get(user_status))
         .route("/api/poll", routing::get(super::poll::poll))
+        .route("/api/stats", routing::get(stats))
         .route_layer(axum::middleware::from_fn_with_state(app, require_key))
 }
 
@@ -195,6 +196,8 @@ async fn do_publish(app: &App, req: ApiPublish<'_>) -> Result<Response, HttpErro
         .await?;
     if !result.duplicate {
         crate::metrics::handles().published_http.increment(1);
+        app.published
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(Json(PublishReply {
         msg_id: &msg_id,
@@ -333,6 +336,32 @@ async fn user_status(
         last_seen: st.last_seen,
     })
     .into_response())
+}
+
+/// `GET /api/stats`: a JSON summary for dashboards (this node).
+async fn stats(State(app): State<Arc<App>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (published_rate, delivered_rate) = app.rates();
+    let ws = app.open_connections.load(Relaxed);
+    let sse = app.sse_open.load(Relaxed);
+    let poll = app.polls_open.load(Relaxed);
+    Json(serde_json::json!({
+        "node": app.config.node_id,
+        "broker": app.broker.name(),
+        "uptimeSeconds": app.started.elapsed().as_secs(),
+        "connections": {"total": ws + sse + poll, "ws": ws, "sse": sse, "poll": poll},
+        "rooms": app.hub.rooms(),
+        "members": app.hub.memberships(),
+        "messages": {
+            "published": app.published.load(Relaxed),
+            "delivered": app.hub.delivered(),
+        },
+        "rates": {
+            "publishedPerSecond": (published_rate * 10.0).round() / 10.0,
+            "deliveredPerSecond": (delivered_rate * 10.0).round() / 10.0,
+        },
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct Hub {
     broker: Arc<dyn Broker>,
     /// Largest number of frames buffered for a joining connection.
     buffer_cap: usize,
+    /// Messages queued to local subscribers since start.
+    delivered: std::sync::atomic::AtomicU64,
 }
 
 /// The local members of one room.
@@ -107,6 +109,7 @@ impl Hub {
             hasher: RandomState::new(),
             broker: broker.clone(),
             buffer_cap,
+            delivered: std::sync::atomic::AtomicU64::new(0),
         });
         let weak: std::sync::Weak<dyn BrokerHandler> = Arc::downgrade(&hub) as _;
         broker.set_handler(weak);
@@ -353,6 +356,11 @@ impl Hub {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
+    /// Messages queued to local subscribers since start.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Local room memberships (personal rooms and taps included).
     pub fn memberships(&self) -> usize {
         self.shards
@@ -416,6 +424,8 @@ impl BrokerHandler for Hub {
         drop(shard);
         let m = crate::metrics::handles();
         m.deliveries.increment(delivered);
+        self.delivered
+            .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
         if overflowed > 0 {
             m.slow_consumers.increment(overflowed);
         }
