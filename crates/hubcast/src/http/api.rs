@@ -6,12 +6,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router, routing};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
@@ -20,19 +20,6 @@ use super::error::HttpError;
 use crate::App;
 use crate::broker::{BrokerError, PresencePage, PublishRequest};
 use crate::protocol::{self, ApiPublish, EnvelopeParts, ErrorCode, Member};
-
-/// The `/api` routes, behind the key check.
-pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
-    Router::new()
-        .route("/api/publish", routing::post(publish))
-        .route("/api/send", routing::post(send))
-        .route("/api/rooms/{room}/presence", routing::get(presence))
-        .route("/api/rooms/{room}/history", routing::get(history))
-        .route("/api/users/{user}/status", routing::get(user_status))
-        .route("/api/poll", routing::get(super::poll::poll))
-        .route("/api/stats", routing::get(stats))
-        .route_layer(axum::middleware::from_fn_with_state(app, require_key))
-}
 
 /// Whether `presented` is one of `keys`, comparing in constant time (every
 /// key is compared, whatever matches).
@@ -43,7 +30,7 @@ fn key_matches(keys: &[String], presented: &str) -> bool {
 }
 
 /// The API key check (or, with no keys configured, the loopback check).
-async fn require_key(
+pub async fn require_key(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
@@ -145,7 +132,7 @@ struct PublishReply<'a> {
     duplicate: bool,
 }
 
-async fn publish(
+pub async fn publish(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Body,
@@ -155,7 +142,7 @@ async fn publish(
     do_publish(&app, req).await
 }
 
-async fn send(
+pub async fn send(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Body,
@@ -221,7 +208,7 @@ struct PresenceReply<'a> {
     total: usize,
 }
 
-async fn presence(
+pub async fn presence(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
 ) -> Result<Response, HttpError> {
@@ -284,7 +271,7 @@ fn history_query(q: &[(String, String)]) -> Result<(Option<u64>, usize), HttpErr
     Ok((since, limit))
 }
 
-async fn history(
+pub async fn history(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
     Query(q): Query<Vec<(String, String)>>,
@@ -314,7 +301,7 @@ struct StatusReply<'a> {
     last_seen: Option<i64>,
 }
 
-async fn user_status(
+pub async fn user_status(
     State(app): State<Arc<App>>,
     Path(user): Path<String>,
 ) -> Result<Response, HttpError> {
@@ -339,7 +326,7 @@ async fn user_status(
 }
 
 /// `GET /api/stats`: a JSON summary for dashboards (this node).
-async fn stats(State(app): State<Arc<App>>) -> Response {
+pub async fn stats(State(app): State<Arc<App>>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let (published_rate, delivered_rate) = app.rates();
     let ws = app.open_connections.load(Relaxed);

@@ -24,18 +24,80 @@ use crate::App;
 use crate::protocol::ErrorCode;
 use error::HttpError;
 
+/// Every route the server answers, as (method, path). The router is built
+/// from this list, and a test checks it against the OpenAPI document, so
+/// neither can drift from the other.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/ws"),
+    ("GET", "/sse"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/openapi.json"),
+    ("POST", "/api/publish"),
+    ("POST", "/api/send"),
+    ("GET", "/api/rooms/{room}/presence"),
+    ("GET", "/api/rooms/{room}/history"),
+    ("GET", "/api/users/{user}/status"),
+    ("GET", "/api/poll"),
+    ("GET", "/api/stats"),
+];
+
+/// The OpenAPI document of [`ROUTES`].
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The handler of one entry of [`ROUTES`], and whether it is behind the API
+/// key check.
+fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<App>>, bool)> {
+    use axum::routing::post;
+    Some(match (method, path) {
+        ("GET", "/ws") => (get(ws::upgrade), false),
+        ("GET", "/sse") => (get(sse::sse), false),
+        ("GET", "/healthz") => (get(healthz), false),
+        ("GET", "/readyz") => (get(readyz), false),
+        ("GET", "/metrics") => (get(metrics), false),
+        ("GET", "/api/openapi.json") => (get(openapi), false),
+        ("POST", "/api/publish") => (post(api::publish), true),
+        ("POST", "/api/send") => (post(api::send), true),
+        ("GET", "/api/rooms/{room}/presence") => (get(api::presence), true),
+        ("GET", "/api/rooms/{room}/history") => (get(api::history), true),
+        ("GET", "/api/users/{user}/status") => (get(api::user_status), true),
+        ("GET", "/api/poll") => (get(poll::poll), true),
+        ("GET", "/api/stats") => (get(api::stats), true),
+        _ => return None,
+    })
+}
+
 /// All routes, with `app` as state.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/sse", get(sse::sse))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(api::routes(app.clone()))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+    let mut open = Router::new();
+    let mut keyed = Router::new();
+    for (method, path) in ROUTES {
+        // A ROUTES entry without a handler is caught by a unit test.
+        let Some((h, needs_key)) = handler(method, path) else {
+            continue;
+        };
+        if needs_key {
+            keyed = keyed.route(path, h);
+        } else {
+            open = open.route(path, h);
+        }
+    }
+    open.merge(keyed.route_layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        api::require_key,
+    )))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .with_state(app)
+}
+
+/// The OpenAPI document.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 /// Alive: the process serves HTTP.
@@ -87,4 +149,16 @@ async fn not_found() -> HttpError {
 async fn method_not_allowed() -> HttpError {
     HttpError::new(ErrorCode::BadRequest, "method not allowed on this route")
         .with_status(axum::http::StatusCode::METHOD_NOT_ALLOWED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_a_handler() {
+        for (m, p) in ROUTES {
+            assert!(handler(m, p).is_some(), "{m} {p}");
+        }
+    }
 }
