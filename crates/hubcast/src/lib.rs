@@ -34,6 +34,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

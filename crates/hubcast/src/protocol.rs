@@ -573,9 +573,20 @@ pub struct EnvelopeParts {
     pub source: String,
     /// `data`, raw JSON.
     pub data: String,
+    /// Extension: the W3C trace id the publish came with (32 hex digits).
+    pub trace_id: Option<String>,
 }
 
 impl EnvelopeParts {
+    /// Sets the trace id the envelope carries (32 hex digits; anything else
+    /// is ignored).
+    pub fn with_trace_id(mut self, trace_id: Option<&str>) -> Self {
+        self.trace_id = trace_id
+            .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
+        self
+    }
+
     /// Builds the parts from plain values.
     pub fn new(
         room: &str,
@@ -592,6 +603,7 @@ impl EnvelopeParts {
             event: json_string(event),
             source: json_string(source),
             data: data.to_owned(),
+            trace_id: None,
         }
     }
 
@@ -613,6 +625,12 @@ impl EnvelopeParts {
         s.push_str(&self.event);
         s.push_str(r#","source":"#);
         s.push_str(&self.source);
+        if let Some(t) = &self.trace_id {
+            // Hex digits only: nothing to escape.
+            s.push_str(r#","traceId":""#);
+            s.push_str(t);
+            s.push('"');
+        }
         s.push_str(r#","data":"#);
         s.push_str(&self.data);
         s.push('}');
@@ -630,6 +648,19 @@ impl EnvelopeParts {
         s.push_str(&tail);
         Bytes::from(s)
     }
+}
+
+/// The `traceId` of an envelope, if it has one. Only the fields before
+/// `data` are searched: they are the server's own (strings escaped), so the
+/// first `,"data":` is the envelope's and nothing before it can fake a key.
+pub fn envelope_trace_id(envelope: &[u8]) -> Option<&str> {
+    const DATA: &[u8] = br#","data":"#;
+    const KEY: &[u8] = br#","traceId":""#;
+    let end = envelope.windows(DATA.len()).position(|w| w == DATA)?;
+    let head = &envelope[..end];
+    let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let id = head.get(at..at + 32)?;
+    std::str::from_utf8(id).ok()
 }
 
 /// A presence member as listed in `joined.members` and `presence` replies.
@@ -826,6 +857,39 @@ pub fn as_raw(envelope: &Bytes) -> &RawValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_ids_ride_in_the_envelope_before_data() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let parts = EnvelopeParts::new(
+            "r",
+            "m",
+            1,
+            "e",
+            "s",
+            r#"{"traceId":"ffffffffffffffffffffffffffffffff"}"#,
+        )
+        .with_trace_id(Some(id));
+        let env = parts.encode(1, "ep");
+        let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
+        assert_eq!(v["traceId"], id);
+        assert_eq!(envelope_trace_id(&env), Some(id));
+        // Without one, a `traceId` inside data is not taken for it.
+        let plain = EnvelopeParts::new(
+            "r",
+            "m",
+            1,
+            "e",
+            "s",
+            r#"{"a":1,"traceId":"ffffffffffffffffffffffffffffffff"}"#,
+        )
+        .encode(1, "ep");
+        assert_eq!(envelope_trace_id(&plain), None);
+        // Anything but 32 hex digits is not carried.
+        let odd =
+            EnvelopeParts::new("r", "m", 1, "e", "s", "1").with_trace_id(Some("not-a-trace-id"));
+        assert!(odd.trace_id.is_none());
+    }
 
     fn err_of(text: &str) -> FrameError {
         parse_client_frame(text.as_bytes()).unwrap_err()

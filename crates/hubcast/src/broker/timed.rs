@@ -32,8 +32,16 @@ fn record<T>(op: &'static str, start: Instant, r: &Result<T, BrokerError>) {
         Err(BrokerError::Unavailable(_)) => "unavailable",
         Err(BrokerError::Internal(_)) => "internal",
     };
+    let elapsed = start.elapsed();
     metrics::histogram!(BROKER_LATENCY, "op" => op, "result" => result)
-        .record(start.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
+    // In the caller's span: a request's trace id comes along.
+    tracing::debug!(
+        op,
+        result,
+        elapsed_us = elapsed.as_micros() as u64,
+        "broker operation"
+    );
 }
 
 macro_rules! timed {

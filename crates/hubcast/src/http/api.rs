@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use super::error::HttpError;
 use crate::App;
 use crate::broker::{BrokerError, PresencePage, PublishRequest};
 use crate::protocol::{self, ApiPublish, EnvelopeParts, ErrorCode, Member};
+use crate::trace::RequestTrace;
 
 /// Whether `presented` is one of `keys`, comparing in constant time (every
 /// key is compared, whatever matches).
@@ -134,22 +135,24 @@ struct PublishReply<'a> {
 
 pub async fn publish(
     State(app): State<Arc<App>>,
+    trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
     let body = json_body(&app, &headers, body).await?;
     let req = protocol::parse_api_publish(&body, false).map_err(bad_frame)?;
-    do_publish(&app, req).await
+    do_publish(&app, req, trace.map(|t| t.0)).await
 }
 
 pub async fn send(
     State(app): State<Arc<App>>,
+    trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
     let body = json_body(&app, &headers, body).await?;
     let req = protocol::parse_api_publish(&body, true).map_err(bad_frame)?;
-    do_publish(&app, req).await
+    do_publish(&app, req, trace.map(|t| t.0)).await
 }
 
 fn bad_frame(e: protocol::FrameError) -> HttpError {
@@ -158,7 +161,12 @@ fn bad_frame(e: protocol::FrameError) -> HttpError {
 
 /// Publishes through the broker exactly as a WebSocket publish does (same
 /// envelope, offsets and msgId deduplication).
-async fn do_publish(app: &App, req: ApiPublish<'_>) -> Result<Response, HttpError> {
+/// A caller's `traceparent` travels in the envelope (`traceId`).
+async fn do_publish(
+    app: &App,
+    req: ApiPublish<'_>,
+    trace: Option<RequestTrace>,
+) -> Result<Response, HttpError> {
     let (msg_id, idempotent) = match &req.msg_id {
         Some(m) => (m.to_string(), true),
         None => (uuid::Uuid::now_v7().to_string(), false),
@@ -170,6 +178,12 @@ async fn do_publish(app: &App, req: ApiPublish<'_>) -> Result<Response, HttpErro
         &req.event,
         req.source.as_deref().unwrap_or("api"),
         req.data.get(),
+    )
+    .with_trace_id(
+        trace
+            .as_ref()
+            .filter(|t| t.propagated)
+            .map(|t| t.id.as_str()),
     );
     let result = app
         .broker
@@ -181,6 +195,13 @@ async fn do_publish(app: &App, req: ApiPublish<'_>) -> Result<Response, HttpErro
             skip: None,
         })
         .await?;
+    tracing::debug!(
+        room = %req.room,
+        msg_id = %msg_id,
+        offset = result.offset,
+        duplicate = result.duplicate,
+        "message published"
+    );
     if !result.duplicate {
         crate::metrics::handles().published_http.increment(1);
         app.published

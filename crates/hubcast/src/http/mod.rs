@@ -89,6 +89,7 @@ pub fn router(app: Arc<App>) -> Router {
     )))
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::middleware::from_fn(crate::trace::trace_requests))
     .with_state(app)
 }
 

@@ -142,25 +142,35 @@ pub async fn upgrade(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
-    app.tasks.spawn(async move {
-        // Holds the connection's place in the limits until it ends.
-        let _slot = slot;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(remote = %remote, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let ws = ServerBuilder::new()
-            .limits(Limits::default().max_payload_len(Some(task_app.config.max_message_bytes)))
-            // The writer flushes once per batch itself; never flush early.
-            .config(tokio_websockets::Config::default().flush_threshold(usize::MAX))
-            .serve(TokioIo::new(upgraded));
-        task_app.open_connections.fetch_add(1, Ordering::Relaxed);
-        conn::serve(task_app.clone(), ws, conn, remote).await;
-        task_app.open_connections.fetch_sub(1, Ordering::Relaxed);
-    });
+    // The connection's log lines carry the upgrade request's trace id.
+    let trace_id = req
+        .extensions()
+        .get::<crate::trace::RequestTrace>()
+        .map(|t| t.id.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!("conn", trace_id = %trace_id);
+    app.tasks.spawn(tracing::Instrument::instrument(
+        async move {
+            // Holds the connection's place in the limits until it ends.
+            let _slot = slot;
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(remote = %remote, error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            let ws = ServerBuilder::new()
+                .limits(Limits::default().max_payload_len(Some(task_app.config.max_message_bytes)))
+                // The writer flushes once per batch itself; never flush early.
+                .config(tokio_websockets::Config::default().flush_threshold(usize::MAX))
+                .serve(TokioIo::new(upgraded));
+            task_app.open_connections.fetch_add(1, Ordering::Relaxed);
+            conn::serve(task_app.clone(), ws, conn, remote).await;
+            task_app.open_connections.fetch_sub(1, Ordering::Relaxed);
+        },
+        span,
+    ));
 
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = resp.headers_mut();

@@ -432,6 +432,16 @@ impl BrokerHandler for Hub {
         if delivered > 0 {
             crate::metrics::record_delivery_latency(&publication.envelope);
         }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let trace_id = protocol::envelope_trace_id(&publication.envelope);
+            tracing::debug!(
+                trace_id,
+                room,
+                offset = publication.offset,
+                delivered,
+                "message delivered"
+            );
+        }
     }
 
     fn on_reset(&self, room: &str) {
