@@ -133,26 +133,37 @@ struct PublishReply<'a> {
     duplicate: bool,
 }
 
+/// `POST /api/publish`.
 pub async fn publish(
     State(app): State<Arc<App>>,
     trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let body = json_body(&app, &headers, body).await?;
-    let req = protocol::parse_api_publish(&body, false).map_err(bad_frame)?;
-    do_publish(&app, req, trace.map(|t| t.0)).await
+    publish_body(&app, trace, &headers, body, false).await
 }
 
+/// `POST /api/send`.
 pub async fn send(
     State(app): State<Arc<App>>,
     trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let body = json_body(&app, &headers, body).await?;
-    let req = protocol::parse_api_publish(&body, true).map_err(bad_frame)?;
-    do_publish(&app, req, trace.map(|t| t.0)).await
+    publish_body(&app, trace, &headers, body, true).await
+}
+
+/// Reads, checks and publishes a publish (`send` false) or send body.
+async fn publish_body(
+    app: &App,
+    trace: Option<Extension<RequestTrace>>,
+    headers: &HeaderMap,
+    body: Body,
+    send: bool,
+) -> Result<Response, HttpError> {
+    let body = json_body(app, headers, body).await?;
+    let req = protocol::parse_api_publish(&body, send).map_err(bad_frame)?;
+    do_publish(app, req, trace.map(|t| t.0)).await
 }
 
 fn bad_frame(e: protocol::FrameError) -> HttpError {
@@ -257,35 +268,40 @@ struct HistoryReply<'a> {
     complete: bool,
 }
 
+/// A `since` query value.
+pub(super) fn query_since(v: &str) -> Result<u64, HttpError> {
+    v.parse::<u64>().map_err(|_| {
+        HttpError::new(
+            ErrorCode::BadRequest,
+            "query `since` must be a non-negative integer",
+        )
+    })
+}
+
+/// A `limit` query value (1 to 1000, like the `history` frame's).
+pub(super) fn query_limit(v: &str) -> Result<usize, HttpError> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=protocol::MAX_HISTORY_LIMIT).contains(n))
+        .ok_or_else(|| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "query `limit` must be an integer from 1 to {}",
+                    protocol::MAX_HISTORY_LIMIT
+                ),
+            )
+        })
+}
+
 /// `since` and `limit` of a history query, checked like the frame's.
 fn history_query(q: &[(String, String)]) -> Result<(Option<u64>, usize), HttpError> {
     let mut since = None;
     let mut limit = protocol::DEFAULT_HISTORY_LIMIT;
     for (k, v) in q {
         match k.as_str() {
-            "since" => {
-                since = Some(v.parse::<u64>().map_err(|_| {
-                    HttpError::new(
-                        ErrorCode::BadRequest,
-                        "query `since` must be a non-negative integer",
-                    )
-                })?);
-            }
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=protocol::MAX_HISTORY_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        HttpError::new(
-                            ErrorCode::BadRequest,
-                            format!(
-                                "query `limit` must be an integer from 1 to {}",
-                                protocol::MAX_HISTORY_LIMIT
-                            ),
-                        )
-                    })?;
-            }
+            "since" => since = Some(query_since(v)?),
+            "limit" => limit = query_limit(v)?,
             _ => {}
         }
     }

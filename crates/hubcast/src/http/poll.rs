@@ -110,12 +110,7 @@ fn parse_query(q: &[(String, String)]) -> Result<PollQuery, HttpError> {
     for (k, v) in q {
         match k.as_str() {
             "room" => room = Some(v.clone()),
-            "since" => {
-                since = Some(
-                    v.parse::<u64>()
-                        .map_err(|_| bad("query `since` must be a non-negative integer".into()))?,
-                );
-            }
+            "since" => since = Some(super::api::query_since(v)?),
             "timeout" => {
                 timeout = v
                     .parse::<u64>()
@@ -127,18 +122,7 @@ fn parse_query(q: &[(String, String)]) -> Result<PollQuery, HttpError> {
                         ))
                     })?;
             }
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=protocol::MAX_HISTORY_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "query `limit` must be an integer from 1 to {}",
-                            protocol::MAX_HISTORY_LIMIT
-                        ))
-                    })?;
-            }
+            "limit" => limit = super::api::query_limit(v)?,
             _ => {}
         }
     }
