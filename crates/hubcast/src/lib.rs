@@ -65,8 +65,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Next node-local connection key.
     pub next_conn: AtomicU64,
-    /// WebSocket connections currently open.
-    pub open_connections: AtomicU64,
+    /// Connections open now, by transport.
+    pub open: Arc<metrics::OpenCounts>,
     /// Token verification and the anonymous switch.
     pub auth: auth::Auth,
     /// Connection caps and handshake rates.
@@ -75,31 +75,10 @@ pub struct App {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// When the server started.
     pub started: std::time::Instant,
-    /// Open SSE streams.
-    pub sse_open: Arc<AtomicU64>,
-    /// Polls waiting.
-    pub polls_open: Arc<AtomicU64>,
     /// Messages accepted for publishing on this node since start.
     pub published: AtomicU64,
     /// (time, published, delivered) once a second, for `/api/stats` rates.
     pub samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64, u64)>>,
-}
-
-/// Counts one live thing in a shared counter while it exists.
-pub struct Live(Arc<AtomicU64>);
-
-impl Live {
-    /// Counts one more in `counter` until dropped.
-    pub fn new(counter: &Arc<AtomicU64>) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(counter.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl App {
@@ -195,13 +174,11 @@ pub async fn run_with_broker(
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(1),
-        open_connections: AtomicU64::new(0),
+        open: Arc::default(),
         auth,
         limits,
         metrics,
         started: std::time::Instant::now(),
-        sse_open: Arc::new(AtomicU64::new(0)),
-        polls_open: Arc::new(AtomicU64::new(0)),
         published: AtomicU64::new(0),
         samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
     });

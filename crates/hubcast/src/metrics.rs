@@ -6,7 +6,8 @@
 //! itself, so they cannot drift. Histograms get explicit buckets, so they
 //! render as Prometheus histograms, not summaries.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -198,21 +199,72 @@ pub fn handles() -> &'static Handles {
     })
 }
 
-/// Counts one open connection of a transport while it lives.
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket.
+    Ws,
+    /// A Server-Sent Events stream.
+    Sse,
+    /// A long poll waiting.
+    Poll,
+}
+
+impl Transport {
+    /// The `transport` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+/// Open connections per transport on this server (for `/api/stats`; the
+/// Prometheus gauge is process-wide and cannot be read back).
+#[derive(Debug, Default)]
+pub struct OpenCounts {
+    ws: AtomicU64,
+    sse: AtomicU64,
+    poll: AtomicU64,
+}
+
+impl OpenCounts {
+    /// Connections of `transport` open now.
+    pub fn get(&self, transport: Transport) -> u64 {
+        self.slot(transport).load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, transport: Transport) -> &AtomicU64 {
+        match transport {
+            Transport::Ws => &self.ws,
+            Transport::Sse => &self.sse,
+            Transport::Poll => &self.poll,
+        }
+    }
+}
+
+/// Counts one open connection of a transport while it lives: in the
+/// server's [`OpenCounts`] and in the Prometheus metrics.
 pub struct OpenConnection {
-    transport: &'static str,
+    transport: Transport,
+    counts: Arc<OpenCounts>,
     /// Close reason label, set before the drop.
     pub reason: &'static str,
 }
 
 impl OpenConnection {
     /// Counts a connection opened now.
-    pub fn new(transport: &'static str) -> Self {
+    pub fn new(transport: Transport, counts: &Arc<OpenCounts>) -> Self {
         let _ = handles();
-        metrics::counter!(CONNECTIONS_OPENED, "transport" => transport).increment(1);
-        metrics::gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
+        let label = transport.as_str();
+        counts.slot(transport).fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(CONNECTIONS_OPENED, "transport" => label).increment(1);
+        metrics::gauge!(CONNECTIONS, "transport" => label).increment(1.0);
         Self {
             transport,
+            counts: counts.clone(),
             reason: "normal",
         }
     }
@@ -220,8 +272,12 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        metrics::gauge!(CONNECTIONS, "transport" => self.transport).decrement(1.0);
-        metrics::counter!(CONNECTIONS_CLOSED, "transport" => self.transport, "reason" => self.reason)
+        let label = self.transport.as_str();
+        self.counts
+            .slot(self.transport)
+            .fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(CONNECTIONS, "transport" => label).decrement(1.0);
+        metrics::counter!(CONNECTIONS_CLOSED, "transport" => label, "reason" => self.reason)
             .increment(1);
     }
 }

@@ -91,7 +91,7 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let opened = Instant::now();
-    let mut counted = crate::metrics::OpenConnection::new("ws");
+    let mut counted = crate::metrics::OpenConnection::new(crate::metrics::Transport::Ws, &app.open);
     tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, "connection opened");
     conn.out.push(protocol::encode(&out::Welcome {
         ty: "welcome",

@@ -366,9 +366,10 @@ pub async fn user_status(
 pub async fn stats(State(app): State<Arc<App>>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let (published_rate, delivered_rate) = app.rates();
-    let ws = app.open_connections.load(Relaxed);
-    let sse = app.sse_open.load(Relaxed);
-    let poll = app.polls_open.load(Relaxed);
+    use crate::metrics::Transport;
+    let ws = app.open.get(Transport::Ws);
+    let sse = app.open.get(Transport::Sse);
+    let poll = app.open.get(Transport::Poll);
     Json(serde_json::json!({
         "node": app.config.node_id,
         "broker": app.broker.name(),

@@ -158,8 +158,7 @@ pub async fn poll(
         }
     };
     app.hub.finish_join(&sub, &room, q.since, &rec, None);
-    let _counted = crate::metrics::OpenConnection::new("poll");
-    let _live = crate::Live::new(&app.polls_open);
+    let _counted = crate::metrics::OpenConnection::new(crate::metrics::Transport::Poll, &app.open);
     let _guard = TapGuard {
         app: app.clone(),
         tap: tap.clone(),

@@ -87,7 +87,6 @@ struct Stream {
     _slot: super::limits::ConnSlot,
     /// Counts the stream as an open `sse` connection.
     _counted: crate::metrics::OpenConnection,
-    _live: crate::Live,
     queue: VecDeque<Bytes>,
     heartbeat: tokio::time::Interval,
     expires: Option<tokio::time::Instant>,
@@ -238,8 +237,7 @@ pub async fn sse(
         tap,
         _guard: guard,
         _slot: slot,
-        _counted: crate::metrics::OpenConnection::new("sse"),
-        _live: crate::Live::new(&app.sse_open),
+        _counted: crate::metrics::OpenConnection::new(crate::metrics::Transport::Sse, &app.open),
         queue: VecDeque::new(),
         heartbeat,
         expires: caller.expires,

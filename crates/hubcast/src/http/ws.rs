@@ -165,9 +165,7 @@ pub async fn upgrade(
                 // The writer flushes once per batch itself; never flush early.
                 .config(tokio_websockets::Config::default().flush_threshold(usize::MAX))
                 .serve(TokioIo::new(upgraded));
-            task_app.open_connections.fetch_add(1, Ordering::Relaxed);
             conn::serve(task_app.clone(), ws, conn, remote).await;
-            task_app.open_connections.fetch_sub(1, Ordering::Relaxed);
         },
         span,
     ));
