@@ -82,6 +82,32 @@ pub struct App {
 }
 
 impl App {
+    /// A room's presence as every reply lists it: nobody for a personal
+    /// room, else the first `max_presence_members` and the total.
+    pub async fn presence_page(
+        &self,
+        room: &str,
+    ) -> Result<broker::PresencePage, broker::BrokerError> {
+        if protocol::is_personal(room) {
+            return Ok(broker::PresencePage::default());
+        }
+        self.broker
+            .presence(room, self.config.max_presence_members)
+            .await
+    }
+
+    /// Counts a message accepted for publishing (a duplicate is not one)
+    /// for `/metrics` and `/api/stats`.
+    pub fn count_published(&self, entry: metrics::Entry) {
+        let m = metrics::handles();
+        match entry {
+            metrics::Entry::Ws => m.published_ws.increment(1),
+            metrics::Entry::Http => m.published_http.increment(1),
+        }
+        self.published
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Records one rate sample (published, delivered) now.
     fn sample(&self) {
         let now = std::time::Instant::now();

@@ -221,6 +221,15 @@ impl Transport {
     }
 }
 
+/// Where a publish came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A WebSocket `publish` or `send` frame.
+    Ws,
+    /// `POST /api/publish` or `/api/send`.
+    Http,
+}
+
 /// Open connections per transport on this server (for `/api/stats`; the
 /// Prometheus gauge is process-wide and cannot be read back).
 #[derive(Debug, Default)]

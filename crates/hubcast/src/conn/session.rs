@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::Conn;
 use super::limit::{FrameLimiter, Verdict};
 use crate::App;
-use crate::broker::{BrokerError, ClientInfo, PresencePage, PublishRequest};
+use crate::broker::{BrokerError, ClientInfo, PublishRequest};
 use crate::hub::Subscriber;
 use crate::protocol::{self, ClientFrame, EnvelopeParts, ErrorCode, FrameError, out};
 
@@ -259,14 +259,7 @@ impl Session {
             }
             ClientFrame::Presence { room } => {
                 self.check_room(&room, "see presence of")?;
-                let page = if protocol::is_personal(&room) {
-                    PresencePage::default()
-                } else {
-                    self.app
-                        .broker
-                        .presence(&room, self.app.config.max_presence_members)
-                        .await?
-                };
+                let page = self.app.presence_page(&room).await?;
                 self.push(protocol::encode(&out::PresenceReply {
                     ty: "presence",
                     id,
@@ -351,14 +344,7 @@ impl Session {
             if !personal && !already {
                 self.app.broker.presence_join(room, &self.info).await?;
             }
-            let page = if personal {
-                PresencePage::default()
-            } else {
-                self.app
-                    .broker
-                    .presence(room, self.app.config.max_presence_members)
-                    .await?
-            };
+            let page = self.app.presence_page(room).await?;
             Ok::<_, BrokerError>((rec, page))
         }
         .await;
@@ -445,9 +431,7 @@ impl Session {
             match app.broker.publish(req).await {
                 Ok(result) => {
                     if !result.duplicate {
-                        crate::metrics::handles().published_ws.increment(1);
-                        app.published
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        app.count_published(crate::metrics::Entry::Ws);
                     }
                     protocol::encode(&out::Ack {
                         ty: "ack",

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::HttpError;
 use crate::App;
-use crate::broker::{BrokerError, PresencePage, PublishRequest};
+use crate::broker::{BrokerError, PublishRequest};
 use crate::protocol::{self, ApiPublish, EnvelopeParts, ErrorCode, Member};
 use crate::trace::RequestTrace;
 
@@ -214,9 +214,7 @@ async fn do_publish(
         "message published"
     );
     if !result.duplicate {
-        crate::metrics::handles().published_http.increment(1);
-        app.published
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.count_published(crate::metrics::Entry::Http);
     }
     Ok(Json(PublishReply {
         msg_id: &msg_id,
@@ -245,13 +243,7 @@ pub async fn presence(
     Path(room): Path<String>,
 ) -> Result<Response, HttpError> {
     valid_room(&room)?;
-    let page = if protocol::is_personal(&room) {
-        PresencePage::default()
-    } else {
-        app.broker
-            .presence(&room, app.config.max_presence_members)
-            .await?
-    };
+    let page = app.presence_page(&room).await?;
     Ok(Json(PresenceReply {
         room: &room,
         members: &page.members,
