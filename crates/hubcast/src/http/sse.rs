@@ -24,7 +24,6 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::origin;
 use super::poll::{Tap, TapGuard, is_message};
 use crate::App;
 use crate::hub::Subscriber;
@@ -132,20 +131,8 @@ pub async fn sse(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
-    if app.shutdown.is_cancelled() {
-        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
-    }
-    let slot = app.limits.admit(remote.ip())?;
-    if let Some(o) = headers.get(header::ORIGIN) {
-        let o = o.to_str().unwrap_or("null");
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !origin::allowed(o, host, &app.config.allowed_origins) {
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!("origin {o} is not allowed (see allowed_origins)"),
-            ));
-        }
-    }
+    let slot = super::ws::admit(&app, remote)?;
+    super::ws::check_origin(&app, &headers, remote)?;
     let rooms: Vec<String> = query
         .get("rooms")
         .map(|r| {

@@ -52,12 +52,7 @@ pub async fn upgrade(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     mut req: Request,
 ) -> Result<Response, HttpError> {
-    if app.shutdown.is_cancelled() {
-        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
-    }
-    let slot = app.limits.admit(remote.ip()).inspect_err(|e| {
-        tracing::info!(remote = %remote, reason = %e.message, "handshake refused: limit");
-    })?;
+    let slot = admit(&app, remote)?;
     let headers = req.headers();
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
@@ -95,17 +90,7 @@ pub async fn upgrade(
             ));
         }
     };
-    if let Some(o) = headers.get(header::ORIGIN) {
-        let o = o.to_str().unwrap_or("null");
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !origin::allowed(o, host, &app.config.allowed_origins) {
-            tracing::info!(origin = o, remote = %remote, "handshake refused: origin not allowed");
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!("origin {o} is not allowed (see allowed_origins)"),
-            ));
-        }
-    }
+    check_origin(&app, headers, remote)?;
     let subprotocol = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -186,6 +171,38 @@ pub async fn upgrade(
         );
     }
     Ok(resp)
+}
+
+/// The first check of every long-lived connection (WebSocket, SSE): not
+/// shutting down (503), then the connection limits (503/429); the returned
+/// slot holds the connection's place.
+pub fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<super::limits::ConnSlot, HttpError> {
+    if app.shutdown.is_cancelled() {
+        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
+    }
+    app.limits.admit(remote.ip()).inspect_err(|e| {
+        tracing::info!(remote = %remote, reason = %e.message, "handshake refused: limit");
+    })
+}
+
+/// A browser origin outside `allowed_origins` is refused (403).
+pub fn check_origin(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    remote: SocketAddr,
+) -> Result<(), HttpError> {
+    if let Some(o) = headers.get(header::ORIGIN) {
+        let o = o.to_str().unwrap_or("null");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin::allowed(o, host, &app.config.allowed_origins) {
+            tracing::info!(origin = o, remote = %remote, "handshake refused: origin not allowed");
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!("origin {o} is not allowed (see allowed_origins)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Who is connecting, from a token or anonymously.
