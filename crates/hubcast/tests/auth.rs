@@ -308,7 +308,7 @@ fn token_command_prints_a_token_the_server_accepts() {
 async fn tokens_and_api_keys_never_reach_the_logs() {
     const API_KEY: &str = "api-key-that-must-not-be-logged";
     let port = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
         .args([
             "serve",
             "--listen",
@@ -323,15 +323,7 @@ async fn tokens_and_api_keys_never_reach_the_logs() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for(port, "/healthz").await;
     let good = hs256(json!({"sub":"logan","exp":now() + 60}));
     let c = Client::connect(&format!("ws://127.0.0.1:{port}/ws?token={good}")).await;
     let bad = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2VjcmV0LXNpZ25hdHVyZQ";
@@ -348,22 +340,8 @@ async fn tokens_and_api_keys_never_reach_the_logs() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        child.wait().unwrap();
-        let mut s = String::new();
-        use std::io::Read;
-        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-        s
-    })
-    .await
-    .unwrap();
+    common::send_term(&child);
+    let (_, out) = common::wait_stderr(child).await;
     assert!(out.contains("handshake refused"), "{out}");
     assert!(
         !out.contains(&good) && !out.contains(bad),

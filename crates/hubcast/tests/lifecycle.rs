@@ -221,7 +221,7 @@ fn hubcast() -> Command {
 #[tokio::test]
 async fn binary_serves_and_exits_0_on_sigterm_after_closing_with_1001() {
     let port = common::free_port();
-    let mut child = hubcast()
+    let child = hubcast()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("HUBCAST_HEARTBEAT", "30")
         .stdout(Stdio::null())
@@ -229,48 +229,17 @@ async fn binary_serves_and_exits_0_on_sigterm_after_closing_with_1001() {
         .spawn()
         .unwrap();
     let url = format!("ws://127.0.0.1:{port}/ws");
-    let mut up = false;
-    for _ in 0..100 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "hubcast serve did not come up");
+    common::wait_for(port, "/healthz").await;
     let mut c = common::Client::connect(&url).await;
     assert_eq!(c.welcome["heartbeat"], 30, "environment variables are read");
     // A message body never reaches the logs at info level.
     c.call(json!({"type":"publish","room":"r","event":"e","data":"BODY-7f3a9c-SECRET"}))
         .await;
-    let pid = child.id().to_string();
     let t0 = std::time::Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::send_term(&child);
     let (code, _, _) = c.until_close().await;
     assert_eq!(code, Some(1001));
-    let status = tokio::task::spawn_blocking(move || {
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        use std::io::Read;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status, err)
-    })
-    .await
-    .unwrap();
+    let status = common::wait_stderr(child).await;
     assert!(status.0.success(), "exit status {:?}", status.0);
     assert!(
         t0.elapsed() < Duration::from_secs(8),

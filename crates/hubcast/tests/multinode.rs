@@ -29,18 +29,6 @@ async fn cluster(n: usize) -> Vec<Server> {
     nodes
 }
 
-/// Reads messages of `room` until `count` arrived; returns them.
-async fn messages(c: &mut Client, room: &str, count: usize) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < count {
-        let v = c.recv().await;
-        if v["type"] == "message" && v["room"] == room {
-            got.push(v);
-        }
-    }
-    got
-}
-
 #[tokio::test]
 async fn a_message_published_on_one_node_reaches_subscribers_on_all() {
     let nodes = cluster(3).await;
@@ -54,7 +42,7 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_all() {
     let ack = p.publish("x", json!({"hello": "world"})).await;
     assert_eq!(ack["offset"], 1);
     for (i, c) in subs.iter_mut().enumerate() {
-        let m = messages(c, "x", 1).await;
+        let m = c.messages("x", 1).await;
         assert_eq!(m[0]["offset"], 1, "node {i}");
         assert_eq!(m[0]["data"], json!({"hello": "world"}));
         assert_eq!(m[0]["msgId"], ack["msgId"]);
@@ -91,7 +79,7 @@ async fn concurrent_publishers_on_every_node_give_one_gapless_order() {
     }
     let mut first: Option<Vec<Value>> = None;
     for c in &mut subs {
-        let got = messages(c, "order", 2 * EACH).await;
+        let got = c.messages("order", 2 * EACH).await;
         for (k, m) in got.iter().enumerate() {
             assert_eq!(m["offset"], k as u64 + 1, "gapless, in offset order");
         }
@@ -116,7 +104,7 @@ async fn recovery_on_another_node_than_the_one_left() {
     for i in 1..=5 {
         p.publish("rec", json!(i)).await;
     }
-    let seen = messages(&mut c, "rec", 5).await;
+    let seen = c.messages("rec", 5).await;
     let last = seen[4]["offset"].as_u64().unwrap();
     c.close().await;
     for i in 6..=12 {
@@ -127,7 +115,7 @@ async fn recovery_on_another_node_than_the_one_left() {
         .request(json!({"type":"join","room":"rec","since":last,"epoch":epoch}))
         .await;
     assert_eq!(j["recovered"], true, "{j}");
-    let got = messages(&mut c2, "rec", 7).await;
+    let got = c2.messages("rec", 7).await;
     let offs: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
     assert_eq!(offs, (6..=12).collect::<Vec<u64>>());
     // History reads the same from either node.
@@ -157,7 +145,7 @@ async fn idempotent_publish_across_nodes() {
     assert_eq!(first["duplicate"], false);
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["offset"], first["offset"]);
-    let m = messages(&mut sub, "idem", 1).await;
+    let m = sub.messages("idem", 1).await;
     assert_eq!(m[0]["msgId"], "once");
     sub.silent_for(Duration::from_millis(300)).await;
     for n in nodes {
@@ -294,7 +282,7 @@ async fn an_http_publish_on_one_node_reaches_websockets_on_the_others() {
         .unwrap();
     assert_eq!(ack["offset"], 1, "{ack}");
     for c in subs.iter_mut() {
-        let m = messages(c, "api-x", 1).await;
+        let m = c.messages("api-x", 1).await;
         assert_eq!(m[0]["msgId"], "h-1");
         assert_eq!(m[0]["data"], "from-http");
         assert_eq!(m[0]["source"], "api");

@@ -18,18 +18,6 @@ async fn poll(s: &Server, query: &str) -> (u16, Value) {
     (st, r.json().await.unwrap())
 }
 
-async fn publish(s: &Server, room: &str, data: Value) -> Value {
-    reqwest::Client::new()
-        .post(s.http("/api/publish"))
-        .json(&json!({"room":room,"event":"e","data":data}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn offsets(v: &Value) -> Vec<u64> {
     v["messages"]
         .as_array()
@@ -70,7 +58,7 @@ both_engines! {
     async fn messages_already_there_are_answered_at_once(engine) {
         let s = Server::on(engine).await;
         for i in 1..=3 {
-            publish(&s, "now", json!(i)).await;
+            s.api_publish("now", json!(i)).await;
         }
         let (st, v) = poll(&s, "room=now&since=1&timeout=30").await;
         assert_eq!(st, 200);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{Client, Server};
 use hubcast::config::{BrokerKind, Config};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A three-master Redis Cluster in a scratch directory, stopped on drop.
 struct RedisCluster {
@@ -220,18 +220,6 @@ fn rooms_on_every_master(cluster: &RedisCluster, prefix_probe: &str) -> Vec<Stri
     panic!("no room found on some master");
 }
 
-/// Messages of `room` until `count` arrived.
-async fn messages(c: &mut Client, room: &str, count: usize) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < count {
-        let v = c.recv().await;
-        if v["type"] == "message" && v["room"] == room {
-            got.push(v);
-        }
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_on_every_master_deliver_across_nodes_in_one_order() {
     let cluster = RedisCluster::start();
@@ -312,7 +300,7 @@ async fn recovery_idempotency_history_and_presence_on_a_cluster() {
         for i in 1..=3 {
             p.publish(&room, json!(i)).await;
         }
-        let seen = messages(&mut c, &room, 3).await;
+        let seen = c.messages(&room, 3).await;
         let last = seen[2]["offset"].as_u64().unwrap();
         c.close().await;
         for i in 4..=9 {
@@ -323,7 +311,7 @@ async fn recovery_idempotency_history_and_presence_on_a_cluster() {
             .request(json!({"type":"join","room":&room,"since":last,"epoch":epoch}))
             .await;
         assert_eq!(j["recovered"], true, "{room}: {j}");
-        let got = messages(&mut c2, &room, 6).await;
+        let got = c2.messages(&room, 6).await;
         let offs: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
         assert_eq!(offs, (4..=9).collect::<Vec<u64>>(), "{room}");
 

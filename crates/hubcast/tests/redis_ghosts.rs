@@ -35,15 +35,7 @@ async fn a_killed_node_leaves_no_ghost_presence() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for(port, "/readyz").await;
     let survivor = Server::with_config(
         Config {
             node_id: "survivor".into(),

@@ -93,18 +93,6 @@ impl Sse {
     }
 }
 
-async fn publish(s: &Server, room: &str, data: Value) -> Value {
-    reqwest::Client::new()
-        .post(s.http("/api/publish"))
-        .json(&json!({"room":room,"event":"e","data":data}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 both_engines! {
     #[tokio::test]
     async fn sse_gets_the_same_envelopes_with_room_offset_ids(engine) {
@@ -119,7 +107,7 @@ both_engines! {
         }
         joined.sort();
         assert_eq!(joined, ["a", "b"]);
-        let ack = publish(&s, "a", json!("one")).await;
+        let ack = s.api_publish("a", json!("one")).await;
         let mut ws = s.client().await;
         let ack_b = ws.publish("b", json!("two")).await;
         let (id, m) = sse.message().await;
@@ -140,7 +128,7 @@ both_engines! {
         let mut sse = Sse::open(&s, "rooms=feed", None).await;
         sse.next().await; // joined
         for i in 1..=3 {
-            publish(&s, "feed", json!(i)).await;
+            s.api_publish("feed", json!(i)).await;
         }
         let mut last = String::new();
         for i in 1..=3 {
@@ -151,7 +139,7 @@ both_engines! {
         drop(sse);
         // Published while the browser was away.
         for i in 4..=7 {
-            publish(&s, "feed", json!(i)).await;
+            s.api_publish("feed", json!(i)).await;
         }
         let mut sse = Sse::open(&s, "rooms=feed", Some(&last)).await;
         let (_, j) = sse.next().await;
@@ -166,13 +154,13 @@ both_engines! {
             got,
             (4..=7).map(|i| (format!("feed:{i}"), i)).collect::<Vec<_>>()
         );
-        publish(&s, "feed", json!(8)).await;
+        s.api_publish("feed", json!(8)).await;
         let (id, _) = sse.message().await;
         assert_eq!(id, "feed:8", "live again after the replay, no duplicate");
 
         // `since` resumes several rooms at once.
-        publish(&s, "other", json!("x")).await;
-        publish(&s, "other", json!("y")).await;
+        s.api_publish("other", json!("x")).await;
+        s.api_publish("other", json!("y")).await;
         let mut sse = Sse::open(&s, "rooms=feed,other&since=feed:7,other:1", None).await;
         let mut ids = Vec::new();
         while ids.len() < 2 {

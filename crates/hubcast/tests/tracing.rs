@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::Client;
 use serde_json::{Value, json};
@@ -25,37 +24,10 @@ fn start(port: u16, prefix: &str, node: &str) -> Child {
         .unwrap()
 }
 
-async fn ready(port: u16) {
-    for _ in 0..200 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node on {port} not ready");
-}
-
 /// Stops a node with SIGTERM and returns its JSON log lines.
-async fn stop(mut child: Child) -> Vec<Value> {
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        child.wait().unwrap();
-        let mut s = String::new();
-        use std::io::Read;
-        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-        s
-    })
-    .await
-    .unwrap();
+async fn stop(child: Child) -> Vec<Value> {
+    common::send_term(&child);
+    let (_, out) = common::wait_stderr(child).await;
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
@@ -75,8 +47,8 @@ async fn a_traceparent_follows_the_message_across_nodes() {
     let (pa, pb) = (common::free_port(), common::free_port());
     let a = start(pa, &prefix, "trace-a");
     let b = start(pb, &prefix, "trace-b");
-    ready(pa).await;
-    ready(pb).await;
+    common::wait_for(pa, "/readyz").await;
+    common::wait_for(pb, "/readyz").await;
 
     let mut sub = Client::connect(&format!("ws://127.0.0.1:{pb}/ws")).await;
     sub.join_quiet("traced").await;

@@ -41,6 +41,51 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until `http://127.0.0.1:{port}{path}` answers 200 (a `hubcast
+/// serve` child coming up); panics after 10 s.
+pub async fn wait_for(port: u16, path: &str) {
+    for _ in 0..200 {
+        if reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing answered 200 on 127.0.0.1:{port}{path}");
+}
+
+/// Sends SIGTERM to a child process.
+pub fn send_term(child: &std::process::Child) {
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Waits for a child to exit; returns its status and what it wrote to
+/// its (piped) stderr.
+pub async fn wait_stderr(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap()
+}
+
 /// A key prefix no other test uses.
 pub fn unique_prefix() -> String {
     format!("hubcast-test-{}", uuid::Uuid::new_v4().simple())
@@ -148,6 +193,19 @@ impl Server {
 
     pub async fn on(engine: Engine) -> Server {
         Server::start_on(engine, |_| {}).await
+    }
+
+    /// `POST /api/publish` of `data` as event `e`; returns the reply.
+    pub async fn api_publish(&self, room: &str, data: Value) -> Value {
+        reqwest::Client::new()
+            .post(self.http("/api/publish"))
+            .json(&json!({"room":room,"event":"e","data":data}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub fn ws_url(&self) -> String {
@@ -309,6 +367,19 @@ impl Client {
             .await;
         assert_eq!(v["type"], "ack", "{v}");
         v
+    }
+
+    /// Reads messages of `room` until `count` arrived (other frames are
+    /// skipped); returns them.
+    pub async fn messages(&mut self, room: &str, count: usize) -> Vec<Value> {
+        let mut got = Vec::new();
+        while got.len() < count {
+            let v = self.recv().await;
+            if v["type"] == "message" && v["room"] == room {
+                got.push(v);
+            }
+        }
+        got
     }
 
     /// Asserts that no text frame arrives within `d`.
