@@ -209,29 +209,25 @@ pub async fn run_with_broker(
         samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
     });
     {
-        // Rates for /api/stats: a sample a second, the last 10 s kept.
+        // Once a second: a rate sample for /api/stats (the last 10 s are
+        // kept); every fifth second, the metrics upkeep (histograms keep raw
+        // samples until it folds them into buckets, scraped or not).
         let app = app.clone();
         let stop = shutdown.clone();
         app.clone().tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n: u64 = 0;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => app.sample(),
+                    _ = tick.tick() => {}
                 }
-            }
-        });
-    }
-    if let Some(handle) = app.metrics.clone() {
-        // Histograms keep raw samples until upkeep folds them into buckets:
-        // do it regularly even when nobody scrapes.
-        let stop = shutdown.clone();
-        app.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => handle.run_upkeep(),
+                app.sample();
+                n += 1;
+                if n.is_multiple_of(5)
+                    && let Some(handle) = &app.metrics
+                {
+                    handle.run_upkeep();
                 }
             }
         });
