@@ -19,6 +19,7 @@
 //!   reader/writer loops (heartbeats, batching, close codes), and the
 //!   per-connection protocol session.
 //! - [`http`]: routes (`/ws` upgrade, health), origin checks, JSON errors.
+//! - [`bench`]: `hubcast bench`, the load tool (scenarios over real sockets).
 //! - [`run`]: wires it together and serves until the shutdown token fires.
 //!
 //! A message's life: `conn::session` parses a `publish`, the broker assigns
@@ -27,6 +28,7 @@
 //! its whole queue in one batch.
 
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod conn;

@@ -1,4 +1,5 @@
-//! The `hubcast` command: `hubcast serve` runs the server.
+//! The `hubcast` command: `hubcast serve` runs the server, `hubcast bench`
+//! loads it, `hubcast token` mints a test token.
 
 use std::process::ExitCode;
 
@@ -22,6 +23,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print an HS256 connection token, for tests and demos.
     Token(TokenArgs),
+    /// Load scenarios against hubcast nodes (fan-out, idle, churn, flood, poll-vs-ws).
+    Bench(hubcast::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
+        Command::Bench(args) => hubcast::bench::main(args),
     }
 }
 

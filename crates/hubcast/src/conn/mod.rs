@@ -130,7 +130,14 @@ where
                     ReadEnd::Protocol(_) => conn.out.close(1002, "protocol error"),
                     _ => conn.out.close(close::NORMAL, ""),
                 }
-                let _ = timeout(CLOSE_GRACE, &mut writer).await;
+                // A slow consumer that kept sending gets the same time to
+                // read its 4000 as one that did not.
+                let grace = if conn.out.closing().is_some_and(|c| c.code == close::SLOW_CONSUMER) {
+                    SLOW_CLOSE_GRACE
+                } else {
+                    CLOSE_GRACE
+                };
+                let _ = timeout(grace, &mut writer).await;
                 end
             }
             _ = &mut writer => {
@@ -174,6 +181,10 @@ where
     );
 }
 
+/// Frames read after the server decided to close, waiting for the client's
+/// close reply, before it stops reading altogether.
+const FRAMES_WHILE_CLOSING: u32 = 64;
+
 async fn read_loop<S>(
     stream: &mut S,
     mut session: Option<&mut Session>,
@@ -190,6 +201,7 @@ where
     let mut last_seen = Instant::now();
     let deadline = tokio::time::sleep_until(last_seen + idle);
     tokio::pin!(deadline);
+    let mut ignored = 0u32;
     loop {
         let pending = session.as_deref().is_some_and(Session::has_pending);
         let next = tokio::select! {
@@ -226,7 +238,12 @@ where
             return ReadEnd::Peer(None);
         }
         if conn.out.closing().is_some() {
-            // Closing: read on only to see the client's close reply.
+            // Closing: read on only to see the client's close reply. A client
+            // that keeps sending instead (a flood) is not read any further.
+            ignored += 1;
+            if ignored > FRAMES_WHILE_CLOSING {
+                return ReadEnd::Closing;
+            }
             continue;
         }
         let Some(session) = session.as_deref_mut() else {

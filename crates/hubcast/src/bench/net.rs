@@ -1,0 +1,358 @@
+//! Load-side connections: WebSocket and HTTP/1.1 over TCP streams that
+//! count their bytes, bound to source addresses spread over 127.0.0.x so a
+//! run can open more connections than one address has ports.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_websockets::{ClientBuilder, Message, Payload, WebSocketStream};
+
+/// Bytes moved by a group of connections (all subscribers of a run, say).
+#[derive(Default)]
+pub struct Wire {
+    /// Bytes read from the server.
+    pub read: AtomicU64,
+    /// Bytes written to the server.
+    pub written: AtomicU64,
+}
+
+/// A stream that adds what passes through it to a [`Wire`].
+pub struct Counted<S> {
+    inner: S,
+    wire: Arc<Wire>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.wire.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wire.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wire.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One server node as the load tool sees it.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The WebSocket URL (`ws://host:port/ws`).
+    pub ws_url: String,
+}
+
+impl Node {
+    /// A node from its WebSocket URL (`ws://127.0.0.1:8080/ws`).
+    pub fn from_url(url: &str) -> anyhow::Result<Node> {
+        let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+        if uri.scheme_str() != Some("ws") {
+            bail!("{url}: the bench tool speaks ws:// (put TLS in front of it separately)");
+        }
+        let host = uri.host().ok_or_else(|| anyhow!("{url}: no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let ip: std::net::IpAddr = host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse()
+            .with_context(|| format!("{url}: the host must be an IP address"))?;
+        Ok(Node {
+            addr: SocketAddr::new(ip, port),
+            ws_url: url.to_string(),
+        })
+    }
+}
+
+/// How connections are opened: source addresses and credentials.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    /// Spread connections over 127.0.0.1 .. 127.0.0.N (1: the default route).
+    pub src_ips: u32,
+    /// Connection token (`Authorization: Bearer`), when the server wants one.
+    pub token: Option<String>,
+    /// API key for `/api/*`.
+    pub api_key: Option<String>,
+}
+
+/// The source address for connection `i`.
+pub fn source_ip(i: usize, n: u32) -> Ipv4Addr {
+    let k = (i % n.max(1) as usize) as u32;
+    Ipv4Addr::new(127, 0, (k / 250) as u8, (1 + k % 250) as u8)
+}
+
+impl Dialer {
+    async fn tcp(&self, node: &Node, i: usize) -> anyhow::Result<TcpStream> {
+        let sock = match node.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if self.src_ips > 1 && node.addr.is_ipv4() && node.addr.ip().is_loopback() {
+            sock.bind(SocketAddr::new(source_ip(i, self.src_ips).into(), 0))
+                .context("bind a source address")?;
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(30), sock.connect(node.addr))
+            .await
+            .map_err(|_| anyhow!("connect to {}: timed out", node.addr))?
+            .with_context(|| format!("connect to {}", node.addr))?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// A WebSocket connection as user `name` (anonymous servers take the
+    /// name from the query), the `welcome` frame already read.
+    pub async fn ws(
+        &self,
+        node: &Node,
+        i: usize,
+        name: &str,
+        wire: &Arc<Wire>,
+    ) -> anyhow::Result<Ws> {
+        let tcp = self.tcp(node, i).await?;
+        let sep = if node.ws_url.contains('?') { '&' } else { '?' };
+        let mut b = ClientBuilder::new().uri(&format!("{}{sep}name={name}", node.ws_url))?;
+        if let Some(t) = &self.token {
+            b = b.add_header(hyper::header::AUTHORIZATION, format!("Bearer {t}").parse()?)?;
+        }
+        let stream = Counted {
+            inner: tcp,
+            wire: wire.clone(),
+        };
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(30), b.connect_on(stream))
+            .await
+            .map_err(|_| anyhow!("WebSocket handshake timed out"))??;
+        let mut ws = Ws(ws);
+        ws.await_type("welcome").await?;
+        Ok(ws)
+    }
+
+    /// An HTTP/1.1 keep-alive connection.
+    pub async fn http(&self, node: &Node, i: usize, wire: &Arc<Wire>) -> anyhow::Result<Http> {
+        let tcp = self.tcp(node, i).await?;
+        let io = TokioIo::new(Counted {
+            inner: tcp,
+            wire: wire.clone(),
+        });
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Http {
+            send,
+            driver,
+            host: node.addr.to_string(),
+            api_key: self.api_key.clone(),
+        })
+    }
+}
+
+/// A load-side WebSocket.
+pub struct Ws(pub WebSocketStream<Counted<TcpStream>>);
+
+/// What a WebSocket read gave.
+pub enum Frame {
+    /// A text frame's payload.
+    Text(Payload),
+    /// The server closed the connection (close code, 1006 when it just went away).
+    Closed(u16),
+}
+
+impl Ws {
+    /// Sends one text frame.
+    pub async fn send(&mut self, text: String) -> anyhow::Result<()> {
+        use futures_util::SinkExt;
+        self.0.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// The next text frame, or how the connection ended.
+    pub async fn next_frame(&mut self) -> Frame {
+        loop {
+            match self.0.next().await {
+                Some(Ok(m)) if m.is_text() => {
+                    return Frame::Text(m.into_payload());
+                }
+                Some(Ok(m)) if m.is_close() => {
+                    return Frame::Closed(m.as_close().map_or(1005, |(c, _)| c.into()));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Frame::Closed(1006),
+            }
+        }
+    }
+
+    /// Reads until a frame of type `typ` arrives (30 s at most).
+    pub async fn await_type(&mut self, typ: &str) -> anyhow::Result<Payload> {
+        let want = format!("\"type\":\"{typ}\"");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, self.next_frame()).await {
+                Err(_) => bail!("no `{typ}` frame within 30 s"),
+                Ok(Frame::Closed(code)) => bail!("closed with {code} while waiting for `{typ}`"),
+                Ok(Frame::Text(t)) => {
+                    if t.windows(want.len()).any(|w| w == want.as_bytes()) {
+                        return Ok(t);
+                    }
+                    if t.starts_with(br#"{"type":"error""#) && !typ.is_empty() {
+                        bail!(
+                            "error while waiting for `{typ}`: {}",
+                            String::from_utf8_lossy(&t)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Joins `room` and waits for `joined`.
+    pub async fn join(&mut self, room: &str) -> anyhow::Result<()> {
+        self.send(format!(r#"{{"type":"join","id":1,"room":"{room}"}}"#))
+            .await?;
+        self.await_type("joined").await.map(|_| ())
+    }
+
+    /// Sends a close frame and waits (briefly) for the server's.
+    pub async fn close(mut self) {
+        use futures_util::SinkExt;
+        let _ = self.0.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.0.next().await {}
+        })
+        .await;
+    }
+}
+
+/// A load-side HTTP/1.1 connection.
+pub struct Http {
+    send: SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+    host: String,
+    api_key: Option<String>,
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Http {
+    /// One request; the status and the whole body.
+    pub async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.host);
+        if let Some(k) = &self.api_key {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body.unwrap_or_default()))?;
+        self.send.ready().await?;
+        let res = self.send.send_request(req).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// Finds the unsigned integer after `key` (e.g. `"offset":`) in a frame.
+pub fn number_after(frame: &[u8], key: &[u8]) -> Option<u64> {
+    let at = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = frame[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&frame[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses_spread_over_loopback() {
+        assert_eq!(source_ip(0, 1), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_ip(7, 1), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_ip(3, 20), Ipv4Addr::new(127, 0, 0, 4));
+        assert_eq!(source_ip(23, 20), Ipv4Addr::new(127, 0, 0, 4));
+        assert_eq!(source_ip(260, 300), Ipv4Addr::new(127, 0, 1, 11));
+    }
+
+    #[test]
+    fn numbers_after_keys() {
+        let f = br#"{"type":"message","room":"r","offset":43,"data":{"t":1700000000123,"p":"x"}}"#;
+        assert_eq!(number_after(f, br#""offset":"#), Some(43));
+        assert_eq!(number_after(f, br#""t":"#), Some(1_700_000_000_123));
+        assert_eq!(number_after(f, br#""nope":"#), None);
+        assert_eq!(number_after(br#"{"t":x}"#, br#""t":"#), None);
+    }
+
+    #[test]
+    fn nodes_from_urls() {
+        let n = Node::from_url("ws://127.0.0.1:8080/ws").expect("valid");
+        assert_eq!(n.addr, "127.0.0.1:8080".parse().expect("addr"));
+        assert!(Node::from_url("http://127.0.0.1/ws").is_err());
+        assert!(Node::from_url("ws://localhost/ws").is_err());
+    }
+}
