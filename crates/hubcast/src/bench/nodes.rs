@@ -71,10 +71,8 @@ impl Nodes {
         };
         for k in 0..n {
             let addr = free_port()?;
-            let log = std::env::temp_dir().join(format!(
-                "hubcast-bench-{}-node{k}.log",
-                std::process::id()
-            ));
+            let log = std::env::temp_dir()
+                .join(format!("hubcast-bench-{}-node{k}.log", std::process::id()));
             let err =
                 std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
             let child = Command::new(&exe)

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::Message;
 
 use super::fanout::{self, FanoutArgs, SubVia, Target, round};
-use super::net::Wire;
+use super::net::{Node, Wire};
 use super::procfs;
 
 /// `idle`: hold joined connections and report the server's memory for them.
@@ -208,6 +208,11 @@ pub struct FloodArgs {
     /// Flooding connections.
     #[arg(long, default_value_t = 1)]
     pub flooders: usize,
+    /// Flood this node instead of the measured ones: a control run that
+    /// costs the machine the same but shares no server with the
+    /// well-behaved clients.
+    #[arg(long, value_name = "URL")]
+    pub flood_url: Option<String>,
 }
 
 #[derive(Default)]
@@ -221,6 +226,7 @@ struct FloodTally {
 async fn flooder(
     k: usize,
     t: Target,
+    flood_node: Option<Node>,
     prefix: String,
     tally: Arc<FloodTally>,
     stop: CancellationToken,
@@ -232,7 +238,9 @@ async fn flooder(
     let mut attempt = 0usize;
     while !stop.is_cancelled() {
         attempt += 1;
-        let node = &t.nodes.nodes[k % t.nodes.nodes.len()];
+        let node = flood_node
+            .as_ref()
+            .unwrap_or(&t.nodes.nodes[k % t.nodes.nodes.len()]);
         // Far from the subscribers' and publishers' source addresses.
         let i = 1_000_000 + k * 10_000 + attempt;
         let name = format!("flood{k}");
@@ -289,57 +297,75 @@ pub async fn flood(
 ) -> anyhow::Result<Vec<Map<String, Value>>> {
     let base = fanout::run(t, &a.fanout, &format!("{label}baseline"), None).await?;
     let flooders = a.flooders;
+    let flood_node = a.flood_url.as_deref().map(Node::from_url).transpose()?;
     let target = Target {
         redis_pid: None,
         ..t.clone()
     };
+    // The flooders get a thread of their own, so they compete with the
+    // measuring tasks for the CPU (as a neighbour would) but never hold up
+    // their runtime's workers.
     let beside: fanout::Beside = Box::new(move |stop: CancellationToken| {
-        tokio::spawn(async move {
-            let tally = Arc::new(FloodTally::default());
-            let prefix = fanout::fresh_prefix();
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..flooders)
-                .map(|k| {
-                    tokio::spawn(flooder(
-                        k,
-                        target.clone(),
-                        prefix.clone(),
-                        tally.clone(),
-                        stop.clone(),
-                    ))
-                })
-                .collect();
-            for task in tasks {
-                let _ = task.await;
-            }
-            let secs = started.elapsed().as_secs_f64();
-            let frames = tally.frames.load(Ordering::Relaxed);
-            let mut m = Map::new();
-            m.insert("flooders".into(), json!(flooders));
-            m.insert("flood_frames".into(), json!(frames));
-            m.insert(
-                "flood_frames_per_s".into(),
-                json!((frames as f64 / secs).round()),
-            );
-            m.insert(
-                "flood_connections".into(),
-                json!(tally.connections.load(Ordering::Relaxed)),
-            );
-            m.insert(
-                "flood_handshakes_refused".into(),
-                json!(tally.refused.load(Ordering::Relaxed)),
-            );
-            let closes = tally
-                .closes
-                .lock()
-                .map(|c| {
-                    c.iter()
-                        .map(|(k, v)| (k.to_string(), json!(v)))
-                        .collect::<Map<_, _>>()
-                })
-                .unwrap_or_default();
-            m.insert("flood_closed_by_server".into(), Value::Object(closes));
-            m
+        tokio::task::spawn_blocking(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let mut m = Map::new();
+                    m.insert("flood_error".into(), json!(e.to_string()));
+                    return m;
+                }
+            };
+            rt.block_on(async move {
+                let tally = Arc::new(FloodTally::default());
+                let prefix = fanout::fresh_prefix();
+                let started = Instant::now();
+                let tasks: Vec<_> = (0..flooders)
+                    .map(|k| {
+                        tokio::spawn(flooder(
+                            k,
+                            target.clone(),
+                            flood_node.clone(),
+                            prefix.clone(),
+                            tally.clone(),
+                            stop.clone(),
+                        ))
+                    })
+                    .collect();
+                for task in tasks {
+                    let _ = task.await;
+                }
+                let secs = started.elapsed().as_secs_f64();
+                let frames = tally.frames.load(Ordering::Relaxed);
+                let mut m = Map::new();
+                m.insert("flooders".into(), json!(flooders));
+                m.insert("flood_frames".into(), json!(frames));
+                m.insert(
+                    "flood_frames_per_s".into(),
+                    json!((frames as f64 / secs).round()),
+                );
+                m.insert(
+                    "flood_connections".into(),
+                    json!(tally.connections.load(Ordering::Relaxed)),
+                );
+                m.insert(
+                    "flood_handshakes_refused".into(),
+                    json!(tally.refused.load(Ordering::Relaxed)),
+                );
+                let closes = tally
+                    .closes
+                    .lock()
+                    .map(|c| {
+                        c.iter()
+                            .map(|(k, v)| (k.to_string(), json!(v)))
+                            .collect::<Map<_, _>>()
+                    })
+                    .unwrap_or_default();
+                m.insert("flood_closed_by_server".into(), Value::Object(closes));
+                m
+            })
         })
     });
     let mut flooded = fanout::run(t, &a.fanout, &format!("{label}flood"), Some(beside)).await?;
