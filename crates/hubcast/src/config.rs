@@ -84,6 +84,9 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// OTLP/HTTP endpoint for trace export (`http://collector:4318/v1/traces`);
+    /// needs a hubcast built with the `otlp` feature. None: no export.
+    pub otlp_endpoint: Option<String>,
     /// WebSocket connections the node accepts in all; past it, 503.
     pub max_connections: u32,
     /// WebSocket connections from one IP address; past it, 429.
@@ -142,6 +145,7 @@ impl Default for Config {
             max_presence_members: 1000,
             tls_cert: None,
             tls_key: None,
+            otlp_endpoint: None,
             max_connections: 100_000,
             max_connections_per_ip: 2_000,
             handshakes_per_ip_per_sec: 500,
@@ -279,6 +283,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_TLS_KEY", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Export traces over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318/v1/traces (build with --features otlp)
+    #[arg(long, env = "HUBCAST_OTLP_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// WebSocket connections accepted in all; past it, 503 [default: 100000]
     #[arg(long, env = "HUBCAST_MAX_CONNECTIONS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -424,6 +432,21 @@ impl Config {
         if !(1..=100_000).contains(&self.max_presence_members) {
             return bad("max_presence_members", "must be between 1 and 100000");
         }
+        if let Some(url) = &self.otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(
+                    "otlp_endpoint",
+                    "must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces",
+                );
+            }
+            if !cfg!(feature = "otlp") {
+                return bad(
+                    "otlp_endpoint",
+                    "this hubcast was built without OpenTelemetry export; \
+                     build it with `cargo build --release --features otlp`, or unset otlp_endpoint",
+                );
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return bad("tls_key", "tls_cert needs tls_key too"),
             (None, Some(_)) => return bad("tls_cert", "tls_key needs tls_cert too"),
@@ -500,6 +523,23 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.heartbeat, 25);
         assert!(cfg.node_id.starts_with("n-"));
+    }
+
+    #[test]
+    fn otlp_endpoint_is_checked() {
+        let mut c = Config {
+            otlp_endpoint: Some("127.0.0.1:4318".into()),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("otlp_endpoint") && e.contains("http://"), "{e}");
+        c.otlp_endpoint = Some("http://127.0.0.1:4318/v1/traces".into());
+        if cfg!(feature = "otlp") {
+            assert!(c.validate().is_ok());
+        } else {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("--features otlp"), "{e}");
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub mod conn;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otel;
 pub mod protocol;
 pub mod trace;
 

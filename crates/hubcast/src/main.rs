@@ -49,16 +49,49 @@ struct TokenArgs {
     ttl: u64,
 }
 
-fn init_logging(format: LogFormat) {
+/// What has to be flushed when the server stops (the OTLP exporter).
+#[derive(Default)]
+struct Logging {
+    #[cfg(feature = "otlp")]
+    otlp: Option<hubcast::otel::Otlp>,
+}
+
+impl Logging {
+    fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(o) = self.otlp {
+            o.shutdown();
+        }
+    }
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<Logging> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    type Base = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+
     // RUST_LOG overrides the default level, e.g. RUST_LOG=hubcast=debug.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    #[allow(unused_mut)]
+    let mut layers: Vec<Box<dyn Layer<Base> + Send + Sync>> = vec![match config.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    }];
+    #[allow(unused_mut)]
+    let mut logging = Logging::default();
+    #[cfg(feature = "otlp")]
+    if let Some(url) = &config.otlp_endpoint {
+        let (layer, otlp) = hubcast::otel::layer(url, &config.node_id)?;
+        layers.push(layer.boxed());
+        logging.otlp = Some(otlp);
     }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .init();
+    Ok(logging)
 }
 
 fn main() -> ExitCode {
@@ -103,7 +136,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    let logging = match init_logging(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hubcast: cannot start trace export (otlp_endpoint): {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,7 +153,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -153,7 +192,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    logging.shutdown();
+    code
 }
 
 async fn wait_for_signal() {

@@ -47,21 +47,28 @@ pub fn new_trace_id() -> String {
 
 /// Middleware: runs the request in a `request` span with its trace id.
 pub async fn trace_requests(mut req: Request, next: Next) -> Response {
-    let from_header = req
+    let header = req
         .headers()
         .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent);
-    let trace = RequestTrace {
-        propagated: from_header.is_some(),
-        id: from_header.unwrap_or_else(new_trace_id),
-    };
+        .and_then(|v| v.to_str().ok());
+    let from_header = header.and_then(parse_traceparent);
     let span = tracing::info_span!(
         "request",
-        trace_id = %trace.id,
+        trace_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.uri().path(),
     );
+    // With OpenTelemetry export on, the span joins the caller's trace and
+    // the logged id is the exported one.
+    #[cfg(feature = "otlp")]
+    let exported = crate::otel::attach(&span, header);
+    #[cfg(not(feature = "otlp"))]
+    let exported: Option<String> = None;
+    let trace = RequestTrace {
+        propagated: from_header.is_some(),
+        id: from_header.or(exported).unwrap_or_else(new_trace_id),
+    };
+    span.record("trace_id", trace.id.as_str());
     req.extensions_mut().insert(trace);
     next.run(req).instrument(span).await
 }
