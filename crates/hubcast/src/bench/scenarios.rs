@@ -86,12 +86,22 @@ pub struct ChurnArgs {
     /// Print the server's memory every this many seconds (0: never).
     #[arg(long, default_value_t = 10.0)]
     pub report_every: f64,
+    /// Distinct user names the connections cycle through (0: a new user
+    /// every cycle, so the server also remembers ever more offline users).
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
 }
 
 /// One connection's life; errors count, they do not stop the run.
-async fn churn_once(t: &Target, i: usize, room: &str, wire: &Arc<Wire>) -> anyhow::Result<()> {
+async fn churn_once(
+    t: &Target,
+    i: usize,
+    user: usize,
+    room: &str,
+    wire: &Arc<Wire>,
+) -> anyhow::Result<()> {
     let node = &t.nodes.nodes[i % t.nodes.nodes.len()];
-    let mut ws = t.dialer.ws(node, i, &format!("churn{i}"), wire).await?;
+    let mut ws = t.dialer.ws(node, i, &format!("churn{user}"), wire).await?;
     ws.join(room).await?;
     ws.send(format!(
         r#"{{"type":"publish","id":2,"room":"{room}","event":"churn","data":{{"i":{i}}}}}"#
@@ -120,7 +130,8 @@ async fn churn_for(
         while Instant::now() < deadline {
             let i = next.fetch_add(1, Ordering::Relaxed) as usize;
             let room = format!("{prefix}{}", i % a.rooms.max(1));
-            match churn_once(t, i, &room, &wire).await {
+            let user = if a.users == 0 { i } else { i % a.users };
+            match churn_once(t, i, user, &room, &wire).await {
                 Ok(()) => {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -176,6 +187,7 @@ pub async fn churn(t: &Target, a: &ChurnArgs, label: &str) -> Map<String, Value>
     res.insert("scenario".into(), json!("churn"));
     res.insert("nodes".into(), json!(t.nodes.nodes.len()));
     res.insert("workers".into(), json!(a.workers));
+    res.insert("users".into(), json!(a.users));
     res.insert("seconds".into(), json!(a.seconds));
     res.insert("cycles".into(), json!(cycles));
     res.insert("cycles_per_s".into(), json!((cycles as f64 / secs).round()));

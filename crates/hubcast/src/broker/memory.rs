@@ -33,6 +33,10 @@ const SHARDS: usize = 64;
 /// Most client `msgId`s remembered per room; past it the oldest are
 /// forgotten early (bounds memory under a flood of unique ids).
 pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+/// Most offline users whose status (`offline`, last seen) is remembered;
+/// past it the longest offline are forgotten before their time (bounds
+/// memory when many distinct users come and go).
+pub const MAX_OFFLINE_USERS: usize = 100_000;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it:
 /// the structures here stay consistent between statements.
@@ -77,6 +81,9 @@ struct RoomLog {
     id_order: VecDeque<(Instant, Box<str>)>,
     /// Nodes subscribed (here: 0 or 1); a subscribed log is never dropped.
     subscribed: usize,
+    /// Removed from its shard: whoever still holds it takes the room's log
+    /// anew (see [`MemoryBroker::with_log`]).
+    dropped: bool,
 }
 
 impl RoomLog {
@@ -88,6 +95,7 @@ impl RoomLog {
             ids: HashMap::new(),
             id_order: VecDeque::new(),
             subscribed: 0,
+            dropped: false,
         }
     }
 
@@ -134,6 +142,22 @@ struct PresenceState {
     rooms: HashMap<Arc<str>, HashMap<Arc<str>, RoomMember>>,
     /// user → status and connections.
     users: HashMap<Arc<str>, UserState>,
+    /// Users as they went offline, oldest first (entries of users who came
+    /// back are skipped when popped): expiry and the cap on offline users.
+    offline: VecDeque<(Instant, Arc<str>)>,
+}
+
+impl PresenceState {
+    /// Forgets `user` if it is still offline since `since`.
+    fn forget(&mut self, since: Instant, user: &Arc<str>) {
+        if self
+            .users
+            .get(user)
+            .is_some_and(|u| u.connections == 0 && u.offline_since == Some(since))
+        {
+            self.users.remove(user);
+        }
+    }
 }
 
 struct RoomMember {
@@ -203,56 +227,28 @@ impl MemoryBroker {
         &self.shards[i]
     }
 
-    /// The room's log, created if missing.
-    fn log(&self, room: &str) -> Arc<Mutex<RoomLog>> {
-        let mut shard = lock(self.shard(room));
-        if let Some(log) = shard.get(room) {
-            return log.clone();
-        }
-        let log = Arc::new(Mutex::new(RoomLog::new()));
-        shard.insert(Arc::from(room), log.clone());
-        log
-    }
-
-    /// Expires history, msgIds, idle logs and long-offline users.
-    fn sweep(&self) {
-        let now = Instant::now();
-        for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            shard.retain(|_, log| {
-                let mut log = lock(log);
-                log.trim(now, self.ttl, self.history_size);
-                !log.is_idle()
-            });
-        }
-        let mut p = lock(&self.presence);
-        let ttl = self.ttl;
-        p.users
-            .retain(|_, u| u.connections > 0 || u.offline_since.is_none_or(|t| t + ttl > now));
-    }
-
-    fn emit(&self, room: &str, event: PresenceEvent) {
-        if let Some(h) = self.handler.get().and_then(Weak::upgrade) {
-            h.on_presence(room, &event);
+    /// Runs `f` on the room's log (created if missing) under its lock. A
+    /// log found dropped (the sweep or the last unsubscribe removed it
+    /// between the lookup and the lock) is looked up again, so nothing is
+    /// ever written to a log the room no longer has.
+    fn with_log<R>(&self, room: &str, f: impl FnOnce(&mut RoomLog) -> R) -> R {
+        loop {
+            let log = self.log(room);
+            let mut log = lock(&log);
+            if !log.dropped {
+                return f(&mut log);
+            }
         }
     }
-}
 
-#[async_trait]
-impl Broker for MemoryBroker {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
-    fn set_handler(&self, handler: Weak<dyn BrokerHandler>) {
-        let _ = self.handler.set(handler);
-    }
-
-    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
-        let log = self.log(&req.room);
-        let handler = self.handler.get().and_then(Weak::upgrade);
-        let now = Instant::now();
-        let mut log = lock(&log);
+    /// `publish` on the room's locked log.
+    fn publish_locked(
+        &self,
+        log: &mut RoomLog,
+        req: PublishRequest,
+        handler: Option<Arc<dyn BrokerHandler>>,
+        now: Instant,
+    ) -> Result<PublishResult, BrokerError> {
         log.trim(now, self.ttl, self.history_size);
         if req.idempotent
             && let Some(&offset) = log.ids.get(req.msg_id.as_str())
@@ -298,25 +294,8 @@ impl Broker for MemoryBroker {
         })
     }
 
-    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
-        lock(&self.log(room)).subscribed += 1;
-        Ok(())
-    }
-
-    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
-        let log = self.log(room);
-        let mut log = lock(&log);
-        log.subscribed = log.subscribed.saturating_sub(1);
-        Ok(())
-    }
-
-    async fn recover(
-        &self,
-        room: &str,
-        since: Option<(u64, Option<&str>)>,
-    ) -> Result<Recovery, BrokerError> {
-        let log = self.log(room);
-        let mut log = lock(&log);
+    /// `recover` on the room's locked log.
+    fn recover_locked(&self, log: &mut RoomLog, since: Option<(u64, Option<&str>)>) -> Recovery {
         log.trim(Instant::now(), self.ttl, self.history_size);
         let mut rec = Recovery {
             top: log.top,
@@ -336,17 +315,11 @@ impl Broker for MemoryBroker {
                     .collect();
             }
         }
-        Ok(rec)
+        rec
     }
 
-    async fn history(
-        &self,
-        room: &str,
-        since: Option<u64>,
-        limit: usize,
-    ) -> Result<HistoryPage, BrokerError> {
-        let log = self.log(room);
-        let mut log = lock(&log);
+    /// `history` on the room's locked log.
+    fn history_locked(&self, log: &mut RoomLog, since: Option<u64>, limit: usize) -> HistoryPage {
         log.trim(Instant::now(), self.ttl, self.history_size);
         let oldest = log.oldest();
         let (publications, complete) = match since {
@@ -371,13 +344,111 @@ impl Broker for MemoryBroker {
                 )
             }
         };
-        Ok(HistoryPage {
+        HistoryPage {
             epoch: log.epoch.clone(),
             publications,
             complete,
-        })
+        }
     }
 
+    /// The room's log, created if missing.
+    fn log(&self, room: &str) -> Arc<Mutex<RoomLog>> {
+        let mut shard = lock(self.shard(room));
+        if let Some(log) = shard.get(room) {
+            return log.clone();
+        }
+        let log = Arc::new(Mutex::new(RoomLog::new()));
+        shard.insert(Arc::from(room), log.clone());
+        log
+    }
+
+    /// Expires history, msgIds, idle logs and long-offline users.
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.retain(|_, log| {
+                let mut log = lock(log);
+                log.trim(now, self.ttl, self.history_size);
+                log.dropped = log.is_idle();
+                !log.dropped
+            });
+        }
+        let mut p = lock(&self.presence);
+        while let Some((since, _)) = p.offline.front()
+            && *since + self.ttl <= now
+        {
+            if let Some((since, user)) = p.offline.pop_front() {
+                p.forget(since, &user);
+            }
+        }
+    }
+
+    fn emit(&self, room: &str, event: PresenceEvent) {
+        if let Some(h) = self.handler.get().and_then(Weak::upgrade) {
+            h.on_presence(room, &event);
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn set_handler(&self, handler: Weak<dyn BrokerHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
+        let handler = self.handler.get().and_then(Weak::upgrade);
+        let now = Instant::now();
+        let room = req.room.clone();
+        self.with_log(&room, |log| self.publish_locked(log, req, handler, now))
+    }
+
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        self.with_log(room, |log| log.subscribed += 1);
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
+        // Under the shard's lock, so the log can go at once when it is idle
+        // (an anonymous connection's personal room, say) instead of waiting
+        // for the sweep.
+        let mut shard = lock(self.shard(room));
+        if let Some(log) = shard.get(room) {
+            let idle = {
+                let mut log = lock(log);
+                log.subscribed = log.subscribed.saturating_sub(1);
+                log.trim(Instant::now(), self.ttl, self.history_size);
+                log.dropped = log.is_idle();
+                log.dropped
+            };
+            if idle {
+                shard.remove(room);
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError> {
+        Ok(self.with_log(room, |log| self.recover_locked(log, since)))
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        Ok(self.with_log(room, |log| self.history_locked(log, since, limit)))
+    }
     async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let mut p = lock(&self.presence);
         let members = p.rooms.entry(Arc::from(room)).or_default();
@@ -498,12 +569,30 @@ impl Broker for MemoryBroker {
 
     async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
         let mut p = lock(&self.presence);
-        if let Some(user) = p.users.get_mut(&client.user) {
-            user.connections = user.connections.saturating_sub(1);
-            if user.connections == 0 {
-                user.status = Status::Offline;
-                user.last_seen = Some(now_ms());
-                user.offline_since = Some(Instant::now());
+        let now = Instant::now();
+        let Some(user) = p.users.get_mut(&client.user) else {
+            return Ok(());
+        };
+        user.connections = user.connections.saturating_sub(1);
+        if user.connections > 0 {
+            return Ok(());
+        }
+        if client.ephemeral && user.rooms.is_empty() {
+            // Nobody can connect as this user again: nothing to remember.
+            p.users.remove(&client.user);
+            return Ok(());
+        }
+        user.status = Status::Offline;
+        user.last_seen = Some(now_ms());
+        user.offline_since = Some(now);
+        if user.rooms.is_empty() {
+            // An offline user keeps only its status: no spare table.
+            user.rooms.shrink_to_fit();
+        }
+        p.offline.push_back((now, client.user.clone()));
+        while p.offline.len() > MAX_OFFLINE_USERS {
+            if let Some((since, user)) = p.offline.pop_front() {
+                p.forget(since, &user);
             }
         }
         Ok(())
@@ -625,6 +714,38 @@ mod tests {
         let r = b.publish(req("r", "b", false)).await.unwrap();
         assert_ne!(e1, r.epoch);
         assert_eq!(r.offset, 1);
+        b.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn offline_users_are_remembered_for_a_while_and_within_a_cap() {
+        let b = MemoryBroker::new(10, Duration::from_secs(60));
+        let client = |u: usize| ClientInfo {
+            conn_id: Arc::from(format!("c{u}").as_str()),
+            user: Arc::from(format!("u{u}").as_str()),
+            name: Arc::from("n"),
+            ephemeral: false,
+        };
+        // One more distinct user than the cap comes and goes; the first to
+        // leave is forgotten at once, the rest keep their last-seen time.
+        for u in 0..=MAX_OFFLINE_USERS {
+            b.connect(&client(u)).await.unwrap();
+            b.disconnect(&client(u)).await.unwrap();
+        }
+        assert_eq!(b.user_status("u0").await.unwrap().last_seen, None);
+        assert!(b.user_status("u1").await.unwrap().last_seen.is_some());
+        assert_eq!(lock(&b.presence).users.len(), MAX_OFFLINE_USERS);
+        // A user who came back is not forgotten by its old entry.
+        b.connect(&client(1)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        b.sweep();
+        assert_eq!(b.user_status("u1").await.unwrap().connections, 1);
+        assert_eq!(b.user_status("u2").await.unwrap().last_seen, None);
+        {
+            let p = lock(&b.presence);
+            assert_eq!(p.users.len(), 1);
+            assert!(p.offline.is_empty());
+        }
         b.close().await;
     }
 }

@@ -104,6 +104,9 @@ pub struct ClientInfo {
     pub user: Arc<str>,
     /// Display name.
     pub name: Arc<str>,
+    /// The user exists only for this connection (anonymous): an engine need
+    /// not remember its offline status once the connection is gone.
+    pub ephemeral: bool,
 }
 
 /// A room's members, as far as a reply may list them.

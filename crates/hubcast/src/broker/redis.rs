@@ -190,8 +190,12 @@ return n
 const DISCONNECT: &str = r#"
 local n = redis.call('HINCRBY', KEYS[1], 'c', -1)
 if n <= 0 then
-  redis.call('HSET', KEYS[1], 'c', 0, 's', 'offline', 'l', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  if ARGV[3] == '1' then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('HSET', KEYS[1], 'c', 0, 's', 'offline', 'l', ARGV[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+  end
 end
 return n
 "#;
@@ -575,6 +579,8 @@ impl Shared {
             .key(self.keys.user(&client.user))
             .arg(crate::unix_ms())
             .arg(self.ttl.as_secs().max(1))
+            // An anonymous user ends with its connection: no offline record.
+            .arg(if client.ephemeral { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

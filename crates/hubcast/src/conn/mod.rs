@@ -54,6 +54,8 @@ pub struct Conn {
     pub grants: crate::auth::Grants,
     /// When the token expires (the connection is closed with 4001 then).
     pub expires: Option<Instant>,
+    /// Connected without a token (its user id is this connection's alone).
+    pub anonymous: bool,
     /// Everything to send to this client.
     pub out: Outbound,
 }

@@ -82,6 +82,7 @@ impl Session {
             conn_id: conn.id.clone(),
             user: conn.user.clone(),
             name: conn.name.clone(),
+            ephemeral: conn.anonymous,
         };
         let personal: Arc<str> = Arc::from(protocol::personal_room(&conn.user));
         let sub: Arc<dyn Subscriber> = conn.clone();

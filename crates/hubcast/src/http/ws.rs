@@ -122,6 +122,7 @@ pub async fn upgrade(
         user: Arc::from(caller.user),
         grants: caller.grants,
         expires: caller.expires,
+        anonymous: caller.anonymous,
         out: Outbound::new(app.config.queue_size),
     });
 
@@ -215,6 +216,8 @@ pub struct Caller {
     pub grants: crate::auth::Grants,
     /// When the token expires.
     pub expires: Option<tokio::time::Instant>,
+    /// No token: a user id of its own for this one connection.
+    pub anonymous: bool,
 }
 
 /// Checks the credentials of a handshake (WebSocket or SSE): the
@@ -254,6 +257,7 @@ pub fn authenticate(
                 expires: Some(
                     tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
                 ),
+                anonymous: false,
             }
         }
         None => {
@@ -264,6 +268,7 @@ pub fn authenticate(
                 display,
                 grants: crate::auth::Grants::default(),
                 expires: None,
+                anonymous: true,
             }
         }
     })
