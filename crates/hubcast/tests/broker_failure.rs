@@ -2,6 +2,8 @@
 //! errors, never a silent drop, and the connection stays usable.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -102,23 +104,6 @@ impl Broker for Flaky {
     }
 }
 
-async fn recv(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn broker_down_means_unavailable_errors_and_not_ready() {
     let flaky = Arc::new(Flaky {
@@ -137,7 +122,7 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .unwrap();
-    assert_eq!(recv(&mut ws).await["type"], "welcome");
+    assert_eq!(common::recv_json(&mut ws).await["type"], "welcome");
 
     flaky.down.store(true, Ordering::SeqCst);
     let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
@@ -152,7 +137,7 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
         json!({"type":"status","status":"busy","id":5}),
     ] {
         ws.send(Message::text(frame.to_string())).await.unwrap();
-        let e = recv(&mut ws).await;
+        let e = common::recv_json(&mut ws).await;
         assert_eq!(e["type"], "error", "{frame} → {e}");
         assert_eq!(e["code"], "unavailable", "{frame} → {e}");
         assert_eq!(e["id"], frame["id"]);
@@ -193,7 +178,7 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
     ))
     .await
     .unwrap();
-    let j = recv(&mut ws).await;
+    let j = common::recv_json(&mut ws).await;
     assert_eq!(j["type"], "joined", "{j}");
     ws.send(Message::text(
         json!({"type":"publish","room":"r","event":"e","data":1,"id":7,"echo":true}).to_string(),
@@ -202,7 +187,12 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
     .unwrap();
     let mut kinds = Vec::new();
     for _ in 0..3 {
-        kinds.push(recv(&mut ws).await["type"].as_str().unwrap().to_string());
+        kinds.push(
+            common::recv_json(&mut ws).await["type"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(kinds, ["presence", "message", "ack"]);
     shutdown.cancel();

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Client, Server};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use futures_util::SinkExt;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -117,19 +117,6 @@ async fn https_get(s: &Server, cert: &Path, path: &str) -> String {
     out
 }
 
-async fn recv(ws: &mut tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>) -> Value {
-    loop {
-        let m = tokio::time::timeout(common::WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn wss_and_https_with_a_self_signed_certificate() {
     let certs = Certs::make();
@@ -145,13 +132,13 @@ async fn wss_and_https_with_a_self_signed_certificate() {
         tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", s.addr.port()), tls)
             .await
             .expect("wss handshake");
-    assert_eq!(recv(&mut ws).await["type"], "welcome");
+    assert_eq!(common::recv_json(&mut ws).await["type"], "welcome");
     ws.send(Message::text(
         json!({"type":"join","room":"secure","id":1}).to_string(),
     ))
     .await
     .unwrap();
-    assert_eq!(recv(&mut ws).await["type"], "joined");
+    assert_eq!(common::recv_json(&mut ws).await["type"], "joined");
     // The API over https reaches it.
     let body = json!({"room":"secure","event":"e","data":"over tls"}).to_string();
     let mut tls = tls_connect(&s, &certs.cert()).await;
@@ -168,7 +155,7 @@ async fn wss_and_https_with_a_self_signed_certificate() {
     tls.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     loop {
-        let v = recv(&mut ws).await;
+        let v = common::recv_json(&mut ws).await;
         if v["type"] == "message" {
             assert_eq!(v["data"], "over tls");
             break;
@@ -224,26 +211,19 @@ async fn a_stalled_handshake_or_plain_http_does_not_block_others() {
 #[tokio::test]
 async fn unusable_certificates_stop_the_start_naming_the_key() {
     let certs = Certs::make();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = hubcast::config::Config::default();
-    config.tls_cert = Some(certs.dir.join("missing.pem"));
-    config.tls_key = Some(certs.key());
-    let err = hubcast::run(config, listener, tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("tls_cert"), "{err}");
-
-    // The key file given as the certificate: no certificate in it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = hubcast::config::Config::default();
-    config.tls_cert = Some(certs.key());
-    config.tls_key = Some(certs.key());
-    let err = hubcast::run(config, listener, tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("tls_cert"), "{err}");
+    // A missing certificate file, and the key file given as the
+    // certificate (no certificate in it).
+    for cert in [certs.dir.join("missing.pem"), certs.key()] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = hubcast::config::Config::default();
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(certs.key());
+        let err = hubcast::run(config, listener, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert"), "{err}");
+    }
 
     // Only one of the two is a configuration error.
     let mut config = hubcast::config::Config::default();

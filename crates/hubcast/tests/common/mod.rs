@@ -288,24 +288,7 @@ impl Client {
 
     /// Next text frame as JSON (pings and pongs skipped).
     pub async fn recv(&mut self) -> Value {
-        match tokio::time::timeout(WAIT, self.next_frame()).await {
-            Ok(Some(v)) => v,
-            Ok(None) => panic!("connection closed while waiting for a frame"),
-            Err(_) => panic!("no frame within {WAIT:?}"),
-        }
-    }
-
-    async fn next_frame(&mut self) -> Option<Value> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
-                }
-                Ok(Message::Close(f)) => panic!("unexpected close: {f:?}"),
-                Ok(_) => continue,
-                Err(e) => panic!("read error: {e}"),
-            }
-        }
+        recv_json(&mut self.ws).await
     }
 
     /// Next frame, which must be of type `ty`.
@@ -384,7 +367,7 @@ impl Client {
 
     /// Asserts that no text frame arrives within `d`.
     pub async fn silent_for(&mut self, d: Duration) {
-        if let Ok(v) = tokio::time::timeout(d, self.next_frame()).await {
+        if let Ok(v) = tokio::time::timeout(d, next_json(&mut self.ws)).await {
             panic!("expected silence, got {v:?}");
         }
     }
@@ -412,6 +395,36 @@ impl Client {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// The next text frame of any WebSocket stream (plain, TLS) as JSON, pings
+/// and pongs skipped; panics on a close, a read error, or after [`WAIT`].
+pub async fn recv_json<S>(ws: &mut WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(WAIT, next_json(ws)).await {
+        Ok(Some(v)) => v,
+        Ok(None) => panic!("connection closed while waiting for a frame"),
+        Err(_) => panic!("no frame within {WAIT:?}"),
+    }
+}
+
+/// The next text frame as JSON; None when the stream ended.
+async fn next_json<S>(ws: &mut WebSocketStream<S>) -> Option<Value>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => {
+                return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+            }
+            Ok(Message::Close(f)) => panic!("unexpected close: {f:?}"),
+            Ok(_) => continue,
+            Err(e) => panic!("read error: {e}"),
+        }
     }
 }
 
