@@ -95,6 +95,17 @@ pub struct HistoryPage {
     pub complete: bool,
 }
 
+impl HistoryPage {
+    /// The messages' envelopes as raw JSON, for the replies that embed them
+    /// (the `history` frame and `GET /api/rooms/{room}/history`).
+    pub fn raw_messages(&self) -> Vec<&serde_json::value::RawValue> {
+        self.publications
+            .iter()
+            .map(|p| crate::protocol::as_raw(&p.envelope))
+            .collect()
+    }
+}
+
 /// Who a connection is, for presence and status.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {

@@ -278,11 +278,7 @@ impl Session {
                     id,
                     room: &room,
                     epoch: &page.epoch,
-                    messages: page
-                        .publications
-                        .iter()
-                        .map(|p| protocol::as_raw(&p.envelope))
-                        .collect(),
+                    messages: page.raw_messages(),
                     complete: page.complete,
                 }));
                 Ok(())

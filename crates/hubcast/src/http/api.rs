@@ -311,11 +311,7 @@ pub async fn history(
     Ok(Json(HistoryReply {
         room: &room,
         epoch: &page.epoch,
-        messages: page
-            .publications
-            .iter()
-            .map(|p| protocol::as_raw(&p.envelope))
-            .collect(),
+        messages: page.raw_messages(),
         complete: page.complete,
     })
     .into_response())
