@@ -21,7 +21,7 @@ use tokio_websockets::Message;
 use super::hist::Hist;
 use super::net::{Dialer, Frame, Http, Wire, Ws, number_after};
 use super::nodes::Nodes;
-use super::procfs;
+use super::{procfs, round};
 
 /// How subscribers receive.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +249,31 @@ impl Joined {
             _ => Ok(()),
         }
     }
+}
+
+/// Phase 1 with its readings: connects and joins the subscribers, lets the
+/// server settle (500 ms), and reports `connected`, `failed_connections` and
+/// `connect_per_s`; returns them with the servers' memory before and after.
+pub async fn connect_measured(
+    t: &Target,
+    subs: usize,
+    rooms: usize,
+    via: SubVia,
+    res: &mut Map<String, Value>,
+) -> anyhow::Result<(Joined, procfs::Sample, procfs::Sample)> {
+    let before = procfs::sum(&t.nodes.pids);
+    let joined = connect_subs(t, subs, rooms, via).await;
+    joined.check()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = procfs::sum(&t.nodes.pids);
+    let ok = joined.connected();
+    res.insert("connected".into(), json!(ok));
+    res.insert("failed_connections".into(), json!(joined.failed));
+    res.insert(
+        "connect_per_s".into(),
+        json!((ok as f64 / joined.connect_secs.max(1e-9)).round()),
+    );
+    Ok((joined, before, after))
 }
 
 async fn ws_subscriber(
@@ -504,29 +529,14 @@ pub async fn run(
         json!(format!("{:?}", spec.publish_via).to_lowercase()),
     );
 
-    let before = procfs::sum(&t.nodes.pids);
-    let joined = connect_subs(t, spec.subs, spec.rooms, spec.subscribe_via).await;
-    joined.check()?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = procfs::sum(&t.nodes.pids);
+    let (joined, before, after) =
+        connect_measured(t, spec.subs, spec.rooms, spec.subscribe_via, &mut res).await?;
     let ok = joined.connected();
-    res.insert("connected".into(), json!(ok));
-    res.insert("failed_connections".into(), json!(joined.failed));
-    res.insert(
-        "connect_per_s".into(),
-        json!((ok as f64 / joined.connect_secs.max(1e-9)).round()),
-    );
     if !t.nodes.pids.is_empty() && ok > 0 {
-        res.insert(
-            "rss_mib".into(),
-            json!(round(after.rss_kib as f64 / 1024.0, 1)),
-        );
+        res.insert("rss_mib".into(), json!(after.mib()));
         res.insert(
             "kib_per_conn".into(),
-            json!(round(
-                (after.rss_kib as f64 - before.rss_kib as f64) / ok as f64,
-                1
-            )),
+            json!(round(after.kib_per(&before, ok), 1)),
         );
     }
 
@@ -732,12 +742,6 @@ pub async fn run(
         res.extend(b);
     }
     Ok(res)
-}
-
-/// Rounds to `places` decimals.
-pub fn round(v: f64, places: i32) -> f64 {
-    let f = 10f64.powi(places);
-    (v * f).round() / f
 }
 
 #[cfg(test)]

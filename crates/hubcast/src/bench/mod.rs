@@ -101,6 +101,12 @@ struct Common {
     label: String,
 }
 
+/// Rounds a reported figure to `places` decimals.
+pub fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
 /// Runs a scenario; the exit code says whether it could run at all (loss
 /// is reported, not an exit status: a benchmark measures).
 pub fn main(args: BenchArgs) -> ExitCode {

@@ -9,6 +9,18 @@ pub struct Sample {
     pub rss_kib: u64,
 }
 
+impl Sample {
+    /// Resident memory in MiB, to a tenth.
+    pub fn mib(&self) -> f64 {
+        super::round(self.rss_kib as f64 / 1024.0, 1)
+    }
+
+    /// Resident memory gained since `before`, per one of `n` things (KiB).
+    pub fn kib_per(&self, before: &Sample, n: usize) -> f64 {
+        (self.rss_kib as f64 - before.rss_kib as f64) / n as f64
+    }
+}
+
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ; 100 on Linux
 /// everywhere hubcast runs).
 const TICKS: f64 = 100.0;

@@ -10,9 +10,9 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::Message;
 
-use super::fanout::{self, FanoutArgs, SubVia, Target, round};
+use super::fanout::{self, FanoutArgs, SubVia, Target};
 use super::net::{Node, Wire};
-use super::procfs;
+use super::{procfs, round};
 
 /// `idle`: hold joined connections and report the server's memory for them.
 #[derive(clap::Args, Clone, Debug)]
@@ -29,39 +29,28 @@ pub struct IdleArgs {
 }
 
 pub async fn idle(t: &Target, a: &IdleArgs, label: &str) -> anyhow::Result<Map<String, Value>> {
-    let before = procfs::sum(&t.nodes.pids);
-    let joined = fanout::connect_subs(t, a.subs, a.rooms, SubVia::Ws).await;
-    joined.check()?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = procfs::sum(&t.nodes.pids);
-    tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
-    let held = procfs::sum(&t.nodes.pids);
-    let ok = joined.connected();
     let mut res = Map::new();
     res.insert("label".into(), json!(label));
     res.insert("scenario".into(), json!("idle"));
     res.insert("nodes".into(), json!(t.nodes.nodes.len()));
     res.insert("subs".into(), json!(a.subs));
     res.insert("rooms".into(), json!(a.rooms));
-    res.insert("connected".into(), json!(ok));
-    res.insert("failed_connections".into(), json!(joined.failed));
-    res.insert(
-        "connect_per_s".into(),
-        json!((ok as f64 / joined.connect_secs.max(1e-9)).round()),
-    );
+    let (joined, before, after) =
+        fanout::connect_measured(t, a.subs, a.rooms, SubVia::Ws, &mut res).await?;
+    tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
+    let held = procfs::sum(&t.nodes.pids);
+    let ok = joined.connected();
     if !t.nodes.pids.is_empty() && ok > 0 {
-        let per =
-            |s: procfs::Sample| round((s.rss_kib as f64 - before.rss_kib as f64) / ok as f64, 2);
+        res.insert("rss_start_mib".into(), json!(before.mib()));
+        res.insert("rss_mib".into(), json!(held.mib()));
         res.insert(
-            "rss_start_mib".into(),
-            json!(round(before.rss_kib as f64 / 1024.0, 1)),
+            "kib_per_conn".into(),
+            json!(round(after.kib_per(&before, ok), 2)),
         );
         res.insert(
-            "rss_mib".into(),
-            json!(round(held.rss_kib as f64 / 1024.0, 1)),
+            "kib_per_conn_after_hold".into(),
+            json!(round(held.kib_per(&before, ok), 2)),
         );
-        res.insert("kib_per_conn".into(), json!(per(after)));
-        res.insert("kib_per_conn_after_hold".into(), json!(per(held)));
     }
     drop(joined);
     Ok(res)
@@ -154,7 +143,7 @@ async fn churn_for(
             eprintln!(
                 "churn: {} cycles, server RSS {:.1} MiB",
                 done.load(Ordering::Relaxed),
-                s.rss_kib as f64 / 1024.0
+                s.mib()
             );
         }
     };
@@ -193,11 +182,10 @@ pub async fn churn(t: &Target, a: &ChurnArgs, label: &str) -> Map<String, Value>
     res.insert("cycles_per_s".into(), json!((cycles as f64 / secs).round()));
     res.insert("errors".into(), json!(errors.load(Ordering::Relaxed)));
     if !t.nodes.pids.is_empty() {
-        let mib = |s: procfs::Sample| round(s.rss_kib as f64 / 1024.0, 1);
-        res.insert("rss_idle_mib".into(), json!(mib(idle)));
-        res.insert("rss_start_mib".into(), json!(mib(start)));
-        res.insert("rss_at_end_of_churn_mib".into(), json!(mib(peak_during)));
-        res.insert("rss_end_mib".into(), json!(mib(end)));
+        res.insert("rss_idle_mib".into(), json!(idle.mib()));
+        res.insert("rss_start_mib".into(), json!(start.mib()));
+        res.insert("rss_at_end_of_churn_mib".into(), json!(peak_during.mib()));
+        res.insert("rss_end_mib".into(), json!(end.mib()));
         if start.rss_kib > 0 {
             res.insert(
                 "rss_growth_pct".into(),
