@@ -125,6 +125,14 @@ impl RoomLog {
     fn is_idle(&self) -> bool {
         self.subscribed == 0 && self.history.is_empty() && self.ids.is_empty()
     }
+
+    /// Trims, then marks the log dropped if nothing is left in it; true
+    /// when the caller (holding the shard's lock) must remove it.
+    fn drop_if_idle(&mut self, now: Instant, ttl: Duration, size: usize) -> bool {
+        self.trim(now, ttl, size);
+        self.dropped = self.is_idle();
+        self.dropped
+    }
 }
 
 /// A fresh epoch tag: 8 random hex digits.
@@ -367,12 +375,7 @@ impl MemoryBroker {
         let now = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            shard.retain(|_, log| {
-                let mut log = lock(log);
-                log.trim(now, self.ttl, self.history_size);
-                log.dropped = log.is_idle();
-                !log.dropped
-            });
+            shard.retain(|_, log| !lock(log).drop_if_idle(now, self.ttl, self.history_size));
         }
         let mut p = lock(&self.presence);
         while let Some((since, _)) = p.offline.front()
@@ -422,9 +425,7 @@ impl Broker for MemoryBroker {
             let idle = {
                 let mut log = lock(log);
                 log.subscribed = log.subscribed.saturating_sub(1);
-                log.trim(Instant::now(), self.ttl, self.history_size);
-                log.dropped = log.is_idle();
-                log.dropped
+                log.drop_if_idle(Instant::now(), self.ttl, self.history_size)
             };
             if idle {
                 shard.remove(room);

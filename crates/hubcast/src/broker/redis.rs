@@ -699,6 +699,9 @@ impl Shared {
                     .key(self.keys.user(user))
                     .arg(crate::unix_ms())
                     .arg(self.ttl.as_secs().max(1))
+                    // Whether it was anonymous is not recorded per node
+                    // connection: keep the offline record (it expires).
+                    .arg("0")
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
