@@ -37,6 +37,10 @@ pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 /// past it the longest offline are forgotten before their time (bounds
 /// memory when many distinct users come and go).
 pub const MAX_OFFLINE_USERS: usize = 100_000;
+/// Most dropped room logs whose position (epoch, latest offset) is
+/// remembered, so the room's next log continues it; past it the oldest are
+/// forgotten and every log created afterwards gets a new epoch.
+pub const MAX_TOMBSTONES: usize = 100_000;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it:
 /// the structures here stay consistent between statements.
@@ -53,6 +57,8 @@ pub struct MemoryBroker {
     shards: Box<[LogShard]>,
     /// Hashes room names to shards.
     hasher: RandomState,
+    /// Where dropped logs stood.
+    tombs: Mutex<Tombs>,
     /// Presence and user status.
     presence: Mutex<PresenceState>,
     /// Where publications and presence events go.
@@ -86,11 +92,67 @@ struct RoomLog {
     dropped: bool,
 }
 
-impl RoomLog {
+/// Where dropped room logs stood, so that dropping an idle log (to keep
+/// memory bounded) does not change its room's epoch: a client that comes
+/// back with `since` and the old epoch still recovers when nothing it
+/// missed is gone.
+///
+/// A log that never had a message is not remembered: its room's next log
+/// gets the same epoch anyway, a hash of the room and `seed`. A log with
+/// messages is (its epoch and latest offset; its next log continues the
+/// offsets with an empty history), up to [`MAX_TOMBSTONES`]; forgetting one
+/// changes `seed`, so that room's next log cannot reuse an epoch whose
+/// offsets it would repeat.
+struct Tombs {
+    seed: u64,
+    by_room: HashMap<Arc<str>, (u64, Arc<str>, u64)>,
+    /// (room, entry number) oldest first; stale when the room's entry has
+    /// another number.
+    order: VecDeque<(Arc<str>, u64)>,
+    next: u64,
+}
+
+impl Tombs {
     fn new() -> Self {
         Self {
-            epoch: new_epoch(),
-            top: 0,
+            seed: rand_seed(),
+            by_room: HashMap::new(),
+            order: VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    fn remember(&mut self, room: Arc<str>, epoch: Arc<str>, top: u64) {
+        self.next += 1;
+        self.by_room.insert(room.clone(), (self.next, epoch, top));
+        self.order.push_back((room, self.next));
+        while self.by_room.len() > MAX_TOMBSTONES {
+            let Some((room, n)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_room.get(&room).is_some_and(|e| e.0 == n) {
+                self.by_room.remove(&room);
+                self.seed = rand_seed();
+            }
+        }
+        // Stale entries (rooms whose log came back) must not pile up.
+        if self.order.len() > 2 * MAX_TOMBSTONES.max(self.by_room.len()) {
+            let by_room = &self.by_room;
+            self.order
+                .retain(|(room, n)| by_room.get(room).is_some_and(|e| e.0 == *n));
+        }
+    }
+}
+
+fn rand_seed() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+impl RoomLog {
+    fn new(epoch: Arc<str>, top: u64) -> Self {
+        Self {
+            epoch,
+            top,
             history: VecDeque::new(),
             ids: HashMap::new(),
             id_order: VecDeque::new(),
@@ -133,11 +195,6 @@ impl RoomLog {
         self.dropped = self.is_idle();
         self.dropped
     }
-}
-
-/// A fresh epoch tag: 8 random hex digits.
-fn new_epoch() -> Arc<str> {
-    Arc::from(&uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 fn now_ms() -> i64 {
@@ -205,6 +262,7 @@ impl MemoryBroker {
         let broker = Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            tombs: Mutex::new(Tombs::new()),
             presence: Mutex::new(PresenceState::default()),
             handler: OnceLock::new(),
             history_size,
@@ -365,9 +423,26 @@ impl MemoryBroker {
         if let Some(log) = shard.get(room) {
             return log.clone();
         }
-        let log = Arc::new(Mutex::new(RoomLog::new()));
+        let (epoch, top) = {
+            let mut t = lock(&self.tombs);
+            match t.by_room.remove(room) {
+                Some((_, epoch, top)) => (epoch, top),
+                None => {
+                    let h = self.hasher.hash_one((t.seed, room));
+                    (Arc::from(format!("{:08x}", h >> 32)), 0)
+                }
+            }
+        };
+        let log = Arc::new(Mutex::new(RoomLog::new(epoch, top)));
         shard.insert(Arc::from(room), log.clone());
         log
+    }
+
+    /// Called with the shard's lock held when `log` of `room` is dropped.
+    fn remember(&self, room: &Arc<str>, log: &RoomLog) {
+        if log.top > 0 {
+            lock(&self.tombs).remember(room.clone(), log.epoch.clone(), log.top);
+        }
     }
 
     /// Expires history, msgIds, idle logs and long-offline users.
@@ -375,7 +450,14 @@ impl MemoryBroker {
         let now = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            shard.retain(|_, log| !lock(log).drop_if_idle(now, self.ttl, self.history_size));
+            shard.retain(|room, log| {
+                let mut log = lock(log);
+                let drop = log.drop_if_idle(now, self.ttl, self.history_size);
+                if drop {
+                    self.remember(room, &log);
+                }
+                !drop
+            });
         }
         let mut p = lock(&self.presence);
         while let Some((since, _)) = p.offline.front()
@@ -421,11 +503,15 @@ impl Broker for MemoryBroker {
         // (an anonymous connection's personal room, say) instead of waiting
         // for the sweep.
         let mut shard = lock(self.shard(room));
-        if let Some(log) = shard.get(room) {
+        if let Some((name, log)) = shard.get_key_value(room) {
             let idle = {
                 let mut log = lock(log);
                 log.subscribed = log.subscribed.saturating_sub(1);
-                log.drop_if_idle(Instant::now(), self.ttl, self.history_size)
+                let idle = log.drop_if_idle(Instant::now(), self.ttl, self.history_size);
+                if idle {
+                    self.remember(name, &log);
+                }
+                idle
             };
             if idle {
                 shard.remove(room);
@@ -708,14 +794,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idle_room_gets_a_new_epoch() {
+    async fn a_dropped_idle_log_keeps_its_epoch_and_offsets() {
         let b = MemoryBroker::new(10, Duration::from_secs(1));
+        // Never published: dropped at the last unsubscribe, and the room's
+        // next log has the same epoch, so a client at offset 0 recovers.
+        b.subscribe("quiet").await.unwrap();
+        let e0 = b.recover("quiet", None).await.unwrap().epoch;
+        b.unsubscribe("quiet").await.unwrap();
+        assert!(lock(b.shard("quiet")).get("quiet").is_none(), "dropped");
+        let r = b.publish(req("quiet", "a", false)).await.unwrap();
+        assert_eq!((r.epoch.clone(), r.offset), (e0.clone(), 1));
+        let rec = b.recover("quiet", Some((0, Some(&*e0)))).await.unwrap();
+        assert!(rec.recovered);
+        assert_eq!(rec.publications.len(), 1);
+
+        // With messages: once they expired the log goes, and the next one
+        // continues its offsets in the same epoch.
         let e1 = b.publish(req("r", "a", false)).await.unwrap().epoch;
         tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(lock(b.shard("r")).get("r").is_none(), "swept");
+        let rec = b.recover("r", Some((1, Some(&*e1)))).await.unwrap();
+        assert!(rec.recovered, "nothing after offset 1 was missed");
+        let rec = b.recover("r", Some((0, Some(&*e1)))).await.unwrap();
+        assert!(!rec.recovered, "offset 1 expired");
         let r = b.publish(req("r", "b", false)).await.unwrap();
-        assert_ne!(e1, r.epoch);
-        assert_eq!(r.offset, 1);
+        assert_eq!((r.epoch.clone(), r.offset), (e1.clone(), 2));
         b.close().await;
+    }
+
+    #[test]
+    fn forgetting_a_tombstone_changes_fresh_epochs() {
+        let mut t = Tombs::new();
+        let seed = t.seed;
+        for i in 0..MAX_TOMBSTONES {
+            t.remember(Arc::from(format!("r{i}").as_str()), Arc::from("e"), 3);
+        }
+        // A room remembered twice is one entry.
+        t.remember(Arc::from("r1"), Arc::from("e"), 4);
+        assert_eq!(t.seed, seed);
+        assert_eq!(t.by_room.len(), MAX_TOMBSTONES);
+        t.remember(Arc::from("one-more"), Arc::from("e"), 1);
+        assert_eq!(t.by_room.len(), MAX_TOMBSTONES);
+        assert!(!t.by_room.contains_key("r0"), "the oldest went");
+        assert_ne!(t.seed, seed, "so r0's next log cannot reuse its epoch");
+        assert_eq!(t.by_room["r1"].2, 4);
     }
 
     #[tokio::test(start_paused = true)]
