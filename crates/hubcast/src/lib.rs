@@ -38,6 +38,7 @@ pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otel;
 pub mod protocol;
+pub mod recent;
 pub mod trace;
 
 use std::net::SocketAddr;
@@ -83,6 +84,8 @@ pub struct App {
     pub published: AtomicU64,
     /// (time, published, delivered) once a second, for `/api/stats` rates.
     pub samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64, u64)>>,
+    /// Recent errors and notable closes, for the dashboard.
+    pub recent: Arc<recent::Recent>,
 }
 
 impl App {
@@ -211,6 +214,7 @@ pub async fn run_with_broker(
         started: std::time::Instant::now(),
         published: AtomicU64::new(0),
         samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        recent: Arc::default(),
     });
     {
         // Once a second: a rate sample for /api/stats (the last 10 s are

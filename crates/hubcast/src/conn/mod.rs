@@ -167,6 +167,10 @@ where
         (e, None) => (None, format!("{e:?}")),
     };
     counted.reason = crate::metrics::close_reason(code);
+    // Closes the server decided (slow consumer, heartbeat, flooding, ...).
+    if let Some(c) = closed.filter(|c| c.code != close::NORMAL) {
+        app.recent.close(c.code, c.reason, &conn.id, &conn.user);
+    }
     let detail = match &end {
         ReadEnd::Protocol(m) | ReadEnd::Io(m) => m.as_str(),
         _ => "",

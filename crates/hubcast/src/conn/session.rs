@@ -115,7 +115,13 @@ impl Session {
     }
 
     fn push_error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
-        self.push(rejected(id, code, message));
+        self.push(self.rejected(id, code, message));
+    }
+
+    /// An error frame, counted by code and recorded for the dashboard.
+    fn rejected(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) -> Bytes {
+        record_error(&self.app.recent, &self.conn, code, message);
+        rejected(id, code, message)
     }
 
     /// Applies the frame rate limit; false when the frame is refused (the
@@ -159,7 +165,8 @@ impl Session {
             Ok(parsed) => parsed,
             Err(FrameError { id, code, message }) => {
                 if self.admit(id.as_deref()) {
-                    self.reply_in_order(rejected(id.as_deref(), code, &message));
+                    let frame = self.rejected(id.as_deref(), code, &message);
+                    self.reply_in_order(frame);
                 }
                 return;
             }
@@ -197,7 +204,10 @@ impl Session {
         };
         match started {
             Ok(reply) => self.start(reply).await,
-            Err(r) => self.reply_in_order(rejected(id, r.code, &r.message)),
+            Err(r) => {
+                let frame = self.rejected(id, r.code, &r.message);
+                self.reply_in_order(frame)
+            }
         }
     }
 
@@ -421,6 +431,7 @@ impl Session {
             skip: (!echo).then_some(self.conn.key),
         };
         let app = self.app.clone();
+        let conn = self.conn.clone();
         let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
         Box::pin(async move {
             let id = id.as_deref();
@@ -442,6 +453,7 @@ impl Session {
                 }
                 Err(e) => {
                     let r = Reject::from(e);
+                    record_error(&app.recent, &conn, r.code, &r.message);
                     rejected(id, r.code, &r.message)
                 }
             }
@@ -468,6 +480,14 @@ impl Session {
         if let Err(e) = self.app.broker.disconnect(&self.info).await {
             tracing::warn!(conn = %self.conn.id, error = %e, "broker disconnect failed");
         }
+    }
+}
+
+/// Records an error reply for the dashboard; rate-limit refusals are not
+/// recorded one by one (a flooding client's 4003 close is).
+fn record_error(recent: &crate::recent::Recent, conn: &Conn, code: ErrorCode, message: &str) {
+    if code != ErrorCode::RateLimited {
+        recent.error(code.as_str(), message, &conn.id, &conn.user);
     }
 }
 

@@ -377,6 +377,63 @@ pub async fn stats(State(app): State<Arc<App>>) -> Response {
     .into_response()
 }
 
+/// A `limit` query: 1 to `max`, `default` when absent.
+fn limit_query(q: &[(String, String)], default: usize, max: usize) -> Result<usize, HttpError> {
+    match q.iter().find(|(k, _)| k == "limit") {
+        None => Ok(default),
+        Some((_, v)) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(HttpError::new(
+                ErrorCode::BadRequest,
+                format!("limit must be an integer from 1 to {max}"),
+            )),
+        },
+    }
+}
+
+/// `GET /api/rooms`: this node's rooms with local members (personal rooms
+/// left out), most members first.
+pub async fn rooms(
+    State(app): State<Arc<App>>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, HttpError> {
+    let limit = limit_query(&q, 100, 1000)?;
+    let (rooms, total) = app.hub.room_list(limit);
+    let rooms: Vec<_> = rooms
+        .iter()
+        .map(|(room, members)| serde_json::json!({"room": &**room, "members": members}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "node": app.config.node_id,
+        "total": total,
+        "rooms": rooms,
+    }))
+    .into_response())
+}
+
+/// `GET /api/events`: this node's recent errors and notable closes,
+/// newest first; `after` returns only events with a larger `seq`.
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, HttpError> {
+    let limit = limit_query(&q, 50, crate::recent::CAPACITY)?;
+    let after = match q.iter().find(|(k, _)| k == "after") {
+        None => 0,
+        Some((_, v)) => v.parse::<u64>().map_err(|_| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                "after must be a non-negative integer",
+            )
+        })?,
+    };
+    Ok(Json(serde_json::json!({
+        "node": app.config.node_id,
+        "events": app.recent.list(after, limit),
+    }))
+    .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -356,6 +356,27 @@ impl Hub {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
+    /// Rooms with local members, personal rooms left out: the `limit`
+    /// with the most members (name order among equals), and how many such
+    /// rooms there are. One pass over every room: for dashboards, not for
+    /// a hot path.
+    pub fn room_list(&self, limit: usize) -> (Vec<(Arc<str>, usize)>, usize) {
+        let mut all: Vec<(Arc<str>, usize)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            all.extend(
+                shard
+                    .iter()
+                    .filter(|(name, _)| !crate::protocol::is_personal(name))
+                    .map(|(name, r)| (name.clone(), r.subs.len())),
+            );
+        }
+        let total = all.len();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        (all, total)
+    }
+
     /// Messages queued to local subscribers since start.
     pub fn delivered(&self) -> u64 {
         self.delivered.load(std::sync::atomic::Ordering::Relaxed)

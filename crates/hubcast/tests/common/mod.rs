@@ -434,3 +434,21 @@ fn close_parts(f: Option<CloseFrame>) -> (Option<u16>, String) {
         None => (None, String::new()),
     }
 }
+
+/// Polls `f` every 20 ms until it gives `Some`, for up to 10 s.
+pub async fn wait_until<T, Fut>(mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
