@@ -59,6 +59,9 @@ pub struct Config {
     /// `redis_url` names a Redis Cluster: rooms spread over its masters by
     /// hash tag, with sharded pub/sub (Redis 7).
     pub redis_cluster: bool,
+    /// Serve the chat page at `/` and the admin dashboard at `/admin` (the
+    /// client library at `/client/` is always served).
+    pub web: bool,
     /// Prefix of every Redis key and channel hubcast uses.
     pub redis_prefix: String,
     /// Seconds a node's presence entries outlive it when it dies without
@@ -135,6 +138,7 @@ impl Default for Config {
             broker: BrokerKind::Memory,
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_cluster: false,
+            web: true,
             redis_prefix: "hubcast".into(),
             presence_lease: 30,
             jwt_secret: None,
@@ -232,6 +236,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_REDIS_CLUSTER", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_cluster: Option<bool>,
+    /// Serve the chat page at / and the admin dashboard at /admin [default: true]
+    #[arg(long, env = "HUBCAST_WEB", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web: Option<bool>,
     /// Prefix of every Redis key and channel [default: hubcast]
     #[arg(long, env = "HUBCAST_REDIS_PREFIX", value_name = "PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -562,6 +570,7 @@ mod tests {
             ("--redis-url", d.redis_url.clone()),
             ("--redis-prefix", d.redis_prefix.clone()),
             ("--redis-cluster", d.redis_cluster.to_string()),
+            ("--web", d.web.to_string()),
             ("--max-presence-members", d.max_presence_members.to_string()),
             ("--presence-lease", d.presence_lease.to_string()),
             ("--max-connections", d.max_connections.to_string()),

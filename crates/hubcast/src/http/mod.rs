@@ -9,6 +9,7 @@ pub mod origin;
 pub mod poll;
 pub mod sse;
 pub mod tls;
+pub mod web;
 pub mod ws;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/users/{user}/status"),
     ("GET", "/api/poll"),
     ("GET", "/api/stats"),
+    ("GET", "/api/rooms"),
+    ("GET", "/api/events"),
 ];
 
 /// The OpenAPI document of [`ROUTES`].
@@ -64,6 +67,8 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
         ("GET", "/api/users/{user}/status") => (get(api::user_status), true),
         ("GET", "/api/poll") => (get(poll::poll), true),
         ("GET", "/api/stats") => (get(api::stats), true),
+        ("GET", "/api/rooms") => (get(api::rooms), true),
+        ("GET", "/api/events") => (get(api::events), true),
         _ => return None,
     })
 }
@@ -87,6 +92,7 @@ pub fn router(app: Arc<App>) -> Router {
         app.clone(),
         api::require_key,
     )))
+    .merge(web::routes(app.config.web))
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
     .layer(axum::middleware::from_fn(crate::trace::trace_requests))
