@@ -452,12 +452,7 @@ both_engines! {
         let s = Server::start_on(engine, |c| c.jwt_secret = Some(secret.into())).await;
         let exp = hubcast::unix_ms() as u64 / 1000 + 600;
         let user = format!("bob-{}", uuid::Uuid::new_v4().simple());
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &json!({"sub": user, "exp": exp}),
-            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap();
+        let token = common::hs256(secret, &json!({"sub": user, "exp": exp}));
         let bob = Client::connect(&format!("{}?token={token}", s.ws_url())).await;
         let (st, u) = get(&s, &format!("/api/users/{user}/status")).await;
         assert_eq!(st, 200, "{u}");

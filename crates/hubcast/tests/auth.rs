@@ -23,12 +23,7 @@ fn now() -> u64 {
 }
 
 fn hs256(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::hs256(SECRET, &claims)
 }
 
 fn b64(v: &Value) -> String {

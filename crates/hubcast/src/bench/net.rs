@@ -12,13 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_websockets::{ClientBuilder, Message, Payload, WebSocketStream};
 
 /// Bytes moved by a group of connections (all subscribers of a run, say).
 #[derive(Default)]
@@ -160,18 +158,15 @@ impl Dialer {
     ) -> anyhow::Result<Ws> {
         let tcp = self.tcp(node, i).await?;
         let sep = if node.ws_url.contains('?') { '&' } else { '?' };
-        let mut b = ClientBuilder::new().uri(&format!("{}{sep}name={name}", node.ws_url))?;
-        if let Some(t) = &self.token {
-            b = b.add_header(hyper::header::AUTHORIZATION, format!("Bearer {t}").parse()?)?;
-        }
+        let url = format!("{}{sep}name={name}", node.ws_url);
         let stream = Counted {
             inner: tcp,
             wire: wire.clone(),
         };
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(30), b.connect_on(stream))
+        let handshake = hubcast_client::raw::handshake(stream, &url, self.token.as_deref());
+        let mut ws = tokio::time::timeout(Duration::from_secs(30), handshake)
             .await
             .map_err(|_| anyhow!("WebSocket handshake timed out"))??;
-        let mut ws = Ws(ws);
         ws.await_type("welcome").await?;
         Ok(ws)
     }
@@ -196,81 +191,11 @@ impl Dialer {
     }
 }
 
-/// A load-side WebSocket.
-pub struct Ws(pub WebSocketStream<Counted<TcpStream>>);
+/// A load-side WebSocket: the client crate's bare connection over a
+/// byte-counted stream.
+pub type Ws = hubcast_client::raw::Ws<Counted<TcpStream>>;
 
-/// What a WebSocket read gave.
-pub enum Frame {
-    /// A text frame's payload.
-    Text(Payload),
-    /// The server closed the connection (close code, 1006 when it just went away).
-    Closed(u16),
-}
-
-impl Ws {
-    /// Sends one text frame.
-    pub async fn send(&mut self, text: String) -> anyhow::Result<()> {
-        use futures_util::SinkExt;
-        self.0.send(Message::text(text)).await?;
-        Ok(())
-    }
-
-    /// The next text frame, or how the connection ended.
-    pub async fn next_frame(&mut self) -> Frame {
-        loop {
-            match self.0.next().await {
-                Some(Ok(m)) if m.is_text() => {
-                    return Frame::Text(m.into_payload());
-                }
-                Some(Ok(m)) if m.is_close() => {
-                    return Frame::Closed(m.as_close().map_or(1005, |(c, _)| c.into()));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Frame::Closed(1006),
-            }
-        }
-    }
-
-    /// Reads until a frame of type `typ` arrives (30 s at most).
-    pub async fn await_type(&mut self, typ: &str) -> anyhow::Result<Payload> {
-        let want = format!("\"type\":\"{typ}\"");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio::time::timeout_at(deadline, self.next_frame()).await {
-                Err(_) => bail!("no `{typ}` frame within 30 s"),
-                Ok(Frame::Closed(code)) => bail!("closed with {code} while waiting for `{typ}`"),
-                Ok(Frame::Text(t)) => {
-                    if t.windows(want.len()).any(|w| w == want.as_bytes()) {
-                        return Ok(t);
-                    }
-                    if t.starts_with(br#"{"type":"error""#) && !typ.is_empty() {
-                        bail!(
-                            "error while waiting for `{typ}`: {}",
-                            String::from_utf8_lossy(&t)
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// Joins `room` and waits for `joined`.
-    pub async fn join(&mut self, room: &str) -> anyhow::Result<()> {
-        self.send(format!(r#"{{"type":"join","id":1,"room":"{room}"}}"#))
-            .await?;
-        self.await_type("joined").await.map(|_| ())
-    }
-
-    /// Sends a close frame and waits (briefly) for the server's.
-    pub async fn close(mut self) {
-        use futures_util::SinkExt;
-        let _ = self.0.close().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(Ok(_)) = self.0.next().await {}
-        })
-        .await;
-    }
-}
+pub use hubcast_client::raw::{Frame, number_after};
 
 /// A load-side HTTP/1.1 connection.
 pub struct Http {
@@ -313,19 +238,6 @@ impl Http {
     }
 }
 
-/// Finds the unsigned integer after `key` (e.g. `"offset":`) in a frame.
-pub fn number_after(frame: &[u8], key: &[u8]) -> Option<u64> {
-    let at = frame.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = frame[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&frame[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,15 +249,6 @@ mod tests {
         assert_eq!(source_ip(3, 20), Ipv4Addr::new(127, 0, 0, 4));
         assert_eq!(source_ip(23, 20), Ipv4Addr::new(127, 0, 0, 4));
         assert_eq!(source_ip(260, 300), Ipv4Addr::new(127, 0, 1, 11));
-    }
-
-    #[test]
-    fn numbers_after_keys() {
-        let f = br#"{"type":"message","room":"r","offset":43,"data":{"t":1700000000123,"p":"x"}}"#;
-        assert_eq!(number_after(f, br#""offset":"#), Some(43));
-        assert_eq!(number_after(f, br#""t":"#), Some(1_700_000_000_123));
-        assert_eq!(number_after(f, br#""nope":"#), None);
-        assert_eq!(number_after(br#"{"t":x}"#, br#""t":"#), None);
     }
 
     #[test]
