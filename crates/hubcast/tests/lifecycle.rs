@@ -50,8 +50,17 @@ both_engines! {
             );
         }
         // The slow client now reads: an unbroken run of messages, then 4000.
+        let slow_user = slow.user();
         let (code, reason, frames) = slow.until_close().await;
         assert_eq!(code, Some(4000), "reason {reason:?}");
+        // The dashboard's recent events list it.
+        let ev: serde_json::Value = common::wait_until(|| async {
+            let r: serde_json::Value = reqwest::get(s.http("/api/events")).await.ok()?.json().await.ok()?;
+            r["events"].as_array()?.iter().find(|e| e["code"] == "slow_consumer").cloned()
+        })
+        .await;
+        assert_eq!(ev["closeCode"], 4000);
+        assert_eq!(ev["user"], slow_user);
         let _fast = tokio::time::timeout(Duration::from_secs(60), fast_reader)
             .await
             .unwrap()
