@@ -143,16 +143,8 @@ pub fn close_reason(code: Option<u16>) -> &'static str {
 /// `,"timestamp":` is the envelope's own: inside JSON strings a quote is
 /// always escaped.
 pub fn envelope_time_ms(envelope: &[u8]) -> Option<i64> {
-    const KEY: &[u8] = br#","timestamp":"#;
-    let at = envelope.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let digits = envelope[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&envelope[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+    let ms = hubcast_client::raw::number_after(envelope, br#","timestamp":"#)?;
+    i64::try_from(ms).ok()
 }
 
 /// Records a delivery latency sample for an envelope published at its
