@@ -117,7 +117,38 @@ test('two pages chat; an offline page gets what it missed once, in order; presen
   await shows(bob.page, 'psst, Bob');
   await shows(ada.page, 'psst, Bob');
 
-  assert.deepEqual([...ada.problems, ...bob.problems], []);
+  // A page that arrives later loads the room's history on join.
+  const cy = await open('/');
+  await signIn(cy.page, 'Cy');
+  await shows(cy.page, 'm20');
+  assert.deepEqual((await texts(cy.page)).slice(0, 3), ['hello from Ada', 'hi Ada!', 'm1']);
+  // Leaving a room: gone from the list, and the others see Cy leave.
+  const cyUser = await cy.page.evaluate(() => window.hubcast.user);
+  await ada.page.click('#rooms li[data-key="#lobby"]');
+  await ada.page.waitForSelector(`#members li[data-user="${cyUser}"]`);
+  await cy.page.click('#leave');
+  await cy.page.waitForSelector('#rooms li[data-key="#lobby"]', { state: 'detached' });
+  await ada.page.waitForSelector(`#members li[data-user="${cyUser}"]`, { state: 'detached' });
+  await cy.context.close();
+
+  // The server restarts (the memory engine forgets its rooms): the pages
+  // reconnect by themselves, are told the gap cannot be filled, reload the
+  // room and go on.
+  const port = server.port;
+  await server.stop();
+  await ada.page.waitForSelector('#conn[data-state=reconnecting]');
+  server = await startServer({ port, args: ['--api-key', API_KEY] });
+  await ada.page.waitForSelector('#conn[data-state=connected]', { timeout: 30000 });
+  await ada.page.waitForSelector('#notice:not([hidden])');
+  assert.match(await ada.page.textContent('#notice'), /could not be recovered/);
+  await bob.page.waitForSelector('#conn[data-state=connected]', { timeout: 30000 });
+  await bob.page.click('#rooms li[data-key="#lobby"]');
+  await say(bob.page, 'back after the restart');
+  await shows(ada.page, 'back after the restart');
+
+  // Reconnect attempts while the server was down failed to load: expected.
+  const problems = [...ada.problems, ...bob.problems].filter((p) => !p.includes('WebSocket connection'));
+  assert.deepEqual(problems, []);
   await ada.context.close();
   await bob.context.close();
 });
