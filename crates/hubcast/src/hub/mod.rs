@@ -270,7 +270,7 @@ impl Hub {
                                 conn.outbound().push(f);
                             }
                             Pending::Publication(p) => {
-                                deliver(sub, &p);
+                                deliver(conn.key(), sub, &p);
                             }
                         }
                     }
@@ -395,8 +395,10 @@ impl Hub {
 /// range and skipping what it already had.
 /// Queues a publication to a live subscriber; returns (delivered,
 /// overflowed) for the metrics.
-fn deliver(sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
-    if *sub.epoch == *p.epoch {
+fn deliver(key: ConnKey, sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
+    // Hot path (once per delivery): the epochs are usually the same `Arc`,
+    // and the connection's key is the map's, not behind the trait object.
+    if Arc::ptr_eq(&sub.epoch, &p.epoch) || *sub.epoch == *p.epoch {
         if p.offset <= sub.last {
             return (0, 0);
         }
@@ -405,7 +407,7 @@ fn deliver(sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
         sub.first = p.offset;
     }
     sub.last = p.offset;
-    if p.skip != Some(sub.conn.key()) {
+    if p.skip != Some(key) {
         return match sub.conn.outbound().push(p.envelope.clone()) {
             Pushed::Queued => (1, 0),
             Pushed::Overflow => (0, 1),
@@ -422,7 +424,7 @@ impl BrokerHandler for Hub {
             return;
         };
         let (mut delivered, mut overflowed) = (0, 0);
-        for sub in local.subs.values_mut() {
+        for (key, sub) in local.subs.iter_mut() {
             match &mut sub.buffer {
                 Some(buffer) => {
                     if buffer.len() >= self.buffer_cap {
@@ -436,7 +438,7 @@ impl BrokerHandler for Hub {
                     }
                 }
                 None => {
-                    let (d, o) = deliver(sub, publication);
+                    let (d, o) = deliver(*key, sub, publication);
                     delivered += d;
                     overflowed += o;
                 }
