@@ -148,7 +148,7 @@ export class HubcastError extends Error {
   reason: string;
 }
 
-declare class Emitter<E extends Record<string, (...args: any[]) => void>> {
+declare class Emitter<E extends { [K in keyof E]: (...args: any[]) => void }> {
   on<K extends keyof E>(event: K, fn: E[K]): Unsubscribe;
   once<K extends keyof E>(event: K, fn: E[K]): Unsubscribe;
   off<K extends keyof E>(event: K, fn: E[K]): void;
