@@ -106,7 +106,11 @@ where
         max_message_bytes: app.config.max_message_bytes,
     }));
     let (mut sink, mut stream) = ws.split();
-    let mut session = match Session::open(app.clone(), conn.clone()).await {
+    // Futures that run once or only for a moment are boxed (here and
+    // below): a future awaited inline reserves its size in the connection's
+    // task for the task's whole life, and an idle connection should hold
+    // only what it waits on (the task went from 4,000 to 1,984 bytes).
+    let mut session = match Box::pin(Session::open(app.clone(), conn.clone())).await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(conn = %conn.id, error = %e, "cannot register connection with the broker");
@@ -139,19 +143,19 @@ where
                 } else {
                     CLOSE_GRACE
                 };
-                let _ = timeout(grace, &mut writer).await;
+                let _ = Box::pin(timeout(grace, &mut writer)).await;
                 end
             }
             _ = &mut writer => {
                 // Our close frame is out (or the socket failed): wait briefly
                 // for the client's close reply so it reads ours before the
                 // TCP connection goes away.
-                timeout(CLOSE_GRACE, &mut reader).await.unwrap_or(ReadEnd::Closing)
+                Box::pin(timeout(CLOSE_GRACE, &mut reader)).await.unwrap_or(ReadEnd::Closing)
             }
         }
     };
     if let Some(session) = session {
-        session.close().await;
+        Box::pin(session.close()).await;
     }
     let closed = conn.out.closing();
     let (code, reason) = match (&end, closed) {
@@ -259,7 +263,9 @@ where
             crate::metrics::handles()
                 .bytes_in
                 .increment(next.as_payload().len() as u64);
-            session.on_text(next.as_payload()).await;
+            // Boxed: one allocation per client frame instead of its
+            // largest future's size in every idle connection's task.
+            Box::pin(session.on_text(next.as_payload())).await;
         } else if next.is_binary() {
             session.on_binary();
         }
@@ -308,7 +314,7 @@ where
         }
         batch.clear();
         if let Some(c) = conn.out.closing() {
-            send_close(sink, c).await;
+            Box::pin(send_close(sink, c)).await;
             return;
         }
         tokio::select! {
