@@ -272,16 +272,18 @@ pub(super) fn query_since(v: &str) -> Result<u64, HttpError> {
 
 /// A `limit` query value (1 to 1000, like the `history` frame's).
 pub(super) fn query_limit(v: &str) -> Result<usize, HttpError> {
+    query_limit_up_to(v, protocol::MAX_HISTORY_LIMIT)
+}
+
+/// A `limit` query value from 1 to `max`.
+fn query_limit_up_to(v: &str, max: usize) -> Result<usize, HttpError> {
     v.parse::<usize>()
         .ok()
-        .filter(|n| (1..=protocol::MAX_HISTORY_LIMIT).contains(n))
+        .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
             HttpError::new(
                 ErrorCode::BadRequest,
-                format!(
-                    "query `limit` must be an integer from 1 to {}",
-                    protocol::MAX_HISTORY_LIMIT
-                ),
+                format!("query `limit` must be an integer from 1 to {max}"),
             )
         })
 }
@@ -381,13 +383,7 @@ pub async fn stats(State(app): State<Arc<App>>) -> Response {
 fn limit_query(q: &[(String, String)], default: usize, max: usize) -> Result<usize, HttpError> {
     match q.iter().find(|(k, _)| k == "limit") {
         None => Ok(default),
-        Some((_, v)) => match v.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(HttpError::new(
-                ErrorCode::BadRequest,
-                format!("limit must be an integer from 1 to {max}"),
-            )),
-        },
+        Some((_, v)) => query_limit_up_to(v, max),
     }
 }
 
