@@ -554,14 +554,16 @@ export class Hubcast extends Emitter {
   }
 
   #failAll(err, outboxToo) {
+    // Every reply awaited on this connection is gone; publishes are not
+    // failed by that (they are sent again), other requests are.
     for (const [id, r] of this.#requests) {
+      this.#requests.delete(id);
       if (r.outbox) {
         r.outbox.id = null;
         continue;
       }
       clearTimeout(r.timer);
       r.reject(err);
-      this.#requests.delete(id);
     }
     for (const room of this.#joining.values()) room._disconnected();
     this.#joining.clear();
@@ -571,9 +573,6 @@ export class Hubcast extends Emitter {
         entry.reject(err);
       }
       for (const room of this.#rooms.values()) room._reject?.(err);
-    } else {
-      // Not acked: sent again with the same msgId once reconnected.
-      for (const [id, r] of this.#requests) if (r.outbox) this.#requests.delete(id);
     }
   }
 
