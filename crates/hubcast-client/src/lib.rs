@@ -738,17 +738,11 @@ impl Driver {
                         self.closed = true;
                         return;
                     }
-                    Some(Cmd::Token(t)) => {
-                        self.opts.token = Some(t);
-                        if self.token_expired {
-                            self.token_expired = false;
-                            self.attempt = 0;
-                            return;
-                        }
-                    }
                     Some(c) => {
+                        let was_expired = self.token_expired;
                         self.command(c, false);
-                        if self.closed {
+                        // Closed, or a new token after a 4001: go now.
+                        if self.closed || (was_expired && !self.token_expired) {
                             return;
                         }
                     }
@@ -881,7 +875,6 @@ impl Driver {
                 },
                 cmd = self.cmds.recv() => match cmd {
                     None => self.closed = true,
-                    Some(Cmd::Token(t)) => self.opts.token = Some(t),
                     Some(c) => self.command(c, true),
                 },
                 _ = ping.tick() => {
@@ -1008,7 +1001,13 @@ impl Driver {
                 }
                 let _ = tx.send(Ok(()));
             }
-            Cmd::Token(t) => self.opts.token = Some(t),
+            Cmd::Token(t) => {
+                self.opts.token = Some(t);
+                if self.token_expired {
+                    self.token_expired = false;
+                    self.attempt = 0;
+                }
+            }
             Cmd::Close(tx) => {
                 self.closed = true;
                 self.close_waiters.push(tx);
