@@ -136,7 +136,7 @@ impl Tombs {
             }
         }
         // Stale entries (rooms whose log came back) must not pile up.
-        if self.order.len() > 2 * MAX_TOMBSTONES.max(self.by_room.len()) {
+        if self.order.len() > 2 * MAX_TOMBSTONES {
             let by_room = &self.by_room;
             self.order
                 .retain(|(room, n)| by_room.get(room).is_some_and(|e| e.0 == *n));
