@@ -127,6 +127,7 @@ pub fn close_reason(code: Option<u16>) -> &'static str {
         Some(1000) | Some(1005) => "normal",
         Some(1001) => "going_away",
         Some(1002) => "protocol_error",
+        Some(1007) => "invalid_data",
         Some(1008) => "policy",
         Some(1009) => "too_big",
         Some(1011) => "internal",

@@ -76,6 +76,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// Server shutting down; reconnect (to another node).
     pub const GOING_AWAY: u16 = 1001;
+    /// A broken WebSocket frame.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation.
     pub const POLICY: u16 = 1008;
     /// A frame larger than `max_message_bytes`.

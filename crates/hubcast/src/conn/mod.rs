@@ -11,24 +11,26 @@
 //! Whichever side ends first decides the close; the other gets a short
 //! grace period to finish the close handshake.
 
+pub mod frame;
 pub mod limit;
 pub mod outbound;
 pub mod session;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tokio_websockets::{CloseCode, Error as WsError, Message, Payload};
 
 use crate::App;
 use crate::broker::ConnKey;
 use crate::hub::Subscriber;
 use crate::protocol::{self, close, out};
+use frame::{Batch, Incoming, ReadError, Reader};
 use outbound::{CloseReason, Outbound};
 use session::Session;
 
@@ -80,17 +82,26 @@ enum ReadEnd {
     /// A frame over `max_message_bytes`.
     TooBig,
     /// A WebSocket protocol violation.
-    Protocol(String),
+    Protocol(&'static str),
+    /// A text message that is not UTF-8.
+    BadUtf8,
     /// The socket failed.
     Io(String),
     /// The server decided to close (the writer sends the frame).
     Closing,
 }
 
-/// Serves one upgraded connection until it closes.
-pub async fn serve<S>(app: Arc<App>, ws: S, conn: Arc<Conn>, remote: SocketAddr)
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+/// Serves one upgraded connection until it closes: frames are read from
+/// `reader` and written to `writer` (the two halves of the socket).
+pub async fn serve<R, W>(
+    app: Arc<App>,
+    mut reader: Reader<R>,
+    mut writer: W,
+    conn: Arc<Conn>,
+    remote: SocketAddr,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let opened = Instant::now();
     let mut counted = crate::metrics::OpenConnection::new(crate::metrics::Transport::Ws, &app.open);
@@ -105,7 +116,6 @@ where
         heartbeat: app.config.heartbeat,
         max_message_bytes: app.config.max_message_bytes,
     }));
-    let (mut sink, mut stream) = ws.split();
     // Futures that run once or only for a moment are boxed (here and
     // below): a future awaited inline reserves its size in the connection's
     // task for the task's whole life, and an idle connection should hold
@@ -119,11 +129,21 @@ where
         }
     };
     let mut frames_in: u64 = 0;
+    // A ping's payload, for the writer's pong.
+    let pong = Mutex::new(None);
     let end = {
-        let reader = read_loop(&mut stream, session.as_mut(), &conn, &app, &mut frames_in);
-        let writer = write_loop(
-            &mut sink,
+        let reader = read_loop(
+            &mut reader,
+            session.as_mut(),
             &conn,
+            &app,
+            &pong,
+            &mut frames_in,
+        );
+        let writer = write_loop(
+            &mut writer,
+            &conn,
+            &pong,
             app.config.heartbeat_interval(),
             &app.shutdown,
         );
@@ -133,17 +153,13 @@ where
                 match &end {
                     ReadEnd::Timeout => conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
                     ReadEnd::TooBig => conn.out.close(close::TOO_BIG, "frame larger than max_message_bytes"),
-                    ReadEnd::Protocol(_) => conn.out.close(1002, "protocol error"),
+                    ReadEnd::Protocol(_) => conn.out.close(close::PROTOCOL_ERROR, "protocol error"),
+                    ReadEnd::BadUtf8 => conn.out.close(close::INVALID_DATA, "text frame is not UTF-8"),
                     _ => conn.out.close(close::NORMAL, ""),
                 }
                 // A slow consumer that kept sending gets the same time to
                 // read its 4000 as one that did not.
-                let grace = if conn.out.closing().is_some_and(|c| c.code == close::SLOW_CONSUMER) {
-                    SLOW_CLOSE_GRACE
-                } else {
-                    CLOSE_GRACE
-                };
-                let _ = Box::pin(timeout(grace, &mut writer)).await;
+                let _ = Box::pin(timeout(grace(conn.out.closing()), &mut writer)).await;
                 end
             }
             _ = &mut writer => {
@@ -176,7 +192,8 @@ where
         app.recent.close(c.code, c.reason, &conn.id, &conn.user);
     }
     let detail = match &end {
-        ReadEnd::Protocol(m) | ReadEnd::Io(m) => m.as_str(),
+        ReadEnd::Protocol(m) => m,
+        ReadEnd::Io(m) => m.as_str(),
         _ => "",
     };
     tracing::info!(
@@ -191,19 +208,29 @@ where
     );
 }
 
+/// How long the close may take once decided.
+fn grace(closing: Option<CloseReason>) -> Duration {
+    if closing.is_some_and(|c| c.code == close::SLOW_CONSUMER) {
+        SLOW_CLOSE_GRACE
+    } else {
+        CLOSE_GRACE
+    }
+}
+
 /// Frames read after the server decided to close, waiting for the client's
 /// close reply, before it stops reading altogether.
 const FRAMES_WHILE_CLOSING: u32 = 64;
 
-async fn read_loop<S>(
-    stream: &mut S,
+async fn read_loop<R>(
+    reader: &mut Reader<R>,
     mut session: Option<&mut Session>,
     conn: &Conn,
     app: &App,
+    pong: &Mutex<Option<Bytes>>,
     frames_in: &mut u64,
 ) -> ReadEnd
 where
-    S: Stream<Item = Result<Message, WsError>> + Unpin,
+    R: AsyncRead + Unpin,
 {
     let idle = app.config.idle_timeout();
     // One timer for the connection's life, re-armed only when it fires: a
@@ -218,7 +245,7 @@ where
             biased;
             // Replies of publishes under way, as they complete.
             _ = async { if let Some(s) = session.as_deref_mut() { s.next_reply().await } }, if pending => continue,
-            next = stream.next() => next,
+            next = reader.next() => next,
             _ = &mut deadline => {
                 if last_seen + idle <= Instant::now() {
                     return ReadEnd::Timeout;
@@ -228,25 +255,29 @@ where
             }
         };
         let next = match next {
-            None => return ReadEnd::Peer(None),
-            Some(Err(e)) => {
-                return match e {
-                    WsError::PayloadTooLong { .. } => ReadEnd::TooBig,
-                    WsError::Protocol(p) => ReadEnd::Protocol(p.to_string()),
-                    WsError::AlreadyClosed => ReadEnd::Peer(None),
-                    other => ReadEnd::Io(other.to_string()),
-                };
-            }
-            Some(Ok(msg)) => msg,
+            Ok(None) => return ReadEnd::Peer(None),
+            Err(ReadError::TooBig(_)) => return ReadEnd::TooBig,
+            Err(ReadError::Protocol(p)) => return ReadEnd::Protocol(p),
+            Err(ReadError::BadUtf8) => return ReadEnd::BadUtf8,
+            Err(ReadError::Io(e)) => return ReadEnd::Io(e.to_string()),
+            Ok(Some(msg)) => msg,
         };
         last_seen = Instant::now();
         *frames_in += 1;
-        if let Some((code, _)) = next.as_close() {
-            return ReadEnd::Peer(Some(u16::from(code)));
-        }
-        if next.is_close() {
-            return ReadEnd::Peer(None);
-        }
+        let payload = match next {
+            // A close frame without a code is 1005 ("no status received").
+            Incoming::Close(code) => return ReadEnd::Peer(Some(code.unwrap_or(1005))),
+            Incoming::Ping(p) => {
+                // Answered with the latest ping's payload (RFC 6455 5.5.3).
+                *pong.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                conn.out.wake();
+                continue;
+            }
+            // Pongs only count as activity.
+            Incoming::Pong => continue,
+            Incoming::Text(p) => Some(p),
+            Incoming::Binary(_) => None,
+        };
         if conn.out.closing().is_some() {
             // Closing: read on only to see the client's close reply. A client
             // that keeps sending instead (a flood) is not read any further.
@@ -259,63 +290,62 @@ where
         let Some(session) = session.as_deref_mut() else {
             continue;
         };
-        if next.is_text() {
-            crate::metrics::handles()
-                .bytes_in
-                .increment(next.as_payload().len() as u64);
-            // Boxed: one allocation per client frame instead of its
-            // largest future's size in every idle connection's task.
-            Box::pin(session.on_text(next.as_payload())).await;
-        } else if next.is_binary() {
-            session.on_binary();
+        match payload {
+            Some(text) => {
+                crate::metrics::handles()
+                    .bytes_in
+                    .increment(text.len() as u64);
+                // Boxed: one allocation per client frame instead of its
+                // largest future's size in every idle connection's task.
+                Box::pin(session.on_text(&text)).await;
+            }
+            None => session.on_binary(),
         }
-        // Pings are answered by the WebSocket layer; pongs only count as
-        // activity.
     }
 }
 
-async fn write_loop<S>(sink: &mut S, conn: &Conn, heartbeat: Duration, shutdown: &CancellationToken)
-where
-    S: Sink<Message, Error = WsError> + Unpin,
+async fn write_loop<W>(
+    io: &mut W,
+    conn: &Conn,
+    pong: &Mutex<Option<Bytes>>,
+    heartbeat: Duration,
+    shutdown: &CancellationToken,
+) where
+    W: AsyncWrite + Unpin,
 {
-    let mut batch: VecDeque<bytes::Bytes> = VecDeque::new();
+    let mut queue: VecDeque<Bytes> = VecDeque::new();
     let ping = sleep_until(Instant::now() + heartbeat);
     tokio::pin!(ping);
     // A far-away deadline stands in for "never" when the token has no expiry.
-    let expiry = sleep_until(
-        conn.expires
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
-    );
+    let expiry = sleep_until(conn.expires.unwrap_or_else(far_future));
     tokio::pin!(expiry);
     loop {
-        let closing = conn.out.take(&mut batch);
-        let slow = closing.is_some_and(|c| c.code == close::SLOW_CONSUMER);
-        if !batch.is_empty() && !slow {
+        let closing = conn.out.take(&mut queue);
+        let mut batch = Batch::default();
+        let pong = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = pong {
+            batch.frame(frame::opcode::PONG, &p);
+        }
+        // A slow consumer's queue was dropped; it gets its close only.
+        if !queue.is_empty() && closing.is_none_or(|c| c.code != close::SLOW_CONSUMER) {
             let m = crate::metrics::handles();
-            m.queue_depth.record(batch.len() as f64);
+            m.queue_depth.record(queue.len() as f64);
             m.bytes_out
-                .increment(batch.iter().map(|f| f.len() as u64).sum::<u64>());
-            for frame in batch.drain(..) {
-                if sink
-                    .feed(Message::text(Payload::from(frame)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            // An idle connection keeps no batch buffer.
-            batch = VecDeque::new();
-            match flush(sink, conn).await {
-                Flushed::Done if closing.is_none() => continue,
-                Flushed::Done | Flushed::Slow => {}
-                Flushed::Failed => return,
+                .increment(queue.iter().map(|f| f.len() as u64).sum::<u64>());
+            for f in &queue {
+                batch.text(f);
             }
         }
-        batch.clear();
-        if let Some(c) = conn.out.closing() {
-            Box::pin(send_close(sink, c)).await;
-            return;
+        // An idle connection keeps no queue buffer.
+        queue = VecDeque::new();
+        if let Some(c) = closing {
+            batch.close(c.code, c.reason);
+        }
+        if !batch.is_empty() {
+            if !Box::pin(write(io, &batch, conn, shutdown)).await || closing.is_some() {
+                return;
+            }
+            continue;
         }
         tokio::select! {
             biased;
@@ -324,9 +354,9 @@ where
             _ = &mut expiry, if conn.expires.is_some() => conn.out.close(close::TOKEN_EXPIRED, "token expired"),
             _ = &mut ping => {
                 ping.as_mut().reset(Instant::now() + heartbeat);
-                if sink.feed(Message::ping(Payload::from(bytes::Bytes::new()))).await.is_err()
-                    || flush(sink, conn).await == Flushed::Failed
-                {
+                let mut batch = Batch::default();
+                batch.frame(frame::opcode::PING, &Bytes::new());
+                if !Box::pin(write(io, &batch, conn, shutdown)).await {
                     return;
                 }
             }
@@ -334,52 +364,36 @@ where
     }
 }
 
-/// How a flush ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Flushed {
-    /// Everything written.
-    Done,
-    /// Given up: the connection was declared a slow consumer meanwhile.
-    Slow,
-    /// The socket failed.
-    Failed,
+/// An instant no connection lives to see.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
-/// Flushes, unless the connection is declared a slow consumer meanwhile.
-async fn flush<S>(sink: &mut S, conn: &Conn) -> Flushed
+/// Writes a batch; `false` when the socket failed, or when a close was
+/// decided meanwhile and the client has not taken the data within the close
+/// grace (a slow consumer that stopped reading altogether).
+async fn write<W>(io: &mut W, batch: &Batch, conn: &Conn, shutdown: &CancellationToken) -> bool
 where
-    S: Sink<Message, Error = WsError> + Unpin,
+    W: AsyncWrite + Unpin,
 {
+    let written = batch.write_to(io);
+    tokio::pin!(written);
+    let mut deadline = conn.out.closing().map(|c| Instant::now() + grace(Some(c)));
     loop {
         tokio::select! {
-            r = sink.flush() => return if r.is_ok() { Flushed::Done } else { Flushed::Failed },
-            _ = conn.out.notified() => {
-                if conn.out.closing().is_some_and(|c| c.code == close::SLOW_CONSUMER) {
-                    return Flushed::Slow;
+            r = &mut written => return r.is_ok(),
+            _ = conn.out.notified(), if deadline.is_none() => {
+                // A wake-up taken here is not lost: the writer looks at the
+                // queue after this write anyway.
+                if let Some(c) = conn.out.closing() {
+                    deadline = Some(Instant::now() + grace(Some(c)));
                 }
             }
+            _ = shutdown.cancelled(), if deadline.is_none() => {
+                conn.out.close(close::GOING_AWAY, "server shutting down");
+                deadline = Some(Instant::now() + CLOSE_GRACE);
+            }
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => return false,
         }
     }
-}
-
-async fn send_close<S>(sink: &mut S, reason: CloseReason)
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    let code = CloseCode::try_from(reason.code).unwrap_or(CloseCode::INTERNAL_SERVER_ERROR);
-    let grace = if reason.code == close::SLOW_CONSUMER {
-        SLOW_CLOSE_GRACE
-    } else {
-        CLOSE_GRACE
-    };
-    let _ = timeout(grace, async {
-        // The WebSocket layer may have queued a close already (the client
-        // closed, or broke the protocol): then just get it out.
-        if let Err(WsError::AlreadyClosed) =
-            sink.send(Message::close(Some(code), reason.reason)).await
-        {
-            let _ = sink.flush().await;
-        }
-    })
-    .await;
 }

@@ -146,6 +146,11 @@ impl Outbound {
         self.len() == 0
     }
 
+    /// Wakes the writer (for a frame of its own to send, such as a pong).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// Waits until something was pushed or a close decided since the last
     /// wake-up (a notification sent while nobody waits is kept).
     pub async fn notified(&self) {

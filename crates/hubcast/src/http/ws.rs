@@ -1,9 +1,8 @@
 //! `GET /ws`: checks the handshake (PROTOCOL.md section 1), answers 101 and
 //! hands the upgraded stream to [`crate::conn::serve`].
 //!
-//! The upgrade is done here rather than by a WebSocket crate's axum
-//! integration because tokio-websockets takes over an already upgraded
-//! stream; a refused handshake is always an HTTP error with a JSON body.
+//! The upgrade is done here, and the framing by [`crate::conn::frame`]; a
+//! refused handshake is always an HTTP error with a JSON body.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper_util::rt::TokioIo;
-use tokio_websockets::{Limits, ServerBuilder};
+use tokio::net::TcpStream;
 
 use super::error::HttpError;
 use super::origin;
 use crate::App;
+use crate::conn::frame::Reader;
 use crate::conn::outbound::Outbound;
 use crate::conn::{self, Conn};
 use crate::protocol::{self, ErrorCode};
@@ -146,12 +146,22 @@ pub async fn upgrade(
                     return;
                 }
             };
-            let ws = ServerBuilder::new()
-                .limits(Limits::default().max_payload_len(Some(task_app.config.max_message_bytes)))
-                // The writer flushes once per batch itself; never flush early.
-                .config(tokio_websockets::Config::default().flush_threshold(usize::MAX))
-                .serve(TokioIo::new(upgraded));
-            conn::serve(task_app.clone(), ws, conn, remote).await;
+            let max = task_app.config.max_message_bytes;
+            // A plain TCP connection is split into its two halves without a
+            // lock; anything else (TLS) through tokio's split.
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let mut tcp = parts.io.into_inner();
+                    let (r, w) = tcp.split();
+                    let reader = Reader::new(r, parts.read_buf, max);
+                    conn::serve(task_app, reader, w, conn, remote).await;
+                }
+                Err(upgraded) => {
+                    let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                    let reader = Reader::new(r, bytes::Bytes::new(), max);
+                    conn::serve(task_app, reader, w, conn, remote).await;
+                }
+            }
         },
         span,
     ));
