@@ -18,6 +18,7 @@ pub mod session;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::App;
 use crate::broker::ConnKey;
@@ -60,6 +62,16 @@ pub struct Conn {
     pub anonymous: bool,
     /// Everything to send to this client.
     pub out: Outbound,
+    /// The trace id of the upgrade request (W3C `traceparent` or our own).
+    pub trace_id: Box<str>,
+}
+
+impl Conn {
+    /// A span for the connection's log lines, made while it does something
+    /// (handles a frame, opens, closes) rather than held for its life.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("conn", trace_id = %self.trace_id)
+    }
 }
 
 impl Subscriber for Conn {
@@ -77,8 +89,6 @@ impl Subscriber for Conn {
 enum ReadEnd {
     /// The client sent a close frame (its code) or closed the socket.
     Peer(Option<u16>),
-    /// Nothing arrived within the heartbeat deadline.
-    Timeout,
     /// A frame over `max_message_bytes`.
     TooBig,
     /// A WebSocket protocol violation.
@@ -105,7 +115,7 @@ pub async fn serve<R, W>(
 {
     let opened = Instant::now();
     let mut counted = crate::metrics::OpenConnection::new(crate::metrics::Transport::Ws, &app.open);
-    tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, "connection opened");
+    tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, trace_id = %conn.trace_id, "connection opened");
     conn.out.push(protocol::encode(&out::Welcome {
         ty: "welcome",
         protocol: protocol::PROTOCOL_VERSION,
@@ -120,10 +130,14 @@ pub async fn serve<R, W>(
     // below): a future awaited inline reserves its size in the connection's
     // task for the task's whole life, and an idle connection should hold
     // only what it waits on (the task went from 4,000 to 1,984 bytes).
-    let mut session = match Box::pin(Session::open(app.clone(), conn.clone())).await {
+    let mut session = match Box::pin(
+        Session::open(app.clone(), conn.clone()).instrument(conn.span()),
+    )
+    .await
+    {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(conn = %conn.id, error = %e, "cannot register connection with the broker");
+            tracing::warn!(conn = %conn.id, trace_id = %conn.trace_id, error = %e, "cannot register connection with the broker");
             conn.out.close(close::INTERNAL, "broker unavailable");
             None
         }
@@ -131,12 +145,19 @@ pub async fn serve<R, W>(
     let mut frames_in: u64 = 0;
     // A ping's payload, for the writer's pong.
     let pong = Mutex::new(None);
+    // When the last frame arrived, as milliseconds after `opened` (the
+    // writer's timer closes a silent connection).
+    let last_seen = AtomicU64::new(0);
+    let seen = Seen {
+        base: opened,
+        at: &last_seen,
+    };
     let end = {
         let reader = read_loop(
             &mut reader,
             session.as_mut(),
             &conn,
-            &app,
+            seen,
             &pong,
             &mut frames_in,
         );
@@ -144,14 +165,17 @@ pub async fn serve<R, W>(
             &mut writer,
             &conn,
             &pong,
-            app.config.heartbeat_interval(),
+            seen,
+            Timers {
+                heartbeat: app.config.heartbeat_interval(),
+                idle: app.config.idle_timeout(),
+            },
             &app.shutdown,
         );
         tokio::pin!(reader, writer);
         tokio::select! {
             end = &mut reader => {
                 match &end {
-                    ReadEnd::Timeout => conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
                     ReadEnd::TooBig => conn.out.close(close::TOO_BIG, "frame larger than max_message_bytes"),
                     ReadEnd::Protocol(_) => conn.out.close(close::PROTOCOL_ERROR, "protocol error"),
                     ReadEnd::BadUtf8 => conn.out.close(close::INVALID_DATA, "text frame is not UTF-8"),
@@ -171,7 +195,7 @@ pub async fn serve<R, W>(
         }
     };
     if let Some(session) = session {
-        Box::pin(session.close()).await;
+        Box::pin(session.close().instrument(conn.span())).await;
     }
     let closed = conn.out.closing();
     let (code, reason) = match (&end, closed) {
@@ -199,6 +223,7 @@ pub async fn serve<R, W>(
     tracing::info!(
         conn = %conn.id,
         user = %conn.user,
+        trace_id = %conn.trace_id,
         code = code.unwrap_or(1005),
         reason = %reason,
         detail,
@@ -225,19 +250,13 @@ async fn read_loop<R>(
     reader: &mut Reader<R>,
     mut session: Option<&mut Session>,
     conn: &Conn,
-    app: &App,
+    seen: Seen<'_>,
     pong: &Mutex<Option<Bytes>>,
     frames_in: &mut u64,
 ) -> ReadEnd
 where
     R: AsyncRead + Unpin,
 {
-    let idle = app.config.idle_timeout();
-    // One timer for the connection's life, re-armed only when it fires: a
-    // busy connection does not touch the timer wheel per frame.
-    let mut last_seen = Instant::now();
-    let deadline = tokio::time::sleep_until(last_seen + idle);
-    tokio::pin!(deadline);
     let mut ignored = 0u32;
     loop {
         let pending = session.as_deref().is_some_and(Session::has_pending);
@@ -246,13 +265,6 @@ where
             // Replies of publishes under way, as they complete.
             _ = async { if let Some(s) = session.as_deref_mut() { s.next_reply().await } }, if pending => continue,
             next = reader.next() => next,
-            _ = &mut deadline => {
-                if last_seen + idle <= Instant::now() {
-                    return ReadEnd::Timeout;
-                }
-                deadline.as_mut().reset(last_seen + idle);
-                continue;
-            }
         };
         let next = match next {
             Ok(None) => return ReadEnd::Peer(None),
@@ -262,7 +274,7 @@ where
             Err(ReadError::Io(e)) => return ReadEnd::Io(e.to_string()),
             Ok(Some(msg)) => msg,
         };
-        last_seen = Instant::now();
+        seen.now();
         *frames_in += 1;
         let payload = match next {
             // A close frame without a code is 1005 ("no status received").
@@ -297,10 +309,39 @@ where
                     .increment(text.len() as u64);
                 // Boxed: one allocation per client frame instead of its
                 // largest future's size in every idle connection's task.
-                Box::pin(session.on_text(&text)).await;
+                Box::pin(session.on_text(&text).instrument(conn.span())).await;
             }
             None => session.on_binary(),
         }
+    }
+}
+
+/// The connection's timer settings.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    /// Between pings.
+    heartbeat: Duration,
+    /// Silence after which the connection is closed with 4002.
+    idle: Duration,
+}
+
+/// When the last frame arrived, shared by the reader (which sets it) and
+/// the writer (whose timer checks it).
+#[derive(Debug, Clone, Copy)]
+struct Seen<'a> {
+    base: Instant,
+    /// Milliseconds after `base`.
+    at: &'a AtomicU64,
+}
+
+impl Seen<'_> {
+    fn now(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.at.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.at.load(Ordering::Relaxed))
     }
 }
 
@@ -308,17 +349,21 @@ async fn write_loop<W>(
     io: &mut W,
     conn: &Conn,
     pong: &Mutex<Option<Bytes>>,
-    heartbeat: Duration,
+    seen: Seen<'_>,
+    t: Timers,
     shutdown: &CancellationToken,
 ) where
     W: AsyncWrite + Unpin,
 {
     let mut queue: VecDeque<Bytes> = VecDeque::new();
-    let ping = sleep_until(Instant::now() + heartbeat);
-    tokio::pin!(ping);
-    // A far-away deadline stands in for "never" when the token has no expiry.
-    let expiry = sleep_until(conn.expires.unwrap_or_else(far_future));
-    tokio::pin!(expiry);
+    // One timer for the next ping, the heartbeat deadline and the token's
+    // expiry, whichever comes first; a frame arriving does not touch it (it
+    // is re-armed when it fires), and an idle connection holds one timer.
+    let mut next_ping = Instant::now() + t.heartbeat;
+    let expiry = conn.expires.unwrap_or_else(far_future);
+    let due = |next_ping: Instant| next_ping.min(seen.last() + t.idle).min(expiry);
+    let timer = sleep_until(due(next_ping));
+    tokio::pin!(timer);
     loop {
         let closing = conn.out.take(&mut queue);
         let mut batch = Batch::default();
@@ -342,7 +387,8 @@ async fn write_loop<W>(
             batch.close(c.code, c.reason);
         }
         if !batch.is_empty() {
-            if !Box::pin(write(io, &batch, conn, shutdown)).await || closing.is_some() {
+            if !Box::pin(write(io, &batch, conn, shutdown, seen, t.idle)).await || closing.is_some()
+            {
                 return;
             }
             continue;
@@ -351,14 +397,21 @@ async fn write_loop<W>(
             biased;
             _ = shutdown.cancelled() => conn.out.close(close::GOING_AWAY, "server shutting down"),
             _ = conn.out.notified() => {}
-            _ = &mut expiry, if conn.expires.is_some() => conn.out.close(close::TOKEN_EXPIRED, "token expired"),
-            _ = &mut ping => {
-                ping.as_mut().reset(Instant::now() + heartbeat);
-                let mut batch = Batch::default();
-                batch.frame(frame::opcode::PING, &Bytes::new());
-                if !Box::pin(write(io, &batch, conn, shutdown)).await {
-                    return;
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= expiry {
+                    conn.out.close(close::TOKEN_EXPIRED, "token expired");
+                } else if now >= seen.last() + t.idle {
+                    conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                } else if now >= next_ping {
+                    next_ping = now + t.heartbeat;
+                    let mut batch = Batch::default();
+                    batch.frame(frame::opcode::PING, &Bytes::new());
+                    if !Box::pin(write(io, &batch, conn, shutdown, seen, t.idle)).await {
+                        return;
+                    }
                 }
+                timer.as_mut().reset(due(next_ping));
             }
         }
     }
@@ -371,14 +424,24 @@ fn far_future() -> Instant {
 
 /// Writes a batch; `false` when the socket failed, or when a close was
 /// decided meanwhile and the client has not taken the data within the close
-/// grace (a slow consumer that stopped reading altogether).
-async fn write<W>(io: &mut W, batch: &Batch, conn: &Conn, shutdown: &CancellationToken) -> bool
+/// grace (a slow consumer that stopped reading altogether). A client silent
+/// past the heartbeat deadline is closed here too (its write may never end).
+async fn write<W>(
+    io: &mut W,
+    batch: &Batch,
+    conn: &Conn,
+    shutdown: &CancellationToken,
+    seen: Seen<'_>,
+    idle: Duration,
+) -> bool
 where
     W: AsyncWrite + Unpin,
 {
     let written = batch.write_to(io);
     tokio::pin!(written);
     let mut deadline = conn.out.closing().map(|c| Instant::now() + grace(Some(c)));
+    let silent = sleep_until(seen.last() + idle);
+    tokio::pin!(silent);
     loop {
         tokio::select! {
             r = &mut written => return r.is_ok(),
@@ -392,6 +455,15 @@ where
             _ = shutdown.cancelled(), if deadline.is_none() => {
                 conn.out.close(close::GOING_AWAY, "server shutting down");
                 deadline = Some(Instant::now() + CLOSE_GRACE);
+            }
+            _ = &mut silent, if deadline.is_none() => {
+                let at = seen.last() + idle;
+                if at <= Instant::now() {
+                    conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                    deadline = Some(Instant::now() + CLOSE_GRACE);
+                } else {
+                    silent.as_mut().reset(at);
+                }
             }
             _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => return false,
         }

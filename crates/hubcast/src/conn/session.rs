@@ -230,7 +230,14 @@ impl Session {
         let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         match first {
             Poll::Ready(frame) => self.reply_in_order(frame),
-            Poll::Pending => self.pending.push_back(reply),
+            // Finished later, outside the frame's span: it keeps the
+            // connection's span for its log lines.
+            Poll::Pending => self
+                .pending
+                .push_back(Box::pin(tracing::Instrument::instrument(
+                    reply,
+                    tracing::Span::current(),
+                ))),
         }
     }
 

@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::error::HttpError;
 use super::origin;
@@ -124,47 +123,38 @@ pub async fn upgrade(
         expires: caller.expires,
         anonymous: caller.anonymous,
         out: Outbound::new(app.config.queue_size),
+        // The connection's log lines carry the upgrade request's trace id.
+        trace_id: req
+            .extensions()
+            .get::<crate::trace::RequestTrace>()
+            .map(|t| t.id.as_str().into())
+            .unwrap_or_default(),
     });
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
-    // The connection's log lines carry the upgrade request's trace id.
-    let trace_id = req
-        .extensions()
-        .get::<crate::trace::RequestTrace>()
-        .map(|t| t.id.clone())
-        .unwrap_or_default();
-    let span = tracing::info_span!("conn", trace_id = %trace_id);
-    app.tasks.spawn(tracing::Instrument::instrument(
-        async move {
-            // Holds the connection's place in the limits until it ends.
-            let _slot = slot;
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(remote = %remote, error = %e, "upgrade failed");
-                    return;
-                }
-            };
-            let max = task_app.config.max_message_bytes;
-            // A plain TCP connection is split into its two halves without a
-            // lock; anything else (TLS) through tokio's split.
-            match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    let mut tcp = parts.io.into_inner();
-                    let (r, w) = tcp.split();
-                    let reader = Reader::new(r, parts.read_buf, max);
-                    conn::serve(task_app, reader, w, conn, remote).await;
-                }
-                Err(upgraded) => {
-                    let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                    let reader = Reader::new(r, bytes::Bytes::new(), max);
-                    conn::serve(task_app, reader, w, conn, remote).await;
-                }
+    // No span for the connection's life (it would cost every connection
+    // about 0.7 KiB in the log registry); `Conn::span` is entered while the
+    // connection does something.
+    app.tasks.spawn(async move {
+        // Holds the connection's place in the limits until it ends.
+        let _slot = slot;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(remote = %remote, error = %e, "upgrade failed");
+                return;
             }
-        },
-        span,
-    ));
+        };
+        let max = task_app.config.max_message_bytes;
+        // hyper-util's server wraps every connection in a private type
+        // (HTTP version detection), so the upgraded stream cannot be taken
+        // back as a TcpStream: tokio's split it is (a lock taken per read
+        // or write call, not per frame).
+        let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+        let reader = Reader::new(r, bytes::Bytes::new(), max);
+        conn::serve(task_app, reader, w, conn, remote).await;
+    });
 
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = resp.headers_mut();
