@@ -377,6 +377,23 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch for `frames`, its buffer sized once for all of them (no
+    /// regrowth while they are added).
+    pub fn for_frames<'a>(frames: impl IntoIterator<Item = &'a Bytes>) -> Self {
+        let (bytes, shared) = frames.into_iter().fold((0, 0), |(b, s), f| {
+            if f.len() <= COPY_MAX {
+                (b + f.len() + 10, s)
+            } else {
+                (b + 10, s + 1)
+            }
+        });
+        Self {
+            // Room for a pong and a close frame too.
+            bytes: Vec::with_capacity(bytes + 2 * 127),
+            shared: Vec::with_capacity(shared),
+        }
+    }
+
     /// Adds a text frame.
     pub fn text(&mut self, payload: &Bytes) {
         self.frame(opcode::TEXT, payload);

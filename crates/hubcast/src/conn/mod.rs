@@ -366,7 +366,7 @@ async fn write_loop<W>(
     tokio::pin!(timer);
     loop {
         let closing = conn.out.take(&mut queue);
-        let mut batch = Batch::default();
+        let mut batch = Batch::for_frames(&queue);
         let pong = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(p) = pong {
             batch.frame(frame::opcode::PONG, &p);
