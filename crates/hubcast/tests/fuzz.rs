@@ -1,12 +1,67 @@
-//! Property tests over the two parsers that take untrusted input: client
-//! frames and connection tokens. Arbitrary bytes never panic, and what
+//! Property tests over the parsers that take untrusted input: WebSocket
+//! framing, client frames and connection tokens. Arbitrary bytes never panic, and what
 //! parses is checked; the bounds keep each case small.
 #![allow(clippy::unwrap_used)]
 
+use bytes::Bytes;
 use hubcast::auth::Auth;
 use hubcast::config::Config;
+use hubcast::conn::frame::{self, Incoming, Reader};
 use hubcast::protocol::{ClientFrame, parse_client_frame};
 use proptest::prelude::*;
+
+/// Every message `Reader` yields from `wire` fed in `chunk`-byte reads,
+/// and how it ended (`None` at a clean end of stream).
+fn read_all(wire: &[u8], chunk: usize, max: usize) -> (Vec<Incoming>, Option<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut io = tokio_test_reader(wire, chunk);
+        let mut r = Reader::new(&mut io, Bytes::new(), max);
+        let mut got = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(Some(m)) => got.push(m),
+                Ok(None) => return (got, None),
+                Err(e) => return (got, Some(e.to_string())),
+            }
+        }
+    })
+}
+
+/// A reader handing out `wire` at most `chunk` bytes per read.
+fn tokio_test_reader(wire: &[u8], chunk: usize) -> impl tokio::io::AsyncRead + Unpin + '_ {
+    struct Chunked<'a>(&'a [u8], usize);
+    impl tokio::io::AsyncRead for Chunked<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.1.min(self.0.len()).min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    Chunked(wire, chunk.max(1))
+}
+
+/// A client frame: `fin`, opcode, masked payload.
+fn client_frame(fin: bool, op: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame::put_header(&mut out, op, payload.len());
+    if !fin {
+        out[0] &= 0x7F;
+    }
+    out[1] |= 0x80;
+    out.extend_from_slice(&key);
+    let mut p = payload.to_vec();
+    frame::apply_mask(&mut p, key);
+    out.extend_from_slice(&p);
+    out
+}
 
 fn auth() -> Auth {
     let cfg = Config {
@@ -18,6 +73,53 @@ fn auth() -> Auth {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn websocket_bytes_never_panic_and_stay_within_the_limit(
+        wire in proptest::collection::vec(any::<u8>(), 0..600),
+        chunk in 1usize..64,
+    ) {
+        let (got, _) = read_all(&wire, chunk, 256);
+        for m in got {
+            if let Incoming::Text(t) | Incoming::Binary(t) = &m {
+                prop_assert!(t.len() <= 256);
+            }
+            if let Incoming::Text(t) = m {
+                prop_assert!(std::str::from_utf8(&t).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn fragmented_messages_read_the_same_however_they_arrive(
+        texts in proptest::collection::vec(".{0,40}", 1..6),
+        pieces in 1usize..4,
+        key in any::<[u8; 4]>(),
+        chunk in 1usize..50,
+    ) {
+        // Each text sent in `pieces` fragments (cut at byte positions, so
+        // inside characters too), with a ping before the last one.
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        for t in &texts {
+            let b = t.as_bytes();
+            let step = b.len().div_ceil(pieces).max(1);
+            let parts: Vec<&[u8]> = if b.is_empty() { vec![b] } else { b.chunks(step).collect() };
+            for (i, p) in parts.iter().enumerate() {
+                let last = i + 1 == parts.len();
+                if last && parts.len() > 1 {
+                    wire.extend(client_frame(true, frame::opcode::PING, b"p", key));
+                    want.push(Incoming::Ping(Bytes::from_static(b"p")));
+                }
+                let op = if i == 0 { frame::opcode::TEXT } else { frame::opcode::CONTINUATION };
+                wire.extend(client_frame(last, op, p, key));
+            }
+            want.push(Incoming::Text(Bytes::from(t.clone())));
+        }
+        let (got, end) = read_all(&wire, chunk, 1 << 16);
+        prop_assert_eq!(end, None);
+        prop_assert_eq!(got, want);
+    }
 
     #[test]
     fn frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
