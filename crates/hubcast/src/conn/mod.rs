@@ -151,6 +151,7 @@ pub async fn serve<R, W>(
     let seen = Seen {
         base: opened,
         at: &last_seen,
+        idle: app.config.idle_timeout(),
     };
     let end = {
         let reader = read_loop(
@@ -166,10 +167,7 @@ pub async fn serve<R, W>(
             &conn,
             &pong,
             seen,
-            Timers {
-                heartbeat: app.config.heartbeat_interval(),
-                idle: app.config.idle_timeout(),
-            },
+            app.config.heartbeat_interval(),
             &app.shutdown,
         );
         tokio::pin!(reader, writer);
@@ -316,22 +314,15 @@ where
     }
 }
 
-/// The connection's timer settings.
-#[derive(Debug, Clone, Copy)]
-struct Timers {
-    /// Between pings.
-    heartbeat: Duration,
-    /// Silence after which the connection is closed with 4002.
-    idle: Duration,
-}
-
 /// When the last frame arrived, shared by the reader (which sets it) and
-/// the writer (whose timer checks it).
+/// the writer (whose timers check it).
 #[derive(Debug, Clone, Copy)]
 struct Seen<'a> {
     base: Instant,
     /// Milliseconds after `base`.
     at: &'a AtomicU64,
+    /// Silence after which the connection is closed with 4002.
+    idle: Duration,
 }
 
 impl Seen<'_> {
@@ -340,8 +331,9 @@ impl Seen<'_> {
         self.at.store(ms, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        self.base + Duration::from_millis(self.at.load(Ordering::Relaxed))
+    /// When the connection counts as silent (heartbeat timeout).
+    fn deadline(&self) -> Instant {
+        self.base + Duration::from_millis(self.at.load(Ordering::Relaxed)) + self.idle
     }
 }
 
@@ -350,7 +342,7 @@ async fn write_loop<W>(
     conn: &Conn,
     pong: &Mutex<Option<Bytes>>,
     seen: Seen<'_>,
-    t: Timers,
+    heartbeat: Duration,
     shutdown: &CancellationToken,
 ) where
     W: AsyncWrite + Unpin,
@@ -359,9 +351,9 @@ async fn write_loop<W>(
     // One timer for the next ping, the heartbeat deadline and the token's
     // expiry, whichever comes first; a frame arriving does not touch it (it
     // is re-armed when it fires), and an idle connection holds one timer.
-    let mut next_ping = Instant::now() + t.heartbeat;
+    let mut next_ping = Instant::now() + heartbeat;
     let expiry = conn.expires.unwrap_or_else(far_future);
-    let due = |next_ping: Instant| next_ping.min(seen.last() + t.idle).min(expiry);
+    let due = |next_ping: Instant| next_ping.min(seen.deadline()).min(expiry);
     let timer = sleep_until(due(next_ping));
     tokio::pin!(timer);
     loop {
@@ -387,8 +379,7 @@ async fn write_loop<W>(
             batch.close(c.code, c.reason);
         }
         if !batch.is_empty() {
-            if !Box::pin(write(io, &batch, conn, shutdown, seen, t.idle)).await || closing.is_some()
-            {
+            if !Box::pin(write(io, &batch, conn, shutdown, seen)).await || closing.is_some() {
                 return;
             }
             continue;
@@ -401,13 +392,13 @@ async fn write_loop<W>(
                 let now = Instant::now();
                 if now >= expiry {
                     conn.out.close(close::TOKEN_EXPIRED, "token expired");
-                } else if now >= seen.last() + t.idle {
+                } else if now >= seen.deadline() {
                     conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                 } else if now >= next_ping {
-                    next_ping = now + t.heartbeat;
+                    next_ping = now + heartbeat;
                     let mut batch = Batch::default();
                     batch.frame(frame::opcode::PING, &Bytes::new());
-                    if !Box::pin(write(io, &batch, conn, shutdown, seen, t.idle)).await {
+                    if !Box::pin(write(io, &batch, conn, shutdown, seen)).await {
                         return;
                     }
                 }
@@ -432,7 +423,6 @@ async fn write<W>(
     conn: &Conn,
     shutdown: &CancellationToken,
     seen: Seen<'_>,
-    idle: Duration,
 ) -> bool
 where
     W: AsyncWrite + Unpin,
@@ -440,7 +430,7 @@ where
     let written = batch.write_to(io);
     tokio::pin!(written);
     let mut deadline = conn.out.closing().map(|c| Instant::now() + grace(Some(c)));
-    let silent = sleep_until(seen.last() + idle);
+    let silent = sleep_until(seen.deadline());
     tokio::pin!(silent);
     loop {
         tokio::select! {
@@ -457,7 +447,7 @@ where
                 deadline = Some(Instant::now() + CLOSE_GRACE);
             }
             _ = &mut silent, if deadline.is_none() => {
-                let at = seen.last() + idle;
+                let at = seen.deadline();
                 if at <= Instant::now() {
                     conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                     deadline = Some(Instant::now() + CLOSE_GRACE);
