@@ -18,7 +18,7 @@ fn read_all(wire: &[u8], chunk: usize, max: usize) -> (Vec<Incoming>, Option<Str
         .unwrap();
     rt.block_on(async {
         let mut io = tokio_test_reader(wire, chunk);
-        let mut r = Reader::new(&mut io, Bytes::new(), max);
+        let mut r = Reader::new(&mut io, max);
         let mut got = Vec::new();
         loop {
             match r.next().await {

@@ -193,16 +193,13 @@ fn valid_close_code(code: u16) -> bool {
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    /// Reads from `io`, starting with `read_ahead` (bytes already read with
-    /// the handshake), accepting messages up to `max` bytes.
-    pub fn new(io: R, read_ahead: Bytes, max: usize) -> Self {
+    /// Reads from `io` (bytes a client sent along with its handshake are
+    /// given back by hyper's upgraded stream), accepting messages up to
+    /// `max` bytes.
+    pub fn new(io: R, max: usize) -> Self {
         Self {
             io,
-            buf: if read_ahead.is_empty() {
-                BytesMut::new()
-            } else {
-                BytesMut::from(&read_ahead[..])
-            },
+            buf: BytesMut::new(),
             max,
             partial: None,
             eof: false,
@@ -486,7 +483,7 @@ mod tests {
                 }
             }
         });
-        let mut r = Reader::new(b, Bytes::new(), max);
+        let mut r = Reader::new(b, max);
         let mut out = Vec::new();
         loop {
             match r.next().await {
@@ -601,26 +598,29 @@ mod tests {
         let mut b = vec![0x81, 0xFF];
         b.extend_from_slice(&(1u64 << 30).to_be_bytes());
         b.extend_from_slice(&[1, 2, 3, 4]);
-        let mut r = Reader::new(&b[..], Bytes::new(), 1 << 16);
+        let mut r = Reader::new(&b[..], 1 << 16);
         assert!(matches!(r.next().await, Err(ReadError::TooBig(n)) if n == 1 << 30));
     }
 
     #[tokio::test]
     async fn eof_inside_a_frame_is_an_error_and_between_frames_is_not() {
         let whole = client(true, opcode::TEXT, b"abc");
-        let mut r = Reader::new(&whole[..], Bytes::new(), 100);
+        let mut r = Reader::new(&whole[..], 100);
         assert!(matches!(r.next().await, Ok(Some(Incoming::Text(_)))));
         assert!(matches!(r.next().await, Ok(None)));
         let cut = &whole[..whole.len() - 1];
-        let mut r = Reader::new(cut, Bytes::new(), 100);
+        let mut r = Reader::new(cut, 100);
         assert!(matches!(r.next().await, Err(ReadError::Io(_))));
     }
 
     #[tokio::test]
-    async fn read_ahead_is_read_first_and_idle_holds_no_buffer() {
-        let a = client(true, opcode::TEXT, b"one");
-        let b = client(true, opcode::TEXT, b"two");
-        let mut r = Reader::new(&b[..], Bytes::from(a), 100);
+    async fn frames_read_together_come_out_one_by_one_and_idle_holds_no_buffer() {
+        let both = [
+            client(true, opcode::TEXT, b"one"),
+            client(true, opcode::TEXT, b"two"),
+        ]
+        .concat();
+        let mut r = Reader::new(&both[..], 100);
         assert_eq!(
             r.next().await.unwrap(),
             Some(Incoming::Text(Bytes::from("one")))

@@ -152,7 +152,7 @@ pub async fn upgrade(
         // back as a TcpStream: tokio's split it is (a lock taken per read
         // or write call, not per frame).
         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-        let reader = Reader::new(r, bytes::Bytes::new(), max);
+        let reader = Reader::new(r, max);
         conn::serve(task_app, reader, w, conn, remote).await;
     });
 
