@@ -364,6 +364,14 @@ pub fn put_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
 /// are written from the message's own bytes.
 const COPY_MAX: usize = 1024;
 
+/// The longest server frame header (64-bit length form).
+const MAX_HEADER: usize = 10;
+
+/// Whether a payload is copied into the batch buffer.
+fn copied(payload: &[u8]) -> bool {
+    payload.len() <= COPY_MAX
+}
+
 /// Frames to go out in one vectored write.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -378,14 +386,15 @@ impl Batch {
     /// regrowth while they are added).
     pub fn for_frames<'a>(frames: impl IntoIterator<Item = &'a Bytes>) -> Self {
         let (bytes, shared) = frames.into_iter().fold((0, 0), |(b, s), f| {
-            if f.len() <= COPY_MAX {
-                (b + f.len() + 10, s)
+            if copied(f) {
+                (b + MAX_HEADER + f.len(), s)
             } else {
-                (b + 10, s + 1)
+                (b + MAX_HEADER, s + 1)
             }
         });
         Self {
-            // Room for a pong and a close frame too.
+            // Room for a pong and a close frame too (control frames: a
+            // 2-byte header and at most 125 bytes).
             bytes: Vec::with_capacity(bytes + 2 * 127),
             shared: Vec::with_capacity(shared),
         }
@@ -399,7 +408,7 @@ impl Batch {
     /// Adds a frame of any opcode.
     pub fn frame(&mut self, op: u8, payload: &Bytes) {
         put_header(&mut self.bytes, op, payload.len());
-        if payload.len() <= COPY_MAX {
+        if copied(payload) {
             self.bytes.extend_from_slice(payload);
         } else {
             self.shared.push((self.bytes.len(), payload.clone()));
