@@ -357,32 +357,19 @@ async fn write_loop<W>(
     let timer = sleep_until(due(next_ping));
     tokio::pin!(timer);
     loop {
-        let closing = conn.out.take(&mut queue);
-        let mut batch = Batch::for_frames(&queue);
-        let pong = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(p) = pong {
-            batch.frame(frame::opcode::PONG, &p);
-        }
-        // A slow consumer's queue was dropped; it gets its close only.
-        if !queue.is_empty() && closing.is_none_or(|c| c.code != close::SLOW_CONSUMER) {
-            let m = crate::metrics::handles();
-            m.queue_depth.record(queue.len() as f64);
-            m.bytes_out
-                .increment(queue.iter().map(|f| f.len() as u64).sum::<u64>());
-            for f in &queue {
-                batch.text(f);
+        // Scoped: nothing of a batch is kept while the connection waits.
+        {
+            let closing = conn.out.take(&mut queue);
+            let ping = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if !queue.is_empty() || ping.is_some() || closing.is_some() {
+                let batch = batch(&queue, ping, closing);
+                // An idle connection keeps no queue buffer.
+                queue = VecDeque::new();
+                if !Box::pin(write(io, &batch, conn, shutdown, seen)).await || closing.is_some() {
+                    return;
+                }
+                continue;
             }
-        }
-        // An idle connection keeps no queue buffer.
-        queue = VecDeque::new();
-        if let Some(c) = closing {
-            batch.close(c.code, c.reason);
-        }
-        if !batch.is_empty() {
-            if !Box::pin(write(io, &batch, conn, shutdown, seen)).await || closing.is_some() {
-                return;
-            }
-            continue;
         }
         tokio::select! {
             biased;
@@ -406,6 +393,29 @@ async fn write_loop<W>(
             }
         }
     }
+}
+
+/// The frames to write: a pong, the queue (unless a slow consumer's queue
+/// was dropped: it gets its close only) and the close frame.
+fn batch(queue: &VecDeque<Bytes>, ping: Option<Bytes>, closing: Option<CloseReason>) -> Batch {
+    let mut batch = Batch::for_frames(queue);
+    // The pong answers the latest ping with its payload.
+    if let Some(p) = ping {
+        batch.frame(frame::opcode::PONG, &p);
+    }
+    if !queue.is_empty() && closing.is_none_or(|c| c.code != close::SLOW_CONSUMER) {
+        let m = crate::metrics::handles();
+        m.queue_depth.record(queue.len() as f64);
+        m.bytes_out
+            .increment(queue.iter().map(|f| f.len() as u64).sum::<u64>());
+        for f in queue {
+            batch.text(f);
+        }
+    }
+    if let Some(c) = closing {
+        batch.close(c.code, c.reason);
+    }
+    batch
 }
 
 /// An instant no connection lives to see.
