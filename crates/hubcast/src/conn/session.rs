@@ -3,7 +3,6 @@
 //! time, in arrival order; every reply goes through the connection's
 //! outbound queue so it is ordered with the messages around it.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,22 +22,25 @@ use crate::hub::Subscriber;
 use crate::protocol::{self, ClientFrame, EnvelopeParts, ErrorCode, FrameError, out};
 
 /// A connection's protocol state.
+///
+/// It lives in every connection's task while the connection is idle, so it
+/// holds only what it must: the connection's identity, presence info and
+/// personal room name are made from `conn` when needed, the joined rooms
+/// share the hub's name strings, and the publishes under way have a queue
+/// only while there are some.
 pub struct Session {
     app: Arc<App>,
     conn: Arc<Conn>,
-    /// The same connection, as the hub holds it.
-    sub: Arc<dyn Subscriber>,
-    /// Who this is, for presence.
-    info: ClientInfo,
-    /// `@user`, always subscribed.
-    personal: Arc<str>,
-    /// Rooms joined with `join` (the personal room only if joined so).
-    rooms: HashSet<Arc<str>>,
+    /// Rooms joined with `join` (the personal room only if joined so); the
+    /// names are the hub's own. At most `max_rooms_per_conn` (+1 for the
+    /// personal room), so a list.
+    rooms: Vec<Arc<str>>,
     /// Incoming frame rate limit.
     limiter: FrameLimiter,
     /// Publishes under way, oldest first: their broker calls run together
     /// (a remote engine pipelines them) and their replies go out in order.
-    pending: FuturesOrdered<ReplyFuture>,
+    /// `None` when there are none (never empty when `Some`).
+    pending: Option<Box<FuturesOrdered<ReplyFuture>>>,
 }
 
 /// A reply still being computed.
@@ -78,13 +80,8 @@ impl Session {
     /// Registers the connection with the broker and subscribes it to its
     /// personal room.
     pub async fn open(app: Arc<App>, conn: Arc<Conn>) -> Result<Session, BrokerError> {
-        let info = ClientInfo {
-            conn_id: conn.id.clone(),
-            user: conn.user.clone(),
-            name: conn.name.clone(),
-            ephemeral: conn.anonymous,
-        };
-        let personal: Arc<str> = Arc::from(protocol::personal_room(&conn.user));
+        let info = client_info(&conn);
+        let personal = protocol::personal_room(&conn.user);
         let sub: Arc<dyn Subscriber> = conn.clone();
         app.broker.connect(&info).await?;
         let start = app.hub.begin_join(&sub, &personal, false);
@@ -101,12 +98,9 @@ impl Session {
         Ok(Session {
             app,
             conn,
-            sub,
-            info,
-            personal,
-            rooms: HashSet::new(),
+            rooms: Vec::new(),
             limiter,
-            pending: FuturesOrdered::new(),
+            pending: None,
         })
     }
 
@@ -213,10 +207,9 @@ impl Session {
 
     /// Queues a reply behind the replies still being computed.
     fn reply_in_order(&mut self, frame: Bytes) {
-        if self.pending.is_empty() {
-            self.push(frame);
-        } else {
-            self.pending.push_back(Box::pin(std::future::ready(frame)));
+        match &mut self.pending {
+            None => self.push(frame),
+            Some(p) => p.push_back(Box::pin(std::future::ready(frame))),
         }
     }
 
@@ -224,7 +217,11 @@ impl Session {
     /// engine its command; the memory engine simply finishes), then kept in
     /// order with the others.
     async fn start(&mut self, mut reply: ReplyFuture) {
-        if self.pending.len() >= MAX_PIPELINE {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.len() >= MAX_PIPELINE)
+        {
             self.next_reply().await;
         }
         let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
@@ -232,23 +229,27 @@ impl Session {
             Poll::Ready(frame) => self.reply_in_order(frame),
             // Finished later, outside the frame's span: it keeps the
             // connection's span for its log lines.
-            Poll::Pending => self
-                .pending
-                .push_back(Box::pin(tracing::Instrument::instrument(
-                    reply,
-                    tracing::Span::current(),
-                ))),
+            Poll::Pending => self.pending.get_or_insert_default().push_back(Box::pin(
+                tracing::Instrument::instrument(reply, tracing::Span::current()),
+            )),
         }
     }
 
     /// Whether replies are still being computed.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.pending.is_some()
     }
 
     /// Waits for the oldest reply under way and queues it.
     pub async fn next_reply(&mut self) {
-        if let Some(frame) = self.pending.next().await {
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        let frame = pending.next().await;
+        if pending.is_empty() {
+            self.pending = None;
+        }
+        if let Some(frame) = frame {
             self.push(frame);
         }
     }
@@ -341,7 +342,7 @@ impl Session {
     ) -> Result<(), Reject> {
         self.check_room(room, "join")?;
         let personal = protocol::is_personal(room);
-        let already = self.rooms.contains(room);
+        let already = self.joined(room);
         if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {
             return Err(Reject::new(
                 ErrorCode::TooManyRooms,
@@ -352,11 +353,15 @@ impl Session {
             ));
         }
         let hub = &self.app.hub;
-        let start = hub.begin_join(&self.sub, room, true);
+        let sub: Arc<dyn Subscriber> = self.conn.clone();
+        let start = hub.begin_join(&sub, room, true);
         let prepared = async {
             let rec = hub.recover(&start, room, since).await?;
             if !personal && !already {
-                self.app.broker.presence_join(room, &self.info).await?;
+                self.app
+                    .broker
+                    .presence_join(room, &client_info(&self.conn))
+                    .await?;
             }
             let page = self.app.presence_page(room).await?;
             Ok::<_, BrokerError>((rec, page))
@@ -365,7 +370,7 @@ impl Session {
         let (rec, page) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                hub.abort_join(&self.sub, room, &start).await;
+                hub.abort_join(&sub, room, &start).await;
                 return Err(e.into());
             }
         };
@@ -379,23 +384,32 @@ impl Session {
             members: &page.members,
             total: page.total,
         });
-        hub.finish_join(&self.sub, room, since.map(|(s, _)| s), &rec, Some(reply));
-        self.rooms.insert(Arc::from(room));
+        hub.finish_join(&sub, room, since.map(|(s, _)| s), &rec, Some(reply));
+        if !already {
+            self.rooms.push(start.room);
+        }
         Ok(())
+    }
+
+    /// Whether `room` was joined with `join`.
+    fn joined(&self, room: &str) -> bool {
+        self.rooms.iter().any(|r| **r == *room)
     }
 
     /// Explicitly joined rooms, the personal room not counted.
     fn joined_count(&self) -> usize {
-        self.rooms.len() - usize::from(self.rooms.contains(&self.personal))
+        let personal = protocol::personal_room(&self.conn.user);
+        self.rooms.len() - usize::from(self.joined(&personal))
     }
 
     async fn leave(&mut self, id: Option<&RawValue>, room: &str) -> Result<(), Reject> {
-        if !self.rooms.remove(room) {
+        let Some(i) = self.rooms.iter().position(|r| **r == *room) else {
             return Err(Reject::new(
                 ErrorCode::NotJoined,
                 format!("not joined to {room}"),
             ));
-        }
+        };
+        self.rooms.swap_remove(i);
         self.app.hub.leave(&*self.conn, room, true).await;
         self.push(protocol::encode(&out::Left {
             ty: "left",
@@ -403,7 +417,10 @@ impl Session {
             room,
         }));
         if !protocol::is_personal(room) {
-            self.app.broker.presence_leave(room, &self.info).await?;
+            self.app
+                .broker
+                .presence_leave(room, &client_info(&self.conn))
+                .await?;
         }
         Ok(())
     }
@@ -475,18 +492,30 @@ impl Session {
         // duplicate).
         self.drain().await;
         let hub = &self.app.hub;
+        let info = client_info(&self.conn);
         for room in &self.rooms {
             hub.leave(&*self.conn, room, false).await;
             if !protocol::is_personal(room)
-                && let Err(e) = self.app.broker.presence_leave(room, &self.info).await
+                && let Err(e) = self.app.broker.presence_leave(room, &info).await
             {
                 tracing::warn!(conn = %self.conn.id, room = %room, error = %e, "presence leave failed");
             }
         }
-        hub.leave(&*self.conn, &self.personal, false).await;
-        if let Err(e) = self.app.broker.disconnect(&self.info).await {
+        let personal = protocol::personal_room(&self.conn.user);
+        hub.leave(&*self.conn, &personal, false).await;
+        if let Err(e) = self.app.broker.disconnect(&info).await {
             tracing::warn!(conn = %self.conn.id, error = %e, "broker disconnect failed");
         }
+    }
+}
+
+/// Who the connection is, for the broker's presence and registry.
+fn client_info(conn: &Conn) -> ClientInfo {
+    ClientInfo {
+        conn_id: conn.id.clone(),
+        user: conn.user.clone(),
+        name: conn.name.clone(),
+        ephemeral: conn.anonymous,
     }
 }
 

@@ -85,6 +85,9 @@ pub struct JoinStart {
     pub existed: bool,
     /// The node must make sure it is subscribed at the broker.
     subscribed: Arc<OnceCell<()>>,
+    /// The room's name as the hub holds it (a connection's list of rooms
+    /// shares it rather than allocating its own).
+    pub room: Arc<str>,
 }
 
 /// What `Hub::leave` found.
@@ -151,7 +154,12 @@ impl Hub {
     /// Adds (or switches) the subscription to buffering mode.
     fn buffering(&self, conn: &Arc<dyn Subscriber>, room: &str, explicit: bool) -> JoinStart {
         let mut shard = lock(self.shard(room));
-        let local = shard.entry(Arc::from(room)).or_insert_with(|| LocalRoom {
+        // The name is allocated only for a new room.
+        let name = match shard.get_key_value(room) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(room),
+        };
+        let local = shard.entry(name.clone()).or_insert_with(|| LocalRoom {
             subs: HashMap::new(),
             subscribed: Arc::new(OnceCell::new()),
         });
@@ -182,6 +190,7 @@ impl Hub {
         JoinStart {
             existed,
             subscribed,
+            room: name,
         }
     }
 
