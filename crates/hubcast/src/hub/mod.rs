@@ -26,6 +26,9 @@ use crate::broker::{
     Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery,
 };
 use crate::conn::outbound::{Outbound, Pushed};
+use members::Members;
+
+mod members;
 use crate::protocol::{self, out};
 
 const SHARDS: usize = 64;
@@ -54,7 +57,7 @@ pub struct Hub {
 
 /// The local members of one room.
 struct LocalRoom {
-    subs: HashMap<ConnKey, Sub>,
+    subs: Members<Sub>,
     /// Resolved once the broker subscription for this room is in place;
     /// every joiner waits on it before reading the room's position.
     subscribed: Arc<OnceCell<()>>,
@@ -65,7 +68,8 @@ struct Sub {
     /// Joined with `join` (false: only the automatic personal-room one).
     explicit: bool,
     /// Buffering while a join is in progress.
-    buffer: Option<Vec<Pending>>,
+    /// Boxed: a subscription is smaller while live, which it mostly is.
+    buffer: Option<Box<Vec<Pending>>>,
     /// Offsets `first..=last` of `epoch` were delivered (or belong to the
     /// time before the subscription); `first > last` when none yet.
     epoch: Arc<str>,
@@ -160,15 +164,15 @@ impl Hub {
             None => Arc::from(room),
         };
         let local = shard.entry(name.clone()).or_insert_with(|| LocalRoom {
-            subs: HashMap::new(),
+            subs: Members::default(),
             subscribed: Arc::new(OnceCell::new()),
         });
         let subscribed = local.subscribed.clone();
-        let existed = match local.subs.get_mut(&conn.key()) {
+        let existed = match local.subs.get_mut(conn.key()) {
             Some(sub) => {
                 sub.explicit |= explicit;
                 if sub.buffer.is_none() {
-                    sub.buffer = Some(Vec::new());
+                    sub.buffer = Some(Box::default());
                 }
                 true
             }
@@ -178,7 +182,7 @@ impl Hub {
                     Sub {
                         conn: conn.clone(),
                         explicit,
-                        buffer: Some(Vec::new()),
+                        buffer: Some(Box::default()),
                         epoch: Arc::from(""),
                         first: 1,
                         last: 0,
@@ -205,10 +209,7 @@ impl Hub {
         reply: Option<Bytes>,
     ) {
         let mut shard = lock(self.shard(room));
-        let Some(sub) = shard
-            .get_mut(room)
-            .and_then(|r| r.subs.get_mut(&conn.key()))
-        else {
+        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(conn.key())) else {
             return;
         };
         let Some(buffer) = sub.buffer.take() else {
@@ -238,7 +239,7 @@ impl Hub {
             }
         }
         let mut epoch = rec.epoch.clone();
-        for item in buffer {
+        for item in *buffer {
             match item {
                 Pending::Frame(f) => frames.push(f),
                 Pending::Publication(p) => {
@@ -271,9 +272,9 @@ impl Hub {
                 return;
             };
             if start.existed {
-                if let Some(sub) = local.subs.get_mut(&conn.key()) {
+                if let Some(sub) = local.subs.get_mut(conn.key()) {
                     // Give back what was buffered, in order, then go live again.
-                    for item in sub.buffer.take().unwrap_or_default() {
+                    for item in sub.buffer.take().map(|b| *b).unwrap_or_default() {
                         match item {
                             Pending::Frame(f) => {
                                 conn.outbound().push(f);
@@ -286,7 +287,7 @@ impl Hub {
                 }
                 false
             } else {
-                local.subs.remove(&conn.key());
+                local.subs.remove(conn.key());
                 if local.subs.is_empty() {
                     let subscribed = local.subscribed.initialized();
                     shard.remove(room);
@@ -318,7 +319,7 @@ impl Hub {
                     was_explicit: false,
                 };
             };
-            let Some(sub) = local.subs.get_mut(&conn.key()) else {
+            let Some(sub) = local.subs.get_mut(conn.key()) else {
                 return LeaveResult {
                     was_member: false,
                     was_explicit: false,
@@ -333,7 +334,7 @@ impl Hub {
                     was_explicit,
                 };
             }
-            local.subs.remove(&conn.key());
+            local.subs.remove(conn.key());
             let last = if local.subs.is_empty() {
                 let subscribed = local.subscribed.initialized();
                 shard.remove(room);
