@@ -11,17 +11,12 @@ use std::collections::hash_map;
 use crate::broker::ConnKey;
 
 /// Subscriptions by connection key: none, one inline, or a table.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub enum Members<T> {
+    #[default]
     Empty,
     One(ConnKey, T),
     Many(HashMap<ConnKey, T>),
-}
-
-impl<T> Default for Members<T> {
-    fn default() -> Self {
-        Self::Empty
-    }
 }
 
 impl<T> Members<T> {
