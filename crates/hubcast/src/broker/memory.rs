@@ -12,7 +12,7 @@
 //! void.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::small_set::SmallSet;
 use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, PresencePage,
     Publication, PublishRequest, PublishResult, Recovery, UserStatus,
@@ -49,7 +50,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One shard of room logs.
-type LogShard = Mutex<HashMap<Arc<str>, Arc<Mutex<RoomLog>>>>;
+type LogShard = Mutex<HashMap<Arc<str>, Room>>;
+
+/// A room the engine knows of.
+enum Room {
+    /// Subscribed, and no message since its last log (if any) was dropped
+    /// with nothing to remember: its log would be empty, at offset 0, with
+    /// the epoch `seed` gives, so only the count is kept until a message
+    /// comes. Every connection's personal room is one of these until
+    /// somebody sends to it (a log cost each about 250 bytes).
+    Quiet { subscribed: u32, seed: u64 },
+    /// A room with a log.
+    Log(Arc<Mutex<RoomLog>>),
+}
 
 /// The in-memory broker.
 pub struct MemoryBroker {
@@ -228,14 +241,15 @@ impl PresenceState {
 struct RoomMember {
     name: Arc<str>,
     /// The user's connections in the room.
-    conns: HashSet<Arc<str>>,
+    conns: SmallSet<Arc<str>>,
 }
 
 struct UserState {
     status: Status,
     connections: u32,
-    /// Rooms the user is present in (for status events).
-    rooms: HashSet<Arc<str>>,
+    /// Rooms the user is present in (for status events); the names are
+    /// those of `PresenceState::rooms`.
+    rooms: SmallSet<Arc<str>>,
     /// Unix ms of the last disconnect.
     last_seen: Option<i64>,
     /// When the user went offline, for forgetting them later.
@@ -248,7 +262,7 @@ impl UserState {
         Self {
             status: Status::Online,
             connections: 0,
-            rooms: HashSet::new(),
+            rooms: SmallSet::default(),
             last_seen: None,
             offline_since: None,
         }
@@ -305,6 +319,44 @@ impl MemoryBroker {
                 return f(&mut log);
             }
         }
+    }
+
+    /// Runs `f` on the room's log, or on what its log would be when it has
+    /// none (a quiet or unknown room: empty, at its remembered offset or at
+    /// 0), without creating one: reading a room's position must not cost
+    /// memory.
+    fn read_log<R>(&self, room: &str, f: impl FnOnce(&mut RoomLog) -> R) -> R {
+        loop {
+            let log = {
+                let shard = lock(self.shard(room));
+                match shard.get(room) {
+                    Some(Room::Log(log)) => log.clone(),
+                    Some(Room::Quiet { seed, .. }) => {
+                        return f(&mut RoomLog::new(self.fresh_epoch(*seed, room), 0));
+                    }
+                    None => {
+                        let (epoch, top) = {
+                            let t = lock(&self.tombs);
+                            match t.by_room.get(room) {
+                                Some((_, epoch, top)) => (epoch.clone(), *top),
+                                None => (self.fresh_epoch(t.seed, room), 0),
+                            }
+                        };
+                        return f(&mut RoomLog::new(epoch, top));
+                    }
+                }
+            };
+            let mut log = lock(&log);
+            if !log.dropped {
+                return f(&mut log);
+            }
+        }
+    }
+
+    /// The epoch of a room's log that starts afresh (no tombstone).
+    fn fresh_epoch(&self, seed: u64, room: &str) -> Arc<str> {
+        let h = self.hasher.hash_one((seed, room));
+        Arc::from(format!("{:08x}", h >> 32))
     }
 
     /// `publish` on the room's locked log.
@@ -420,21 +472,29 @@ impl MemoryBroker {
     /// The room's log, created if missing.
     fn log(&self, room: &str) -> Arc<Mutex<RoomLog>> {
         let mut shard = lock(self.shard(room));
-        if let Some(log) = shard.get(room) {
-            return log.clone();
+        match shard.get_mut(room) {
+            Some(Room::Log(log)) => return log.clone(),
+            Some(entry @ Room::Quiet { .. }) => {
+                let Room::Quiet { subscribed, seed } = *entry else {
+                    unreachable!("matched Quiet above")
+                };
+                let mut log = RoomLog::new(self.fresh_epoch(seed, room), 0);
+                log.subscribed = subscribed as usize;
+                let log = Arc::new(Mutex::new(log));
+                *entry = Room::Log(log.clone());
+                return log;
+            }
+            None => {}
         }
         let (epoch, top) = {
             let mut t = lock(&self.tombs);
             match t.by_room.remove(room) {
                 Some((_, epoch, top)) => (epoch, top),
-                None => {
-                    let h = self.hasher.hash_one((t.seed, room));
-                    (Arc::from(format!("{:08x}", h >> 32)), 0)
-                }
+                None => (self.fresh_epoch(t.seed, room), 0),
             }
         };
         let log = Arc::new(Mutex::new(RoomLog::new(epoch, top)));
-        shard.insert(Arc::from(room), log.clone());
+        shard.insert(Arc::from(room), Room::Log(log.clone()));
         log
     }
 
@@ -451,6 +511,10 @@ impl MemoryBroker {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             shard.retain(|room, log| {
+                let Room::Log(log) = log else {
+                    // Quiet rooms are subscribed: they stay.
+                    return true;
+                };
                 let mut log = lock(log);
                 let drop = log.drop_if_idle(now, self.ttl, self.history_size);
                 if drop {
@@ -494,7 +558,33 @@ impl Broker for MemoryBroker {
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
-        self.with_log(room, |log| log.subscribed += 1);
+        {
+            let mut shard = lock(self.shard(room));
+            match shard.get_mut(room) {
+                // A log in its shard is never a dropped one.
+                Some(Room::Log(log)) => lock(log).subscribed += 1,
+                Some(Room::Quiet { subscribed, .. }) => *subscribed += 1,
+                None => {
+                    let t = lock(&self.tombs);
+                    if t.by_room.contains_key(room) {
+                        // Its log continues the remembered offsets.
+                        drop(t);
+                        drop(shard);
+                        self.with_log(room, |log| log.subscribed += 1);
+                    } else {
+                        let seed = t.seed;
+                        drop(t);
+                        shard.insert(
+                            Arc::from(room),
+                            Room::Quiet {
+                                subscribed: 1,
+                                seed,
+                            },
+                        );
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -503,7 +593,14 @@ impl Broker for MemoryBroker {
         // (an anonymous connection's personal room, say) instead of waiting
         // for the sweep.
         let mut shard = lock(self.shard(room));
-        if let Some((name, log)) = shard.get_key_value(room) {
+        if let Some(Room::Quiet { subscribed, .. }) = shard.get_mut(room) {
+            *subscribed = subscribed.saturating_sub(1);
+            if *subscribed == 0 {
+                shard.remove(room);
+            }
+            return Ok(());
+        }
+        if let Some((name, Room::Log(log))) = shard.get_key_value(room) {
             let idle = {
                 let mut log = lock(log);
                 log.subscribed = log.subscribed.saturating_sub(1);
@@ -525,7 +622,7 @@ impl Broker for MemoryBroker {
         room: &str,
         since: Option<(u64, Option<&str>)>,
     ) -> Result<Recovery, BrokerError> {
-        Ok(self.with_log(room, |log| self.recover_locked(log, since)))
+        Ok(self.read_log(room, |log| self.recover_locked(log, since)))
     }
 
     async fn history(
@@ -534,11 +631,16 @@ impl Broker for MemoryBroker {
         since: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        Ok(self.with_log(room, |log| self.history_locked(log, since, limit)))
+        Ok(self.read_log(room, |log| self.history_locked(log, since, limit)))
     }
     async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let mut p = lock(&self.presence);
-        let members = p.rooms.entry(Arc::from(room)).or_default();
+        // The room's name is allocated once, for its first member.
+        let name = match p.rooms.get_key_value(room) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(room),
+        };
+        let members = p.rooms.entry(name.clone()).or_default();
         let first = match members.entry(client.user.clone()) {
             Entry::Occupied(mut e) => {
                 let m = e.get_mut();
@@ -548,7 +650,7 @@ impl Broker for MemoryBroker {
             Entry::Vacant(e) => {
                 e.insert(RoomMember {
                     name: client.name.clone(),
-                    conns: HashSet::from([client.conn_id.clone()]),
+                    conns: SmallSet::from(client.conn_id.clone()),
                 });
                 true
             }
@@ -557,7 +659,7 @@ impl Broker for MemoryBroker {
             .users
             .entry(client.user.clone())
             .or_insert_with(UserState::new);
-        user.rooms.insert(Arc::from(room));
+        user.rooms.insert(name);
         let status = user.status;
         if first {
             // Emitted under the presence lock so events keep their order.
@@ -672,10 +774,6 @@ impl Broker for MemoryBroker {
         user.status = Status::Offline;
         user.last_seen = Some(now_ms());
         user.offline_since = Some(now);
-        if user.rooms.is_empty() {
-            // An offline user keeps only its status: no spare table.
-            user.rooms.shrink_to_fit();
-        }
         p.offline.push_back((now, client.user.clone()));
         while p.offline.len() > MAX_OFFLINE_USERS {
             if let Some((since, user)) = p.offline.pop_front() {
@@ -790,6 +888,54 @@ mod tests {
         assert!(page.publications.is_empty());
         let again = b.publish(req("r", "a", true)).await.unwrap();
         assert!(!again.duplicate, "msgId window expired");
+        b.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscribed_room_without_messages_holds_no_log() {
+        let b = MemoryBroker::new(10, Duration::from_secs(1));
+        let quiet = |b: &MemoryBroker| {
+            matches!(
+                lock(b.shard("p")).get("p"),
+                Some(Room::Quiet { subscribed: _, .. })
+            )
+        };
+        // Reading an unknown room's position creates nothing.
+        let e0 = b.recover("p", None).await.unwrap().epoch;
+        b.history("p", None, 10).await.unwrap();
+        assert!(lock(b.shard("p")).get("p").is_none());
+        b.subscribe("p").await.unwrap();
+        b.subscribe("p").await.unwrap();
+        assert!(quiet(&b), "two subscriptions, still no log");
+        let rec = b.recover("p", Some((0, Some(&*e0)))).await.unwrap();
+        assert_eq!((rec.top, rec.recovered), (0, true));
+        assert_eq!(rec.epoch, e0, "the epoch is the one its log will have");
+        // The sweep keeps it; the first message makes the log, in that
+        // epoch, keeping both subscriptions.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(quiet(&b));
+        let r = b.publish(req("p", "a", false)).await.unwrap();
+        assert_eq!((r.epoch.clone(), r.offset), (e0.clone(), 1));
+        assert!(matches!(lock(b.shard("p")).get("p"), Some(Room::Log(_))));
+        b.unsubscribe("p").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            lock(b.shard("p")).get("p").is_some(),
+            "one subscription left: kept though its message expired"
+        );
+        b.unsubscribe("p").await.unwrap();
+        assert!(lock(b.shard("p")).get("p").is_none());
+        // It had a message: a new subscription continues its offsets (a
+        // log from the tombstone, not a quiet room at 0).
+        b.subscribe("p").await.unwrap();
+        assert!(matches!(lock(b.shard("p")).get("p"), Some(Room::Log(_))));
+        assert_eq!(b.recover("p", None).await.unwrap().top, 1);
+
+        // A quiet room's last unsubscribe forgets it.
+        b.subscribe("q").await.unwrap();
+        b.unsubscribe("q").await.unwrap();
+        b.unsubscribe("q").await.unwrap();
+        assert!(lock(b.shard("q")).get("q").is_none());
         b.close().await;
     }
 
