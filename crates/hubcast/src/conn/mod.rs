@@ -63,7 +63,7 @@ pub struct Conn {
     /// Everything to send to this client.
     pub out: Outbound,
     /// The trace id of the upgrade request (W3C `traceparent` or our own).
-    pub trace_id: Box<str>,
+    pub trace_id: crate::trace::TraceId,
 }
 
 impl Conn {
@@ -145,12 +145,11 @@ pub async fn serve<R, W>(
     let mut frames_in: u64 = 0;
     // A ping's payload, for the writer's pong.
     let pong = Mutex::new(None);
-    // When the last frame arrived, as milliseconds after `opened` (the
-    // writer's timer closes a silent connection).
-    let last_seen = AtomicU64::new(0);
+    // When the last frame arrived (the writer's timer closes a silent
+    // connection); the reader and writer hold a reference each.
     let seen = Seen {
         base: opened,
-        at: &last_seen,
+        at: AtomicU64::new(0),
         idle: app.config.idle_timeout(),
     };
     let end = {
@@ -158,7 +157,7 @@ pub async fn serve<R, W>(
             &mut reader,
             session.as_mut(),
             &conn,
-            seen,
+            &seen,
             &pong,
             &mut frames_in,
         );
@@ -166,7 +165,7 @@ pub async fn serve<R, W>(
             &mut writer,
             &conn,
             &pong,
-            seen,
+            &seen,
             app.config.heartbeat_interval(),
             &app.shutdown,
         );
@@ -248,7 +247,7 @@ async fn read_loop<R>(
     reader: &mut Reader<R>,
     mut session: Option<&mut Session>,
     conn: &Conn,
-    seen: Seen<'_>,
+    seen: &Seen,
     pong: &Mutex<Option<Bytes>>,
     frames_in: &mut u64,
 ) -> ReadEnd
@@ -316,16 +315,16 @@ where
 
 /// When the last frame arrived, shared by the reader (which sets it) and
 /// the writer (whose timers check it).
-#[derive(Debug, Clone, Copy)]
-struct Seen<'a> {
+#[derive(Debug)]
+struct Seen {
     base: Instant,
     /// Milliseconds after `base`.
-    at: &'a AtomicU64,
+    at: AtomicU64,
     /// Silence after which the connection is closed with 4002.
     idle: Duration,
 }
 
-impl Seen<'_> {
+impl Seen {
     fn now(&self) {
         let ms = self.base.elapsed().as_millis() as u64;
         self.at.store(ms, Ordering::Relaxed);
@@ -341,13 +340,12 @@ async fn write_loop<W>(
     io: &mut W,
     conn: &Conn,
     pong: &Mutex<Option<Bytes>>,
-    seen: Seen<'_>,
+    seen: &Seen,
     heartbeat: Duration,
     shutdown: &CancellationToken,
 ) where
     W: AsyncWrite + Unpin,
 {
-    let mut queue: VecDeque<Bytes> = VecDeque::new();
     // One timer for the next ping, the heartbeat deadline and the token's
     // expiry, whichever comes first; a frame arriving does not touch it (it
     // is re-armed when it fires), and an idle connection holds one timer.
@@ -359,12 +357,13 @@ async fn write_loop<W>(
     loop {
         // Scoped: nothing of a batch is kept while the connection waits.
         {
+            let mut queue = VecDeque::new();
             let closing = conn.out.take(&mut queue);
             let ping = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
             if !queue.is_empty() || ping.is_some() || closing.is_some() {
                 let batch = batch(&queue, ping, closing);
                 // An idle connection keeps no queue buffer.
-                queue = VecDeque::new();
+                drop(queue);
                 if !Box::pin(write(io, &batch, conn, shutdown, seen)).await || closing.is_some() {
                     return;
                 }
@@ -432,7 +431,7 @@ async fn write<W>(
     batch: &Batch,
     conn: &Conn,
     shutdown: &CancellationToken,
-    seen: Seen<'_>,
+    seen: &Seen,
 ) -> bool
 where
     W: AsyncWrite + Unpin,

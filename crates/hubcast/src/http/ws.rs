@@ -114,11 +114,18 @@ pub async fn upgrade(
 
     let conn_id = format!("c-{}", uuid::Uuid::now_v7());
     let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name)?;
+    let user: Arc<str> = Arc::from(caller.user);
+    // Usually the display name is the user id: one string for both.
+    let name = if caller.display == *user {
+        user.clone()
+    } else {
+        Arc::from(caller.display)
+    };
     let conn = Arc::new(Conn {
         key: app.next_conn.fetch_add(1, Ordering::Relaxed),
         id: Arc::from(conn_id.as_str()),
-        name: Arc::from(caller.display),
-        user: Arc::from(caller.user),
+        name,
+        user,
         grants: caller.grants,
         expires: caller.expires,
         anonymous: caller.anonymous,
@@ -127,7 +134,7 @@ pub async fn upgrade(
         trace_id: req
             .extensions()
             .get::<crate::trace::RequestTrace>()
-            .map(|t| t.id.as_str().into())
+            .map(|t| crate::trace::TraceId::parse(&t.id))
             .unwrap_or_default(),
     });
 
