@@ -46,7 +46,7 @@ impl Broker for Flaky {
         self.check()?;
         self.inner.publish(req).await
     }
-    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError> {
         self.check()?;
         self.inner.subscribe(room).await
     }

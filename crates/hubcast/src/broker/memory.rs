@@ -557,7 +557,7 @@ impl Broker for MemoryBroker {
         self.with_log(&room, |log| self.publish_locked(log, req, handler, now))
     }
 
-    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError> {
         {
             let mut shard = lock(self.shard(room));
             match shard.get_mut(room) {
@@ -575,7 +575,7 @@ impl Broker for MemoryBroker {
                         let seed = t.seed;
                         drop(t);
                         shard.insert(
-                            Arc::from(room),
+                            room.clone(),
                             Room::Quiet {
                                 subscribed: 1,
                                 seed,
@@ -904,8 +904,8 @@ mod tests {
         let e0 = b.recover("p", None).await.unwrap().epoch;
         b.history("p", None, 10).await.unwrap();
         assert!(lock(b.shard("p")).get("p").is_none());
-        b.subscribe("p").await.unwrap();
-        b.subscribe("p").await.unwrap();
+        b.subscribe(&"p".into()).await.unwrap();
+        b.subscribe(&"p".into()).await.unwrap();
         assert!(quiet(&b), "two subscriptions, still no log");
         let rec = b.recover("p", Some((0, Some(&*e0)))).await.unwrap();
         assert_eq!((rec.top, rec.recovered), (0, true));
@@ -927,12 +927,12 @@ mod tests {
         assert!(lock(b.shard("p")).get("p").is_none());
         // It had a message: a new subscription continues its offsets (a
         // log from the tombstone, not a quiet room at 0).
-        b.subscribe("p").await.unwrap();
+        b.subscribe(&"p".into()).await.unwrap();
         assert!(matches!(lock(b.shard("p")).get("p"), Some(Room::Log(_))));
         assert_eq!(b.recover("p", None).await.unwrap().top, 1);
 
         // A quiet room's last unsubscribe forgets it.
-        b.subscribe("q").await.unwrap();
+        b.subscribe(&"q".into()).await.unwrap();
         b.unsubscribe("q").await.unwrap();
         b.unsubscribe("q").await.unwrap();
         assert!(lock(b.shard("q")).get("q").is_none());
@@ -944,7 +944,7 @@ mod tests {
         let b = MemoryBroker::new(10, Duration::from_secs(1));
         // Never published: dropped at the last unsubscribe, and the room's
         // next log has the same epoch, so a client at offset 0 recovers.
-        b.subscribe("quiet").await.unwrap();
+        b.subscribe(&"quiet".into()).await.unwrap();
         let e0 = b.recover("quiet", None).await.unwrap().epoch;
         b.unsubscribe("quiet").await.unwrap();
         assert!(lock(b.shard("quiet")).get("quiet").is_none(), "dropped");

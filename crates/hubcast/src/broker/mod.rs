@@ -192,8 +192,10 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError>;
 
     /// Starts delivering the room's publications to this node's handler.
-    /// Called when the node's first member joins the room.
-    async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;
+    /// Called when the node's first member joins the room. The name is the
+    /// hub's own string: an engine that keeps it shares it (a node holds
+    /// one subscription per connection, for its personal room).
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError>;
 
     /// Stops delivering the room to this node. Called after its last member
     /// left.

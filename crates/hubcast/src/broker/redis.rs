@@ -1452,10 +1452,10 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
-            .send(SubCmd::Subscribe(Arc::from(room), tx))
+            .send(SubCmd::Subscribe(room.clone(), tx))
             .map_err(|_| BrokerError::Internal("pub/sub task stopped".into()))?;
         match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
             Ok(Ok(r)) => r,

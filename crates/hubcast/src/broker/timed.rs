@@ -64,7 +64,7 @@ impl Broker for Timed {
     async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
         timed!("publish", self.inner.publish(req))
     }
-    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError> {
         timed!("subscribe", self.inner.subscribe(room))
     }
     async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {

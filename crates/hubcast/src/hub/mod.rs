@@ -152,7 +152,7 @@ impl Hub {
     ) -> Result<Recovery, BrokerError> {
         start
             .subscribed
-            .get_or_try_init(|| self.broker.subscribe(room))
+            .get_or_try_init(|| self.broker.subscribe(&start.room))
             .await?;
         self.broker.recover(room, since).await
     }
