@@ -240,6 +240,17 @@ pub async fn run_with_broker(
             }
         });
     }
+    {
+        // Shutdown closes every connection with 1001 (their writers send
+        // it, then wait briefly for the client's reply).
+        let app = app.clone();
+        let stop = shutdown.clone();
+        app.clone().tasks.spawn(async move {
+            stop.cancelled().await;
+            app.hub
+                .close_all(protocol::close::GOING_AWAY, "server shutting down");
+        });
+    }
     let router = http::router(app.clone());
     // The TLS accept loop stops on shutdown like every other task.
     let accept_tasks = TaskTracker::new();

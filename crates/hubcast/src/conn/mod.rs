@@ -25,7 +25,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::App;
@@ -142,6 +141,12 @@ pub async fn serve<R, W>(
             None
         }
     };
+    // A shutdown reaches connections through the hub (`Hub::close_all`,
+    // which finds this one in its personal room from now on); one that
+    // began before this connection was in the hub is seen here.
+    if app.shutdown.is_cancelled() {
+        conn.out.close(close::GOING_AWAY, "server shutting down");
+    }
     let mut frames_in: u64 = 0;
     // A ping's payload, for the writer's pong.
     let pong = Mutex::new(None);
@@ -167,7 +172,6 @@ pub async fn serve<R, W>(
             &pong,
             &seen,
             app.config.heartbeat_interval(),
-            &app.shutdown,
         );
         tokio::pin!(reader, writer);
         tokio::select! {
@@ -342,7 +346,6 @@ async fn write_loop<W>(
     pong: &Mutex<Option<Bytes>>,
     seen: &Seen,
     heartbeat: Duration,
-    shutdown: &CancellationToken,
 ) where
     W: AsyncWrite + Unpin,
 {
@@ -364,7 +367,7 @@ async fn write_loop<W>(
                 let batch = batch(&queue, ping, closing);
                 // An idle connection keeps no queue buffer.
                 drop(queue);
-                if !Box::pin(write(io, &batch, conn, shutdown, seen)).await || closing.is_some() {
+                if !Box::pin(write(io, &batch, conn, seen)).await || closing.is_some() {
                     return;
                 }
                 continue;
@@ -372,7 +375,6 @@ async fn write_loop<W>(
         }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => conn.out.close(close::GOING_AWAY, "server shutting down"),
             _ = conn.out.notified() => {}
             _ = &mut timer => {
                 let now = Instant::now();
@@ -384,7 +386,7 @@ async fn write_loop<W>(
                     next_ping = now + heartbeat;
                     let mut batch = Batch::default();
                     batch.frame(frame::opcode::PING, &Bytes::new());
-                    if !Box::pin(write(io, &batch, conn, shutdown, seen)).await {
+                    if !Box::pin(write(io, &batch, conn, seen)).await {
                         return;
                     }
                 }
@@ -426,13 +428,7 @@ fn far_future() -> Instant {
 /// decided meanwhile and the client has not taken the data within the close
 /// grace (a slow consumer that stopped reading altogether). A client silent
 /// past the heartbeat deadline is closed here too (its write may never end).
-async fn write<W>(
-    io: &mut W,
-    batch: &Batch,
-    conn: &Conn,
-    shutdown: &CancellationToken,
-    seen: &Seen,
-) -> bool
+async fn write<W>(io: &mut W, batch: &Batch, conn: &Conn, seen: &Seen) -> bool
 where
     W: AsyncWrite + Unpin,
 {
@@ -450,10 +446,6 @@ where
                 if let Some(c) = conn.out.closing() {
                     deadline = Some(Instant::now() + grace(Some(c)));
                 }
-            }
-            _ = shutdown.cancelled(), if deadline.is_none() => {
-                conn.out.close(close::GOING_AWAY, "server shutting down");
-                deadline = Some(Instant::now() + CLOSE_GRACE);
             }
             _ = &mut silent, if deadline.is_none() => {
                 let at = seen.deadline();

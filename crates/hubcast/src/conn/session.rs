@@ -386,6 +386,9 @@ impl Session {
         });
         hub.finish_join(&sub, room, since.map(|(s, _)| s), &rec, Some(reply));
         if !already {
+            // Exact: most connections join one room or two, and a first
+            // push would make room for four.
+            self.rooms.reserve_exact(1);
             self.rooms.push(start.room);
         }
         Ok(())

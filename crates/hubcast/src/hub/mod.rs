@@ -58,9 +58,31 @@ pub struct Hub {
 /// The local members of one room.
 struct LocalRoom {
     subs: Members<Sub>,
-    /// Resolved once the broker subscription for this room is in place;
-    /// every joiner waits on it before reading the room's position.
-    subscribed: Arc<OnceCell<()>>,
+    /// Whether the node's broker subscription for this room is in place.
+    subscribed: BrokerSub,
+}
+
+/// A room's broker subscription, as its local members see it.
+enum BrokerSub {
+    /// Resolved once the subscription is in place; every joiner waits on it
+    /// before reading the room's position.
+    Pending(Arc<OnceCell<()>>),
+    /// In place: nothing to wait for, and nothing allocated (every
+    /// connection's personal room is a room here).
+    Done,
+}
+
+impl BrokerSub {
+    fn new() -> Self {
+        Self::Pending(Arc::new(OnceCell::new()))
+    }
+
+    fn initialized(&self) -> bool {
+        match self {
+            Self::Pending(cell) => cell.initialized(),
+            Self::Done => true,
+        }
+    }
 }
 
 struct Sub {
@@ -89,8 +111,8 @@ pub struct JoinStart {
     /// The connection was already subscribed (its personal room, a repeated
     /// join).
     pub existed: bool,
-    /// The node must make sure it is subscribed at the broker.
-    subscribed: Arc<OnceCell<()>>,
+    /// The node must make sure it is subscribed at the broker (none: it is).
+    subscribed: Option<Arc<OnceCell<()>>>,
     /// The room's name as the hub holds it (a connection's list of rooms
     /// shares it rather than allocating its own).
     pub room: Arc<str>,
@@ -150,10 +172,10 @@ impl Hub {
         room: &str,
         since: Option<(u64, Option<&str>)>,
     ) -> Result<Recovery, BrokerError> {
-        start
-            .subscribed
-            .get_or_try_init(|| self.broker.subscribe(&start.room))
-            .await?;
+        if let Some(cell) = &start.subscribed {
+            cell.get_or_try_init(|| self.broker.subscribe(&start.room))
+                .await?;
+        }
         self.broker.recover(room, since).await
     }
 
@@ -167,9 +189,12 @@ impl Hub {
         };
         let local = shard.entry(name.clone()).or_insert_with(|| LocalRoom {
             subs: Members::default(),
-            subscribed: Arc::new(OnceCell::new()),
+            subscribed: BrokerSub::new(),
         });
-        let subscribed = local.subscribed.clone();
+        let subscribed = match &local.subscribed {
+            BrokerSub::Pending(cell) => Some(cell.clone()),
+            BrokerSub::Done => None,
+        };
         let existed = match local.subs.get_mut(conn.key()) {
             Some(sub) => {
                 sub.explicit |= explicit;
@@ -211,7 +236,14 @@ impl Hub {
         reply: Option<Bytes>,
     ) {
         let mut shard = lock(self.shard(room));
-        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(conn.key())) else {
+        let Some(local) = shard.get_mut(room) else {
+            return;
+        };
+        if local.subscribed.initialized() {
+            // The joiners that waited on the cell hold their own handle.
+            local.subscribed = BrokerSub::Done;
+        }
+        let Some(sub) = local.subs.get_mut(conn.key()) else {
             return;
         };
         let Some(buffer) = sub.buffer.take() else {
@@ -356,6 +388,20 @@ impl Hub {
             tracing::warn!(room, error = %e, "broker unsubscribe failed");
         }
         result
+    }
+
+    /// Decides the close of every local subscriber (each connection is in
+    /// its personal room at least): how a shutdown reaches the
+    /// connections, rather than each one waiting on the shutdown token.
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for local in shard.values() {
+                for sub in local.subs.values() {
+                    sub.conn.outbound().close(code, reason);
+                }
+            }
+        }
     }
 
     /// Local members of a room (for tests and stats).
