@@ -372,6 +372,9 @@ fn copied(payload: &[u8]) -> bool {
     payload.len() <= COPY_MAX
 }
 
+/// Most slices handed to one vectored write (the rest go in the next).
+const MAX_SLICES: usize = 64;
+
 /// Frames to go out in one vectored write.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -379,6 +382,8 @@ pub struct Batch {
     bytes: Vec<u8>,
     /// Large payloads, each after `bytes[..end]`: `(end, payload)`.
     shared: Vec<(usize, Bytes)>,
+    /// Bytes of the batch already written.
+    written: usize,
 }
 
 impl Batch {
@@ -397,6 +402,7 @@ impl Batch {
             // 2-byte header and at most 125 bytes).
             bytes: Vec::with_capacity(bytes + 2 * 127),
             shared: Vec::with_capacity(shared),
+            written: 0,
         }
     }
 
@@ -433,30 +439,60 @@ impl Batch {
         self.bytes.is_empty()
     }
 
-    /// Writes everything with as few (vectored) writes as the socket takes.
-    pub async fn write_to<W: AsyncWrite + Unpin>(&self, io: &mut W) -> io::Result<()> {
-        let mut slices = Vec::with_capacity(2 * self.shared.len() + 1);
+    /// The batch's bytes in order: buffer pieces and shared payloads.
+    fn segments(&self) -> impl Iterator<Item = &[u8]> {
+        let last = self.shared.last().map_or(0, |(end, _)| *end);
         let mut start = 0;
-        for (end, payload) in &self.shared {
-            if *end > start {
-                slices.push(IoSlice::new(&self.bytes[start..*end]));
+        self.shared
+            .iter()
+            .flat_map(move |(end, payload)| {
+                let piece = &self.bytes[start..*end];
+                start = *end;
+                [piece, &payload[..]]
+            })
+            .chain(std::iter::once(&self.bytes[last..]))
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Writes what is left of the batch, with as few vectored writes as the
+    /// socket takes; resumable (it keeps its place), so a caller can try a
+    /// write at once and wait only when the socket is full. The slices are
+    /// built on the stack: no allocation per write.
+    pub fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            let mut skip = self.written;
+            for seg in self.segments() {
+                if skip >= seg.len() {
+                    skip -= seg.len();
+                    continue;
+                }
+                slices[n] = IoSlice::new(&seg[skip..]);
+                skip = 0;
+                n += 1;
+                if n == MAX_SLICES {
+                    break;
+                }
             }
-            slices.push(IoSlice::new(payload));
-            start = *end;
-        }
-        if self.bytes.len() > start {
-            slices.push(IoSlice::new(&self.bytes[start..]));
-        }
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n =
-                std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, rest)).await?;
             if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+                return Pin::new(&mut *io).poll_flush(cx);
             }
-            IoSlice::advance_slices(&mut rest, n);
+            let w = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?;
+            if w == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += w;
         }
-        std::future::poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+    }
+
+    /// Writes all that is left (see [`Batch::poll_write`]).
+    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_write(io, cx)).await
     }
 }
 
@@ -639,6 +675,70 @@ mod tests {
             Some(Incoming::Text(Bytes::from("two")))
         );
         assert_eq!(r.buf.capacity(), 0);
+    }
+
+    /// A socket that takes at most 7 bytes per write and is full (pending,
+    /// waking at once) every other call.
+    struct Trickle {
+        out: Vec<u8>,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(2) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(7);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_resumes_where_a_short_or_pending_write_left_it() {
+        // More shared payloads than one vectored write takes slices, small
+        // frames between them, and a socket taking a few bytes at a time.
+        let mut batch = Batch::default();
+        let mut want = Vec::new();
+        for i in 0..(MAX_SLICES + 10) {
+            let big = Bytes::from(vec![b'a' + (i % 26) as u8; COPY_MAX + 1 + i]);
+            batch.text(&big);
+            batch.text(&Bytes::from(format!("small {i}")));
+            want.push(big.to_vec());
+            want.push(format!("small {i}").into_bytes());
+        }
+        let mut whole = Vec::new();
+        let mut copy = Batch::default();
+        for w in &want {
+            copy.text(&Bytes::from(w.clone()));
+        }
+        copy.write_to(&mut whole).await.unwrap();
+        let mut io = Trickle {
+            out: Vec::new(),
+            calls: 0,
+        };
+        batch.write_to(&mut io).await.unwrap();
+        assert_eq!(io.out.len(), whole.len());
+        assert!(io.out == whole, "the same bytes, in order");
+        // Written: a second call writes nothing more.
+        let before = io.calls;
+        batch.write_to(&mut io).await.unwrap();
+        assert_eq!(io.calls, before);
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -364,10 +365,10 @@ async fn write_loop<W>(
             let closing = conn.out.take(&mut queue);
             let ping = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
             if !queue.is_empty() || ping.is_some() || closing.is_some() {
-                let batch = batch(&queue, ping, closing);
+                let mut batch = batch(&queue, ping, closing);
                 // An idle connection keeps no queue buffer.
                 drop(queue);
-                if !Box::pin(write(io, &batch, conn, seen)).await || closing.is_some() {
+                if !send(io, &mut batch, conn, seen).await || closing.is_some() {
                     return;
                 }
                 continue;
@@ -386,7 +387,7 @@ async fn write_loop<W>(
                     next_ping = now + heartbeat;
                     let mut batch = Batch::default();
                     batch.frame(frame::opcode::PING, &Bytes::new());
-                    if !Box::pin(write(io, &batch, conn, seen)).await {
+                    if !send(io, &mut batch, conn, seen).await {
                         return;
                     }
                 }
@@ -424,15 +425,30 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
-/// Writes a batch; `false` when the socket failed, or when a close was
-/// decided meanwhile and the client has not taken the data within the close
-/// grace (a slow consumer that stopped reading altogether). A client silent
-/// past the heartbeat deadline is closed here too (its write may never end).
-async fn write<W>(io: &mut W, batch: &Batch, conn: &Conn, seen: &Seen) -> bool
+/// Writes a batch (see [`write`]). Most writes finish at once, the socket
+/// having room: those set no timer and box no future.
+async fn send<W>(io: &mut W, batch: &mut Batch, conn: &Conn, seen: &Seen) -> bool
 where
     W: AsyncWrite + Unpin,
 {
-    let written = batch.write_to(io);
+    match std::future::poll_fn(|cx| Poll::Ready(batch.poll_write(io, cx))).await {
+        Poll::Ready(r) => r.is_ok(),
+        // Boxed: its timers would otherwise sit in every idle connection's
+        // task.
+        Poll::Pending => Box::pin(write(io, batch, conn, seen)).await,
+    }
+}
+
+/// Writes the rest of a batch the socket did not take at once; `false`
+/// when the socket failed, or when a close was decided meanwhile and the
+/// client has not taken the data within the close grace (a slow consumer
+/// that stopped reading altogether). A client silent past the heartbeat
+/// deadline is closed here too (its write may never end).
+async fn write<W>(io: &mut W, batch: &mut Batch, conn: &Conn, seen: &Seen) -> bool
+where
+    W: AsyncWrite + Unpin,
+{
+    let written = std::future::poll_fn(|cx| batch.poll_write(io, cx));
     tokio::pin!(written);
     let mut deadline = conn.out.closing().map(|c| Instant::now() + grace(Some(c)));
     let silent = sleep_until(seen.deadline());
