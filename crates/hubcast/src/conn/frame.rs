@@ -382,6 +382,8 @@ pub struct Batch {
     bytes: Vec<u8>,
     /// Large payloads, each after `bytes[..end]`: `(end, payload)`.
     shared: Vec<(usize, Bytes)>,
+    /// Bytes of the large payloads.
+    shared_len: usize,
     /// Bytes of the batch already written.
     written: usize,
 }
@@ -402,6 +404,7 @@ impl Batch {
             // 2-byte header and at most 125 bytes).
             bytes: Vec::with_capacity(bytes + 2 * 127),
             shared: Vec::with_capacity(shared),
+            shared_len: 0,
             written: 0,
         }
     }
@@ -418,6 +421,7 @@ impl Batch {
             self.bytes.extend_from_slice(payload);
         } else {
             self.shared.push((self.bytes.len(), payload.clone()));
+            self.shared_len += payload.len();
         }
     }
 
@@ -463,7 +467,17 @@ impl Batch {
         io: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
+        while self.written < self.bytes.len() + self.shared_len {
+            if self.shared.is_empty() {
+                // The usual batch: one buffer, one plain write.
+                let rest = &self.bytes[self.written..];
+                let w = ready!(Pin::new(&mut *io).poll_write(cx, rest))?;
+                if w == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.written += w;
+                continue;
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
             let mut skip = self.written;
@@ -479,15 +493,13 @@ impl Batch {
                     break;
                 }
             }
-            if n == 0 {
-                return Pin::new(&mut *io).poll_flush(cx);
-            }
             let w = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?;
             if w == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.written += w;
         }
+        Pin::new(&mut *io).poll_flush(cx)
     }
 
     /// Writes all that is left (see [`Batch::poll_write`]).
@@ -739,6 +751,26 @@ mod tests {
         let before = io.calls;
         batch.write_to(&mut io).await.unwrap();
         assert_eq!(io.calls, before);
+
+        // Small frames only: one buffer, resumed the same way.
+        let mut small = Batch::default();
+        let mut whole = Vec::new();
+        for i in 0..50 {
+            small.text(&Bytes::from(format!("message {i}")));
+        }
+        small.close(1001, "bye");
+        let mut copy = Batch::default();
+        for i in 0..50 {
+            copy.text(&Bytes::from(format!("message {i}")));
+        }
+        copy.close(1001, "bye");
+        copy.write_to(&mut whole).await.unwrap();
+        let mut io = Trickle {
+            out: Vec::new(),
+            calls: 0,
+        };
+        small.write_to(&mut io).await.unwrap();
+        assert!(io.out == whole);
     }
 
     #[tokio::test]
