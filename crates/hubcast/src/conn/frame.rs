@@ -388,6 +388,13 @@ pub struct Batch {
     written: usize,
 }
 
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // The buffer goes to the thread's spares for the next batch.
+        super::pool::recycle_buffer(std::mem::take(&mut self.bytes));
+    }
+}
+
 impl Batch {
     /// A batch for `frames`, its buffer sized once for all of them (no
     /// regrowth while they are added).
@@ -402,7 +409,7 @@ impl Batch {
         Self {
             // Room for a pong and a close frame too (control frames: a
             // 2-byte header and at most 125 bytes).
-            bytes: Vec::with_capacity(bytes + 2 * 127),
+            bytes: super::pool::buffer(bytes + 2 * 127),
             shared: Vec::with_capacity(shared),
             shared_len: 0,
             written: 0,

@@ -14,6 +14,7 @@
 pub mod frame;
 pub mod limit;
 pub mod outbound;
+mod pool;
 pub mod session;
 
 use std::collections::VecDeque;
@@ -366,8 +367,9 @@ async fn write_loop<W>(
             let ping = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
             if !queue.is_empty() || ping.is_some() || closing.is_some() {
                 let mut batch = batch(&queue, ping, closing);
-                // An idle connection keeps no queue buffer.
-                drop(queue);
+                // An idle connection keeps no queue buffer (the thread
+                // keeps a few spares).
+                pool::recycle_queue(queue);
                 if !send(io, &mut batch, conn, seen).await || closing.is_some() {
                     return;
                 }

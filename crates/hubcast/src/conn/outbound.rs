@@ -85,6 +85,9 @@ impl Outbound {
             return Pushed::Overflow;
         }
         let wake = s.frames.is_empty();
+        if s.frames.capacity() == 0 {
+            s.frames = super::pool::queue();
+        }
         s.frames.push_back(frame);
         drop(s);
         if wake {
