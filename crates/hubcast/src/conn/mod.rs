@@ -18,7 +18,6 @@ mod pool;
 pub mod session;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -103,20 +102,15 @@ enum ReadEnd {
 }
 
 /// Serves one upgraded connection until it closes: frames are read from
-/// `reader` and written to `writer` (the two halves of the socket).
-pub async fn serve<R, W>(
-    app: Arc<App>,
-    mut reader: Reader<R>,
-    mut writer: W,
-    conn: Arc<Conn>,
-    remote: SocketAddr,
-) where
+/// `reader` and written to `writer` (the two halves of the socket). The
+/// caller logs the opening (it has the remote address, which this task
+/// does not keep).
+pub async fn serve<R, W>(app: Arc<App>, mut reader: Reader<R>, mut writer: W, conn: Arc<Conn>)
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let opened = Instant::now();
     let mut counted = crate::metrics::OpenConnection::new(crate::metrics::Transport::Ws, &app.open);
-    tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, trace_id = %conn.trace_id, "connection opened");
     conn.out.push(protocol::encode(&out::Welcome {
         ty: "welcome",
         protocol: protocol::PROTOCOL_VERSION,
@@ -155,7 +149,7 @@ pub async fn serve<R, W>(
     // When the last frame arrived (the writer's timer closes a silent
     // connection); the reader and writer hold a reference each.
     let seen = Seen {
-        base: opened,
+        base: Instant::now(),
         at: AtomicU64::new(0),
         idle: app.config.idle_timeout(),
     };
@@ -230,7 +224,7 @@ pub async fn serve<R, W>(
         code = code.unwrap_or(1005),
         reason = %reason,
         detail,
-        duration_ms = opened.elapsed().as_millis() as u64,
+        duration_ms = seen.base.elapsed().as_millis() as u64,
         frames_in,
         "connection closed"
     );

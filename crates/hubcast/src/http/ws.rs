@@ -160,7 +160,8 @@ pub async fn upgrade(
         // or write call, not per frame).
         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
         let reader = Reader::new(r, max);
-        conn::serve(task_app, reader, w, conn, remote).await;
+        tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, trace_id = %conn.trace_id, "connection opened");
+        conn::serve(task_app, reader, w, conn).await;
     });
 
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
