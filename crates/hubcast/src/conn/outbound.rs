@@ -9,9 +9,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::protocol::close;
 
@@ -29,8 +30,11 @@ pub struct CloseReason {
 pub struct Outbound {
     /// Frames waiting for the writer, and the close decision once made.
     state: Mutex<State>,
-    /// Wakes the writer when frames or a close arrive.
-    notify: Notify,
+    /// Wakes the writer when frames or a close arrive. Each queue has one
+    /// consumer (a connection's writer, an SSE stream, a poll request), so
+    /// one waker does, and waking it costs no list of waiters under a lock
+    /// (`tokio::sync::Notify` did).
+    waker: AtomicWaker,
     /// Queued frames allowed before the slow-consumer close.
     cap: usize,
 }
@@ -39,6 +43,8 @@ pub struct Outbound {
 struct State {
     frames: VecDeque<Bytes>,
     close: Option<CloseReason>,
+    /// A wake-up not yet seen by the consumer (kept while nobody waits).
+    woken: bool,
 }
 
 /// What a push did.
@@ -58,7 +64,7 @@ impl Outbound {
     pub fn new(cap: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             cap,
         }
     }
@@ -80,8 +86,9 @@ impl Outbound {
                 code: close::SLOW_CONSUMER,
                 reason: "slow consumer: outbound queue full",
             });
+            s.woken = true;
             drop(s);
-            self.notify.notify_one();
+            self.waker.wake();
             return Pushed::Overflow;
         }
         let wake = s.frames.is_empty();
@@ -89,9 +96,10 @@ impl Outbound {
             s.frames = super::pool::queue();
         }
         s.frames.push_back(frame);
+        s.woken |= wake;
         drop(s);
         if wake {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         Pushed::Queued
     }
@@ -106,9 +114,10 @@ impl Outbound {
         }
         let wake = s.frames.is_empty();
         s.frames.extend(frames);
+        s.woken |= wake;
         drop(s);
         if wake {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         Pushed::Queued
     }
@@ -119,8 +128,9 @@ impl Outbound {
         if s.close.is_none() {
             s.close = Some(CloseReason { code, reason });
         }
+        s.woken = true;
         drop(s);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
     /// The close decision, if one was made.
@@ -151,13 +161,24 @@ impl Outbound {
 
     /// Wakes the writer (for a frame of its own to send, such as a pong).
     pub fn wake(&self) {
-        self.notify.notify_one();
+        self.lock().woken = true;
+        self.waker.wake();
     }
 
     /// Waits until something was pushed or a close decided since the last
     /// wake-up (a notification sent while nobody waits is kept).
     pub async fn notified(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| {
+            // Registered before the flag is read: a wake-up after the read
+            // wakes this waker.
+            self.waker.register(cx.waker());
+            if std::mem::take(&mut self.lock().woken) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 }
 
@@ -179,6 +200,40 @@ mod tests {
             out.is_empty(),
             "a slow consumer gets its close, not a partial stream"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_is_kept_until_seen_and_seen_once() {
+        use std::time::Duration;
+        use tokio::time::timeout;
+        let q = std::sync::Arc::new(Outbound::new(8));
+        let waits = |q: std::sync::Arc<Outbound>| async move {
+            timeout(Duration::from_secs(1), q.notified()).await.is_ok()
+        };
+        assert!(!waits(q.clone()).await, "nothing happened yet");
+        // Sent while nobody waits: kept, and seen once.
+        q.push(Bytes::from_static(b"a"));
+        assert!(waits(q.clone()).await);
+        assert!(!waits(q.clone()).await, "seen already");
+        // A second frame into a non-empty queue needs no wake-up.
+        q.push(Bytes::from_static(b"b"));
+        assert!(!waits(q.clone()).await);
+        // Sent while the consumer waits: it wakes.
+        let mut out = VecDeque::new();
+        q.take(&mut out);
+        let waiter = tokio::spawn(waits(q.clone()));
+        tokio::task::yield_now().await;
+        q.push(Bytes::from_static(b"c"));
+        assert!(waiter.await.unwrap());
+        // A close and an explicit wake wake it too.
+        let waiter = tokio::spawn(waits(q.clone()));
+        tokio::task::yield_now().await;
+        q.wake();
+        assert!(waiter.await.unwrap());
+        let waiter = tokio::spawn(waits(q.clone()));
+        tokio::task::yield_now().await;
+        q.close(1000, "");
+        assert!(waiter.await.unwrap());
     }
 
     #[test]
