@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::thread::LocalKey;
 
 use bytes::Bytes;
 
@@ -40,12 +41,7 @@ pub fn recycle_queue(mut q: VecDeque<Bytes>) {
         return;
     }
     q.clear();
-    let _ = QUEUES.try_with(|spares| {
-        let mut spares = spares.borrow_mut();
-        if spares.len() < SPARES {
-            spares.push(q);
-        }
-    });
+    keep(&QUEUES, q);
 }
 
 /// An empty buffer with room for at least `min` bytes.
@@ -67,10 +63,16 @@ pub fn recycle_buffer(mut b: Vec<u8>) {
         return;
     }
     b.clear();
-    let _ = BUFFERS.try_with(|spares| {
+    keep(&BUFFERS, b);
+}
+
+/// Keeps `item` among the thread's spares unless they are full (or the
+/// thread is exiting).
+fn keep<T>(spares: &'static LocalKey<RefCell<Vec<T>>>, item: T) {
+    let _ = spares.try_with(|spares| {
         let mut spares = spares.borrow_mut();
         if spares.len() < SPARES {
-            spares.push(b);
+            spares.push(item);
         }
     });
 }
