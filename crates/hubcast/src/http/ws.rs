@@ -136,6 +136,7 @@ pub async fn upgrade(
             .get::<crate::trace::RequestTrace>()
             .map(|t| crate::trace::TraceId::parse(&t.id))
             .unwrap_or_default(),
+        read_gate: Default::default(),
     });
 
     let on_upgrade = hyper::upgrade::on(&mut req);
