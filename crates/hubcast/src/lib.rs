@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod otel;
 pub mod protocol;
 pub mod recent;
+mod small;
 pub mod trace;
 
 use std::net::SocketAddr;

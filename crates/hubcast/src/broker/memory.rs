@@ -22,12 +22,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::small_set::SmallSet;
 use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, PresencePage,
     Publication, PublishRequest, PublishResult, Recovery, UserStatus,
 };
 use crate::protocol::{Member, PresenceAction, Status};
+use crate::small::{SmallSet, shared_key};
 
 /// Room log shards: enough that unrelated rooms rarely share a lock.
 const SHARDS: usize = 64;
@@ -337,13 +337,7 @@ impl MemoryBroker {
                         return f(&mut RoomLog::new(self.fresh_epoch(*seed, room), 0));
                     }
                     None => {
-                        let (epoch, top) = {
-                            let t = lock(&self.tombs);
-                            match t.by_room.get(room) {
-                                Some((_, epoch, top)) => (epoch.clone(), *top),
-                                None => (self.fresh_epoch(t.seed, room), 0),
-                            }
-                        };
+                        let (epoch, top) = self.next_log_start(&lock(&self.tombs), room);
                         return f(&mut RoomLog::new(epoch, top));
                     }
                 }
@@ -352,6 +346,15 @@ impl MemoryBroker {
             if !log.dropped {
                 return f(&mut log);
             }
+        }
+    }
+
+    /// Where the room's next log starts (epoch, latest offset): where its
+    /// last one stood if that is remembered, else afresh at 0.
+    fn next_log_start(&self, tombs: &Tombs, room: &str) -> (Arc<str>, u64) {
+        match tombs.by_room.get(room) {
+            Some((_, epoch, top)) => (epoch.clone(), *top),
+            None => (self.fresh_epoch(tombs.seed, room), 0),
         }
     }
 
@@ -490,10 +493,10 @@ impl MemoryBroker {
         }
         let (epoch, top) = {
             let mut t = lock(&self.tombs);
-            match t.by_room.remove(room) {
-                Some((_, epoch, top)) => (epoch, top),
-                None => (self.fresh_epoch(t.seed, room), 0),
-            }
+            let start = self.next_log_start(&t, room);
+            // The log continues from here: its tombstone is spent.
+            t.by_room.remove(room);
+            start
         };
         let log = Arc::new(Mutex::new(RoomLog::new(epoch, top)));
         shard.insert(Arc::from(room), Room::Log(log.clone()));
@@ -638,10 +641,7 @@ impl Broker for MemoryBroker {
     async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let mut p = lock(&self.presence);
         // The room's name is allocated once, for its first member.
-        let name = match p.rooms.get_key_value(room) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(room),
-        };
+        let name = shared_key(&p.rooms, room);
         let members = p.rooms.entry(name.clone()).or_default();
         let first = match members.entry(client.user.clone()) {
             Entry::Occupied(mut e) => {

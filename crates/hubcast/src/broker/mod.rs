@@ -18,7 +18,6 @@
 
 pub mod memory;
 pub mod redis;
-mod small_set;
 pub mod timed;
 
 use std::sync::{Arc, Weak};

@@ -394,9 +394,14 @@ impl Session {
         Ok(())
     }
 
+    /// Where `room` is in the list of rooms joined with `join`.
+    fn position(&self, room: &str) -> Option<usize> {
+        self.rooms.iter().position(|r| **r == *room)
+    }
+
     /// Whether `room` was joined with `join`.
     fn joined(&self, room: &str) -> bool {
-        self.rooms.iter().any(|r| **r == *room)
+        self.position(room).is_some()
     }
 
     /// Explicitly joined rooms, the personal room not counted.
@@ -406,7 +411,7 @@ impl Session {
     }
 
     async fn leave(&mut self, id: Option<&RawValue>, room: &str) -> Result<(), Reject> {
-        let Some(i) = self.rooms.iter().position(|r| **r == *room) else {
+        let Some(i) = self.position(room) else {
             return Err(Reject::new(
                 ErrorCode::NotJoined,
                 format!("not joined to {room}"),

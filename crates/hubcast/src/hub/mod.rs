@@ -26,10 +26,8 @@ use crate::broker::{
     Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery,
 };
 use crate::conn::outbound::{Outbound, Pushed};
-use members::Members;
-
-mod members;
 use crate::protocol::{self, out};
+use crate::small::{SmallMap, shared_key};
 
 const SHARDS: usize = 64;
 
@@ -61,7 +59,7 @@ pub struct Hub {
 
 /// The local members of one room.
 struct LocalRoom {
-    subs: Members<Sub>,
+    subs: SmallMap<ConnKey, Sub>,
     /// Whether the node's broker subscription for this room is in place.
     subscribed: BrokerSub,
 }
@@ -187,13 +185,10 @@ impl Hub {
     fn buffering(&self, conn: &Arc<dyn Subscriber>, room: &str, explicit: bool) -> JoinStart {
         let mut shard = lock(self.shard(room));
         // The name is allocated only for a new room.
-        let name = match shard.get_key_value(room) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(room),
-        };
+        let name = shared_key(&shard, room);
         let local = shard.entry(name.clone()).or_insert_with(|| {
             Box::new(LocalRoom {
-                subs: Members::default(),
+                subs: SmallMap::default(),
                 subscribed: BrokerSub::new(),
             })
         });
@@ -201,7 +196,7 @@ impl Hub {
             BrokerSub::Pending(cell) => Some(cell.clone()),
             BrokerSub::Done => None,
         };
-        let existed = match local.subs.get_mut(conn.key()) {
+        let existed = match local.subs.get_mut(&conn.key()) {
             Some(sub) => {
                 sub.explicit |= explicit;
                 if sub.buffer.is_none() {
@@ -249,7 +244,7 @@ impl Hub {
             // The joiners that waited on the cell hold their own handle.
             local.subscribed = BrokerSub::Done;
         }
-        let Some(sub) = local.subs.get_mut(conn.key()) else {
+        let Some(sub) = local.subs.get_mut(&conn.key()) else {
             return;
         };
         let Some(buffer) = sub.buffer.take() else {
@@ -312,7 +307,7 @@ impl Hub {
                 return;
             };
             if start.existed {
-                if let Some(sub) = local.subs.get_mut(conn.key()) {
+                if let Some(sub) = local.subs.get_mut(&conn.key()) {
                     // Give back what was buffered, in order, then go live again.
                     for item in sub.buffer.take().map(|b| *b).unwrap_or_default() {
                         match item {
@@ -327,7 +322,7 @@ impl Hub {
                 }
                 false
             } else {
-                local.subs.remove(conn.key());
+                local.subs.remove(&conn.key());
                 if local.subs.is_empty() {
                     let subscribed = local.subscribed.initialized();
                     shard.remove(room);
@@ -359,7 +354,7 @@ impl Hub {
                     was_explicit: false,
                 };
             };
-            let Some(sub) = local.subs.get_mut(conn.key()) else {
+            let Some(sub) = local.subs.get_mut(&conn.key()) else {
                 return LeaveResult {
                     was_member: false,
                     was_explicit: false,
@@ -374,7 +369,7 @@ impl Hub {
                     was_explicit,
                 };
             }
-            local.subs.remove(conn.key());
+            local.subs.remove(&conn.key());
             let last = if local.subs.is_empty() {
                 let subscribed = local.subscribed.initialized();
                 shard.remove(room);
