@@ -91,22 +91,21 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         let (one, many) = match self {
             Self::Empty => (None, None),
-            Self::One(k, _) => (Some(k), None),
-            Self::Many(m) => (None, Some(m.keys())),
+            Self::One(k, v) => (Some((k, v)), None),
+            Self::Many(m) => (None, Some(m.iter())),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
 
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        let (one, many) = match self {
-            Self::Empty => (None, None),
-            Self::One(_, v) => (Some(v), None),
-            Self::Many(m) => (None, Some(m.values())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
+        self.iter().map(|(_, v)| v)
     }
 
     /// `(key, value)` pairs (a plain enum, not a chain of iterators: the
