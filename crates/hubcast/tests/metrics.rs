@@ -6,48 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::Server;
+use common::{Server, metric_value as value, scrape};
 use serde_json::json;
-
-/// The value of the series `name` whose labels include `labels` (summed
-/// over the series that match).
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    let mut found = false;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, v)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, l) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        if labels
-            .iter()
-            .all(|(k, val)| l.split(',').any(|p| p == format!("{k}=\"{val}\"")))
-        {
-            sum += v.parse::<f64>().unwrap();
-            found = true;
-        }
-    }
-    assert!(found, "no series {name} {labels:?} in:\n{text}");
-    sum
-}
-
-async fn scrape(s: &Server) -> String {
-    let r = reqwest::get(s.http("/metrics")).await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    r.text().await.unwrap()
-}
 
 #[tokio::test]
 async fn metrics_move_with_the_traffic() {
