@@ -33,6 +33,12 @@ pub struct Config {
     /// Outbound frames queued per connection before it is closed as a slow
     /// consumer (4000).
     pub queue_size: usize,
+    /// Milliseconds a connection's writer waits after the first frame of a
+    /// quiet spell, so that frames queued meanwhile share its write; 0
+    /// writes at once. Trades latency (every frame, replies included, may
+    /// wait this long) for CPU in busy rooms: one send per delivery is most
+    /// of a server's CPU when each connection gets a message now and then.
+    pub write_delay_ms: u64,
     /// Rooms one connection may join (its personal room not counted).
     pub max_rooms_per_conn: usize,
     /// Browser origins allowed besides the request's own host. Exact origins
@@ -128,6 +134,7 @@ impl Default for Config {
             history_size: 1000,
             history_ttl: 600,
             queue_size: 1024,
+            write_delay_ms: 0,
             max_rooms_per_conn: 100,
             allowed_origins: Vec::new(),
             node_id: String::new(),
@@ -191,6 +198,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HUBCAST_QUEUE_SIZE", value_name = "FRAMES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_size: Option<usize>,
+    /// Milliseconds a writer waits after a quiet spell so later frames share its write (CPU for latency), 0 = off [default: 0]
+    #[arg(long, env = "HUBCAST_WRITE_DELAY_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_delay_ms: Option<u64>,
     /// Rooms one connection may join, its personal room not counted [default: 100]
     #[arg(long, env = "HUBCAST_MAX_ROOMS_PER_CONN", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -378,6 +389,9 @@ impl Config {
         if !(16..=1_000_000).contains(&self.queue_size) {
             return bad("queue_size", "must be between 16 and 1000000 frames");
         }
+        if self.write_delay_ms > 1000 {
+            return bad("write_delay_ms", "must be at most 1000 milliseconds");
+        }
         if !(1..=100_000).contains(&self.max_rooms_per_conn) {
             return bad("max_rooms_per_conn", "must be between 1 and 100000");
         }
@@ -497,6 +511,11 @@ impl Config {
         Duration::from_secs(self.heartbeat)
     }
 
+    /// How long a writer waits to coalesce frames (`write_delay_ms`).
+    pub fn write_delay(&self) -> Duration {
+        Duration::from_millis(self.write_delay_ms)
+    }
+
     /// Silence after which a connection is closed with 4002.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(2 * self.heartbeat + 5)
@@ -561,6 +580,7 @@ mod tests {
             ("--history-size", d.history_size.to_string()),
             ("--history-ttl", d.history_ttl.to_string()),
             ("--queue-size", d.queue_size.to_string()),
+            ("--write-delay-ms", d.write_delay_ms.to_string()),
             ("--max-rooms-per-conn", d.max_rooms_per_conn.to_string()),
             ("--log-format", "text".to_string()),
             ("--shutdown-timeout", d.shutdown_timeout.to_string()),
@@ -638,6 +658,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("queue_size"), "{err}");
+        let err = Config::load(&args(&["--write-delay-ms", "5000"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("write_delay_ms") && err.contains("1000"),
+            "{err}"
+        );
+        assert_eq!(
+            Config::load(&args(&["--write-delay-ms", "20"]))
+                .unwrap()
+                .write_delay(),
+            Duration::from_millis(20)
+        );
         let err = Config::load(&args(&["--allowed-origins", "ftp://x/y"]))
             .unwrap_err()
             .to_string();

@@ -210,6 +210,7 @@ where
             &pong,
             &seen,
             app.config.heartbeat_interval(),
+            app.config.write_delay(),
         );
         tokio::pin!(reader, writer);
         let reader_waker = Waker::from(conn.clone());
@@ -406,6 +407,7 @@ async fn write_loop<W>(
     pong: &Mutex<Option<Bytes>>,
     seen: &Seen,
     heartbeat: Duration,
+    write_delay: Duration,
 ) where
     W: AsyncWrite + Unpin,
 {
@@ -436,7 +438,16 @@ async fn write_loop<W>(
         }
         tokio::select! {
             biased;
-            _ = conn.out.notified() => {}
+            _ = conn.out.notified() => {
+                // The first frame after a quiet spell waits `write_delay`
+                // (off by default) so the frames queued meanwhile share its
+                // write. Frames pushed onto a queue that is not empty wake
+                // nobody, so what ends the wait early is a close or a pong.
+                // Boxed: an idle connection's task keeps no room for it.
+                if !write_delay.is_zero() && conn.out.closing().is_none() {
+                    let _ = Box::pin(timeout(write_delay, conn.out.notified())).await;
+                }
+            }
             _ = &mut timer => {
                 let now = Instant::now();
                 if now >= expiry {
