@@ -8,17 +8,23 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, metric_value, scrape};
+use common::{Client, Server, metric_value, scrape};
 use serde_json::json;
+
+/// A server with `delay` and a client in room `wd` whose join frames (its
+/// presence event too) are out.
+async fn subscribed(delay: Duration) -> (Server, Client) {
+    let s = Server::start(|c| c.write_delay_ms = delay.as_millis() as u64).await;
+    let mut sub = s.client().await;
+    sub.join("wd").await;
+    tokio::time::sleep(delay * 2).await;
+    (s, sub)
+}
 
 #[tokio::test]
 async fn frames_queued_during_the_delay_share_one_write() {
     const DELAY: Duration = Duration::from_millis(300);
-    let s = Server::start(|c| c.write_delay_ms = DELAY.as_millis() as u64).await;
-    let mut sub = s.client().await;
-    sub.join("wd").await;
-    // Let the join's own frames (its presence event) go out first.
-    tokio::time::sleep(DELAY * 2).await;
+    let (s, mut sub) = subscribed(DELAY).await;
     let before = scrape(&s).await;
     let writes = metric_value(&before, "hubcast_outbound_queue_depth_count", &[]);
     let frames = metric_value(&before, "hubcast_outbound_queue_depth_sum", &[]);
@@ -67,11 +73,7 @@ async fn frames_queued_during_the_delay_share_one_write() {
 #[tokio::test]
 async fn a_close_is_not_held_back() {
     const DELAY: Duration = Duration::from_millis(1000);
-    let s = Server::start(|c| c.write_delay_ms = DELAY.as_millis() as u64).await;
-    let mut sub = s.client().await;
-    sub.join("wd").await;
-    // Let the join's own frames (its presence event) go out.
-    tokio::time::sleep(DELAY + DELAY / 5).await;
+    let (s, mut sub) = subscribed(DELAY).await;
     // The message starts the writer's wait; the shutdown's close ends it.
     let start = Instant::now();
     s.api_publish("wd", json!("last")).await;
