@@ -94,3 +94,46 @@ async fn a_close_is_not_held_back() {
     );
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_pong_neither_waits_nor_lets_queued_frames_wait() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const DELAY: Duration = Duration::from_millis(1000);
+    let (s, mut sub) = subscribed(DELAY).await;
+    // Reads until the pong; returns the text frames read before it.
+    async fn until_pong(sub: &mut Client) -> Vec<serde_json::Value> {
+        let mut texts = Vec::new();
+        loop {
+            match sub.ws.next().await.unwrap().unwrap() {
+                Message::Pong(p) => {
+                    assert_eq!(&p[..], b"hb");
+                    return texts;
+                }
+                Message::Text(t) => texts.push(serde_json::from_str(&t).unwrap()),
+                _ => {}
+            }
+        }
+    }
+    // A ping on a quiet connection is answered at once.
+    let start = Instant::now();
+    sub.ws.send(Message::Ping("hb".into())).await.unwrap();
+    until_pong(&mut sub).await;
+    assert!(start.elapsed() < DELAY, "pong after {:?}", start.elapsed());
+    // A ping while a message waits ends the wait: the pong goes out, the
+    // message right behind it.
+    let start = Instant::now();
+    s.api_publish("wd", json!("waiting")).await;
+    sub.ws.send(Message::Ping("hb".into())).await.unwrap();
+    let before_pong = until_pong(&mut sub).await;
+    assert!(before_pong.is_empty(), "{before_pong:?}");
+    let waiting = sub.messages("wd", 1).await;
+    assert_eq!(waiting[0]["data"], "waiting");
+    assert!(
+        start.elapsed() < DELAY,
+        "message after {:?}",
+        start.elapsed()
+    );
+    s.stop().await;
+}

@@ -442,9 +442,13 @@ async fn write_loop<W>(
                 // The first frame after a quiet spell waits `write_delay`
                 // (off by default) so the frames queued meanwhile share its
                 // write. Frames pushed onto a queue that is not empty wake
-                // nobody, so what ends the wait early is a close or a pong.
-                // Boxed: an idle connection's task keeps no room for it.
-                if !write_delay.is_zero() && conn.out.closing().is_none() {
+                // nobody, so what ends the wait early is a close or a pong;
+                // neither waits to begin with. Boxed: an idle connection's
+                // task keeps no room for it.
+                if !write_delay.is_zero()
+                    && conn.out.closing().is_none()
+                    && pong.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+                {
                     let _ = Box::pin(timeout(write_delay, conn.out.notified())).await;
                 }
             }
