@@ -43,8 +43,8 @@ mod small;
 pub mod trace;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
@@ -124,7 +124,7 @@ impl App {
             self.published.load(std::sync::atomic::Ordering::Relaxed),
             self.hub.delivered(),
         );
-        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.samples);
         s.push_back(row);
         while s.len() > 11 {
             s.pop_front();
@@ -134,7 +134,7 @@ impl App {
     /// Messages published and delivered per second over the last samples
     /// (up to 10 s).
     pub fn rates(&self) -> (f64, f64) {
-        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let s = lock(&self.samples);
         match (s.front(), s.back()) {
             (Some(a), Some(b)) if b.0 > a.0 => {
                 let dt = (b.0 - a.0).as_secs_f64();
@@ -148,6 +148,12 @@ impl App {
     }
 }
 
+/// Locks a mutex, recovering the data if a panicking thread poisoned it:
+/// no code here panics while holding one, and what each guards stays
+/// consistent between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 /// Current Unix time in milliseconds.
 pub fn unix_ms() -> i64 {
     SystemTime::now()

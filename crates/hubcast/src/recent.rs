@@ -80,7 +80,7 @@ impl Recent {
     ) {
         let message: String = message.chars().take(MAX_MESSAGE).collect();
         let time = crate::unix_ms();
-        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = crate::lock(&self.inner);
         r.next += 1;
         let seq = r.next;
         if r.events.len() == CAPACITY {
@@ -100,7 +100,7 @@ impl Recent {
 
     /// Events with `seq > after`, newest first, at most `limit`.
     pub fn list(&self, after: u64, limit: usize) -> Vec<Event> {
-        let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let r = crate::lock(&self.inner);
         r.events
             .iter()
             .rev()

@@ -14,7 +14,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +26,7 @@ use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, PresencePage,
     Publication, PublishRequest, PublishResult, Recovery, UserStatus,
 };
+use crate::lock;
 use crate::protocol::{Member, PresenceAction, Status};
 use crate::small::{SmallSet, shared_key};
 
@@ -42,12 +43,6 @@ pub const MAX_OFFLINE_USERS: usize = 100_000;
 /// remembered, so the room's next log continues it; past it the oldest are
 /// forgotten and every log created afterwards gets a new epoch.
 pub const MAX_TOMBSTONES: usize = 100_000;
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it:
-/// the structures here stay consistent between statements.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// One shard of room logs.
 type LogShard = Mutex<HashMap<Arc<str>, Room>>;

@@ -503,7 +503,7 @@ impl Shared {
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.registry)
     }
 
     /// Registers this node's connections and presence entries again, after

@@ -343,7 +343,7 @@ where
             Incoming::Close(code) => return ReadEnd::Peer(Some(code.unwrap_or(1005))),
             Incoming::Ping(p) => {
                 // Answered with the latest ping's payload (RFC 6455 5.5.3).
-                *pong.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                *crate::lock(pong) = Some(p);
                 conn.out.wake();
                 continue;
             }
@@ -424,7 +424,7 @@ async fn write_loop<W>(
         {
             let mut queue = VecDeque::new();
             let closing = conn.out.take(&mut queue);
-            let ping = pong.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let ping = crate::lock(pong).take();
             if !queue.is_empty() || ping.is_some() || closing.is_some() {
                 let mut batch = batch(&queue, ping, closing);
                 // An idle connection keeps no queue buffer (the thread
@@ -447,7 +447,7 @@ async fn write_loop<W>(
                 // task keeps no room for it.
                 if !write_delay.is_zero()
                     && conn.out.closing().is_none()
-                    && pong.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+                    && crate::lock(pong).is_none()
                 {
                     let _ = Box::pin(timeout(write_delay, conn.out.notified())).await;
                 }

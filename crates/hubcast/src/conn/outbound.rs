@@ -70,8 +70,7 @@ impl Outbound {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // No code panics while holding this lock; recover anyway.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Queues one frame, or starts the slow-consumer close when full.

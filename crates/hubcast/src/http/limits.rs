@@ -55,7 +55,7 @@ impl ConnLimits {
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.counts)
     }
 
     /// Admits a handshake from `ip`, or says why not.

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
@@ -26,6 +26,7 @@ use crate::broker::{
     Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery,
 };
 use crate::conn::outbound::{Outbound, Pushed};
+use crate::lock;
 use crate::protocol::{self, out};
 use crate::small::{SmallMap, shared_key};
 
@@ -127,10 +128,6 @@ pub struct LeaveResult {
     pub was_member: bool,
     /// It was explicitly joined.
     pub was_explicit: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {
