@@ -18,8 +18,12 @@ pub struct Head<'a> {
 }
 
 impl<'a> Head<'a> {
-    /// Reads the head of a frame; `None` when it is not JSON.
+    /// Reads the head of a frame; `None` when it is not a JSON object
+    /// (serde would take an array for a struct too).
     pub fn parse(text: &'a [u8]) -> Option<Self> {
+        if !text.trim_ascii_start().starts_with(b"{") {
+            return None;
+        }
         serde_json::from_slice(text).ok()
     }
 
@@ -153,6 +157,8 @@ mod tests {
         let h = Head::parse(br#"{"type":5,"id":null}"#).unwrap();
         assert_eq!((h.ty(), h.has_id()), (None, true));
         assert!(Head::parse(b"{nope").is_none());
+        assert!(Head::parse(br#"["presence"]"#).is_none());
+        assert!(Head::parse(br#" {"type":"ok"} "#).is_some());
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Timer behaviour of the driver on a paused clock.
