@@ -32,6 +32,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// The wire name of the code.
+    #[inline]
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",

@@ -60,6 +60,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Whether a room is a user's personal room (`@user`).
+#[inline]
 pub fn is_personal(room: &str) -> bool {
     room.starts_with('@')
 }

@@ -19,6 +19,7 @@ pub enum Status {
 
 impl Status {
     /// The wire name.
+    #[inline]
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Online => "online",

@@ -3,7 +3,6 @@
 
 use hubcast_protocol::ErrorCode;
 use hubcast_protocol::client::Request;
-use hubcast_protocol::server::read::ErrorReply;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -76,13 +75,9 @@ impl Driver {
                 }
                 let Some(fields) = frame.as_object_mut() else {
                     // What the server would answer; the frame is not sent.
-                    let e = ErrorReply {
+                    let _ = tx.send(Err(Error::Server {
                         code: ErrorCode::BadRequest.as_str().into(),
                         message: "a frame must be a JSON object".into(),
-                    };
-                    let _ = tx.send(Err(Error::Server {
-                        code: e.code,
-                        message: e.message,
                     }));
                     return;
                 };

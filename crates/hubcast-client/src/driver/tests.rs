@@ -327,3 +327,20 @@ async fn a_gap_is_given_up_on_after_gap_timeout() {
     let (delivered, _end) = tokio::join!(server_side, d.session(ws));
     assert_eq!(delivered, (2, Duration::from_millis(3050)));
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_an_object_is_answered_without_being_sent() {
+    let (mut d, _cmds) = driver(Options::default());
+    let (tx, rx) = oneshot::channel();
+    d.command(Cmd::Request(Value::from(1), tx), true);
+    let e = rx.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e, Error::Server { ref code, .. } if code == "bad_request"),
+        "{e:?}"
+    );
+    assert!(d.out.is_empty() && d.waiting.is_empty());
+    // `null` stands for an empty frame, given its id as any other.
+    let (tx, _rx) = oneshot::channel();
+    d.command(Cmd::Request(Value::Null, tx), true);
+    assert_eq!(d.out, [r#"{"id":1}"#]);
+}
