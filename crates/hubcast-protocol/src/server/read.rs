@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use crate::raw::present;
 
 /// A server frame's `type` and `id`, borrowed from its text.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Head<'a> {
     #[serde(rename = "type", default, borrow, deserialize_with = "present")]
     ty: Option<&'a RawValue>,
