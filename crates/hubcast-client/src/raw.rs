@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hubcast_protocol::client::Request;
+use hubcast_protocol::close;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_websockets::{ClientBuilder, Message, Payload, WebSocketStream};
 
@@ -60,10 +62,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
             match self.0.next().await {
                 Some(Ok(m)) if m.is_text() => return Frame::Text(m.into_payload()),
                 Some(Ok(m)) if m.is_close() => {
-                    return Frame::Closed(m.as_close().map_or(1005, |(c, _)| c.into()));
+                    return Frame::Closed(m.as_close().map_or(close::NO_STATUS, |(c, _)| c.into()));
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Frame::Closed(1006),
+                Some(Err(_)) | None => return Frame::Closed(close::ABNORMAL),
             }
         }
     }
@@ -99,8 +101,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
 
     /// Joins `room` and waits for `joined`.
     pub async fn join(&mut self, room: &str) -> Result<(), Error> {
-        let frame = serde_json::json!({"type": "join", "id": 1, "room": room});
-        self.send(frame.to_string()).await?;
+        let frame: Request<'_> = Request::Join {
+            id: Some(1),
+            room,
+            since: None,
+            epoch: None,
+        };
+        self.send(frame.to_text()).await?;
         self.await_type("joined").await.map(|_| ())
     }
 

@@ -1,0 +1,251 @@
+//! One room's delivery state: messages are delivered once (by msgId, over
+//! a bounded window) and in offset order within an epoch; a gap is waited
+//! for up to `gap_timeout`; messages that come while a rejoin with `since`
+//! is in flight wait for its replay.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use hubcast_protocol::client::Request;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::events::{Envelope, Event, Joined};
+
+/// One room's delivery state.
+#[derive(Default)]
+pub(crate) struct RoomState {
+    /// The last offset delivered (or the room's position at a first join):
+    /// the `since` of the next rejoin.
+    pub(crate) offset: Option<u64>,
+    /// The epoch of `offset`; a message of another epoch starts over.
+    pub(crate) epoch: Option<String>,
+    /// Join replies awaited by callers.
+    pub(crate) waiters: Vec<oneshot::Sender<Result<Joined, Error>>>,
+    /// Messages that came while a rejoin with `since` was in flight.
+    pub(crate) stash: Option<Vec<Envelope>>,
+    /// Messages past a gap, by offset.
+    held: BTreeMap<u64, Envelope>,
+    /// When the first message past the current gap came.
+    gap_since: Option<Instant>,
+    /// msgIds delivered, so a message is not delivered twice.
+    seen: HashSet<String>,
+    /// `seen` oldest first, to forget beyond the dedupe window.
+    seen_order: VecDeque<String>,
+}
+
+impl RoomState {
+    /// The `join` frame for this room: with `since` and `epoch` when a
+    /// position is known, and then live messages are stashed until the
+    /// replay has come.
+    pub(crate) fn join_frame(&mut self, room: &str, id: u64) -> String {
+        let since = self.offset;
+        if since.is_some() {
+            self.stash = Some(Vec::new());
+        }
+        let frame: Request<'_> = Request::Join {
+            id: Some(id),
+            room,
+            since,
+            epoch: since.and(self.epoch.as_deref()),
+        };
+        frame.to_text()
+    }
+
+    /// When the gap being waited for is given up on.
+    pub(crate) fn gap_deadline(&self, gap_timeout: Duration) -> Option<Instant> {
+        self.gap_since.map(|t| t + gap_timeout)
+    }
+
+    pub(crate) fn on_joined(&mut self, j: &Joined, out: &mut Vec<Event>, cap: usize, now: Instant) {
+        let stash = self.stash.take().unwrap_or_default();
+        if j.recovered == Some(false) {
+            self.epoch = Some(j.epoch.clone());
+            self.offset = Some(j.offset);
+            self.held.clear();
+            self.gap_since = None;
+            out.push(Event::Unrecovered {
+                room: j.room.clone(),
+                epoch: j.epoch.clone(),
+                offset: j.offset,
+            });
+        } else if j.recovered.is_none() {
+            // A first join: the room's position now (a personal room is
+            // subscribed from the start, so messages may have come before).
+            self.epoch = Some(j.epoch.clone());
+            self.offset = Some(self.offset.unwrap_or(0).max(j.offset));
+        }
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Ok(j.clone()));
+        }
+        for env in stash {
+            self.accept(env, out, cap, now);
+        }
+    }
+
+    pub(crate) fn accept(&mut self, env: Envelope, out: &mut Vec<Event>, cap: usize, now: Instant) {
+        if let Some(stash) = &mut self.stash {
+            stash.push(env);
+            return;
+        }
+        if self.seen.contains(&env.msg_id) {
+            return;
+        }
+        if self.epoch.as_ref().is_some_and(|e| *e != env.epoch) {
+            // The room's history was lost: start over from this message.
+            out.push(Event::Unrecovered {
+                room: env.room.clone(),
+                epoch: env.epoch.clone(),
+                offset: env.offset.saturating_sub(1),
+            });
+            self.held.clear();
+            self.gap_since = None;
+            self.offset = Some(env.offset.saturating_sub(1));
+        }
+        self.epoch = Some(env.epoch.clone());
+        let top = *self.offset.get_or_insert(env.offset.saturating_sub(1));
+        if env.offset <= top {
+            return;
+        }
+        if env.offset == top + 1 {
+            self.deliver(env, out, cap);
+            while let Some(next) = self.held.first_key_value().map(|(k, _)| *k) {
+                let top = self.offset.unwrap_or(0);
+                if next > top + 1 {
+                    break;
+                }
+                if let Some(e) = self.held.remove(&next)
+                    && next == top + 1
+                {
+                    self.deliver(e, out, cap);
+                }
+            }
+            if self.held.is_empty() {
+                self.gap_since = None;
+            }
+            return;
+        }
+        self.held.insert(env.offset, env);
+        self.gap_since.get_or_insert(now);
+    }
+
+    /// Gives up waiting for a gap: delivers what is held, in order.
+    pub(crate) fn flush_gap(&mut self, out: &mut Vec<Event>, cap: usize) {
+        self.gap_since = None;
+        for (_, e) in std::mem::take(&mut self.held) {
+            if e.offset > self.offset.unwrap_or(0) {
+                self.deliver(e, out, cap);
+            }
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope, out: &mut Vec<Event>, cap: usize) {
+        self.offset = Some(env.offset);
+        self.seen.insert(env.msg_id.clone());
+        self.seen_order.push_back(env.msg_id.clone());
+        while self.seen_order.len() > cap {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        out.push(Event::Message(env));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn env(offset: u64, epoch: &str, id: &str) -> Envelope {
+        Envelope {
+            room: "r".into(),
+            offset,
+            epoch: epoch.into(),
+            msg_id: id.into(),
+            timestamp: 0,
+            event_type: "e".into(),
+            source: "u".into(),
+            data: Value::Null,
+        }
+    }
+
+    fn offsets(out: &[Event]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(m.offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn delivers_in_order_once_and_waits_for_gaps() {
+        let now = Instant::now();
+        let mut r = RoomState {
+            offset: Some(0),
+            epoch: Some("e".into()),
+            ..RoomState::default()
+        };
+        let mut out = Vec::new();
+        r.accept(env(1, "e", "a"), &mut out, 10, now);
+        r.accept(env(1, "e", "a"), &mut out, 10, now);
+        r.accept(env(3, "e", "c"), &mut out, 10, now);
+        assert_eq!(offsets(&out), [1]);
+        assert!(r.gap_since.is_some());
+        r.accept(env(2, "e", "b"), &mut out, 10, now);
+        assert_eq!(offsets(&out), [1, 2, 3]);
+        assert!(r.gap_since.is_none());
+        // A gap that never fills is given up on, in order.
+        r.accept(env(6, "e", "f"), &mut out, 10, now);
+        r.accept(env(5, "e", "e"), &mut out, 10, now);
+        r.flush_gap(&mut out, 10);
+        assert_eq!(offsets(&out), [1, 2, 3, 5, 6]);
+        // Same msgId again at another offset: not delivered twice.
+        r.accept(env(7, "e", "e"), &mut out, 10, now);
+        assert_eq!(offsets(&out), [1, 2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn a_new_epoch_is_reported_and_followed() {
+        let now = Instant::now();
+        let mut r = RoomState {
+            offset: Some(5),
+            epoch: Some("old".into()),
+            ..RoomState::default()
+        };
+        let mut out = Vec::new();
+        r.accept(env(1, "new", "x"), &mut out, 10, now);
+        assert!(matches!(&out[0], Event::Unrecovered { epoch, .. } if epoch == "new"));
+        assert_eq!(offsets(&out), [1]);
+    }
+
+    #[test]
+    fn a_rejoin_stashes_live_messages_until_the_replay() {
+        let now = Instant::now();
+        let mut r = RoomState {
+            offset: Some(5),
+            epoch: Some("e".into()),
+            ..RoomState::default()
+        };
+        let f: Value = serde_json::from_str(&r.join_frame("r", 1)).unwrap();
+        assert_eq!(f["since"], 5);
+        let mut out = Vec::new();
+        // Live message 8 comes before `joined`; the replay (6, 7) after.
+        r.accept(env(8, "e", "h"), &mut out, 10, now);
+        assert!(out.is_empty());
+        let joined = Joined {
+            room: "r".into(),
+            offset: 8,
+            epoch: "e".into(),
+            recovered: Some(true),
+            members: Value::Null,
+        };
+        r.on_joined(&joined, &mut out, 10, now);
+        r.accept(env(6, "e", "f"), &mut out, 10, now);
+        r.accept(env(7, "e", "g"), &mut out, 10, now);
+        assert_eq!(offsets(&out), [6, 7, 8]);
+    }
+}

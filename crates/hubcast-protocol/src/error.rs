@@ -1,0 +1,76 @@
+//! `error.code` values (PROTOCOL.md section 3).
+
+use serde::Serialize;
+
+/// `error.code` values (PROTOCOL.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed JSON, missing or invalid field, binary frame.
+    BadRequest,
+    /// A `type` the server does not know.
+    UnknownType,
+    /// No or bad credentials.
+    Unauthorized,
+    /// Credentials do not allow this.
+    Forbidden,
+    /// `leave` of a room the connection has not joined.
+    NotJoined,
+    /// More rooms than `max_rooms_per_conn`.
+    TooManyRooms,
+    /// Too many frames.
+    RateLimited,
+    /// A body or frame over the size limit.
+    TooLarge,
+    /// The broker cannot serve the request now.
+    Unavailable,
+    /// A bug; details are in the server log.
+    Internal,
+    /// HTTP only: no such route or resource.
+    NotFound,
+}
+
+impl ErrorCode {
+    /// The wire name of the code.
+    #[inline]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_serde() {
+        for c in [
+            ErrorCode::BadRequest,
+            ErrorCode::UnknownType,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotJoined,
+            ErrorCode::TooManyRooms,
+            ErrorCode::RateLimited,
+            ErrorCode::TooLarge,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+            ErrorCode::NotFound,
+        ] {
+            let json = serde_json::to_string(&c).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+    }
+}

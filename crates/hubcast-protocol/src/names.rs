@@ -1,0 +1,88 @@
+//! The rules for names (PROTOCOL.md section 2, "Rooms"): room names, event
+//! types, user ids, client msgIds, and personal rooms (`@user`). Each check
+//! returns the message an `error` frame carries.
+
+/// Checks a room name: `^[A-Za-z0-9_.:-]{1,128}$`, or `@` and a user id for
+/// a personal room.
+pub fn check_room(room: &str) -> Result<(), String> {
+    if let Some(user) = room.strip_prefix('@') {
+        return check_user(user).map_err(|m| format!("personal room {room:?}: {m}"));
+    }
+    if room.is_empty() || room.len() > 128 || !room.bytes().all(name_byte) {
+        return Err(format!(
+            "invalid room name {:?}: 1 to 128 characters of A-Z a-z 0-9 _ . : -, or @user",
+            truncate(room, 140)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an event type: `^[A-Za-z0-9_.:-]{1,64}$`.
+pub fn check_event(event: &str) -> Result<(), String> {
+    if event.is_empty() || event.len() > 64 || !event.bytes().all(name_byte) {
+        return Err(format!(
+            "invalid event {:?}: 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            truncate(event, 80)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a user id: 1 to 128 characters, no control characters.
+pub fn check_user(user: &str) -> Result<(), String> {
+    let n = user.chars().count();
+    if n == 0 || n > 128 || user.chars().any(char::is_control) {
+        return Err("a user id is 1 to 128 characters without control characters".into());
+    }
+    Ok(())
+}
+
+/// Checks a client-chosen `msgId`: 1 to 128 characters, no control characters.
+pub fn check_msg_id(msg_id: &str) -> Result<(), String> {
+    let n = msg_id.chars().count();
+    if n == 0 || n > 128 || msg_id.chars().any(char::is_control) {
+        return Err("field `msgId` must be 1 to 128 characters without control characters".into());
+    }
+    Ok(())
+}
+
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
+}
+
+/// At most `max` characters of `s`, cut on a character boundary: error
+/// messages quote the name, and a name may be any length.
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Whether a room is a user's personal room (`@user`).
+#[inline]
+pub fn is_personal(room: &str) -> bool {
+    room.starts_with('@')
+}
+
+/// The personal room of a user.
+pub fn personal_room(user: &str) -> String {
+    format!("@{user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert!(check_room("lobby").is_ok());
+        assert!(check_room("a.b:c_d-e").is_ok());
+        assert!(check_room(&"x".repeat(128)).is_ok());
+        assert!(check_room(&"x".repeat(129)).is_err());
+        assert!(check_room("").is_err());
+        assert!(check_room("é").is_err());
+        assert!(check_room("@bob").is_ok());
+        assert!(check_room("@").is_err());
+    }
+}
