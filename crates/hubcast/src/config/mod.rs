@@ -18,6 +18,8 @@ use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod declare;
+#[cfg(test)]
+mod readme;
 mod settings;
 #[cfg(test)]
 mod tests;
