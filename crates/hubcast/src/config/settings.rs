@@ -1,7 +1,8 @@
 //! The settings table: each setting declared once, with its type, default,
-//! `--help` line and check (the row format is on [`declare_settings`]).
-//! Its TOML key is the field name, its flag the key with dashes, its
-//! variable `HUBCAST_` plus the key in capitals.
+//! `--help` line and check (the row format is described on
+//! `declare_settings!` in declare.rs). Its TOML key is the field name, its
+//! flag the key with dashes, its variable `HUBCAST_` plus the key in
+//! capitals. A new setting is a new row here and in README.md's table.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
