@@ -1,0 +1,429 @@
+//! How a row of the settings table (`settings.rs`) becomes all a setting
+//! needs: the [`Config`] field and its default, the `serve` flag with its
+//! `HUBCAST_*` variable and help (default included), the flag layer figment
+//! merges over the file, the check naming the key, and a [`Setting`] for
+//! tests and docs.
+//!
+//! Names follow from the key so that they cannot disagree: the flag is the
+//! key with dashes (`max-message-bytes`), the variable `HUBCAST_` plus the
+//! key in capitals. A row may give another flag (`api_keys` is `--api-key`:
+//! one key per use).
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use clap::builder::ValueParser;
+use clap::{Arg, ArgAction, ArgMatches, ValueEnum};
+
+use super::{BrokerKind, Config, ConfigError, LogFormat};
+
+/// Every variable starts with this.
+pub(super) const ENV_PREFIX: &str = "HUBCAST_";
+
+/// One setting as people meet it: in `hubcast serve --help` and README.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The TOML key, which is also the [`Config`] field.
+    pub key: &'static str,
+    /// The flag without its leading `--`.
+    pub flag: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The flag's value placeholder in `--help` (`SECONDS`).
+    pub value_name: &'static str,
+    /// What the flag does, as `--help` says it, default aside.
+    pub help: &'static str,
+    /// The default as `--help` shows it; `None` when it has none to show
+    /// (an unset secret or file).
+    pub default: Option<String>,
+    /// `--help` never shows the variable's value (secrets).
+    pub secret: bool,
+}
+
+impl Setting {
+    /// The flag's line in `--help`: what it does, then its default.
+    pub fn help_line(&self) -> String {
+        match &self.default {
+            Some(default) => format!("{} [default: {default}]", self.help),
+            None => self.help.to_string(),
+        }
+    }
+
+    /// The flag, before its type adds parser and arity ([`FlagValue::arg`]).
+    pub(super) fn arg(&self) -> Arg {
+        Arg::new(self.key)
+            .long(self.flag)
+            .env(self.env)
+            .value_name(self.value_name)
+            .help(self.help_line())
+            .hide_env_values(self.secret)
+    }
+}
+
+/// A type one flag value parses to.
+pub(super) trait Scalar: Clone + Send + Sync + 'static {
+    /// Clap's own parser for the type.
+    fn parser() -> ValueParser;
+    /// Fits the flag to the type: a bool's value may be left out.
+    fn shape(arg: Arg) -> Arg {
+        arg
+    }
+    /// The value as `--help` shows it.
+    fn show(&self) -> String;
+}
+
+macro_rules! displayed {
+    ($($t:ty),*) => {$(
+        impl Scalar for $t {
+            fn parser() -> ValueParser {
+                clap::value_parser!($t).into()
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+displayed!(u32, u64, usize, String, SocketAddr);
+
+impl Scalar for bool {
+    fn parser() -> ValueParser {
+        clap::value_parser!(bool)
+    }
+    // `--web` alone means `--web true`.
+    fn shape(arg: Arg) -> Arg {
+        arg.num_args(0..=1).default_missing_value("true")
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Scalar for PathBuf {
+    fn parser() -> ValueParser {
+        clap::value_parser!(PathBuf)
+    }
+    fn show(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+macro_rules! named {
+    ($($t:ty),*) => {$(
+        impl Scalar for $t {
+            fn parser() -> ValueParser {
+                clap::value_parser!($t).into()
+            }
+            // The name the flag takes, which is also the TOML value.
+            fn show(&self) -> String {
+                self.to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string())
+            }
+        }
+    )*};
+}
+named!(LogFormat, BrokerKind);
+
+/// How a setting's type is read from its flag or variable, and shown as a
+/// default.
+pub(super) trait FlagValue: Sized {
+    /// Adds the parser and how many values the flag takes.
+    fn arg(arg: Arg) -> Arg;
+    /// The value the flag or variable gave, if any.
+    fn take(matches: &ArgMatches, id: &str) -> Option<Self>;
+    /// The value as `--help` shows a default; `None`: nothing to show.
+    fn show(&self) -> Option<String>;
+}
+
+macro_rules! single {
+    ($($t:ty),*) => {$(
+        impl FlagValue for $t {
+            fn arg(arg: Arg) -> Arg {
+                <$t as Scalar>::shape(arg.value_parser(<$t>::parser()).action(ArgAction::Set))
+            }
+            fn take(matches: &ArgMatches, id: &str) -> Option<Self> {
+                matches.get_one::<$t>(id).cloned()
+            }
+            fn show(&self) -> Option<String> {
+                Some(Scalar::show(self)).filter(|s| !s.is_empty())
+            }
+        }
+    )*};
+}
+single!(
+    u32, u64, usize, bool, String, SocketAddr, PathBuf, LogFormat, BrokerKind
+);
+
+/// A setting that may be unset: the flag gives `Some`.
+impl<T: Scalar> FlagValue for Option<T> {
+    fn arg(arg: Arg) -> Arg {
+        T::shape(arg.value_parser(T::parser()).action(ArgAction::Set))
+    }
+    fn take(matches: &ArgMatches, id: &str) -> Option<Self> {
+        matches.get_one::<T>(id).cloned().map(Some)
+    }
+    fn show(&self) -> Option<String> {
+        self.as_ref().map(Scalar::show)
+    }
+}
+
+/// A list: the flag repeats, or takes a comma-separated list.
+impl<T: Scalar> FlagValue for Vec<T> {
+    fn arg(arg: Arg) -> Arg {
+        arg.value_parser(T::parser())
+            .action(ArgAction::Append)
+            .value_delimiter(',')
+    }
+    fn take(matches: &ArgMatches, id: &str) -> Option<Self> {
+        matches
+            .get_many::<T>(id)
+            .map(|values| values.cloned().collect())
+    }
+    fn show(&self) -> Option<String> {
+        (!self.is_empty()).then(|| self.iter().map(Scalar::show).collect::<Vec<_>>().join(","))
+    }
+}
+
+/// `max_message_bytes` to `max-message-bytes`. Clap wants `&'static str`
+/// names, so they are made at compile time; `N` is the key's length.
+pub(super) const fn flag_name<const N: usize>(key: &str) -> [u8; N] {
+    let key = key.as_bytes();
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if key[i] == b'_' { b'-' } else { key[i] };
+        i += 1;
+    }
+    out
+}
+
+/// `max_message_bytes` to `HUBCAST_MAX_MESSAGE_BYTES`; `N` is the length
+/// of both.
+pub(super) const fn env_name<const N: usize>(key: &str) -> [u8; N] {
+    let key = key.as_bytes();
+    let prefix = ENV_PREFIX.as_bytes();
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < prefix.len() {
+            prefix[i]
+        } else {
+            key[i - prefix.len()].to_ascii_uppercase()
+        };
+        i += 1;
+    }
+    out
+}
+
+/// A name made by [`flag_name`] or [`env_name`] as text.
+pub(super) const fn text(name: &'static [u8]) -> &'static str {
+    match std::str::from_utf8(name) {
+        Ok(s) => s,
+        Err(_) => panic!("setting keys are ASCII"),
+    }
+}
+
+/// What a check found wrong with a value: the message after the key.
+pub(super) type Verdict = Result<(), String>;
+
+/// Runs one setting's check; an error names the key.
+pub(super) fn check<T>(
+    key: &'static str,
+    value: &T,
+    config: &Config,
+    check: impl Fn(&T, &Config) -> Verdict,
+) -> Result<(), ConfigError> {
+    check(value, config).map_err(|message| ConfigError::Invalid { key, message })
+}
+
+/// The value lies in `range`.
+pub(super) fn within<T: PartialOrd>(
+    range: RangeInclusive<T>,
+    message: &'static str,
+) -> impl Fn(&T, &Config) -> Verdict {
+    move |value, _| {
+        if range.contains(value) {
+            Ok(())
+        } else {
+            Err(message.into())
+        }
+    }
+}
+
+/// The value is `min` or more.
+pub(super) fn at_least<T: PartialOrd>(
+    min: T,
+    message: &'static str,
+) -> impl Fn(&T, &Config) -> Verdict {
+    move |value, _| {
+        if *value >= min {
+            Ok(())
+        } else {
+            Err(message.into())
+        }
+    }
+}
+
+/// Picks a row's optional entry when given, else the fallback after it.
+macro_rules! given_or {
+    (, $fallback:expr) => {
+        $fallback
+    };
+    ($given:expr, $fallback:expr) => {
+        $given
+    };
+}
+pub(super) use given_or;
+
+/// The settings table: each row declares one setting,
+///
+/// ```text
+/// /// Rustdoc for the Config field.
+/// key: Type {
+///     default: expression,
+///     flag: "other-flag",          // optional; else the key with dashes
+///     value: "PLACEHOLDER",        // in `--help`: `--key <PLACEHOLDER>`
+///     help: "One line for --help", // the default is appended
+///     shown: "what unset means",   // optional; else the default's value
+///     secret: true,                // optional; hides the variable's value
+///     check: |value, config| -> Verdict, // optional
+/// }
+/// ```
+///
+/// and becomes [`Config`], its `Default`, `Config::validate` (the checks
+/// in row order), `ServeArgs` with its clap impls, and `settings()`.
+macro_rules! declare_settings {
+    (@setting $defaults:ident, $field:ident, [$($flag:literal)?], $value:literal, $help:literal,
+        [$($shown:literal)?], [$($secret:literal)?]) => {{
+        use $crate::config::declare as d;
+        const KEY: &str = stringify!($field);
+        const ENV: [u8; d::ENV_PREFIX.len() + KEY.len()] = d::env_name(KEY);
+        $crate::config::Setting {
+            key: KEY,
+            flag: d::given_or!($($flag)?, {
+                const FLAG: [u8; KEY.len()] = d::flag_name(KEY);
+                const { d::text(&FLAG) }
+            }),
+            env: const { d::text(&ENV) },
+            value_name: $value,
+            help: $help,
+            default: d::given_or!(
+                $(Some(String::from($shown)))?,
+                d::FlagValue::show(&$defaults.$field)
+            ),
+            secret: d::given_or!($($secret)?, false),
+        }
+    }};
+    ($(
+        $(#[doc = $doc:expr])+
+        $field:ident: $ty:ty {
+            default: $default:expr,
+            $(flag: $flag:literal,)?
+            value: $value:literal,
+            help: $help:literal,
+            $(shown: $shown:literal,)?
+            $(secret: $secret:literal,)?
+            $(check: $check:expr,)?
+        }
+    )+) => {
+        /// The server's settings after all layers are merged and validated.
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $( $(#[doc = $doc])+ pub $field: $ty, )+
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $( $field: $default, )+ }
+            }
+        }
+
+        impl Config {
+            /// Checks the settings in declaration order; the first bad one
+            /// is the error, naming its key.
+            pub fn validate(&self) -> Result<(), $crate::config::ConfigError> {
+                use $crate::config::declare::check;
+                $($( check(stringify!($field), &self.$field, self, $check)?; )?)+
+                Ok(())
+            }
+        }
+
+        /// Every setting in declaration order, as `hubcast serve --help` and
+        /// README.md present it.
+        pub fn settings() -> Vec<$crate::config::Setting> {
+            let defaults = Config::default();
+            vec![$(
+                declare_settings!(@setting defaults, $field, [$($flag)?], $value, $help,
+                    [$($shown)?], [$($secret)?]),
+            )+]
+        }
+
+        /// `hubcast serve` flags. Every field is optional so that an absent
+        /// flag (and absent variable) leaves the file's or the default value
+        /// in place; serialized, a figment layer of the given ones.
+        #[derive(Debug, Clone, Default, serde::Serialize)]
+        pub struct ServeArgs {
+            /// TOML file with settings (`--config`, `HUBCAST_CONFIG`).
+            #[serde(skip)]
+            pub config: Option<::std::path::PathBuf>,
+            $(
+                #[doc = concat!("`", stringify!($field), "` from its flag or variable, if given.")]
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )+
+        }
+
+        impl clap::Args for ServeArgs {
+            fn augment_args(cmd: clap::Command) -> clap::Command {
+                use $crate::config::declare::FlagValue;
+                let defaults = Config::default();
+                cmd.arg(
+                    clap::Arg::new("config")
+                        .long("config")
+                        .env("HUBCAST_CONFIG")
+                        .value_name("FILE")
+                        .help("TOML file with settings (keys are the flag names with underscores)")
+                        .value_parser(clap::value_parser!(::std::path::PathBuf))
+                        .action(clap::ArgAction::Set),
+                )
+                $(
+                    .arg(<$ty as FlagValue>::arg(
+                        declare_settings!(@setting defaults, $field, [$($flag)?], $value, $help,
+                            [$($shown)?], [$($secret)?]).arg(),
+                    ))
+                )+
+            }
+
+            fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+                Self::augment_args(cmd)
+            }
+        }
+
+        impl clap::FromArgMatches for ServeArgs {
+            fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+                let mut args = Self::default();
+                args.update_from_arg_matches(matches)?;
+                Ok(args)
+            }
+
+            fn update_from_arg_matches(
+                &mut self,
+                matches: &clap::ArgMatches,
+            ) -> Result<(), clap::Error> {
+                use $crate::config::declare::FlagValue;
+                if let Some(path) = matches.get_one::<::std::path::PathBuf>("config") {
+                    self.config = Some(path.clone());
+                }
+                $(
+                    if let Some(value) = <$ty as FlagValue>::take(matches, stringify!($field)) {
+                        self.$field = Some(value);
+                    }
+                )+
+                Ok(())
+            }
+        }
+    };
+}
+pub(super) use declare_settings;

@@ -1,0 +1,358 @@
+//! The settings table: each setting declared once, with its type, default,
+//! `--help` line and check (the row format is described on
+//! `declare_settings!` in declare.rs). Its TOML key is the field name, its
+//! flag the key with dashes, its variable `HUBCAST_` plus the key in
+//! capitals. A new setting is a new row here and in README.md's table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::declare::{Verdict, at_least, declare_settings, within};
+use super::{BrokerKind, LogFormat};
+
+declare_settings! {
+    /// Address the HTTP and WebSocket listener binds.
+    listen: SocketAddr {
+        default: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        value: "ADDR",
+        help: "Address to listen on",
+    }
+    /// Seconds between WebSocket pings; a connection silent for
+    /// `2 * heartbeat + 5` seconds is closed with 4002.
+    heartbeat: u64 {
+        default: 25,
+        value: "SECONDS",
+        help: "Seconds between WebSocket pings; silence for 2*heartbeat+5 s closes with 4002",
+        check: within(1..=3600, "must be between 1 and 3600 seconds"),
+    }
+    /// Largest incoming frame in bytes; larger frames close with 1009.
+    max_message_bytes: usize {
+        default: 65536,
+        value: "BYTES",
+        help: "Largest incoming frame in bytes; larger ones close with 1009",
+        check: within(256..=64 * 1024 * 1024, "must be between 256 and 67108864 bytes"),
+    }
+    /// Messages kept per room for recovery and `history`.
+    history_size: usize {
+        default: 1000,
+        value: "N",
+        help: "Messages kept per room for recovery and history",
+        check: within(0..=1_000_000, "must be at most 1000000 messages"),
+    }
+    /// Seconds a message stays in a room's history (and its `msgId` in the
+    /// idempotency window).
+    history_ttl: u64 {
+        default: 600,
+        value: "SECONDS",
+        help: "Seconds a message stays in history and its msgId in the idempotency window",
+        check: within(1..=7 * 24 * 3600, "must be between 1 second and 7 days"),
+    }
+    /// Outbound frames queued per connection before it is closed as a slow
+    /// consumer (4000).
+    queue_size: usize {
+        default: 1024,
+        value: "FRAMES",
+        help: "Outbound frames queued per connection before a slow-consumer close (4000)",
+        check: within(16..=1_000_000, "must be between 16 and 1000000 frames"),
+    }
+    /// Milliseconds a connection's writer waits after the first frame of a
+    /// quiet spell, so that frames queued meanwhile share its write; 0
+    /// writes at once. Trades latency (every frame, replies included, may
+    /// wait this long) for CPU in busy rooms: one send per delivery is most
+    /// of a server's CPU when each connection gets a message now and then.
+    write_delay_ms: u64 {
+        default: 0,
+        value: "MS",
+        help: "Milliseconds a writer waits after a quiet spell so later frames share its write (CPU for latency), 0 = off",
+        check: within(0..=1000, "must be at most 1000 milliseconds"),
+    }
+    /// Rooms one connection may join (its personal room not counted).
+    max_rooms_per_conn: usize {
+        default: 100,
+        value: "N",
+        help: "Rooms one connection may join, its personal room not counted",
+        check: within(1..=100_000, "must be between 1 and 100000"),
+    }
+    /// Browser origins allowed besides the request's own host. Exact origins
+    /// (`https://app.example.com`), host patterns (`*.example.com`, any
+    /// scheme) or `*`. Empty: the request's own host and loopback origins.
+    allowed_origins: Vec<String> {
+        default: Vec::new(),
+        value: "ORIGINS",
+        help: "Browser origins allowed besides the request's own host: exact origins, *.example.com patterns or * (comma-separated)",
+        shown: "loopback origins",
+        check: |origins, _| each(origins, |origin| {
+            crate::http::origin::check_pattern(origin)
+                .map_err(|message| format!("{origin:?}: {message}"))
+        }),
+    }
+    /// This node's name in `welcome` and logs. Empty: a random `n-xxxxxxxx`.
+    node_id: String {
+        default: String::new(),
+        value: "NAME",
+        help: "This node's name in welcome frames and logs",
+        shown: "random n-xxxxxxxx",
+        check: |id, _| {
+            if id.len() > 64 || id.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(
+                    "must be at most 64 characters, without spaces or control characters".into(),
+                );
+            }
+            Ok(())
+        },
+    }
+    /// `text` for people, `json` for log pipelines.
+    log_format: LogFormat {
+        default: LogFormat::Text,
+        value: "FORMAT",
+        help: "Log format",
+    }
+    /// Seconds shutdown waits for connections to close before exiting anyway.
+    shutdown_timeout: u64 {
+        default: 5,
+        value: "SECONDS",
+        help: "Seconds shutdown waits for connections to close",
+        check: within(1..=600, "must be between 1 and 600 seconds"),
+    }
+    /// Frames per second one connection may send (token bucket refill);
+    /// 0 turns the limit off. Excess frames get `rate_limited`.
+    rate_limit_per_conn: u32 {
+        default: 1000,
+        value: "FRAMES",
+        help: "Frames per second one connection may send, 0 = unlimited; excess frames get rate_limited",
+    }
+    /// Frames a connection may send in a burst. A connection refused more
+    /// than this many times within 10 seconds is closed with 4003.
+    rate_limit_burst: u32 {
+        default: 2000,
+        value: "FRAMES",
+        help: "Frames one connection may send in a burst; refused more often than this in 10 s closes with 4003",
+        check: |burst, c| {
+            if c.rate_limit_per_conn > 0 && *burst == 0 {
+                return Err("must be at least 1 when rate_limit_per_conn is set".into());
+            }
+            Ok(())
+        },
+    }
+    /// The engine: `memory` (one node) or `redis` (many nodes).
+    broker: BrokerKind {
+        default: BrokerKind::Memory,
+        value: "ENGINE",
+        help: "Engine: memory (one node) or redis (many nodes sharing one Redis)",
+    }
+    /// Redis server for `broker = "redis"`; with `redis_cluster`, a
+    /// comma-separated list of seed nodes.
+    redis_url: String {
+        default: "redis://127.0.0.1:6379/0".into(),
+        value: "URL",
+        help: "Redis server for --broker redis",
+        check: |url, c| redis_url(url, c.redis_cluster),
+    }
+    /// `redis_url` names a Redis Cluster: rooms spread over its masters by
+    /// hash tag, with sharded pub/sub (Redis 7).
+    redis_cluster: bool {
+        default: false,
+        value: "BOOL",
+        help: "--redis-url names Redis Cluster seed nodes (comma-separated): sharded pub/sub, Redis 7",
+    }
+    /// Serve the chat page at `/` and the admin dashboard at `/admin` (the
+    /// client library at `/client/` is always served).
+    web: bool {
+        default: true,
+        value: "BOOL",
+        help: "Serve the chat page at / and the admin dashboard at /admin",
+    }
+    /// Prefix of every Redis key and channel hubcast uses.
+    redis_prefix: String {
+        default: "hubcast".into(),
+        value: "PREFIX",
+        help: "Prefix of every Redis key and channel",
+        check: |prefix, _| {
+            if prefix.is_empty()
+                || prefix.len() > 64
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+            {
+                return Err("must be 1 to 64 characters of A-Z a-z 0-9 _ - . :".into());
+            }
+            Ok(())
+        },
+    }
+    /// Seconds a node's presence entries outlive it when it dies without
+    /// cleaning up (Redis engine): other nodes then remove them and send
+    /// the leave events.
+    presence_lease: u64 {
+        default: 30,
+        value: "SECONDS",
+        help: "Seconds a dead node's presence lingers before other nodes remove it (Redis engine)",
+        check: within(1..=3600, "must be between 1 and 3600 seconds"),
+    }
+    /// Shared secret for HS256 connection tokens.
+    jwt_secret: Option<String> {
+        default: None,
+        value: "SECRET",
+        help: "Shared secret for HS256 connection tokens (at least 16 bytes)",
+        secret: true,
+    }
+    /// File holding the HS256 secret (instead of `jwt_secret`).
+    jwt_secret_file: Option<PathBuf> {
+        default: None,
+        value: "FILE",
+        help: "File holding the HS256 secret",
+    }
+    /// PEM public key for RS256 or ES256 connection tokens.
+    jwt_public_key: Option<PathBuf> {
+        default: None,
+        value: "FILE",
+        help: "PEM public key for RS256 or ES256 connection tokens",
+    }
+    /// Whether connections without a token are allowed. Unset: only when
+    /// listening on loopback.
+    anonymous: Option<bool> {
+        default: None,
+        value: "BOOL",
+        help: "Allow connections without a token",
+        shown: "only when listening on loopback",
+        check: |anonymous, c| {
+            let has_key =
+                c.jwt_secret.is_some() || c.jwt_secret_file.is_some() || c.jwt_public_key.is_some();
+            if !c.listen.ip().is_loopback() && !has_key && *anonymous != Some(true) {
+                return Err(format!(
+                    "refusing to listen on {} without authentication: set jwt_secret \
+                     (--jwt-secret or HUBCAST_JWT_SECRET), jwt_secret_file or jwt_public_key \
+                     to require tokens, or anonymous = true (--anonymous) to let anyone in",
+                    c.listen
+                ));
+            }
+            Ok(())
+        },
+    }
+    /// Keys for `/api/*` (`Authorization: Bearer <key>`). Empty: the API
+    /// answers loopback callers only.
+    api_keys: Vec<String> {
+        default: Vec::new(),
+        flag: "api-key",
+        value: "KEY",
+        help: "Key for /api/* calls (Authorization: Bearer KEY); repeat the flag or comma-separate for several",
+        shown: "none, API open to loopback callers only",
+        secret: true,
+        check: |keys, _| each(keys, |key| {
+            if key.len() < 16 || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(
+                    "each key must be 16 to 256 printable ASCII characters without spaces".into(),
+                );
+            }
+            Ok(())
+        }),
+    }
+    /// Members listed in one presence reply (`joined`, `presence`, the
+    /// API); `total` tells how many there are in all.
+    max_presence_members: usize {
+        default: 1000,
+        value: "N",
+        help: "Members listed in one presence reply; the reply's total counts them all",
+        check: within(1..=100_000, "must be between 1 and 100000"),
+    }
+    /// PEM certificate chain: serve wss:// and https:// directly.
+    tls_cert: Option<PathBuf> {
+        default: None,
+        value: "FILE",
+        help: "PEM certificate chain: serve wss:// and https:// directly (with --tls-key)",
+        check: |cert, c| {
+            if cert.is_none() && c.tls_key.is_some() {
+                return Err("tls_key needs tls_cert too".into());
+            }
+            Ok(())
+        },
+    }
+    /// PEM private key for `tls_cert`.
+    tls_key: Option<PathBuf> {
+        default: None,
+        value: "FILE",
+        help: "PEM private key for --tls-cert",
+        check: |key, c| {
+            if key.is_none() && c.tls_cert.is_some() {
+                return Err("tls_cert needs tls_key too".into());
+            }
+            Ok(())
+        },
+    }
+    /// OTLP/HTTP endpoint for trace export (`http://collector:4318/v1/traces`);
+    /// needs a hubcast built with the `otlp` feature. None: no export.
+    otlp_endpoint: Option<String> {
+        default: None,
+        value: "URL",
+        help: "Export traces over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318/v1/traces (build with --features otlp)",
+        check: |url, _| url.as_deref().map_or(Ok(()), otlp_endpoint),
+    }
+    /// WebSocket connections the node accepts in all; past it, 503.
+    max_connections: u32 {
+        default: 100_000,
+        value: "N",
+        help: "WebSocket connections accepted in all; past it, 503",
+        check: at_least(1, "must be at least 1"),
+    }
+    /// WebSocket connections from one IP address; past it, 429.
+    max_connections_per_ip: u32 {
+        default: 2_000,
+        value: "N",
+        help: "WebSocket connections from one IP address; past it, 429",
+        check: at_least(1, "must be at least 1"),
+    }
+    /// WebSocket handshakes one IP address may make per second (bursts of
+    /// twice that); past it, 429 with `Retry-After`. 0 turns it off.
+    handshakes_per_ip_per_sec: u32 {
+        default: 500,
+        value: "N",
+        help: "WebSocket handshakes per second from one IP address, 0 = unlimited; past it, 429",
+    }
+}
+
+/// Checks each item of a list; the first bad one is the verdict.
+fn each(items: &[String], check: impl Fn(&str) -> Verdict) -> Verdict {
+    items.iter().try_for_each(|item| check(item))
+}
+
+/// One Redis URL, or with `redis_cluster` a comma-separated list of nodes.
+fn redis_url(url: &str, cluster: bool) -> Verdict {
+    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+    if cluster {
+        if !urls
+            .iter()
+            .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return Err(
+                "with redis_cluster, must be comma-separated redis:// (or rediss://) \
+                 URLs of cluster nodes"
+                    .into(),
+            );
+        }
+    } else if urls.len() != 1
+        || !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+    {
+        return Err(
+            "must be one redis:// (or rediss://, unix://) URL; several are for redis_cluster"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// An http(s) URL, and a build that can export to it.
+fn otlp_endpoint(url: &str) -> Verdict {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(
+            "must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces".into(),
+        );
+    }
+    if !cfg!(feature = "otlp") {
+        return Err("this hubcast was built without OpenTelemetry export; \
+             build it with `cargo build --release --features otlp`, or unset otlp_endpoint"
+            .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Loading and checking settings: layers, every flag and key, errors.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn args(argv: &[&str]) -> ServeArgs {
+    let mut v = vec!["hubcast"];
+    v.extend_from_slice(argv);
+    Cli::try_parse_from(v).expect("flags parse").serve
+}
+
+#[test]
+fn defaults_need_nothing() {
+    let cfg = Config::load(&ServeArgs::default()).unwrap();
+    assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(cfg.heartbeat, 25);
+    assert!(cfg.node_id.starts_with("n-"));
+}
+
+#[test]
+fn otlp_endpoint_is_checked() {
+    let mut c = Config {
+        otlp_endpoint: Some("127.0.0.1:4318".into()),
+        ..Config::default()
+    };
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("otlp_endpoint") && e.contains("http://"), "{e}");
+    c.otlp_endpoint = Some("http://127.0.0.1:4318/v1/traces".into());
+    if cfg!(feature = "otlp") {
+        assert!(c.validate().is_ok());
+    } else {
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--features otlp"), "{e}");
+    }
+}
+
+/// Every setting set to a value other than its default, as
+/// [`every_flag_reaches_its_field`] and [`every_key_reaches_its_field`]
+/// give it (`otlp_endpoint` aside: without the `otlp` feature it fails
+/// validation; `otlp_endpoint_is_checked` covers it).
+fn all_changed() -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 2], 9000)),
+        heartbeat: 7,
+        max_message_bytes: 4096,
+        history_size: 10,
+        history_ttl: 60,
+        queue_size: 32,
+        write_delay_ms: 5,
+        max_rooms_per_conn: 3,
+        allowed_origins: vec!["https://a.example".into(), "*.b.example".into()],
+        node_id: "n1".into(),
+        log_format: LogFormat::Json,
+        shutdown_timeout: 9,
+        rate_limit_per_conn: 50,
+        rate_limit_burst: 60,
+        broker: BrokerKind::Redis,
+        redis_url: "redis://h:1,redis://h:2".into(),
+        redis_cluster: true,
+        web: false,
+        redis_prefix: "pfx".into(),
+        presence_lease: 11,
+        jwt_secret: Some("0123456789abcdef0123".into()),
+        jwt_secret_file: Some("/s".into()),
+        jwt_public_key: Some("/k".into()),
+        anonymous: Some(true),
+        api_keys: vec![
+            "aaaaaaaaaaaaaaaa".into(),
+            "bbbbbbbbbbbbbbbb".into(),
+            "cccccccccccccccc".into(),
+        ],
+        max_presence_members: 12,
+        tls_cert: Some("/c".into()),
+        tls_key: Some("/k2".into()),
+        otlp_endpoint: None,
+        max_connections: 13,
+        max_connections_per_ip: 14,
+        handshakes_per_ip_per_sec: 15,
+    }
+}
+
+#[test]
+fn every_flag_reaches_its_field() {
+    let cfg = Config::load(&args(&[
+        "--listen=127.0.0.2:9000",
+        "--heartbeat=7",
+        "--max-message-bytes=4096",
+        "--history-size=10",
+        "--history-ttl=60",
+        "--queue-size=32",
+        "--write-delay-ms=5",
+        "--max-rooms-per-conn=3",
+        "--allowed-origins=https://a.example,*.b.example",
+        "--node-id=n1",
+        "--log-format=json",
+        "--shutdown-timeout=9",
+        "--rate-limit-per-conn=50",
+        "--rate-limit-burst=60",
+        "--broker=redis",
+        "--redis-url=redis://h:1,redis://h:2",
+        "--redis-cluster",
+        "--web=false",
+        "--redis-prefix=pfx",
+        "--presence-lease=11",
+        "--jwt-secret=0123456789abcdef0123",
+        "--jwt-secret-file=/s",
+        "--jwt-public-key=/k",
+        "--anonymous",
+        "--api-key=aaaaaaaaaaaaaaaa",
+        "--api-key=bbbbbbbbbbbbbbbb,cccccccccccccccc",
+        "--max-presence-members=12",
+        "--tls-cert=/c",
+        "--tls-key=/k2",
+        "--max-connections=13",
+        "--max-connections-per-ip=14",
+        "--handshakes-per-ip-per-sec=15",
+    ]))
+    .unwrap();
+    assert_eq!(cfg, all_changed());
+    // A bool flag takes an explicit value too.
+    let cfg = Config::load(&args(&["--web", "true", "--anonymous=false"])).unwrap();
+    assert!(cfg.web);
+    assert_eq!(cfg.anonymous, Some(false));
+    let err = Config::load(&args(&["--otlp-endpoint", "x"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("otlp_endpoint"), "{err}");
+}
+
+#[test]
+fn every_key_reaches_its_field() {
+    let dir = std::env::temp_dir().join(format!("hubcast-cfg-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("all.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.2:9000"
+heartbeat = 7
+max_message_bytes = 4096
+history_size = 10
+history_ttl = 60
+queue_size = 32
+write_delay_ms = 5
+max_rooms_per_conn = 3
+allowed_origins = ["https://a.example", "*.b.example"]
+node_id = "n1"
+log_format = "json"
+shutdown_timeout = 9
+rate_limit_per_conn = 50
+rate_limit_burst = 60
+broker = "redis"
+redis_url = "redis://h:1,redis://h:2"
+redis_cluster = true
+web = false
+redis_prefix = "pfx"
+presence_lease = 11
+jwt_secret = "0123456789abcdef0123"
+jwt_secret_file = "/s"
+jwt_public_key = "/k"
+anonymous = true
+api_keys = ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"]
+max_presence_members = 12
+tls_cert = "/c"
+tls_key = "/k2"
+max_connections = 13
+max_connections_per_ip = 14
+handshakes_per_ip_per_sec = 15
+"#,
+    )
+    .unwrap();
+    let cfg = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(cfg, all_changed());
+}
+
+#[test]
+fn file_then_flags_win() {
+    let dir = std::env::temp_dir().join(format!("hubcast-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a.toml");
+    std::fs::write(
+        &file,
+        "heartbeat = 7\nmax_message_bytes = 4096\nallowed_origins = [\"https://a.example\"]\n",
+    )
+    .unwrap();
+    let cfg = Config::load(&args(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--heartbeat",
+        "9",
+    ]))
+    .unwrap();
+    assert_eq!(cfg.heartbeat, 9, "flag beats file");
+    assert_eq!(cfg.max_message_bytes, 4096, "file beats default");
+    assert_eq!(cfg.allowed_origins, vec!["https://a.example".to_string()]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("hubcast-cfg-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("b.toml");
+    std::fs::write(&file, "heartbeat = \"soon\"\n").unwrap();
+    let err = Config::load(&args(&["--config", file.to_str().unwrap()]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("heartbeat"), "{err}");
+    std::fs::write(&file, "hearbeat = 3\n").unwrap();
+    let err = Config::load(&args(&["--config", file.to_str().unwrap()]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hearbeat"), "unknown key named: {err}");
+    let err = Config::load(&args(&["--queue-size", "1"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("queue_size"), "{err}");
+    let err = Config::load(&args(&["--write-delay-ms", "5000"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("write_delay_ms") && err.contains("1000"),
+        "{err}"
+    );
+    assert_eq!(
+        Config::load(&args(&["--write-delay-ms", "20"]))
+            .unwrap()
+            .write_delay(),
+        Duration::from_millis(20)
+    );
+    let err = Config::load(&args(&["--allowed-origins", "ftp://x/y"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("allowed_origins"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
