@@ -4,7 +4,7 @@
 //! right status.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{Client, Server};
 use reqwest::StatusCode;

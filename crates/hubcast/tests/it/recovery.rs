@@ -3,7 +3,7 @@
 //! while other clients keep publishing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! may use; expiry closes with 4001.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

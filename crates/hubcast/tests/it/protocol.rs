@@ -2,7 +2,7 @@
 //! its reply, with the exact field names.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

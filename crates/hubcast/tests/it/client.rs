@@ -6,7 +6,7 @@
 //! the offline queue's bound; 4001 and a new token.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! single-server engine holds, including across killed pub/sub connections.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 //! the envelope (`traceId`). Two real `hubcast` processes on one Redis.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 
