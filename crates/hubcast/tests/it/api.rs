@@ -86,7 +86,7 @@ both_engines! {
         // The subscriber got each message once.
         assert_eq!(sub.expect("message").await["msgId"], "order-17");
         assert_eq!(sub.expect("message").await["msgId"], "order-18");
-        sub.silent_for(std::time::Duration::from_millis(200)).await;
+        s.barrier(&mut sub, "orders").await;
     }
 }
 

@@ -74,7 +74,7 @@ async fn killing_the_pubsub_connection_loses_nothing() {
     }
     publisher.await.unwrap();
     killer.await.unwrap();
-    sub.silent_for(Duration::from_millis(200)).await;
+    b.barrier(&mut sub, "kill").await;
     a.stop().await;
     b.stop().await;
     redis.kill().unwrap();

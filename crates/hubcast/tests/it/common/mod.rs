@@ -495,13 +495,6 @@ impl Client {
         got
     }
 
-    /// Asserts that no text frame arrives within `d`.
-    pub async fn silent_for(&mut self, d: Duration) {
-        if let Ok(v) = tokio::time::timeout(d, next_json(&mut self.ws)).await {
-            panic!("expected silence, got {v:?}");
-        }
-    }
-
     /// Asserts that the next text frame is the message `marker` in `room`
     /// (a barrier: nothing arrived before it).
     pub async fn expect_marker(&mut self, room: &str, marker: &Value) {
