@@ -2,7 +2,7 @@
 //! handshakes per address per second (429), each with `Retry-After`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

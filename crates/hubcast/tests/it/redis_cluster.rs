@@ -5,7 +5,7 @@
 //! single-server engine holds, including across killed pub/sub connections.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -430,7 +430,22 @@ async fn killing_every_shards_pubsub_connection_loses_nothing() {
     publisher.await.unwrap();
     let killed = killer.await.unwrap();
     assert!(killed >= 3, "the kills hit pub/sub connections ({killed})");
-    sub.silent_for(Duration::from_millis(300)).await;
+    // A barrier per room (each room's messages keep their order, rooms on
+    // different shards do not): the next frames are the markers.
+    let mut markers = std::collections::HashMap::new();
+    for r in &rooms {
+        let marker = json!(format!("barrier-{r}"));
+        assert!(nodes[1].api_publish(r, marker.clone()).await["offset"].is_u64());
+        markers.insert(r.clone(), marker);
+    }
+    for _ in 0..rooms.len() {
+        let v = sub.recv().await;
+        let room = v["room"].as_str().unwrap_or_default().to_string();
+        assert!(
+            v["type"] == "message" && markers.remove(&room) == Some(v["data"].clone()),
+            "expected a room's marker as the next frame, got {v}"
+        );
+    }
     for n in nodes {
         n.stop().await;
     }

@@ -4,7 +4,7 @@
 //! may use; expiry closes with 4001.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -302,12 +302,11 @@ fn token_command_prints_a_token_the_server_accepts() {
 #[tokio::test]
 async fn tokens_and_api_keys_never_reach_the_logs() {
     const API_KEY: &str = "api-key-that-must-not-be-logged";
-    let port = common::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
         .args([
             "serve",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--jwt-secret",
             SECRET,
             "--api-key",
@@ -318,6 +317,7 @@ async fn tokens_and_api_keys_never_reach_the_logs() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let port = common::listening_port(&mut child).await;
     common::wait_for(port, "/healthz").await;
     let good = hs256(json!({"sub":"logan","exp":now() + 60}));
     let c = Client::connect(&format!("ws://127.0.0.1:{port}/ws?token={good}")).await;

@@ -3,7 +3,7 @@
 //! while other clients keep publishing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -146,7 +146,7 @@ both_engines! {
         assert_eq!(j["recovered"], false);
         assert_eq!(j["offset"], 6);
         assert_eq!(d.expect("presence").await["action"], "join");
-        d.silent_for(Duration::from_millis(150)).await;
+        s.barrier(&mut d, "small").await;
 
         // Another epoch: not recovered.
         let mut e = s.client().await;
@@ -156,7 +156,7 @@ both_engines! {
         assert_eq!(j["recovered"], false);
         assert_eq!(j["epoch"], epoch);
         assert_eq!(e.expect("presence").await["action"], "join");
-        e.silent_for(Duration::from_millis(150)).await;
+        s.barrier(&mut e, "small").await;
 
         // since beyond the top: not recovered.
         let mut f = s.client().await;
@@ -184,7 +184,7 @@ both_engines! {
         assert_eq!(j["recovered"], true);
         assert_eq!(j["offset"], 10);
         assert_eq!(c.expect("presence").await["action"], "join");
-        c.silent_for(Duration::from_millis(100)).await;
+        s.barrier(&mut c, "r").await;
         // since 0: all ten, in order.
         let mut d = s.client().await;
         let (j, _) = d

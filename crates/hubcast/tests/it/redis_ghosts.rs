@@ -3,7 +3,7 @@
 //! events.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,15 +15,8 @@ use serde_json::json;
 #[tokio::test]
 async fn a_killed_node_leaves_no_ghost_presence() {
     let prefix = common::unique_prefix();
-    let port = common::free_port();
     let mut doomed = Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--broker",
-            "redis",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--broker", "redis"])
         .args([
             "--redis-url",
             &common::redis_url(),
@@ -32,9 +25,10 @@ async fn a_killed_node_leaves_no_ghost_presence() {
         ])
         .args(["--presence-lease", "2", "--node-id", "doomed"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let port = common::listening_port(&mut doomed).await;
     common::wait_for(port, "/readyz").await;
     let survivor = Server::with_config(
         Config {

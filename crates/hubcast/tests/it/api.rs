@@ -4,7 +4,7 @@
 //! right status.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{Client, Server};
 use reqwest::StatusCode;
@@ -86,7 +86,7 @@ both_engines! {
         // The subscriber got each message once.
         assert_eq!(sub.expect("message").await["msgId"], "order-17");
         assert_eq!(sub.expect("message").await["msgId"], "order-18");
-        sub.silent_for(std::time::Duration::from_millis(200)).await;
+        s.barrier(&mut sub, "orders").await;
     }
 }
 

@@ -4,16 +4,17 @@
 //! the envelope (`traceId`). Two real `hubcast` processes on one Redis.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 
 use common::Client;
 use serde_json::{Value, json};
 
-fn start(port: u16, prefix: &str, node: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+/// Starts a node on a port of its choosing; returns it and that port.
+async fn start(prefix: &str, node: &str) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(["--broker", "redis", "--redis-url", &common::redis_url()])
         .args(["--redis-prefix", prefix, "--node-id", node])
         .args(["--log-format", "json"])
@@ -21,7 +22,9 @@ fn start(port: u16, prefix: &str, node: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let port = common::listening_port(&mut child).await;
+    (child, port)
 }
 
 /// Stops a node with SIGTERM and returns its JSON log lines.
@@ -44,9 +47,8 @@ fn lines_with<'a>(log: &'a [Value], msg: &str, trace_id: &str) -> Vec<&'a Value>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_follows_the_message_across_nodes() {
     let prefix = common::unique_prefix();
-    let (pa, pb) = (common::free_port(), common::free_port());
-    let a = start(pa, &prefix, "trace-a");
-    let b = start(pb, &prefix, "trace-b");
+    let (a, pa) = start(&prefix, "trace-a").await;
+    let (b, pb) = start(&prefix, "trace-b").await;
     common::wait_for(pa, "/readyz").await;
     common::wait_for(pb, "/readyz").await;
 

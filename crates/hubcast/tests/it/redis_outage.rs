@@ -1,12 +1,14 @@
 //! Redis failures under traffic: a killed pub/sub connection loses nothing
 //! (the gap is read back from the stream); Redis down means `unavailable`
 //! and not ready, connections stay open, and the node comes back by itself.
-//! Kept in its own test binary: `CLIENT KILL TYPE pubsub` hits every pub/sub
-//! client of the shared Redis.
+//! Every test here runs its own Redis server, on a Unix socket (no port to
+//! pick): `CLIENT KILL TYPE pubsub` would hit every pub/sub client of the
+//! shared Redis, which the tests running beside these use.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,14 +29,13 @@ fn redis_config(url: String, prefix: &str) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_pubsub_connection_loses_nothing() {
     let prefix = common::unique_prefix();
-    let a = Server::with_config(
-        redis_config(common::redis_url(), &prefix),
-        Some(prefix.clone()),
-    )
-    .await;
-    let mut b_cfg = redis_config(common::redis_url(), &prefix);
+    let socket = socket_path();
+    let mut redis = start_redis(&socket);
+    let redis_url = redis_socket_url(&socket);
+    let a = Server::with_config(redis_config(redis_url.clone(), &prefix), None).await;
+    let mut b_cfg = redis_config(redis_url.clone(), &prefix);
     b_cfg.node_id = "outage-node-2".into();
-    let b = Server::with_config(b_cfg, Some(prefix.clone())).await;
+    let b = Server::with_config(b_cfg, None).await;
     let mut sub = a.client().await;
     sub.join_quiet("kill").await;
     const N: u64 = 400;
@@ -49,7 +50,7 @@ async fn killing_the_pubsub_connection_loses_nothing() {
         }
     });
     let killer = tokio::spawn(async move {
-        let client = redis::Client::open(common::redis_url()).unwrap();
+        let client = redis::Client::open(redis_url).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(60)).await;
@@ -73,18 +74,34 @@ async fn killing_the_pubsub_connection_loses_nothing() {
     }
     publisher.await.unwrap();
     killer.await.unwrap();
-    sub.silent_for(Duration::from_millis(200)).await;
+    b.barrier(&mut sub, "kill").await;
     a.stop().await;
     b.stop().await;
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    std::fs::remove_file(&socket).ok();
 }
 
-fn start_redis(port: u16) -> Child {
+/// A Unix socket path of this test's own Redis.
+fn socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "hubcast-redis-{}.sock",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+fn redis_socket_url(socket: &Path) -> String {
+    format!("redis+unix://{}", socket.display())
+}
+
+/// A Redis server listening on `socket` only (`--port 0`: no TCP).
+fn start_redis(socket: &Path) -> Child {
     let child = Command::new("redis-server")
         .args([
             "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
+            "0",
+            "--unixsocket",
+            socket.to_str().unwrap(),
             "--save",
             "",
             "--appendonly",
@@ -95,7 +112,7 @@ fn start_redis(port: u16) -> Child {
         .spawn()
         .expect("redis-server is installed");
     for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -113,9 +130,9 @@ async fn ready(s: &Server) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_and_back() {
-    let port = common::free_port();
-    let mut redis = start_redis(port);
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let socket = socket_path();
+    let mut redis = start_redis(&socket);
+    let url = redis_socket_url(&socket);
     let s = Server::with_config(redis_config(url, "outage"), None).await;
     let mut sub = s.client().await;
     let j = sub.join("r").await;
@@ -139,7 +156,7 @@ async fn redis_down_and_back() {
     // Redis comes back (empty: it kept nothing). The node reconnects and
     // resubscribes by itself; the room's history is gone, so it restarts
     // with a new epoch, which every subscriber sees in the envelopes.
-    let mut redis = start_redis(port);
+    let mut redis = start_redis(&socket);
     let mut up = false;
     for _ in 0..100 {
         if ready(&s).await == 200 {
@@ -162,6 +179,7 @@ async fn redis_down_and_back() {
     s.stop().await;
     redis.kill().unwrap();
     redis.wait().unwrap();
+    std::fs::remove_file(&socket).ok();
 }
 
 /// Redis restarts empty while users are connected: each node notices its
@@ -169,9 +187,9 @@ async fn redis_down_and_back() {
 /// users are present (and online) again without reconnecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_comes_back_after_redis_loses_it() {
-    let port = common::free_port();
-    let mut redis = start_redis(port);
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let socket = socket_path();
+    let mut redis = start_redis(&socket);
+    let url = redis_socket_url(&socket);
     let mut a_cfg = redis_config(url.clone(), "relost");
     a_cfg.node_id = "relost-a".into();
     a_cfg.presence_lease = 3;
@@ -192,7 +210,7 @@ async fn presence_comes_back_after_redis_loses_it() {
 
     redis.kill().unwrap();
     redis.wait().unwrap();
-    let mut redis = start_redis(port);
+    let mut redis = start_redis(&socket);
 
     // Within a lease period both nodes register again; each side sees the
     // other's join event again, and a newcomer sees both in the list.
@@ -249,4 +267,5 @@ async fn presence_comes_back_after_redis_loses_it() {
     b.stop().await;
     redis.kill().unwrap();
     redis.wait().unwrap();
+    std::fs::remove_file(&socket).ok();
 }

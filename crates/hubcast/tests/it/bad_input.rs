@@ -2,7 +2,7 @@
 //! (PROTOCOL.md section 3); refused handshakes are JSON HTTP errors.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! and the `hubcast` binary itself (signals, config errors).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -229,14 +229,14 @@ fn hubcast() -> Command {
 
 #[tokio::test]
 async fn binary_serves_and_exits_0_on_sigterm_after_closing_with_1001() {
-    let port = common::free_port();
-    let child = hubcast()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    let mut child = hubcast()
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .env("HUBCAST_HEARTBEAT", "30")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let port = common::listening_port(&mut child).await;
     let url = format!("ws://127.0.0.1:{port}/ws");
     common::wait_for(port, "/healthz").await;
     let mut c = common::Client::connect(&url).await;

@@ -3,7 +3,7 @@
 //! lists for it.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

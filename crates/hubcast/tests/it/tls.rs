@@ -3,7 +3,7 @@
 //! rustls client.
 #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,8 +1,8 @@
 //! `GET /metrics`: Prometheus text whose figures move with the traffic.
-//! One test in its own binary: the metrics recorder is process-wide.
+//! One test in a process of its own: the metrics recorder is process-wide.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -11,6 +11,9 @@ use serde_json::json;
 
 #[tokio::test]
 async fn metrics_move_with_the_traffic() {
+    if common::in_own_process("metrics::metrics_move_with_the_traffic") {
+        return;
+    }
     let s = Server::default().await;
     let mut sub = s.client().await;
     sub.join("m").await;

@@ -1,10 +1,11 @@
 //! `write_delay_ms`: a writer that waits after a quiet spell sends the
 //! frames queued meanwhile in one write, loses and reorders nothing, and
-//! does not hold back a close. Its own test binary: it reads the
-//! process-wide metrics (frames per write is `hubcast_outbound_queue_depth`).
+//! does not hold back a close. The first test runs in a process of its
+//! own: it reads the process-wide metrics (frames per write is
+//! `hubcast_outbound_queue_depth`).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ async fn subscribed(delay: Duration) -> (Server, Client) {
 
 #[tokio::test]
 async fn frames_queued_during_the_delay_share_one_write() {
+    if common::in_own_process("write_delay::frames_queued_during_the_delay_share_one_write") {
+        return;
+    }
     const DELAY: Duration = Duration::from_millis(300);
     let (s, mut sub) = subscribed(DELAY).await;
     let before = scrape(&s).await;

@@ -3,7 +3,7 @@
 //! nodes.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -147,7 +147,7 @@ async fn idempotent_publish_across_nodes() {
     assert_eq!(again["offset"], first["offset"]);
     let m = sub.messages("idem", 1).await;
     assert_eq!(m[0]["msgId"], "once");
-    sub.silent_for(Duration::from_millis(300)).await;
+    nodes[1].barrier(&mut sub, "idem").await;
     for n in nodes {
         n.stop().await;
     }

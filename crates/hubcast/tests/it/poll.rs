@@ -3,7 +3,7 @@
 //! offset sees every message once, in order, on either engine.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

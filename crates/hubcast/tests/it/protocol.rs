@@ -2,9 +2,7 @@
 //! its reply, with the exact field names.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::time::Duration;
+use crate::common;
 
 #[allow(unused_imports)]
 use common::Engine;
@@ -89,7 +87,7 @@ both_engines! {
         assert_eq!(ev["user"], b.user());
         // After leaving, b receives nothing from the room.
         a.publish("lobby", json!(1)).await;
-        b.silent_for(Duration::from_millis(200)).await;
+        s.barrier_personal(&mut b).await;
         s.stop().await;
     }
 }
@@ -125,8 +123,9 @@ both_engines! {
             (hubcast::unix_ms() - ts).abs() < 60_000,
             "timestamp is Unix ms: {ts}"
         );
-        // echo false (default): the publisher does not get its own message.
-        a.silent_for(Duration::from_millis(150)).await;
+        // echo false (default): the publisher does not get its own message
+        // (a marker through its personal room keeps r's offsets).
+        s.barrier_personal(&mut a).await;
 
         // echo true: it does (before or after the ack: the protocol does not
         // order the two); msgId generated as a UUID.
@@ -170,7 +169,7 @@ both_engines! {
             .await;
         assert_eq!(other["duplicate"], false);
         assert_eq!(b.expect("message").await["msgId"], "same");
-        b.silent_for(Duration::from_millis(200)).await;
+        s.barrier(&mut b, "r").await;
         s.stop().await;
     }
 }
@@ -192,7 +191,7 @@ both_engines! {
         assert_eq!(m["room"], format!("@{bob}"));
         assert_eq!(m["eventType"], "dm");
         assert_eq!(m["source"], a.user());
-        a.silent_for(Duration::from_millis(150)).await;
+        s.barrier_personal(&mut a).await;
         s.stop().await;
     }
 }
@@ -219,7 +218,7 @@ both_engines! {
         let own = format!("@{}", b.user());
         let j = b.join(&own).await;
         assert_eq!(j["members"], json!([]));
-        b.silent_for(Duration::from_millis(100)).await;
+        s.barrier_personal(&mut b).await;
         s.stop().await;
     }
 }
@@ -242,11 +241,17 @@ both_engines! {
         assert_eq!(j["type"], "joined");
         assert_eq!(j["recovered"], true);
         assert_eq!(j["offset"], 3);
-        b.silent_for(Duration::from_millis(200)).await;
+        // The join queues its reply and what it replays together: the reply
+        // to the next request comes after any replay (a marker in @bob
+        // would change the offsets below).
+        assert_eq!(b.call(json!({"type":"ping"})).await["type"], "pong");
         a.call(json!({"type":"send","to":bob,"event":"dm","data":4}))
             .await;
         assert_eq!(b.expect("message").await["offset"], 4);
-        b.silent_for(Duration::from_millis(100)).await;
+        // The next message of @bob is the next one sent: 4 came once.
+        a.call(json!({"type":"send","to":bob,"event":"dm","data":5}))
+            .await;
+        assert_eq!(b.expect("message").await["offset"], 5);
         s.stop().await;
     }
 }

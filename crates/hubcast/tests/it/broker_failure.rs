@@ -2,7 +2,7 @@
 //! errors, never a silent drop, and the connection stays usable.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

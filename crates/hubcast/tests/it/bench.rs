@@ -3,7 +3,7 @@
 //! judged here (the machines are shared); what must hold is that the tool
 //! runs, reports what it claims to measure, and counts every message.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -68,22 +68,117 @@ pub fn send_term(child: &std::process::Child) {
 }
 
 /// Waits for a child to exit; returns its status and what it wrote to
-/// its (piped) stderr.
+/// its (piped) stderr, all of it also when [`listening_port`] took the pipe.
 pub async fn wait_stderr(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let reader = child.stderr.is_none().then(|| {
+        let mut readers = STDERR_READERS.lock().unwrap();
+        let at = readers
+            .iter()
+            .rposition(|(pid, _)| *pid == child.id())
+            .expect("the child's stderr is piped");
+        readers.remove(at).1
+    });
     tokio::task::spawn_blocking(move || {
         let status = child.wait().unwrap();
-        let mut err = String::new();
-        use std::io::Read;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = match reader {
+            Some(reader) => reader.join().unwrap(),
+            None => {
+                let mut err = String::new();
+                use std::io::Read;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                err
+            }
+        };
         (status, err)
     })
     .await
     .unwrap()
+}
+
+/// The threads reading the stderr of children [`listening_port`] took,
+/// by process id (the newest last: ids are reused).
+static STDERR_READERS: std::sync::Mutex<Vec<(u32, std::thread::JoinHandle<String>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The port a `hubcast serve --listen 127.0.0.1:0` child bound, read from
+/// its log line `hubcast listening on http://ADDR ...` (text or JSON) on
+/// its piped stderr; a thread keeps reading the rest, which
+/// [`wait_stderr`] returns whole. No port is picked before the child binds
+/// it, so no other process can take it meanwhile.
+pub async fn listening_port(child: &mut std::process::Child) -> u16 {
+    let stderr = child.stderr.take().expect("the child's stderr is piped");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        let mut all = String::new();
+        let mut stderr = std::io::BufReader::new(stderr);
+        let mut line = Vec::new();
+        while stderr.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let text = String::from_utf8_lossy(&line);
+            if let Some(port) = logged_port(&text)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(port);
+            }
+            all.push_str(&text);
+            line.clear();
+        }
+        all
+    });
+    match tokio::time::timeout(WAIT, rx).await {
+        Ok(Ok(port)) => {
+            STDERR_READERS.lock().unwrap().push((child.id(), reader));
+            port
+        }
+        // The child's stderr ended (it exited) before the line.
+        Ok(Err(_)) => panic!(
+            "the child logged no listening address:\n{}",
+            reader.join().unwrap()
+        ),
+        Err(_) => panic!("the child logged no listening address within {WAIT:?}"),
+    }
+}
+
+/// The port in a `hubcast listening on http://127.0.0.1:PORT (...)` line.
+fn logged_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let rest = &rest[rest.find("://")? + 3..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '/')
+        .collect();
+    addr.parse::<SocketAddr>().ok().map(|a| a.port())
+}
+
+/// Runs the calling test again alone in a process of its own (this test
+/// binary, `--exact test`), for a test that reads process-wide state such
+/// as the metrics recorder, which every server of this process shares.
+/// Returns `true` in the calling process once that run passed (the caller
+/// then returns), `false` in the process of its own (the caller goes on
+/// with its body). `test` is the test's path, e.g. `metrics::name`.
+pub fn in_own_process(test: &str) -> bool {
+    const VAR: &str = "HUBCAST_TEST_OWN_PROCESS";
+    if std::env::var(VAR).is_ok_and(|t| t == test) {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1"])
+        .env(VAR, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} in its own process:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
 }
 
 /// A key prefix no other test uses.
@@ -211,6 +306,36 @@ impl Server {
             .json()
             .await
             .unwrap()
+    }
+
+    /// A barrier for "`c` receives nothing more": publishes a marker into
+    /// `room` (which `c` is in) with `POST /api/publish`, and asserts it is
+    /// `c`'s very next frame. A frame that should not exist, sent for
+    /// anything done before, would come first: one room's messages keep
+    /// their order, and the marker is published after.
+    pub async fn barrier(&self, c: &mut Client, room: &str) {
+        let marker = json!(format!("barrier-{}", uuid::Uuid::new_v4().simple()));
+        let ack = self.api_publish(room, marker.clone()).await;
+        assert!(ack["offset"].is_u64(), "the marker is published: {ack}");
+        c.expect_marker(room, &marker).await;
+    }
+
+    /// [`Server::barrier`] through `c`'s personal room (`POST /api/send`),
+    /// for a client that is in no other room, or where a marker in the
+    /// room would change the offsets the test checks next.
+    pub async fn barrier_personal(&self, c: &mut Client) {
+        let marker = json!(format!("barrier-{}", uuid::Uuid::new_v4().simple()));
+        let ack: Value = reqwest::Client::new()
+            .post(self.http("/api/send"))
+            .json(&json!({"to":c.user(),"event":"e","data":marker}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(ack["offset"].is_u64(), "the marker is sent: {ack}");
+        c.expect_marker(&format!("@{}", c.user()), &marker).await;
     }
 
     pub fn ws_url(&self) -> String {
@@ -370,11 +495,14 @@ impl Client {
         got
     }
 
-    /// Asserts that no text frame arrives within `d`.
-    pub async fn silent_for(&mut self, d: Duration) {
-        if let Ok(v) = tokio::time::timeout(d, next_json(&mut self.ws)).await {
-            panic!("expected silence, got {v:?}");
-        }
+    /// Asserts that the next text frame is the message `marker` in `room`
+    /// (a barrier: nothing arrived before it).
+    pub async fn expect_marker(&mut self, room: &str, marker: &Value) {
+        let v = self.recv().await;
+        assert!(
+            v["type"] == "message" && v["room"] == room && v["data"] == *marker,
+            "expected the marker {marker} in {room} as the next frame, got {v}"
+        );
     }
 
     /// Reads until the server closes; returns the close code and reason and

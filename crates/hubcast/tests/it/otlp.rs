@@ -5,7 +5,7 @@
 #![cfg(feature = "otlp")]
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -51,9 +51,8 @@ fn unhex(s: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn api_publish_is_exported_inside_the_callers_trace() {
     let (cport, bodies, collector) = collector().await;
-    let port = common::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args([
             "--otlp-endpoint",
             &format!("http://127.0.0.1:{cport}/v1/traces"),
@@ -63,6 +62,7 @@ async fn api_publish_is_exported_inside_the_callers_trace() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let port = common::listening_port(&mut child).await;
     common::wait_for(port, "/healthz").await;
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -106,10 +106,10 @@ async fn api_publish_is_exported_inside_the_callers_trace() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_collector_does_not_stop_the_server() {
-    let port = common::free_port();
+    // A port nothing listens on: one that was free a moment ago.
     let dead = common::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args([
             "--otlp-endpoint",
             &format!("http://127.0.0.1:{dead}/v1/traces"),
@@ -118,6 +118,7 @@ async fn unreachable_collector_does_not_stop_the_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let port = common::listening_port(&mut child).await;
     common::wait_for(port, "/healthz").await;
     for _ in 0..5 {
         let res = reqwest::Client::new()

@@ -4,7 +4,7 @@
 //! (crates/hubcast/web/test/browser.test.mjs).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{Client, Server};
 use serde_json::{Value, json};

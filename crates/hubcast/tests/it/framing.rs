@@ -4,7 +4,7 @@
 //! handshake, broken frames, length forms) is on the wire as written.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

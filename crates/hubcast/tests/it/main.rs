@@ -1,0 +1,40 @@
+//! hubcast's end-to-end tests: one test binary, one module per area (each
+//! was a test binary of its own, linking axum, redis and reqwest again).
+//!
+//! The modules share one process and run in parallel, so no test may rely
+//! on process-wide state being its own: tests that read the metrics
+//! recorder (a global, installed once per process) run themselves again in
+//! a process of their own ([`common::in_own_process`]), and tests that
+//! disturb a Redis (`CLIENT KILL`) use a Redis server of their own. No test
+//! sets environment variables of this process (children get theirs).
+
+// First: `both_engines!` is used by the modules after it.
+#[macro_use]
+mod common;
+
+mod api;
+mod auth;
+mod bad_input;
+mod bench;
+mod broker_failure;
+mod client;
+mod framing;
+mod fuzz;
+mod lifecycle;
+mod limits;
+mod metrics;
+mod multinode;
+mod openapi;
+#[cfg(feature = "otlp")]
+mod otlp;
+mod poll;
+mod protocol;
+mod recovery;
+mod redis_cluster;
+mod redis_ghosts;
+mod redis_outage;
+mod sse;
+mod tls;
+mod tracing;
+mod web;
+mod write_delay;
