@@ -33,6 +33,7 @@ mod recovery;
 mod redis_cluster;
 mod redis_ghosts;
 mod redis_outage;
+mod settings;
 mod sse;
 mod tls;
 mod tracing;
