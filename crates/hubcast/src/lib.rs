@@ -19,8 +19,11 @@
 //! - [`hub`]: node-local room membership and fan-out of broker deliveries
 //!   into connection queues; the join protocol that makes recovery gap- and
 //!   duplicate-free.
-//! - [`conn`]: one WebSocket connection: its bounded outbound queue, the
-//!   reader/writer loops (heartbeats, batching, close codes), and the
+//! - [`outbound`]: a connection's bounded outbound queue, which the hub
+//!   fills and a WebSocket writer, an SSE stream or a long poll drains;
+//!   `pool` keeps per-thread spares of its buffers.
+//! - [`conn`]: one WebSocket connection: the reader/writer loops
+//!   (heartbeats, batching, close codes), RFC 6455 framing, and the
 //!   per-connection protocol session.
 //! - [`http`]: routes (`/ws` upgrade, `/sse`, `/api/*`, health, metrics,
 //!   static pages), origin checks, connection limits, JSON errors, TLS.
@@ -50,6 +53,8 @@ mod lock;
 pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otel;
+pub mod outbound;
+mod pool;
 pub mod protocol;
 pub mod recent;
 pub mod server;

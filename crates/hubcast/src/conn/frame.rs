@@ -391,7 +391,7 @@ pub struct Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         // The buffer goes to the thread's spares for the next batch.
-        super::pool::recycle_buffer(std::mem::take(&mut self.bytes));
+        crate::pool::recycle_buffer(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -409,7 +409,7 @@ impl Batch {
         Self {
             // Room for a pong and a close frame too (control frames: a
             // 2-byte header and at most 125 bytes).
-            bytes: super::pool::buffer(bytes + 2 * 127),
+            bytes: crate::pool::buffer(bytes + 2 * 127),
             shared: Vec::with_capacity(shared),
             shared_len: 0,
             written: 0,

@@ -13,8 +13,6 @@
 
 pub mod frame;
 pub mod limit;
-pub mod outbound;
-mod pool;
 pub mod session;
 
 use std::collections::VecDeque;
@@ -32,9 +30,9 @@ use tracing::Instrument;
 use crate::App;
 use crate::broker::ConnKey;
 use crate::hub::Subscriber;
+use crate::outbound::{CloseReason, Outbound};
 use crate::protocol::{self, close, out};
 use frame::{Batch, Incoming, ReadError, Reader};
-use outbound::{CloseReason, Outbound};
 use session::Session;
 
 /// How long a close handshake may take before the socket is dropped.
@@ -429,7 +427,7 @@ async fn write_loop<W>(
                 let mut batch = batch(&queue, ping, closing);
                 // An idle connection keeps no queue buffer (the thread
                 // keeps a few spares).
-                pool::recycle_queue(queue);
+                crate::pool::recycle_queue(queue);
                 if !send(io, &mut batch, conn, seen).await || closing.is_some() {
                     return;
                 }

@@ -24,7 +24,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::poll::{Tap, TapGuard, is_message};
+use super::handshake::{admit, authenticate, check_origin};
+use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
 use crate::hub::Subscriber;
 use crate::protocol::{self, ErrorCode, out};
@@ -131,8 +132,8 @@ pub async fn sse(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
-    let slot = super::ws::admit(&app, remote)?;
-    super::ws::check_origin(&app, &headers, remote)?;
+    let slot = admit(&app, remote)?;
+    check_origin(&app, &headers, remote)?;
     let rooms: Vec<String> = query
         .get("rooms")
         .map(|r| {
@@ -173,7 +174,7 @@ pub async fn sse(
         since.extend(parse_positions(last, "Last-Event-ID")?);
     }
     let conn_id = format!("s-{}", uuid::Uuid::now_v7());
-    let caller = super::ws::authenticate(&app, &headers, &query, remote, &conn_id, None)?;
+    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None)?;
     for room in &rooms {
         if !caller.grants.allows(&caller.user, room) {
             return Err(HttpError::new(

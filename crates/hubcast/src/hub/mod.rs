@@ -25,8 +25,8 @@ use tokio::sync::OnceCell;
 use crate::broker::{
     Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery,
 };
-use crate::conn::outbound::{Outbound, Pushed};
 use crate::lock;
+use crate::outbound::{Outbound, Pushed};
 use crate::protocol::{self, out};
 use crate::small::{SmallMap, shared_key};
 

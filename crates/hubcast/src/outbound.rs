@@ -92,7 +92,7 @@ impl Outbound {
         }
         let wake = s.frames.is_empty();
         if s.frames.capacity() == 0 {
-            s.frames = super::pool::queue();
+            s.frames = crate::pool::queue();
         }
         s.frames.push_back(frame);
         s.woken |= wake;
