@@ -27,6 +27,8 @@
 //!   per-connection protocol session.
 //! - [`http`]: routes (`/ws` upgrade, `/sse`, `/api/*`, health, metrics,
 //!   static pages), origin checks, connection limits, JSON errors, TLS.
+//! - [`publish`]: the one constructor of a broker publish request, for
+//!   WebSocket frames and the HTTP API alike.
 //! - [`auth`]: tokens and what they grant.
 //! - [`metrics`], [`trace`], `otel`: Prometheus metrics, trace ids, OTLP
 //!   export (feature `otlp`).
@@ -56,6 +58,7 @@ pub mod otel;
 pub mod outbound;
 mod pool;
 pub mod protocol;
+pub mod publish;
 pub mod recent;
 pub mod server;
 mod small;

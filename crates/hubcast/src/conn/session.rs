@@ -17,9 +17,10 @@ use serde_json::value::RawValue;
 use super::Conn;
 use super::limit::{FrameLimiter, Verdict};
 use crate::App;
-use crate::broker::{BrokerError, ClientInfo, PublishRequest};
+use crate::broker::{BrokerError, ClientInfo};
 use crate::hub::Subscriber;
-use crate::protocol::{self, ClientFrame, EnvelopeParts, ErrorCode, FrameError, out};
+use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, out};
+use crate::publish::Publish;
 
 /// A connection's protocol state.
 ///
@@ -443,25 +444,17 @@ impl Session {
         msg_id: Option<&str>,
         echo: bool,
     ) -> ReplyFuture {
-        let (msg_id, idempotent) = match msg_id {
-            Some(m) => (m.to_owned(), true),
-            None => (uuid::Uuid::now_v7().to_string(), false),
-        };
-        let parts = EnvelopeParts::new(
+        let req = Publish {
             room,
-            &msg_id,
-            crate::unix_ms(),
             event,
-            &self.conn.user,
-            data.get(),
-        );
-        let req = PublishRequest {
-            room: Arc::from(room),
-            msg_id: msg_id.clone(),
-            idempotent,
-            parts,
+            data: data.get(),
+            source: &self.conn.user,
+            msg_id,
+            trace_id: None,
             skip: (!echo).then_some(self.conn.key),
-        };
+        }
+        .request();
+        let msg_id = req.msg_id.clone();
         let app = self.app.clone();
         let conn = self.conn.clone();
         let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
