@@ -64,7 +64,7 @@ pub async fn run_with_broker(
     let broker: Arc<dyn Broker> = broker::timed::Timed::new(broker);
     let limits = http::limits::ConnLimits::new(&config);
     let tasks = TaskTracker::new();
-    let hub = Hub::new(broker.clone(), config.queue_size);
+    let hub = Hub::new(broker.clone(), config.queue_size, tasks.clone());
     let grace = Duration::from_secs(config.shutdown_timeout);
     let app = Arc::new(App {
         config,

@@ -177,9 +177,10 @@ where
             None
         }
     };
-    // A shutdown reaches connections through the hub (`Hub::close_all`,
-    // which finds this one in its personal room from now on); one that
-    // began before this connection was in the hub is seen here.
+    // A shutdown reaches connections through the hub's table of them
+    // (`Hub::close_all`); one that began before this connection was in the
+    // table is seen here.
+    app.hub.register(conn.clone());
     if app.shutdown.is_cancelled() {
         conn.out.close(close::GOING_AWAY, "server shutting down");
     }
@@ -257,6 +258,7 @@ where
     if let Some(session) = session {
         Box::pin(session.close().instrument(conn.span())).await;
     }
+    app.hub.unregister(&*conn);
     let closed = conn.out.closing();
     let (code, reason) = match (&end, closed) {
         (

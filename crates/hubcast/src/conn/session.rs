@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use super::Conn;
 use super::limit::{FrameLimiter, Verdict};
 use crate::App;
-use crate::broker::{BrokerError, ClientInfo};
-use crate::hub::Subscriber;
+use crate::broker::{BrokerError, ClientInfo, PresencePage, Recovery};
+use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, out};
 use crate::publish::Publish;
 
@@ -85,14 +85,18 @@ impl Session {
         let personal = protocol::personal_room(&conn.user);
         let sub: Arc<dyn Subscriber> = conn.clone();
         app.broker.connect(&info).await?;
-        let start = app.hub.begin_join(&sub, &personal, false);
-        match app.hub.recover(&start, &personal, None).await {
-            Ok(rec) => app.hub.finish_join(&sub, &personal, None, &rec, None),
-            Err(e) => {
-                app.hub.abort_join(&sub, &personal, &start).await;
-                let _ = app.broker.disconnect(&info).await;
-                return Err(e);
-            }
+        let join = Join {
+            room: &personal,
+            explicit: false,
+            since: None,
+        };
+        let joined = app
+            .hub
+            .join(&sub, join, std::future::ready(Ok(())), |_, ()| None)
+            .await;
+        if let Err(e) = joined {
+            let _ = app.broker.disconnect(&info).await;
+            return Err(e);
         }
         let limiter =
             FrameLimiter::new(app.config.rate_limit_per_conn, app.config.rate_limit_burst);
@@ -353,44 +357,37 @@ impl Session {
                 ),
             ));
         }
-        let hub = &self.app.hub;
-        let sub: Arc<dyn Subscriber> = self.conn.clone();
-        let start = hub.begin_join(&sub, room, true);
-        let prepared = async {
-            let rec = hub.recover(&start, room, since).await?;
+        let (app, conn) = (&self.app, &self.conn);
+        let sub: Arc<dyn Subscriber> = conn.clone();
+        let prepare = async {
             if !personal && !already {
-                self.app
-                    .broker
-                    .presence_join(room, &client_info(&self.conn))
-                    .await?;
+                app.broker.presence_join(room, &client_info(conn)).await?;
             }
-            let page = self.app.presence_page(room).await?;
-            Ok::<_, BrokerError>((rec, page))
-        }
-        .await;
-        let (rec, page) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                hub.abort_join(&sub, room, &start).await;
-                return Err(e.into());
-            }
+            app.presence_page(room).await
         };
-        let reply = protocol::encode(&out::Joined {
-            ty: "joined",
-            id,
+        let reply = |rec: &Recovery, page: PresencePage| {
+            Some(protocol::encode(&out::Joined {
+                ty: "joined",
+                id,
+                room,
+                offset: rec.top,
+                epoch: &rec.epoch,
+                recovered: since.map(|_| rec.recovered),
+                members: &page.members,
+                total: page.total,
+            }))
+        };
+        let join = Join {
             room,
-            offset: rec.top,
-            epoch: &rec.epoch,
-            recovered: since.map(|_| rec.recovered),
-            members: &page.members,
-            total: page.total,
-        });
-        hub.finish_join(&sub, room, since.map(|(s, _)| s), &rec, Some(reply));
+            explicit: true,
+            since,
+        };
+        let joined = app.hub.join(&sub, join, prepare, reply).await?;
         if !already {
             // Exact: most connections join one room or two, and a first
             // push would make room for four.
             self.rooms.reserve_exact(1);
-            self.rooms.push(start.room);
+            self.rooms.push(joined.room);
         }
         Ok(())
     }

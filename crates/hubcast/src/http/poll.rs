@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use super::error::HttpError;
 use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
-use crate::hub::Subscriber;
+use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode};
 
 /// Longest `timeout` a poll may ask for, seconds (PROTOCOL.md section 5).
@@ -84,22 +84,18 @@ pub async fn poll(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, HttpError> {
     let q = parse_query(&q)?;
-    let room: Arc<str> = Arc::from(q.room.as_str());
     let tap = Tap::new(&app);
     let sub: Arc<dyn Subscriber> = tap.clone();
-    let start = app.hub.begin_join(&sub, &room, false);
-    let rec = match app
-        .hub
-        .recover(&start, &room, q.since.map(|s| (s, None)))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            app.hub.abort_join(&sub, &room, &start).await;
-            return Err(e.into());
-        }
+    let join = Join {
+        room: &q.room,
+        explicit: false,
+        since: q.since.map(|s| (s, None)),
     };
-    app.hub.finish_join(&sub, &room, q.since, &rec, None);
+    let joined = app
+        .hub
+        .join(&sub, join, std::future::ready(Ok(())), |_, ()| None)
+        .await?;
+    let (room, rec) = (joined.room, joined.recovery);
     let _counted = crate::metrics::OpenConnection::new(crate::metrics::Transport::Poll, &app.open);
     let _guard = TapGuard {
         app: app.clone(),

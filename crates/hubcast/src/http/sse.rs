@@ -27,7 +27,8 @@ use super::error::HttpError;
 use super::handshake::{admit, authenticate, check_origin};
 use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
-use crate::hub::Subscriber;
+use crate::broker::Recovery;
+use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
 
 /// The parts of an envelope that make its event id.
@@ -193,27 +194,29 @@ pub async fn sse(
     };
     for room in &rooms {
         let from = since.get(room).copied();
-        let start = app.hub.begin_join(&sub, room, true);
-        let rec = match app.hub.recover(&start, room, from.map(|s| (s, None))).await {
-            Ok(r) => r,
-            Err(e) => {
-                app.hub.abort_join(&sub, room, &start).await;
-                // `guard` leaves the rooms joined so far.
-                return Err(e.into());
-            }
-        };
-        let joined = protocol::encode(&out::Joined {
-            ty: "joined",
-            id: None,
+        let join = Join {
             room,
-            offset: rec.top,
-            epoch: &rec.epoch,
-            recovered: from.map(|_| rec.recovered),
-            members: &[],
-            total: 0,
-        });
-        app.hub.finish_join(&sub, room, from, &rec, Some(joined));
-        guard.rooms.push(Arc::from(room.as_str()));
+            explicit: true,
+            since: from.map(|s| (s, None)),
+        };
+        let reply = |rec: &Recovery, ()| {
+            Some(protocol::encode(&out::Joined {
+                ty: "joined",
+                id: None,
+                room,
+                offset: rec.top,
+                epoch: &rec.epoch,
+                recovered: from.map(|_| rec.recovered),
+                members: &[],
+                total: 0,
+            }))
+        };
+        // On an error, `guard` leaves the rooms joined so far.
+        let joined = app
+            .hub
+            .join(&sub, join, std::future::ready(Ok(())), reply)
+            .await?;
+        guard.rooms.push(joined.room);
     }
     tracing::info!(conn = %conn_id, user = %caller.user, rooms = rooms.len(), "sse stream opened");
 
