@@ -134,7 +134,7 @@ pub async fn poll(
     let deadline = tokio::time::Instant::now() + q.timeout;
     let mut queue = VecDeque::new();
     loop {
-        let closing = tap.outbound().take(&mut queue);
+        let closing = tap.outbound().take(&mut queue).close;
         queue.retain(|f| is_message(f));
         if !queue.is_empty() || closing.is_some() {
             // A queue overflow (`closing`) keeps what was taken: the client

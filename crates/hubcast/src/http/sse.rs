@@ -98,7 +98,7 @@ impl Stream {
     /// `None` ends the stream (shutdown, token expiry, slow consumer).
     async fn next(&mut self) -> Option<Bytes> {
         loop {
-            let closing = self.tap.outbound().take(&mut self.queue);
+            let closing = self.tap.outbound().take(&mut self.queue).close;
             if !self.queue.is_empty() {
                 let mut chunk = BytesMut::new();
                 for f in self.queue.drain(..) {

@@ -141,9 +141,9 @@ pub async fn upgrade(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
-    // No span for the connection's life (it would cost every connection
-    // about 0.7 KiB in the log registry); `Conn::span` is entered while the
-    // connection does something.
+    // No span for the connection's life (it would hold memory in the log
+    // registry for every idle connection); `Conn::span` is entered while
+    // the connection does something.
     app.tasks.spawn(async move {
         // Holds the connection's place in the limits until it ends.
         let _slot = slot;

@@ -3,24 +3,27 @@
 //! time, in arrival order; every reply goes through the connection's
 //! outbound queue so it is ordered with the messages around it.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+//!
+//! - `rooms`: `join` and `leave`, and which rooms a token allows.
+//! - `publish`: `publish` and `send`, whose broker calls run together while
+//!   their replies leave in order.
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
+mod publish;
+mod rooms;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
 use serde_json::value::RawValue;
 
 use super::Conn;
 use super::limit::{FrameLimiter, Verdict};
 use crate::App;
-use crate::broker::{BrokerError, ClientInfo, PresencePage, Recovery};
+use crate::broker::{BrokerError, ClientInfo};
 use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, out};
-use crate::publish::Publish;
+use publish::ReplyFuture;
 
 /// A connection's protocol state.
 ///
@@ -43,12 +46,6 @@ pub struct Session {
     /// `None` when there are none (never empty when `Some`).
     pending: Option<Box<FuturesOrdered<ReplyFuture>>>,
 }
-
-/// A reply still being computed.
-type ReplyFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
-
-/// Publishes one connection may have under way at once.
-const MAX_PIPELINE: usize = 64;
 
 /// A failed request: the `error` frame to send.
 struct Reject {
@@ -210,62 +207,6 @@ impl Session {
         }
     }
 
-    /// Queues a reply behind the replies still being computed.
-    fn reply_in_order(&mut self, frame: Bytes) {
-        match &mut self.pending {
-            None => self.push(frame),
-            Some(p) => p.push_back(Box::pin(std::future::ready(frame))),
-        }
-    }
-
-    /// Starts a reply future: polled once at once (which sends a remote
-    /// engine its command; the memory engine simply finishes), then kept in
-    /// order with the others.
-    async fn start(&mut self, mut reply: ReplyFuture) {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.len() >= MAX_PIPELINE)
-        {
-            self.next_reply().await;
-        }
-        let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
-        match first {
-            Poll::Ready(frame) => self.reply_in_order(frame),
-            // Finished later, outside the frame's span: it keeps the
-            // connection's span for its log lines.
-            Poll::Pending => self.pending.get_or_insert_default().push_back(Box::pin(
-                tracing::Instrument::instrument(reply, tracing::Span::current()),
-            )),
-        }
-    }
-
-    /// Whether replies are still being computed.
-    pub fn has_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    /// Waits for the oldest reply under way and queues it.
-    pub async fn next_reply(&mut self) {
-        let Some(pending) = self.pending.as_mut() else {
-            return;
-        };
-        let frame = pending.next().await;
-        if pending.is_empty() {
-            self.pending = None;
-        }
-        if let Some(frame) = frame {
-            self.push(frame);
-        }
-    }
-
-    /// Waits for every reply under way.
-    async fn drain(&mut self) {
-        while self.has_pending() {
-            self.next_reply().await;
-        }
-    }
-
     async fn dispatch(
         &mut self,
         id: Option<&RawValue>,
@@ -320,166 +261,6 @@ impl Session {
                 Ok(())
             }
         }
-    }
-
-    /// Whether the token (or anonymity) allows this room: personal rooms are
-    /// their owner's (and admins'), others follow the `rooms` claim.
-    fn check_room(&self, room: &str, what: &str) -> Result<(), Reject> {
-        if self.conn.grants.allows(&self.conn.user, room) {
-            return Ok(());
-        }
-        let why = if protocol::is_personal(room) {
-            "personal rooms belong to their user"
-        } else {
-            "not in this token's rooms"
-        };
-        Err(Reject::new(
-            ErrorCode::Forbidden,
-            format!("cannot {what} {room}: {why}"),
-        ))
-    }
-
-    async fn join(
-        &mut self,
-        id: Option<&RawValue>,
-        room: &str,
-        since: Option<(u64, Option<&str>)>,
-    ) -> Result<(), Reject> {
-        self.check_room(room, "join")?;
-        let personal = protocol::is_personal(room);
-        let already = self.joined(room);
-        if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {
-            return Err(Reject::new(
-                ErrorCode::TooManyRooms,
-                format!(
-                    "a connection may join at most {} rooms",
-                    self.app.config.max_rooms_per_conn
-                ),
-            ));
-        }
-        let (app, conn) = (&self.app, &self.conn);
-        let sub: Arc<dyn Subscriber> = conn.clone();
-        let prepare = async {
-            if !personal && !already {
-                app.broker.presence_join(room, &client_info(conn)).await?;
-            }
-            app.presence_page(room).await
-        };
-        let reply = |rec: &Recovery, page: PresencePage| {
-            Some(protocol::encode(&out::Joined {
-                ty: "joined",
-                id,
-                room,
-                offset: rec.top,
-                epoch: &rec.epoch,
-                recovered: since.map(|_| rec.recovered),
-                members: &page.members,
-                total: page.total,
-            }))
-        };
-        let join = Join {
-            room,
-            explicit: true,
-            since,
-        };
-        let joined = app.hub.join(&sub, join, prepare, reply).await?;
-        if !already {
-            // Exact: most connections join one room or two, and a first
-            // push would make room for four.
-            self.rooms.reserve_exact(1);
-            self.rooms.push(joined.room);
-        }
-        Ok(())
-    }
-
-    /// Where `room` is in the list of rooms joined with `join`.
-    fn position(&self, room: &str) -> Option<usize> {
-        self.rooms.iter().position(|r| **r == *room)
-    }
-
-    /// Whether `room` was joined with `join`.
-    fn joined(&self, room: &str) -> bool {
-        self.position(room).is_some()
-    }
-
-    /// Explicitly joined rooms, the personal room not counted.
-    fn joined_count(&self) -> usize {
-        let personal = protocol::personal_room(&self.conn.user);
-        self.rooms.len() - usize::from(self.joined(&personal))
-    }
-
-    async fn leave(&mut self, id: Option<&RawValue>, room: &str) -> Result<(), Reject> {
-        let Some(i) = self.position(room) else {
-            return Err(Reject::new(
-                ErrorCode::NotJoined,
-                format!("not joined to {room}"),
-            ));
-        };
-        self.rooms.swap_remove(i);
-        self.app.hub.leave(&*self.conn, room, true).await;
-        self.push(protocol::encode(&out::Left {
-            ty: "left",
-            id,
-            room,
-        }));
-        if !protocol::is_personal(room) {
-            self.app
-                .broker
-                .presence_leave(room, &client_info(&self.conn))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// The reply future of a `publish` (or `send`, into `@user`).
-    fn publish(
-        &self,
-        id: Option<&RawValue>,
-        room: &str,
-        event: &str,
-        data: &RawValue,
-        msg_id: Option<&str>,
-        echo: bool,
-    ) -> ReplyFuture {
-        let req = Publish {
-            room,
-            event,
-            data: data.get(),
-            source: &self.conn.user,
-            msg_id,
-            trace_id: None,
-            skip: (!echo).then_some(self.conn.key),
-        }
-        .request();
-        let msg_id = req.msg_id.clone();
-        let app = self.app.clone();
-        let conn = self.conn.clone();
-        let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
-        Box::pin(async move {
-            let id = id.as_deref();
-            let room = req.room.clone();
-            match app.broker.publish(req).await {
-                Ok(result) => {
-                    if !result.duplicate {
-                        app.count_published(crate::metrics::Entry::Ws);
-                    }
-                    protocol::encode(&out::Ack {
-                        ty: "ack",
-                        id,
-                        msg_id: &msg_id,
-                        room: &room,
-                        offset: result.offset,
-                        epoch: &result.epoch,
-                        duplicate: result.duplicate,
-                    })
-                }
-                Err(e) => {
-                    let r = Reject::from(e);
-                    record_error(&app.recent, &conn, r.code, &r.message);
-                    rejected(id, r.code, &r.message)
-                }
-            }
-        })
     }
 
     /// Leaves every room (reporting presence), drops the personal-room
