@@ -7,28 +7,33 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: wiring: builds the [`App`], serves until the shutdown token
-//!   fires, closes every connection and waits for them ([`run`],
-//!   [`run_with_broker`], [`connect_broker`]).
-//! - [`app`]: [`App`], the state every handler and connection shares.
+//! - [`server`]: wiring: builds the [`App`], serves HTTP (plain or TLS)
+//!   until the shutdown token fires, closes every connection and waits for
+//!   their tasks ([`run`], [`run_with_broker`], [`connect_broker`]).
+//! - [`app`]: [`App`], the state every handler and connection task shares
+//!   (config, hub, broker, limits, counters, rate samples).
 //! - [`config`]: every setting, its default, validation naming the key.
 //! - [`protocol`]: frame types, parsing with per-field errors, error and
 //!   close codes, the encode-once message envelope.
+//! - [`publish`]: the one constructor of a broker publish request, for
+//!   WebSocket frames and the HTTP API alike.
 //! - [`broker`]: the [`broker::Broker`] trait (offsets, history, recovery,
 //!   idempotency, presence) and its engines (memory, Redis).
 //! - [`hub`]: node-local room membership and fan-out of broker deliveries
-//!   into connection queues; the join protocol that makes recovery gap- and
-//!   duplicate-free.
-//! - [`outbound`]: a connection's bounded outbound queue, which the hub
-//!   fills and a WebSocket writer, an SSE stream or a long poll drains;
-//!   `pool` keeps per-thread spares of its buffers.
-//! - [`conn`]: one WebSocket connection: the reader/writer loops
-//!   (heartbeats, batching, close codes), RFC 6455 framing, and the
-//!   per-connection protocol session.
-//! - [`http`]: routes (`/ws` upgrade, `/sse`, `/api/*`, health, metrics,
-//!   static pages), origin checks, connection limits, JSON errors, TLS.
-//! - [`publish`]: the one constructor of a broker publish request, for
-//!   WebSocket frames and the HTTP API alike.
+//!   into connection queues; [`hub::Hub::join`], the one gap- and
+//!   duplicate-free way into a room; the table of open connections that a
+//!   shutdown walks.
+//! - [`outbound`]: a connection's bounded outbound queue (frames, the pong
+//!   due, the close decision), which the hub fills and a WebSocket writer,
+//!   an SSE stream or a long poll drains; `pool` keeps per-thread spares of
+//!   the queue and batch buffers.
+//! - [`conn`]: one WebSocket connection after the upgrade: `reader` and
+//!   `writer` (heartbeats, batching, close codes), [`conn::frame`] (RFC 6455
+//!   framing), [`conn::session`] (what each client frame does) and
+//!   [`conn::limit`] (the frame rate limit).
+//! - [`http`]: routes (`/ws` upgrade, `/sse`, `/api/*` with long polling,
+//!   health, metrics, static pages), the handshake checks WebSocket and SSE
+//!   share, origin checks, connection limits, JSON errors, TLS.
 //! - [`auth`]: tokens and what they grant.
 //! - [`metrics`], [`trace`], `otel`: Prometheus metrics, trace ids, OTLP
 //!   export (feature `otlp`).
@@ -37,7 +42,8 @@
 //! - `small`, `lock`, `clock`: inline-first collections, the poison-recovering
 //!   mutex lock, Unix milliseconds.
 //!
-//! A message's life: `conn::session` parses a `publish`, the broker assigns
+//! A message's life: `conn::session` parses a `publish`, [`publish`] makes
+//! the broker request, the broker assigns
 //! the offset and encodes the envelope once, the hub pushes the same bytes
 //! into every local subscriber's queue, and each connection's writer sends
 //! its whole queue in one batch.

@@ -12,10 +12,13 @@ use crate::lock;
 
 const SHARDS: usize = 64;
 
+/// One shard of open connections.
+type Shard = Mutex<HashSet<Arc<dyn Subscriber>>>;
+
 /// Open connections by key, each shard behind a `std` mutex that is never
 /// held across an `.await`.
 pub(super) struct Connections {
-    shards: Box<[Mutex<HashSet<Arc<dyn Subscriber>>>]>,
+    shards: Box<[Shard]>,
 }
 
 // A subscriber is identified by its key: the set holds one pointer per
@@ -41,7 +44,7 @@ impl Connections {
         }
     }
 
-    fn shard(&self, key: ConnKey) -> &Mutex<HashSet<Arc<dyn Subscriber>>> {
+    fn shard(&self, key: ConnKey) -> &Shard {
         &self.shards[key as usize % SHARDS]
     }
 
