@@ -313,3 +313,131 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::broker::ConnKey;
+    use crate::broker::memory::MemoryBroker;
+    use crate::outbound::Outbound;
+
+    struct Member {
+        key: ConnKey,
+        out: Outbound,
+    }
+
+    impl Subscriber for Member {
+        fn key(&self) -> ConnKey {
+            self.key
+        }
+        fn outbound(&self) -> &Outbound {
+            &self.out
+        }
+    }
+
+    fn member(key: ConnKey) -> Arc<dyn Subscriber> {
+        Arc::new(Member {
+            key,
+            out: Outbound::new(16),
+        })
+    }
+
+    fn hub() -> Arc<Hub> {
+        let broker = MemoryBroker::new(100, Duration::from_secs(60));
+        Hub::new(broker, 16, TaskTracker::new())
+    }
+
+    fn at(room: &str) -> Join<'_> {
+        Join {
+            room,
+            explicit: true,
+            since: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_join_queues_its_reply_and_goes_live() {
+        let hub = hub();
+        let m = member(1);
+        let joined = hub
+            .join(&m, at("r"), std::future::ready(Ok(())), |_, ()| {
+                Some(Bytes::from_static(b"joined"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(&*joined.room, "r");
+        assert_eq!(hub.local_members("r"), 1);
+        assert_eq!(m.outbound().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_join_is_undone_and_queues_nothing() {
+        let hub = hub();
+        let m = member(1);
+        let failed = hub
+            .join(
+                &m,
+                at("r"),
+                std::future::ready(Err::<(), _>(BrokerError::Unavailable("down".into()))),
+                |_, ()| Some(Bytes::from_static(b"joined")),
+            )
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(hub.local_members("r"), 0);
+        assert_eq!(hub.rooms(), 0);
+        assert!(m.outbound().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_join_dropped_half_way_is_undone() {
+        let hub = hub();
+        let m = member(1);
+        let stuck = hub.join(
+            &m,
+            at("r"),
+            std::future::pending::<Result<(), BrokerError>>(),
+            |_, ()| None,
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), stuck)
+                .await
+                .is_err()
+        );
+        assert_eq!(hub.local_members("r"), 0, "no subscription left buffering");
+        assert_eq!(hub.rooms(), 0);
+        // An existing subscription goes back to live instead.
+        hub.join(&m, at("r"), std::future::ready(Ok(())), |_, ()| None)
+            .await
+            .unwrap();
+        let again = hub.join(
+            &m,
+            at("r"),
+            std::future::pending::<Result<(), BrokerError>>(),
+            |_, ()| None,
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), again)
+                .await
+                .is_err()
+        );
+        assert_eq!(hub.local_members("r"), 1);
+        let message = crate::publish::Publish {
+            room: "r",
+            event: "e",
+            data: "1",
+            source: "u",
+            msg_id: None,
+            trace_id: None,
+            skip: None,
+        };
+        hub.broker().publish(message.request()).await.unwrap();
+        assert_eq!(m.outbound().len(), 1, "delivered live again");
+        hub.tasks.close();
+        hub.tasks.wait().await;
+    }
+}
