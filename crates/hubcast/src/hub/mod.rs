@@ -281,9 +281,8 @@ impl Hub {
 }
 
 /// Delivers one publication to a live subscription, keeping its delivered
-/// range and skipping what it already had.
-/// Queues a publication to a live subscriber; returns (delivered,
-/// overflowed) for the metrics.
+/// range and skipping what it already had; returns (delivered, overflowed)
+/// for the metrics.
 fn deliver(key: ConnKey, sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
     // Hot path (once per delivery): the epochs are usually the same `Arc`,
     // and the connection's key is the map's, not behind the trait object.
