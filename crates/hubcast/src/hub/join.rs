@@ -96,9 +96,9 @@ impl Drop for Joining<'_> {
         let room = self.start.room.clone();
         if self.hub.undo_join(self.conn, &room, self.start.existed) {
             // A drop cannot wait: the hub's tracker owns the unsubscribe.
-            let hub_broker = self.hub.broker.clone();
+            let broker = self.hub.broker.clone();
             self.hub.tasks.spawn(async move {
-                if let Err(e) = hub_broker.unsubscribe(&room).await {
+                if let Err(e) = broker.unsubscribe(&room).await {
                     tracing::warn!(room = %room, error = %e, "broker unsubscribe failed");
                 }
             });
@@ -112,8 +112,9 @@ impl Hub {
     /// reads the room's position and what was missed since `join.since`,
     /// runs `prepare` (presence, say), then queues `reply(recovery,
     /// prepared)`, the missed messages and the buffered ones, and goes
-    /// live. On an error (or when the returned future is dropped) the
-    /// subscription is undone and nothing is queued.
+    /// live. On an error (or when the returned future is dropped) no reply
+    /// is queued and the subscription is undone: a new one is removed, an
+    /// existing one goes back to live with what it buffered.
     pub async fn join<T>(
         &self,
         conn: &Arc<dyn Subscriber>,
