@@ -38,7 +38,7 @@
 //! - [`metrics`], [`trace`], `otel`: Prometheus metrics, trace ids, OTLP
 //!   export (feature `otlp`).
 //! - [`recent`]: recent errors and notable closes, for the dashboard.
-//! - [`bench`]: `hubcast bench`, the load tool (scenarios over real sockets).
+//! - [`bench`](mod@bench): `hubcast bench`, the load tool (scenarios over real sockets).
 //! - `small`, `lock`, `clock`: inline-first collections, the poison-recovering
 //!   mutex lock, Unix milliseconds.
 //!

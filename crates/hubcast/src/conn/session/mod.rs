@@ -154,7 +154,7 @@ impl Session {
     /// Handles one text frame.
     ///
     /// `publish` and `send` start their broker call and return at once (up to
-    /// [`MAX_PIPELINE`] under way); any other frame first waits for those,
+    /// `MAX_PIPELINE` under way); any other frame first waits for those,
     /// so every reply leaves in the order the frames came.
     pub async fn on_text(&mut self, text: &[u8]) {
         let (id, frame) = match protocol::parse_client_frame(text) {
