@@ -18,8 +18,9 @@ use subtle::ConstantTimeEq;
 
 use super::error::HttpError;
 use crate::App;
-use crate::broker::{BrokerError, PublishRequest};
-use crate::protocol::{self, ApiPublish, EnvelopeParts, ErrorCode, Member};
+use crate::broker::BrokerError;
+use crate::protocol::{self, ApiPublish, ErrorCode, Member};
+use crate::publish::Publish;
 use crate::trace::RequestTrace;
 
 /// Whether `presented` is one of `keys`, comparing in constant time (every
@@ -178,34 +179,21 @@ async fn do_publish(
     req: ApiPublish<'_>,
     trace: Option<RequestTrace>,
 ) -> Result<Response, HttpError> {
-    let (msg_id, idempotent) = match &req.msg_id {
-        Some(m) => (m.to_string(), true),
-        None => (uuid::Uuid::now_v7().to_string(), false),
-    };
-    let parts = EnvelopeParts::new(
-        &req.room,
-        &msg_id,
-        crate::unix_ms(),
-        &req.event,
-        req.source.as_deref().unwrap_or("api"),
-        req.data.get(),
-    )
-    .with_trace_id(
-        trace
+    let request = Publish {
+        room: &req.room,
+        event: &req.event,
+        data: req.data.get(),
+        source: req.source.as_deref().unwrap_or("api"),
+        msg_id: req.msg_id.as_deref(),
+        trace_id: trace
             .as_ref()
             .filter(|t| t.propagated)
             .map(|t| t.id.as_str()),
-    );
-    let result = app
-        .broker
-        .publish(PublishRequest {
-            room: Arc::from(&*req.room),
-            msg_id: msg_id.clone(),
-            idempotent,
-            parts,
-            skip: None,
-        })
-        .await?;
+        skip: None,
+    }
+    .request();
+    let msg_id = request.msg_id.clone();
+    let result = app.broker.publish(request).await?;
     tracing::debug!(
         room = %req.room,
         msg_id = %msg_id,

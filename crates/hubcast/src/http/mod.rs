@@ -4,10 +4,12 @@
 
 pub mod api;
 pub mod error;
+pub mod handshake;
 pub mod limits;
 pub mod origin;
 pub mod poll;
 pub mod sse;
+pub mod tap;
 pub mod tls;
 pub mod web;
 pub mod ws;

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
@@ -19,72 +18,15 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::error::HttpError;
+use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
-use crate::broker::ConnKey;
-use crate::conn::outbound::Outbound;
-use crate::hub::Subscriber;
+use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode};
 
 /// Longest `timeout` a poll may ask for, seconds (PROTOCOL.md section 5).
 pub const MAX_TIMEOUT: u64 = 30;
 /// `timeout` when none is given.
 pub const DEFAULT_TIMEOUT: u64 = 25;
-
-/// A hub member that is not a WebSocket: its queue is read by an HTTP
-/// handler (long polls, Server-Sent Events).
-pub struct Tap {
-    key: ConnKey,
-    out: Outbound,
-}
-
-impl Tap {
-    /// A new member with its own node-local key.
-    pub fn new(app: &App) -> Arc<Tap> {
-        Arc::new(Tap {
-            key: app.next_conn.fetch_add(1, Ordering::Relaxed),
-            out: Outbound::new(app.config.queue_size),
-        })
-    }
-}
-
-impl Subscriber for Tap {
-    fn key(&self) -> ConnKey {
-        self.key
-    }
-    fn outbound(&self) -> &Outbound {
-        &self.out
-    }
-}
-
-/// Leaves the tap's rooms when dropped (the handler finished, or the client
-/// went away and its future was dropped).
-pub struct TapGuard {
-    pub app: Arc<App>,
-    pub tap: Arc<Tap>,
-    pub rooms: Vec<Arc<str>>,
-}
-
-impl Drop for TapGuard {
-    fn drop(&mut self) {
-        let app = self.app.clone();
-        let tap = self.tap.clone();
-        let rooms = std::mem::take(&mut self.rooms);
-        if rooms.is_empty() {
-            return;
-        }
-        self.app.tasks.spawn(async move {
-            for room in rooms {
-                app.hub.leave(&*tap, &room, false).await;
-            }
-        });
-    }
-}
-
-/// Whether a queued frame is a message envelope (the hub also queues
-/// presence events for members).
-pub fn is_message(frame: &[u8]) -> bool {
-    frame.starts_with(br#"{"type":"message""#)
-}
 
 #[derive(Serialize)]
 struct PollReply<'a> {
@@ -142,22 +84,18 @@ pub async fn poll(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, HttpError> {
     let q = parse_query(&q)?;
-    let room: Arc<str> = Arc::from(q.room.as_str());
     let tap = Tap::new(&app);
     let sub: Arc<dyn Subscriber> = tap.clone();
-    let start = app.hub.begin_join(&sub, &room, false);
-    let rec = match app
-        .hub
-        .recover(&start, &room, q.since.map(|s| (s, None)))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            app.hub.abort_join(&sub, &room, &start).await;
-            return Err(e.into());
-        }
+    let join = Join {
+        room: &q.room,
+        explicit: false,
+        since: q.since.map(|s| (s, None)),
     };
-    app.hub.finish_join(&sub, &room, q.since, &rec, None);
+    let joined = app
+        .hub
+        .join(&sub, join, std::future::ready(Ok(())), |_, ()| None)
+        .await?;
+    let (room, rec) = (joined.room, joined.recovery);
     let _counted = crate::metrics::OpenConnection::new(crate::metrics::Transport::Poll, &app.open);
     let _guard = TapGuard {
         app: app.clone(),
@@ -196,7 +134,7 @@ pub async fn poll(
     let deadline = tokio::time::Instant::now() + q.timeout;
     let mut queue = VecDeque::new();
     loop {
-        let closing = tap.out.take(&mut queue);
+        let closing = tap.outbound().take(&mut queue).close;
         queue.retain(|f| is_message(f));
         if !queue.is_empty() || closing.is_some() {
             // A queue overflow (`closing`) keeps what was taken: the client
@@ -205,7 +143,7 @@ pub async fn poll(
             return Ok(reply(&frames, &epoch));
         }
         tokio::select! {
-            _ = tap.out.notified() => {}
+            _ = tap.outbound().notified() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(reply(&[], &epoch)),
             _ = app.shutdown.cancelled() => return Ok(reply(&[], &epoch)),
         }
@@ -233,11 +171,5 @@ mod tests {
         assert!(parse_query(&q(&[("room", "a"), ("limit", "0")])).is_err());
         let p = parse_query(&q(&[("room", "a"), ("since", "4"), ("timeout", "0")])).unwrap();
         assert_eq!((p.since, p.timeout), (Some(4), Duration::ZERO));
-    }
-
-    #[test]
-    fn message_frames() {
-        assert!(is_message(br#"{"type":"message","room":"r"}"#));
-        assert!(!is_message(br#"{"type":"presence","room":"r"}"#));
     }
 }

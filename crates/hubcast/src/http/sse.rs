@@ -24,9 +24,11 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::poll::{Tap, TapGuard, is_message};
+use super::handshake::{admit, authenticate, check_origin};
+use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
-use crate::hub::Subscriber;
+use crate::broker::Recovery;
+use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
 
 /// The parts of an envelope that make its event id.
@@ -96,7 +98,7 @@ impl Stream {
     /// `None` ends the stream (shutdown, token expiry, slow consumer).
     async fn next(&mut self) -> Option<Bytes> {
         loop {
-            let closing = self.tap.outbound().take(&mut self.queue);
+            let closing = self.tap.outbound().take(&mut self.queue).close;
             if !self.queue.is_empty() {
                 let mut chunk = BytesMut::new();
                 for f in self.queue.drain(..) {
@@ -131,8 +133,8 @@ pub async fn sse(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
-    let slot = super::ws::admit(&app, remote)?;
-    super::ws::check_origin(&app, &headers, remote)?;
+    let slot = admit(&app, remote)?;
+    check_origin(&app, &headers, remote)?;
     let rooms: Vec<String> = query
         .get("rooms")
         .map(|r| {
@@ -173,7 +175,7 @@ pub async fn sse(
         since.extend(parse_positions(last, "Last-Event-ID")?);
     }
     let conn_id = format!("s-{}", uuid::Uuid::now_v7());
-    let caller = super::ws::authenticate(&app, &headers, &query, remote, &conn_id, None)?;
+    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None)?;
     for room in &rooms {
         if !caller.grants.allows(&caller.user, room) {
             return Err(HttpError::new(
@@ -192,27 +194,29 @@ pub async fn sse(
     };
     for room in &rooms {
         let from = since.get(room).copied();
-        let start = app.hub.begin_join(&sub, room, true);
-        let rec = match app.hub.recover(&start, room, from.map(|s| (s, None))).await {
-            Ok(r) => r,
-            Err(e) => {
-                app.hub.abort_join(&sub, room, &start).await;
-                // `guard` leaves the rooms joined so far.
-                return Err(e.into());
-            }
-        };
-        let joined = protocol::encode(&out::Joined {
-            ty: "joined",
-            id: None,
+        let join = Join {
             room,
-            offset: rec.top,
-            epoch: &rec.epoch,
-            recovered: from.map(|_| rec.recovered),
-            members: &[],
-            total: 0,
-        });
-        app.hub.finish_join(&sub, room, from, &rec, Some(joined));
-        guard.rooms.push(Arc::from(room.as_str()));
+            explicit: true,
+            since: from.map(|s| (s, None)),
+        };
+        let reply = |rec: &Recovery, ()| {
+            Some(protocol::encode(&out::Joined {
+                ty: "joined",
+                id: None,
+                room,
+                offset: rec.top,
+                epoch: &rec.epoch,
+                recovered: from.map(|_| rec.recovered),
+                members: &[],
+                total: 0,
+            }))
+        };
+        // On an error, `guard` leaves the rooms joined so far.
+        let joined = app
+            .hub
+            .join(&sub, join, std::future::ready(Ok(())), reply)
+            .await?;
+        guard.rooms.push(joined.room);
     }
     tracing::info!(conn = %conn_id, user = %caller.user, rooms = rooms.len(), "sse stream opened");
 

@@ -17,11 +17,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper_util::rt::TokioIo;
 
 use super::error::HttpError;
-use super::origin;
+use super::handshake::{admit, authenticate, check_origin};
 use crate::App;
 use crate::conn::frame::Reader;
-use crate::conn::outbound::Outbound;
 use crate::conn::{self, Conn};
+use crate::outbound::Outbound;
 use crate::protocol::{self, ErrorCode};
 
 /// RFC 6455 key suffix for `Sec-WebSocket-Accept`.
@@ -141,9 +141,9 @@ pub async fn upgrade(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
-    // No span for the connection's life (it would cost every connection
-    // about 0.7 KiB in the log registry); `Conn::span` is entered while the
-    // connection does something.
+    // No span for the connection's life (it would hold memory in the log
+    // registry for every idle connection); `Conn::span` is entered while
+    // the connection does something.
     app.tasks.spawn(async move {
         // Holds the connection's place in the limits until it ends.
         let _slot = slot;
@@ -181,106 +181,6 @@ pub async fn upgrade(
         );
     }
     Ok(resp)
-}
-
-/// The first check of every long-lived connection (WebSocket, SSE): not
-/// shutting down (503), then the connection limits (503/429); the returned
-/// slot holds the connection's place.
-pub fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<super::limits::ConnSlot, HttpError> {
-    if app.shutdown.is_cancelled() {
-        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
-    }
-    app.limits.admit(remote.ip()).inspect_err(|e| {
-        tracing::info!(remote = %remote, reason = %e.message, "handshake refused: limit");
-    })
-}
-
-/// A browser origin outside `allowed_origins` is refused (403).
-pub fn check_origin(
-    app: &App,
-    headers: &axum::http::HeaderMap,
-    remote: SocketAddr,
-) -> Result<(), HttpError> {
-    if let Some(o) = headers.get(header::ORIGIN) {
-        let o = o.to_str().unwrap_or("null");
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !origin::allowed(o, host, &app.config.allowed_origins) {
-            tracing::info!(origin = o, remote = %remote, "handshake refused: origin not allowed");
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!("origin {o} is not allowed (see allowed_origins)"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Who is connecting, from a token or anonymously.
-pub struct Caller {
-    /// User id (`sub`, or `anon-<conn id>`).
-    pub user: String,
-    /// Display name.
-    pub display: String,
-    /// What the token allows.
-    pub grants: crate::auth::Grants,
-    /// When the token expires.
-    pub expires: Option<tokio::time::Instant>,
-    /// No token: a user id of its own for this one connection.
-    pub anonymous: bool,
-}
-
-/// Checks the credentials of a handshake (WebSocket or SSE): the
-/// `Authorization: Bearer` header first, then `?token=`; 401 when refused.
-pub fn authenticate(
-    app: &App,
-    headers: &axum::http::HeaderMap,
-    query: &HashMap<String, String>,
-    remote: SocketAddr,
-    conn_id: &str,
-    name: Option<String>,
-) -> Result<Caller, HttpError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let token = bearer.or_else(|| query.get("token").map(String::as_str));
-    let identity = app.auth.authenticate(token).map_err(|e| {
-        tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
-        HttpError::new(ErrorCode::Unauthorized, e.to_string())
-    })?;
-    Ok(match identity {
-        Some(id) => {
-            let remaining = id.exp.saturating_sub(crate::unix_ms() as u64 / 1000);
-            let display = id.name.clone().unwrap_or_else(|| id.user.clone());
-            Caller {
-                user: id.user,
-                display,
-                grants: crate::auth::Grants {
-                    admin: id.admin,
-                    rooms: id.rooms,
-                },
-                expires: Some(
-                    tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
-                ),
-                anonymous: false,
-            }
-        }
-        None => {
-            let user = format!("anon-{conn_id}");
-            let display = name.unwrap_or_else(|| user.clone());
-            Caller {
-                user,
-                display,
-                grants: crate::auth::Grants::default(),
-                expires: None,
-                anonymous: true,
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -6,14 +6,13 @@
 //! subscriber's bounded queue; it never writes to a socket, so a slow client
 //! cannot hold anyone up.
 //!
-//! Joining is where the no-gap, no-duplicate promise is kept. A joining
-//! connection is first added in *buffering* mode, so every publication from
-//! then on is kept for it; only then does the hub ask the broker for the
-//! room's position and the missed messages. It queues `joined`, the missed
-//! messages, then the buffered ones that are newer than anything already sent,
-//! and switches the subscription to live, all under the shard lock. Each
-//! subscription also remembers which offsets it delivered, so joining a room
-//! the connection is already in (its personal room, say) never repeats one.
+//! - `join`: the one way into a room, without a gap or a duplicate
+//!   ([`Hub::join`]).
+//! - `registry`: the table of open connections, which a shutdown walks
+//!   ([`Hub::close_all`]).
+
+mod join;
+mod registry;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -21,14 +20,16 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
+use tokio_util::task::TaskTracker;
 
-use crate::broker::{
-    Broker, BrokerError, BrokerHandler, ConnKey, PresenceEvent, Publication, Recovery,
-};
-use crate::conn::outbound::{Outbound, Pushed};
+use crate::broker::{Broker, BrokerHandler, ConnKey, PresenceEvent, Publication};
 use crate::lock;
+use crate::outbound::{Outbound, Pushed};
 use crate::protocol::{self, out};
-use crate::small::{SmallMap, shared_key};
+use crate::small::SmallMap;
+
+pub use join::{Join, Joined};
+use registry::Connections;
 
 const SHARDS: usize = 64;
 
@@ -56,6 +57,11 @@ pub struct Hub {
     buffer_cap: usize,
     /// Messages queued to local subscribers since start.
     delivered: std::sync::atomic::AtomicU64,
+    /// Open connections, for shutdown.
+    conns: Connections,
+    /// Owns what the hub cannot await where it starts it (the broker
+    /// unsubscribe of a join dropped half-way); shutdown waits for it.
+    tasks: TaskTracker,
 }
 
 /// The local members of one room.
@@ -109,18 +115,6 @@ enum Pending {
     Frame(Bytes),
 }
 
-/// What `Hub::begin_join` found.
-pub struct JoinStart {
-    /// The connection was already subscribed (its personal room, a repeated
-    /// join).
-    pub existed: bool,
-    /// The node must make sure it is subscribed at the broker (none: it is).
-    subscribed: Option<Arc<OnceCell<()>>>,
-    /// The room's name as the hub holds it (a connection's list of rooms
-    /// shares it rather than allocating its own).
-    pub room: Arc<str>,
-}
-
 /// What `Hub::leave` found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LeaveResult {
@@ -132,14 +126,17 @@ pub struct LeaveResult {
 
 impl Hub {
     /// A hub fanning out what `broker` delivers. `buffer_cap` bounds what is
-    /// buffered for a joining connection (the queue size is a good value).
-    pub fn new(broker: Arc<dyn Broker>, buffer_cap: usize) -> Arc<Self> {
+    /// buffered for a joining connection (the queue size is a good value);
+    /// `tasks` owns the few tasks the hub starts.
+    pub fn new(broker: Arc<dyn Broker>, buffer_cap: usize, tasks: TaskTracker) -> Arc<Self> {
         let hub = Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             broker: broker.clone(),
             buffer_cap,
             delivered: std::sync::atomic::AtomicU64::new(0),
+            conns: Connections::new(),
+            tasks,
         });
         let weak: std::sync::Weak<dyn BrokerHandler> = Arc::downgrade(&hub) as _;
         broker.set_handler(weak);
@@ -153,185 +150,6 @@ impl Hub {
 
     fn shard(&self, room: &str) -> &RoomShard {
         &self.shards[self.hasher.hash_one(room) as usize % SHARDS]
-    }
-
-    /// Step 1 of a join: adds the subscription in buffering mode (or switches
-    /// an existing one to it), so nothing published from now on is missed.
-    /// Follow with [`Hub::recover`], then [`Hub::finish_join`] or, on error,
-    /// [`Hub::abort_join`].
-    pub fn begin_join(&self, conn: &Arc<dyn Subscriber>, room: &str, explicit: bool) -> JoinStart {
-        self.buffering(conn, room, explicit)
-    }
-
-    /// Step 2 of a join: makes sure this node is subscribed at the broker,
-    /// then reads the room's position and what was missed since `since`.
-    pub async fn recover(
-        &self,
-        start: &JoinStart,
-        room: &str,
-        since: Option<(u64, Option<&str>)>,
-    ) -> Result<Recovery, BrokerError> {
-        if let Some(cell) = &start.subscribed {
-            cell.get_or_try_init(|| self.broker.subscribe(&start.room))
-                .await?;
-        }
-        self.broker.recover(room, since).await
-    }
-
-    /// Adds (or switches) the subscription to buffering mode.
-    fn buffering(&self, conn: &Arc<dyn Subscriber>, room: &str, explicit: bool) -> JoinStart {
-        let mut shard = lock(self.shard(room));
-        // The name is allocated only for a new room.
-        let name = shared_key(&shard, room);
-        let local = shard.entry(name.clone()).or_insert_with(|| {
-            Box::new(LocalRoom {
-                subs: SmallMap::default(),
-                subscribed: BrokerSub::new(),
-            })
-        });
-        let subscribed = match &local.subscribed {
-            BrokerSub::Pending(cell) => Some(cell.clone()),
-            BrokerSub::Done => None,
-        };
-        let existed = match local.subs.get_mut(&conn.key()) {
-            Some(sub) => {
-                sub.explicit |= explicit;
-                if sub.buffer.is_none() {
-                    sub.buffer = Some(Box::default());
-                }
-                true
-            }
-            None => {
-                local.subs.insert(
-                    conn.key(),
-                    Sub {
-                        conn: conn.clone(),
-                        explicit,
-                        buffer: Some(Box::default()),
-                        epoch: Arc::from(""),
-                        first: 1,
-                        last: 0,
-                    },
-                );
-                false
-            }
-        };
-        JoinStart {
-            existed,
-            subscribed,
-            room: name,
-        }
-    }
-
-    /// Step 3 of a join: queues the reply, the recovered messages not
-    /// delivered yet and the buffered ones, then switches to live delivery.
-    pub fn finish_join(
-        &self,
-        conn: &Arc<dyn Subscriber>,
-        room: &str,
-        since: Option<u64>,
-        rec: &Recovery,
-        reply: Option<Bytes>,
-    ) {
-        let mut shard = lock(self.shard(room));
-        let Some(local) = shard.get_mut(room) else {
-            return;
-        };
-        if local.subscribed.initialized() {
-            // The joiners that waited on the cell hold their own handle.
-            local.subscribed = BrokerSub::Done;
-        }
-        let Some(sub) = local.subs.get_mut(&conn.key()) else {
-            return;
-        };
-        let Some(buffer) = sub.buffer.take() else {
-            return;
-        };
-        let key = conn.key();
-        let mut frames: Vec<Bytes> = Vec::with_capacity(1 + rec.publications.len() + buffer.len());
-        frames.extend(reply);
-        // A subscription that was live in this epoch continues from what it
-        // delivered; a new one starts after the room's current top.
-        let continuing = *sub.epoch == *rec.epoch;
-        let (mut first, mut sent) = if continuing {
-            (sub.first, sub.last)
-        } else {
-            (rec.top + 1, rec.top)
-        };
-        if rec.recovered {
-            for p in &rec.publications {
-                let had = continuing && p.offset >= sub.first && p.offset <= sub.last;
-                if !had && p.skip != Some(key) {
-                    frames.push(p.envelope.clone());
-                }
-                sent = sent.max(p.offset);
-            }
-            if let Some(since) = since {
-                first = first.min(since + 1);
-            }
-        }
-        let mut epoch = rec.epoch.clone();
-        for item in *buffer {
-            match item {
-                Pending::Frame(f) => frames.push(f),
-                Pending::Publication(p) => {
-                    if *p.epoch != *epoch {
-                        // The room's history was lost meanwhile: a new stream.
-                        epoch = p.epoch.clone();
-                        first = p.offset;
-                    } else if p.offset <= sent {
-                        continue;
-                    }
-                    sent = p.offset;
-                    if p.skip != Some(key) {
-                        frames.push(p.envelope.clone());
-                    }
-                }
-            }
-        }
-        sub.epoch = epoch;
-        sub.first = first;
-        sub.last = sent;
-        conn.outbound().push_all(frames);
-    }
-
-    /// Undoes [`Hub::begin_join`] after a failure: a new subscription is
-    /// removed, an existing one goes back to live with what it buffered.
-    pub async fn abort_join(&self, conn: &Arc<dyn Subscriber>, room: &str, start: &JoinStart) {
-        let unsubscribe = {
-            let mut shard = lock(self.shard(room));
-            let Some(local) = shard.get_mut(room) else {
-                return;
-            };
-            if start.existed {
-                if let Some(sub) = local.subs.get_mut(&conn.key()) {
-                    // Give back what was buffered, in order, then go live again.
-                    for item in sub.buffer.take().map(|b| *b).unwrap_or_default() {
-                        match item {
-                            Pending::Frame(f) => {
-                                conn.outbound().push(f);
-                            }
-                            Pending::Publication(p) => {
-                                deliver(conn.key(), sub, &p);
-                            }
-                        }
-                    }
-                }
-                false
-            } else {
-                local.subs.remove(&conn.key());
-                if local.subs.is_empty() {
-                    let subscribed = local.subscribed.initialized();
-                    shard.remove(room);
-                    subscribed
-                } else {
-                    false
-                }
-            }
-        };
-        if unsubscribe && let Err(e) = self.broker.unsubscribe(room).await {
-            tracing::warn!(room, error = %e, "broker unsubscribe failed");
-        }
     }
 
     /// Removes `conn` from `room` (an explicit leave with `explicit_only`
@@ -382,24 +200,39 @@ impl Hub {
                 last,
             )
         };
-        if last && let Err(e) = self.broker.unsubscribe(room).await {
-            tracing::warn!(room, error = %e, "broker unsubscribe failed");
+        if last {
+            self.unsubscribe(room).await;
         }
         result
     }
 
-    /// Decides the close of every local subscriber (each connection is in
-    /// its personal room at least): how a shutdown reaches the
-    /// connections, rather than each one waiting on the shutdown token.
-    pub fn close_all(&self, code: u16, reason: &'static str) {
-        for shard in self.shards.iter() {
-            let shard = lock(shard);
-            for local in shard.values() {
-                for sub in local.subs.values() {
-                    sub.conn.outbound().close(code, reason);
-                }
-            }
+    /// Unsubscribes the node at the broker (its last local member left).
+    async fn unsubscribe(&self, room: &str) {
+        if let Err(e) = self.broker.unsubscribe(room).await {
+            tracing::warn!(room, error = %e, "broker unsubscribe failed");
         }
+    }
+
+    /// Adds an open connection to the table a shutdown walks.
+    pub fn register(&self, conn: Arc<dyn Subscriber>) {
+        self.conns.insert(conn);
+    }
+
+    /// Takes a connection out of that table once it has ended.
+    pub fn unregister(&self, conn: &dyn Subscriber) {
+        self.conns.remove(conn);
+    }
+
+    /// Decides the close of every registered connection: how a shutdown
+    /// reaches them, rather than each one waiting on the shutdown token.
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        self.conns
+            .for_each(|conn| conn.outbound().close(code, reason));
+    }
+
+    /// Registered connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
     }
 
     /// Local members of a room (for tests and stats).
@@ -448,9 +281,8 @@ impl Hub {
 }
 
 /// Delivers one publication to a live subscription, keeping its delivered
-/// range and skipping what it already had.
-/// Queues a publication to a live subscriber; returns (delivered,
-/// overflowed) for the metrics.
+/// range and skipping what it already had; returns (delivered, overflowed)
+/// for the metrics.
 fn deliver(key: ConnKey, sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
     // Hot path (once per delivery): the epochs are usually the same `Arc`,
     // and the connection's key is the map's, not behind the trait object.

@@ -1,7 +1,8 @@
 //! A connection's bounded outbound queue.
 //!
-//! Every frame for a connection (replies, messages, presence events) goes
-//! through this queue, so one writer orders them. Pushing never blocks and
+//! Everything a connection sends goes through this queue, so one writer
+//! orders it: frames (replies, messages, presence events), the answer to
+//! the client's latest ping, and the close decision. Pushing never blocks and
 //! never drops silently: a push into a full queue marks the connection for a
 //! slow-consumer close (4000), and nothing is queued after that. The writer
 //! takes the whole queue at once and writes it as one batch; an idle
@@ -30,10 +31,10 @@ pub struct CloseReason {
 pub struct Outbound {
     /// Frames waiting for the writer, and the close decision once made.
     state: Mutex<State>,
-    /// Wakes the writer when frames or a close arrive. Each queue has one
-    /// consumer (a connection's writer, an SSE stream, a poll request), so
-    /// one waker does, and waking it costs no list of waiters under a lock
-    /// (`tokio::sync::Notify` did).
+    /// Wakes the consumer when frames, a pong or a close arrive. Each queue
+    /// has one consumer (a connection's writer, an SSE stream, a poll
+    /// request), so one waker does, and waking it walks no list of waiters
+    /// under a lock.
     waker: AtomicWaker,
     /// Queued frames allowed before the slow-consumer close.
     cap: usize,
@@ -43,8 +44,20 @@ pub struct Outbound {
 struct State {
     frames: VecDeque<Bytes>,
     close: Option<CloseReason>,
+    /// The payload of the latest ping not answered yet (RFC 6455 5.5.3:
+    /// only the latest needs a pong).
+    pong: Option<Bytes>,
     /// A wake-up not yet seen by the consumer (kept while nobody waits).
     woken: bool,
+}
+
+/// What [`Outbound::take`] found besides the frames.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The close decision, if one was made (it stays made).
+    pub close: Option<CloseReason>,
+    /// A pong to send before the frames.
+    pub pong: Option<Bytes>,
 }
 
 /// What a push did.
@@ -92,7 +105,7 @@ impl Outbound {
         }
         let wake = s.frames.is_empty();
         if s.frames.capacity() == 0 {
-            s.frames = super::pool::queue();
+            s.frames = crate::pool::queue();
         }
         s.frames.push_back(frame);
         s.woken |= wake;
@@ -137,15 +150,25 @@ impl Outbound {
         self.lock().close
     }
 
-    /// Takes every queued frame and the close decision.
-    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<CloseReason> {
+    /// Takes every queued frame, the pong due and the close decision.
+    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Taken {
         let mut s = self.lock();
         if into.is_empty() {
             std::mem::swap(into, &mut s.frames);
         } else {
             into.extend(s.frames.drain(..));
         }
-        s.close
+        Taken {
+            close: s.close,
+            pong: s.pong.take(),
+        }
+    }
+
+    /// Whether a close or a pong waits: neither is held back to batch
+    /// frames (`write_delay`).
+    pub fn urgent(&self) -> bool {
+        let s = self.lock();
+        s.close.is_some() || s.pong.is_some()
     }
 
     /// Frames waiting now.
@@ -158,9 +181,12 @@ impl Outbound {
         self.len() == 0
     }
 
-    /// Wakes the writer (for a frame of its own to send, such as a pong).
-    pub fn wake(&self) {
-        self.lock().woken = true;
+    /// Queues the answer to a client's ping (replacing an unsent one).
+    pub fn pong(&self, payload: Bytes) {
+        let mut s = self.lock();
+        s.pong = Some(payload);
+        s.woken = true;
+        drop(s);
         self.waker.wake();
     }
 
@@ -194,7 +220,7 @@ mod tests {
         assert_eq!(q.closing().map(|c| c.code), Some(4000));
         assert_eq!(q.push(Bytes::from_static(b"4")), Pushed::Closing);
         let mut out = VecDeque::new();
-        assert!(q.take(&mut out).is_some());
+        assert!(q.take(&mut out).close.is_some());
         assert!(
             out.is_empty(),
             "a slow consumer gets its close, not a partial stream"
@@ -224,10 +250,10 @@ mod tests {
         tokio::task::yield_now().await;
         q.push(Bytes::from_static(b"c"));
         assert!(waiter.await.unwrap());
-        // A close and an explicit wake wake it too.
+        // A close and a pong wake it too.
         let waiter = tokio::spawn(waits(q.clone()));
         tokio::task::yield_now().await;
-        q.wake();
+        q.pong(Bytes::from_static(b"p"));
         assert!(waiter.await.unwrap());
         let waiter = tokio::spawn(waits(q.clone()));
         tokio::task::yield_now().await;
@@ -240,9 +266,18 @@ mod tests {
         let q = Outbound::new(8);
         q.push(Bytes::from_static(b"a"));
         q.push_all([Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        q.pong(Bytes::from_static(b"old"));
+        q.pong(Bytes::from_static(b"new"));
+        assert!(q.urgent());
         let mut out = VecDeque::new();
-        assert!(q.take(&mut out).is_none());
+        let taken = q.take(&mut out);
+        assert!(taken.close.is_none());
+        assert_eq!(
+            taken.pong.as_deref(),
+            Some(&b"new"[..]),
+            "the latest ping's"
+        );
         assert_eq!(out.len(), 3);
-        assert!(q.is_empty());
+        assert!(q.is_empty() && !q.urgent());
     }
 }

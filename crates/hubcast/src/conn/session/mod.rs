@@ -3,23 +3,27 @@
 //! time, in arrival order; every reply goes through the connection's
 //! outbound queue so it is ordered with the messages around it.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+//!
+//! - `rooms`: `join` and `leave`, and which rooms a token allows.
+//! - `publish`: `publish` and `send`, whose broker calls run together while
+//!   their replies leave in order.
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
+mod publish;
+mod rooms;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
 use serde_json::value::RawValue;
 
 use super::Conn;
 use super::limit::{FrameLimiter, Verdict};
 use crate::App;
-use crate::broker::{BrokerError, ClientInfo, PublishRequest};
-use crate::hub::Subscriber;
-use crate::protocol::{self, ClientFrame, EnvelopeParts, ErrorCode, FrameError, out};
+use crate::broker::{BrokerError, ClientInfo};
+use crate::hub::{Join, Subscriber};
+use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, out};
+use publish::ReplyFuture;
 
 /// A connection's protocol state.
 ///
@@ -42,12 +46,6 @@ pub struct Session {
     /// `None` when there are none (never empty when `Some`).
     pending: Option<Box<FuturesOrdered<ReplyFuture>>>,
 }
-
-/// A reply still being computed.
-type ReplyFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
-
-/// Publishes one connection may have under way at once.
-const MAX_PIPELINE: usize = 64;
 
 /// A failed request: the `error` frame to send.
 struct Reject {
@@ -84,14 +82,18 @@ impl Session {
         let personal = protocol::personal_room(&conn.user);
         let sub: Arc<dyn Subscriber> = conn.clone();
         app.broker.connect(&info).await?;
-        let start = app.hub.begin_join(&sub, &personal, false);
-        match app.hub.recover(&start, &personal, None).await {
-            Ok(rec) => app.hub.finish_join(&sub, &personal, None, &rec, None),
-            Err(e) => {
-                app.hub.abort_join(&sub, &personal, &start).await;
-                let _ = app.broker.disconnect(&info).await;
-                return Err(e);
-            }
+        let join = Join {
+            room: &personal,
+            explicit: false,
+            since: None,
+        };
+        let joined = app
+            .hub
+            .join(&sub, join, std::future::ready(Ok(())), |_, ()| None)
+            .await;
+        if let Err(e) = joined {
+            let _ = app.broker.disconnect(&info).await;
+            return Err(e);
         }
         let limiter =
             FrameLimiter::new(app.config.rate_limit_per_conn, app.config.rate_limit_burst);
@@ -152,7 +154,7 @@ impl Session {
     /// Handles one text frame.
     ///
     /// `publish` and `send` start their broker call and return at once (up to
-    /// [`MAX_PIPELINE`] under way); any other frame first waits for those,
+    /// `MAX_PIPELINE` under way); any other frame first waits for those,
     /// so every reply leaves in the order the frames came.
     pub async fn on_text(&mut self, text: &[u8]) {
         let (id, frame) = match protocol::parse_client_frame(text) {
@@ -202,62 +204,6 @@ impl Session {
                 let frame = self.rejected(id, r.code, &r.message);
                 self.reply_in_order(frame)
             }
-        }
-    }
-
-    /// Queues a reply behind the replies still being computed.
-    fn reply_in_order(&mut self, frame: Bytes) {
-        match &mut self.pending {
-            None => self.push(frame),
-            Some(p) => p.push_back(Box::pin(std::future::ready(frame))),
-        }
-    }
-
-    /// Starts a reply future: polled once at once (which sends a remote
-    /// engine its command; the memory engine simply finishes), then kept in
-    /// order with the others.
-    async fn start(&mut self, mut reply: ReplyFuture) {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.len() >= MAX_PIPELINE)
-        {
-            self.next_reply().await;
-        }
-        let first = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()));
-        match first {
-            Poll::Ready(frame) => self.reply_in_order(frame),
-            // Finished later, outside the frame's span: it keeps the
-            // connection's span for its log lines.
-            Poll::Pending => self.pending.get_or_insert_default().push_back(Box::pin(
-                tracing::Instrument::instrument(reply, tracing::Span::current()),
-            )),
-        }
-    }
-
-    /// Whether replies are still being computed.
-    pub fn has_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    /// Waits for the oldest reply under way and queues it.
-    pub async fn next_reply(&mut self) {
-        let Some(pending) = self.pending.as_mut() else {
-            return;
-        };
-        let frame = pending.next().await;
-        if pending.is_empty() {
-            self.pending = None;
-        }
-        if let Some(frame) = frame {
-            self.push(frame);
-        }
-    }
-
-    /// Waits for every reply under way.
-    async fn drain(&mut self) {
-        while self.has_pending() {
-            self.next_reply().await;
         }
     }
 
@@ -315,181 +261,6 @@ impl Session {
                 Ok(())
             }
         }
-    }
-
-    /// Whether the token (or anonymity) allows this room: personal rooms are
-    /// their owner's (and admins'), others follow the `rooms` claim.
-    fn check_room(&self, room: &str, what: &str) -> Result<(), Reject> {
-        if self.conn.grants.allows(&self.conn.user, room) {
-            return Ok(());
-        }
-        let why = if protocol::is_personal(room) {
-            "personal rooms belong to their user"
-        } else {
-            "not in this token's rooms"
-        };
-        Err(Reject::new(
-            ErrorCode::Forbidden,
-            format!("cannot {what} {room}: {why}"),
-        ))
-    }
-
-    async fn join(
-        &mut self,
-        id: Option<&RawValue>,
-        room: &str,
-        since: Option<(u64, Option<&str>)>,
-    ) -> Result<(), Reject> {
-        self.check_room(room, "join")?;
-        let personal = protocol::is_personal(room);
-        let already = self.joined(room);
-        if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {
-            return Err(Reject::new(
-                ErrorCode::TooManyRooms,
-                format!(
-                    "a connection may join at most {} rooms",
-                    self.app.config.max_rooms_per_conn
-                ),
-            ));
-        }
-        let hub = &self.app.hub;
-        let sub: Arc<dyn Subscriber> = self.conn.clone();
-        let start = hub.begin_join(&sub, room, true);
-        let prepared = async {
-            let rec = hub.recover(&start, room, since).await?;
-            if !personal && !already {
-                self.app
-                    .broker
-                    .presence_join(room, &client_info(&self.conn))
-                    .await?;
-            }
-            let page = self.app.presence_page(room).await?;
-            Ok::<_, BrokerError>((rec, page))
-        }
-        .await;
-        let (rec, page) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                hub.abort_join(&sub, room, &start).await;
-                return Err(e.into());
-            }
-        };
-        let reply = protocol::encode(&out::Joined {
-            ty: "joined",
-            id,
-            room,
-            offset: rec.top,
-            epoch: &rec.epoch,
-            recovered: since.map(|_| rec.recovered),
-            members: &page.members,
-            total: page.total,
-        });
-        hub.finish_join(&sub, room, since.map(|(s, _)| s), &rec, Some(reply));
-        if !already {
-            // Exact: most connections join one room or two, and a first
-            // push would make room for four.
-            self.rooms.reserve_exact(1);
-            self.rooms.push(start.room);
-        }
-        Ok(())
-    }
-
-    /// Where `room` is in the list of rooms joined with `join`.
-    fn position(&self, room: &str) -> Option<usize> {
-        self.rooms.iter().position(|r| **r == *room)
-    }
-
-    /// Whether `room` was joined with `join`.
-    fn joined(&self, room: &str) -> bool {
-        self.position(room).is_some()
-    }
-
-    /// Explicitly joined rooms, the personal room not counted.
-    fn joined_count(&self) -> usize {
-        let personal = protocol::personal_room(&self.conn.user);
-        self.rooms.len() - usize::from(self.joined(&personal))
-    }
-
-    async fn leave(&mut self, id: Option<&RawValue>, room: &str) -> Result<(), Reject> {
-        let Some(i) = self.position(room) else {
-            return Err(Reject::new(
-                ErrorCode::NotJoined,
-                format!("not joined to {room}"),
-            ));
-        };
-        self.rooms.swap_remove(i);
-        self.app.hub.leave(&*self.conn, room, true).await;
-        self.push(protocol::encode(&out::Left {
-            ty: "left",
-            id,
-            room,
-        }));
-        if !protocol::is_personal(room) {
-            self.app
-                .broker
-                .presence_leave(room, &client_info(&self.conn))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// The reply future of a `publish` (or `send`, into `@user`).
-    fn publish(
-        &self,
-        id: Option<&RawValue>,
-        room: &str,
-        event: &str,
-        data: &RawValue,
-        msg_id: Option<&str>,
-        echo: bool,
-    ) -> ReplyFuture {
-        let (msg_id, idempotent) = match msg_id {
-            Some(m) => (m.to_owned(), true),
-            None => (uuid::Uuid::now_v7().to_string(), false),
-        };
-        let parts = EnvelopeParts::new(
-            room,
-            &msg_id,
-            crate::unix_ms(),
-            event,
-            &self.conn.user,
-            data.get(),
-        );
-        let req = PublishRequest {
-            room: Arc::from(room),
-            msg_id: msg_id.clone(),
-            idempotent,
-            parts,
-            skip: (!echo).then_some(self.conn.key),
-        };
-        let app = self.app.clone();
-        let conn = self.conn.clone();
-        let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
-        Box::pin(async move {
-            let id = id.as_deref();
-            let room = req.room.clone();
-            match app.broker.publish(req).await {
-                Ok(result) => {
-                    if !result.duplicate {
-                        app.count_published(crate::metrics::Entry::Ws);
-                    }
-                    protocol::encode(&out::Ack {
-                        ty: "ack",
-                        id,
-                        msg_id: &msg_id,
-                        room: &room,
-                        offset: result.offset,
-                        epoch: &result.epoch,
-                        duplicate: result.duplicate,
-                    })
-                }
-                Err(e) => {
-                    let r = Reject::from(e);
-                    record_error(&app.recent, &conn, r.code, &r.message);
-                    rejected(id, r.code, &r.message)
-                }
-            }
-        })
     }
 
     /// Leaves every room (reporting presence), drops the personal-room

@@ -1,9 +1,8 @@
 //! Per-thread spares of the buffers a connection needs only while it has
 //! something to send: its outbound queue and the buffer a batch is built
 //! in. An idle connection holds neither (memory per idle connection is a
-//! target), so without spares every burst of frames paid an allocation and
-//! a free for each (about a tenth of the user-space instructions per
-//! delivery at one frame per write). The spares are bounded in number and
+//! target), so without spares every burst of frames would pay an
+//! allocation and a free for each. The spares are bounded in number and
 //! size, so they cost a node at most a few hundred KiB per worker thread.
 
 use std::cell::RefCell;

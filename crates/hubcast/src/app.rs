@@ -1,0 +1,106 @@
+//! [`App`]: the state every handler and connection task shares.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{self, Broker};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::{auth, http, lock, metrics, protocol, recent};
+
+/// Rate samples kept: one a second, so the rates cover the last 10 s.
+const SAMPLES: usize = 11;
+
+/// Shared server state.
+pub struct App {
+    /// The validated settings.
+    pub config: Config,
+    /// Node-local rooms and fan-out.
+    pub hub: Arc<Hub>,
+    /// The engine behind the hub.
+    pub broker: Arc<dyn Broker>,
+    /// Fires on SIGTERM/SIGINT (or when a test says so).
+    pub shutdown: CancellationToken,
+    /// Owns every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Next node-local connection key.
+    pub next_conn: AtomicU64,
+    /// Connections open now, by transport.
+    pub open: Arc<metrics::OpenCounts>,
+    /// Token verification and the anonymous switch.
+    pub auth: auth::Auth,
+    /// Connection caps and handshake rates.
+    pub limits: Arc<http::limits::ConnLimits>,
+    /// Renders `/metrics` (none when another recorder was installed).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// When the server started.
+    pub started: Instant,
+    /// Messages accepted for publishing on this node since start.
+    pub published: AtomicU64,
+    /// (time, published, delivered) once a second, for `/api/stats` rates.
+    pub samples: Mutex<VecDeque<(Instant, u64, u64)>>,
+    /// Recent errors and notable closes, for the dashboard.
+    pub recent: Arc<recent::Recent>,
+}
+
+impl App {
+    /// A room's presence as every reply lists it: nobody for a personal
+    /// room, else the first `max_presence_members` and the total.
+    pub async fn presence_page(
+        &self,
+        room: &str,
+    ) -> Result<broker::PresencePage, broker::BrokerError> {
+        if protocol::is_personal(room) {
+            return Ok(broker::PresencePage::default());
+        }
+        self.broker
+            .presence(room, self.config.max_presence_members)
+            .await
+    }
+
+    /// Counts a message accepted for publishing (a duplicate is not one)
+    /// for `/metrics` and `/api/stats`.
+    pub fn count_published(&self, entry: metrics::Entry) {
+        let m = metrics::handles();
+        match entry {
+            metrics::Entry::Ws => m.published_ws.increment(1),
+            metrics::Entry::Http => m.published_http.increment(1),
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one rate sample (published, delivered) now.
+    pub(crate) fn sample(&self) {
+        let row = (
+            Instant::now(),
+            self.published.load(Ordering::Relaxed),
+            self.hub.delivered(),
+        );
+        let mut s = lock(&self.samples);
+        s.push_back(row);
+        while s.len() > SAMPLES {
+            s.pop_front();
+        }
+    }
+
+    /// Messages published and delivered per second over the last samples
+    /// (up to 10 s).
+    pub fn rates(&self) -> (f64, f64) {
+        let s = lock(&self.samples);
+        match (s.front(), s.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                let dt = (b.0 - a.0).as_secs_f64();
+                (
+                    b.1.saturating_sub(a.1) as f64 / dt,
+                    b.2.saturating_sub(a.2) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+}

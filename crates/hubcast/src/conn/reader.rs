@@ -1,0 +1,101 @@
+//! The read loop: takes frames off the socket, marks the connection alive,
+//! answers pings through the queue and hands text to the session.
+
+use tokio::io::AsyncRead;
+use tracing::Instrument;
+
+use super::frame::{Incoming, ReadError, Reader};
+use super::session::Session;
+use super::{Conn, Seen};
+
+/// Why the reader stopped.
+#[derive(Debug)]
+pub(super) enum ReadEnd {
+    /// The client sent a close frame (its code) or closed the socket.
+    Peer(Option<u16>),
+    /// A frame over `max_message_bytes`.
+    TooBig,
+    /// A WebSocket protocol violation.
+    Protocol(&'static str),
+    /// A text message that is not UTF-8.
+    BadUtf8,
+    /// The socket failed.
+    Io(String),
+    /// The server decided to close (the writer sends the frame).
+    Closing,
+}
+
+/// Frames read after the server decided to close, waiting for the client's
+/// close reply, before it stops reading altogether.
+const FRAMES_WHILE_CLOSING: u32 = 64;
+
+/// Reads until the client closes, the socket fails, a frame breaks the
+/// protocol, or (once the server decided to close) the client's close
+/// reply or too many other frames arrive.
+pub(super) async fn read_loop<R>(
+    reader: &mut Reader<R>,
+    mut session: Option<&mut Session>,
+    conn: &Conn,
+    seen: &Seen,
+    frames_in: &mut u64,
+) -> ReadEnd
+where
+    R: AsyncRead + Unpin,
+{
+    let mut ignored = 0u32;
+    loop {
+        let pending = session.as_deref().is_some_and(Session::has_pending);
+        let next = tokio::select! {
+            biased;
+            // Replies of publishes under way, as they complete.
+            _ = async { if let Some(s) = session.as_deref_mut() { s.next_reply().await } }, if pending => continue,
+            next = reader.next() => next,
+        };
+        let next = match next {
+            Ok(None) => return ReadEnd::Peer(None),
+            Err(ReadError::TooBig(_)) => return ReadEnd::TooBig,
+            Err(ReadError::Protocol(p)) => return ReadEnd::Protocol(p),
+            Err(ReadError::BadUtf8) => return ReadEnd::BadUtf8,
+            Err(ReadError::Io(e)) => return ReadEnd::Io(e.to_string()),
+            Ok(Some(msg)) => msg,
+        };
+        seen.now();
+        *frames_in += 1;
+        let payload = match next {
+            // A close frame without a code is 1005 ("no status received").
+            Incoming::Close(code) => return ReadEnd::Peer(Some(code.unwrap_or(1005))),
+            Incoming::Ping(p) => {
+                // Answered with the latest ping's payload (RFC 6455 5.5.3).
+                conn.out.pong(p);
+                continue;
+            }
+            // Pongs only count as activity.
+            Incoming::Pong => continue,
+            Incoming::Text(p) => Some(p),
+            Incoming::Binary(_) => None,
+        };
+        if conn.out.closing().is_some() {
+            // Closing: read on only to see the client's close reply. A client
+            // that keeps sending instead (a flood) is not read any further.
+            ignored += 1;
+            if ignored > FRAMES_WHILE_CLOSING {
+                return ReadEnd::Closing;
+            }
+            continue;
+        }
+        let Some(session) = session.as_deref_mut() else {
+            continue;
+        };
+        match payload {
+            Some(text) => {
+                crate::metrics::handles()
+                    .bytes_in
+                    .increment(text.len() as u64);
+                // Boxed: one allocation per client frame instead of its
+                // largest future's size in every idle connection's task.
+                Box::pin(session.on_text(&text).instrument(conn.span())).await;
+            }
+            None => session.on_binary(),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! `join` and `leave`, and the rooms a connection's token allows.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::{Reject, Session, client_info};
+use crate::broker::{PresencePage, Recovery};
+use crate::hub::{Join, Subscriber};
+use crate::protocol::{self, ErrorCode, out};
+
+impl Session {
+    /// Whether the token (or anonymity) allows this room: personal rooms are
+    /// their owner's (and admins'), others follow the `rooms` claim.
+    pub(super) fn check_room(&self, room: &str, what: &str) -> Result<(), Reject> {
+        if self.conn.grants.allows(&self.conn.user, room) {
+            return Ok(());
+        }
+        let why = if protocol::is_personal(room) {
+            "personal rooms belong to their user"
+        } else {
+            "not in this token's rooms"
+        };
+        Err(Reject::new(
+            ErrorCode::Forbidden,
+            format!("cannot {what} {room}: {why}"),
+        ))
+    }
+
+    pub(super) async fn join(
+        &mut self,
+        id: Option<&RawValue>,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<(), Reject> {
+        self.check_room(room, "join")?;
+        let personal = protocol::is_personal(room);
+        let already = self.joined(room);
+        if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {
+            return Err(Reject::new(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "a connection may join at most {} rooms",
+                    self.app.config.max_rooms_per_conn
+                ),
+            ));
+        }
+        let (app, conn) = (&self.app, &self.conn);
+        let sub: Arc<dyn Subscriber> = conn.clone();
+        let prepare = async {
+            if !personal && !already {
+                app.broker.presence_join(room, &client_info(conn)).await?;
+            }
+            app.presence_page(room).await
+        };
+        let reply = |rec: &Recovery, page: PresencePage| {
+            Some(protocol::encode(&out::Joined {
+                ty: "joined",
+                id,
+                room,
+                offset: rec.top,
+                epoch: &rec.epoch,
+                recovered: since.map(|_| rec.recovered),
+                members: &page.members,
+                total: page.total,
+            }))
+        };
+        let join = Join {
+            room,
+            explicit: true,
+            since,
+        };
+        let joined = app.hub.join(&sub, join, prepare, reply).await?;
+        if !already {
+            // Exact: most connections join one room or two, and a first
+            // push would make room for four.
+            self.rooms.reserve_exact(1);
+            self.rooms.push(joined.room);
+        }
+        Ok(())
+    }
+
+    /// Where `room` is in the list of rooms joined with `join`.
+    fn position(&self, room: &str) -> Option<usize> {
+        self.rooms.iter().position(|r| **r == *room)
+    }
+
+    /// Whether `room` was joined with `join`.
+    fn joined(&self, room: &str) -> bool {
+        self.position(room).is_some()
+    }
+
+    /// Explicitly joined rooms, the personal room not counted.
+    fn joined_count(&self) -> usize {
+        let personal = protocol::personal_room(&self.conn.user);
+        self.rooms.len() - usize::from(self.joined(&personal))
+    }
+
+    pub(super) async fn leave(&mut self, id: Option<&RawValue>, room: &str) -> Result<(), Reject> {
+        let Some(i) = self.position(room) else {
+            return Err(Reject::new(
+                ErrorCode::NotJoined,
+                format!("not joined to {room}"),
+            ));
+        };
+        self.rooms.swap_remove(i);
+        self.app.hub.leave(&*self.conn, room, true).await;
+        self.push(protocol::encode(&out::Left {
+            ty: "left",
+            id,
+            room,
+        }));
+        if !protocol::is_personal(room) {
+            self.app
+                .broker
+                .presence_leave(room, &client_info(&self.conn))
+                .await?;
+        }
+        Ok(())
+    }
+}

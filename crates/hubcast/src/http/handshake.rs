@@ -1,0 +1,111 @@
+//! The checks every long-lived connection's handshake makes, WebSocket
+//! and SSE alike: shutdown and connection limits, the browser origin, and
+//! the caller's credentials.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
+
+use super::error::HttpError;
+use super::limits::ConnSlot;
+use super::origin;
+use crate::App;
+use crate::protocol::ErrorCode;
+
+/// The first check of every long-lived connection (WebSocket, SSE): not
+/// shutting down (503), then the connection limits (503/429); the returned
+/// slot holds the connection's place.
+pub fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
+    if app.shutdown.is_cancelled() {
+        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
+    }
+    app.limits.admit(remote.ip()).inspect_err(|e| {
+        tracing::info!(remote = %remote, reason = %e.message, "handshake refused: limit");
+    })
+}
+
+/// A browser origin outside `allowed_origins` is refused (403).
+pub fn check_origin(app: &App, headers: &HeaderMap, remote: SocketAddr) -> Result<(), HttpError> {
+    if let Some(o) = headers.get(header::ORIGIN) {
+        let o = o.to_str().unwrap_or("null");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin::allowed(o, host, &app.config.allowed_origins) {
+            tracing::info!(origin = o, remote = %remote, "handshake refused: origin not allowed");
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!("origin {o} is not allowed (see allowed_origins)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Who is connecting, from a token or anonymously.
+pub struct Caller {
+    /// User id (`sub`, or `anon-<conn id>`).
+    pub user: String,
+    /// Display name.
+    pub display: String,
+    /// What the token allows.
+    pub grants: crate::auth::Grants,
+    /// When the token expires.
+    pub expires: Option<tokio::time::Instant>,
+    /// No token: a user id of its own for this one connection.
+    pub anonymous: bool,
+}
+
+/// Checks the credentials of a handshake (WebSocket or SSE): the
+/// `Authorization: Bearer` header first, then `?token=`; 401 when refused.
+pub fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    remote: SocketAddr,
+    conn_id: &str,
+    name: Option<String>,
+) -> Result<Caller, HttpError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let token = bearer.or_else(|| query.get("token").map(String::as_str));
+    let identity = app.auth.authenticate(token).map_err(|e| {
+        tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
+        HttpError::new(ErrorCode::Unauthorized, e.to_string())
+    })?;
+    Ok(match identity {
+        Some(id) => {
+            let remaining = id.exp.saturating_sub(crate::unix_ms() as u64 / 1000);
+            let display = id.name.clone().unwrap_or_else(|| id.user.clone());
+            Caller {
+                user: id.user,
+                display,
+                grants: crate::auth::Grants {
+                    admin: id.admin,
+                    rooms: id.rooms,
+                },
+                expires: Some(
+                    tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
+                ),
+                anonymous: false,
+            }
+        }
+        None => {
+            let user = format!("anon-{conn_id}");
+            let display = name.unwrap_or_else(|| user.clone());
+            Caller {
+                user,
+                display,
+                grants: crate::auth::Grants::default(),
+                expires: None,
+                anonymous: true,
+            }
+        }
+    })
+}

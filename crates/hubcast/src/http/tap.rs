@@ -1,0 +1,78 @@
+//! [`Tap`]: a hub member read by an HTTP handler rather than a socket's
+//! writer (long polls, Server-Sent Events), and the guard that takes it
+//! out of its rooms.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::App;
+use crate::broker::ConnKey;
+use crate::hub::Subscriber;
+use crate::outbound::Outbound;
+
+/// A hub member that is not a WebSocket: its queue is read by an HTTP
+/// handler (long polls, Server-Sent Events).
+pub struct Tap {
+    key: ConnKey,
+    out: Outbound,
+}
+
+impl Tap {
+    /// A new member with its own node-local key.
+    pub fn new(app: &App) -> Arc<Tap> {
+        Arc::new(Tap {
+            key: app.next_conn.fetch_add(1, Ordering::Relaxed),
+            out: Outbound::new(app.config.queue_size),
+        })
+    }
+}
+
+impl Subscriber for Tap {
+    fn key(&self) -> ConnKey {
+        self.key
+    }
+    fn outbound(&self) -> &Outbound {
+        &self.out
+    }
+}
+
+/// Leaves the tap's rooms when dropped (the handler finished, or the client
+/// went away and its future was dropped).
+pub struct TapGuard {
+    pub app: Arc<App>,
+    pub tap: Arc<Tap>,
+    pub rooms: Vec<Arc<str>>,
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        let app = self.app.clone();
+        let tap = self.tap.clone();
+        let rooms = std::mem::take(&mut self.rooms);
+        if rooms.is_empty() {
+            return;
+        }
+        self.app.tasks.spawn(async move {
+            for room in rooms {
+                app.hub.leave(&*tap, &room, false).await;
+            }
+        });
+    }
+}
+
+/// Whether a queued frame is a message envelope (the hub also queues
+/// presence events for members).
+pub fn is_message(frame: &[u8]) -> bool {
+    frame.starts_with(br#"{"type":"message""#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frames() {
+        assert!(is_message(br#"{"type":"message","room":"r"}"#));
+        assert!(!is_message(br#"{"type":"presence","room":"r"}"#));
+    }
+}

@@ -1,0 +1,176 @@
+//! Wiring: builds the [`App`] from a config, serves HTTP (plain or TLS)
+//! until the shutdown token fires, then closes every connection and waits
+//! for their tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::App;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::{self, Broker};
+use crate::config::{BrokerKind, Config};
+use crate::hub::Hub;
+use crate::{auth, http, protocol};
+
+/// Serves on `listener` until `shutdown` fires, then closes every WebSocket
+/// with 1001 and waits (up to `shutdown_timeout`) for connections to end.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let broker = connect_broker(&config).await?;
+    run_with_broker(config, listener, shutdown, broker).await
+}
+
+/// The engine the config names, connected.
+pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
+    Ok(match config.broker {
+        BrokerKind::Memory => MemoryBroker::new(config.history_size, config.history_ttl()),
+        BrokerKind::Redis => RedisBroker::connect(RedisSettings {
+            url: config.redis_url.clone(),
+            cluster: config.redis_cluster,
+            prefix: config.redis_prefix.clone(),
+            node: config.node_id.clone(),
+            history_size: config.history_size,
+            ttl: config.history_ttl(),
+            lease: Duration::from_secs(config.presence_lease),
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot use Redis at {} (redis_url): {e}", config.redis_url)
+        })?,
+    })
+}
+
+/// [`run`] with a given engine (tests use it to inject failures; the Redis
+/// engine comes in the same way).
+pub async fn run_with_broker(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    broker: Arc<dyn Broker>,
+) -> anyhow::Result<()> {
+    let auth = auth::Auth::from_config(&config)?;
+    let metrics = crate::metrics::install();
+    // Every engine's operations are timed the same way.
+    let broker: Arc<dyn Broker> = broker::timed::Timed::new(broker);
+    let limits = http::limits::ConnLimits::new(&config);
+    let tasks = TaskTracker::new();
+    let hub = Hub::new(broker.clone(), config.queue_size, tasks.clone());
+    let grace = Duration::from_secs(config.shutdown_timeout);
+    let app = Arc::new(App {
+        config,
+        hub,
+        broker: broker.clone(),
+        shutdown: shutdown.clone(),
+        tasks,
+        next_conn: AtomicU64::new(1),
+        open: Arc::default(),
+        auth,
+        limits,
+        metrics,
+        started: std::time::Instant::now(),
+        published: AtomicU64::new(0),
+        samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        recent: Arc::default(),
+    });
+    app.tasks.spawn(sample_rates(app.clone()));
+    app.tasks.spawn(close_on_shutdown(app.clone()));
+    let router = http::router(app.clone());
+    // The TLS accept loop stops on shutdown like every other task.
+    let accept_tasks = TaskTracker::new();
+    let result = match (&app.config.tls_cert, &app.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = http::tls::load(cert, key)?;
+            let listener =
+                http::tls::TlsListener::start(listener, tls, &accept_tasks, shutdown.clone())?;
+            // (tap_io: axum gives the remote address to handlers only for
+            // its own listener types.)
+            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+            serve_until_shutdown(listener, router, &shutdown, grace).await
+        }
+        _ => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                // Frames are small and latency matters: no Nagle delay.
+                let _ = tcp.set_nodelay(true);
+            });
+            serve_until_shutdown(listener, router, &shutdown, grace).await
+        }
+    };
+    accept_tasks.close();
+    accept_tasks.wait().await;
+    app.tasks.close();
+    if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            open = app.tasks.len(),
+            "shutdown timeout: some connections did not close in time"
+        );
+    }
+    broker.close().await;
+    result.map_err(Into::into)
+}
+
+/// Once a second until shutdown: a rate sample for `/api/stats` (the last
+/// 10 s are kept); every fifth second, the metrics upkeep (histograms keep
+/// raw samples until it folds them into buckets, scraped or not).
+async fn sample_rates(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        app.sample();
+        n += 1;
+        if n.is_multiple_of(5)
+            && let Some(handle) = &app.metrics
+        {
+            handle.run_upkeep();
+        }
+    }
+}
+
+/// On shutdown, closes every connection with 1001 (their writers send it,
+/// then wait briefly for the client's reply).
+async fn close_on_shutdown(app: Arc<App>) {
+    app.shutdown.cancelled().await;
+    app.hub
+        .close_all(protocol::close::GOING_AWAY, "server shutting down");
+}
+
+/// Serves `router` on `listener` until `shutdown` fires; HTTP requests then
+/// drain on their own, within `grace`. WebSockets are closed by their
+/// writers when the token fires.
+async fn serve_until_shutdown<L>(
+    listener: L,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Unpin,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        r = std::future::IntoFuture::into_future(served) => r,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown timeout: HTTP requests still running");
+            Ok(())
+        }
+    }
+}
