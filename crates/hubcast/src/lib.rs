@@ -51,9 +51,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use broker::Broker;
 use broker::memory::MemoryBroker;
 use broker::redis::{RedisBroker, RedisSettings};
+use broker::{Broker, Engine, PresenceManager};
 use config::{BrokerKind, Config};
 use hub::Hub;
 
@@ -65,6 +65,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// The engine behind the hub.
     pub broker: Arc<dyn Broker>,
+    /// The same engine's presence and user status.
+    pub presence: Arc<dyn PresenceManager>,
     /// Fires on SIGTERM/SIGINT (or when a test says so).
     pub shutdown: CancellationToken,
     /// Owns every connection task, so shutdown can wait for them.
@@ -99,8 +101,8 @@ impl App {
         if protocol::is_personal(room) {
             return Ok(broker::PresencePage::default());
         }
-        self.broker
-            .presence(room, self.config.max_presence_members)
+        self.presence
+            .list(room, self.config.max_presence_members)
             .await
     }
 
@@ -173,7 +175,7 @@ pub async fn run(
 }
 
 /// The engine the config names, connected.
-pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
+pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     Ok(match config.broker {
         BrokerKind::Memory => MemoryBroker::new(config.history_size, config.history_ttl()),
         BrokerKind::Redis => RedisBroker::connect(RedisSettings {
@@ -198,12 +200,13 @@ pub async fn run_with_broker(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn Engine>,
 ) -> anyhow::Result<()> {
     let auth = auth::Auth::from_config(&config)?;
     let metrics = crate::metrics::install();
     // Every engine's operations are timed the same way.
-    let broker: Arc<dyn Broker> = broker::timed::Timed::new(broker);
+    let timed = broker::timed::Timed::new(broker);
+    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = (timed.clone(), timed);
     let limits = http::limits::ConnLimits::new(&config);
     let hub = Hub::new(broker.clone(), config.queue_size);
     let grace = Duration::from_secs(config.shutdown_timeout);
@@ -211,6 +214,7 @@ pub async fn run_with_broker(
         config,
         hub,
         broker: broker.clone(),
+        presence,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(1),

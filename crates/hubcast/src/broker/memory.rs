@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, PresencePage,
-    Publication, PublishRequest, PublishResult, Recovery, UserStatus,
+    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryPage, PresenceEvent, PresenceManager,
+    PresencePage, Publication, PublishRequest, PublishResult, Recovery, UserStatus,
 };
 use crate::lock;
 use crate::protocol::{Member, PresenceAction, Status};
@@ -633,7 +633,19 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryPage, BrokerError> {
         Ok(self.read_log(room, |log| self.history_locked(log, since, limit)))
     }
-    async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+    async fn ready(&self) -> bool {
+        true
+    }
+
+    async fn close(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+#[async_trait]
+impl PresenceManager for MemoryBroker {
+    async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let mut p = lock(&self.presence);
         // The room's name is allocated once, for its first member.
         let name = shared_key(&p.rooms, room);
@@ -673,7 +685,7 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+    async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let mut p = lock(&self.presence);
         let Some(members) = p.rooms.get_mut(room) else {
             return Ok(());
@@ -708,7 +720,7 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
+    async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
         let p = lock(&self.presence);
         let Some(members) = p.rooms.get(room) else {
             return Ok(PresencePage::default());
@@ -829,15 +841,6 @@ impl Broker for MemoryBroker {
                 last_seen: None,
             },
         })
-    }
-
-    async fn ready(&self) -> bool {
-        true
-    }
-
-    async fn close(&self) {
-        self.cancel.cancel();
-        self.tasks.wait().await;
     }
 }
 

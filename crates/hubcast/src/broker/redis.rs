@@ -56,7 +56,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, ConnKey, HistoryPage, PresenceEvent,
-    PresencePage, Publication, PublishRequest, PublishResult, Recovery, UserStatus,
+    PresenceManager, PresencePage, Publication, PublishRequest, PublishResult, Recovery,
+    UserStatus,
 };
 use crate::protocol::{Member, PresenceAction, Status};
 
@@ -1556,7 +1557,36 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+    async fn ready(&self) -> bool {
+        if !self.shared.pubsub_up.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut conn = self.shared.conn.clone();
+        matches!(
+            tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                redis::cmd("PING").query_async::<String>(&mut conn)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn close(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+        // Connections cleaned up after themselves; give the lease back.
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let _: Result<(), _> = conn.zrem(s.keys.nodes(), &*s.node).await;
+        let _: Result<(), _> = conn.del(s.keys.node_conns(&s.node)).await;
+        let _: Result<(), _> = conn.del(s.keys.node_rooms(&s.node)).await;
+    }
+}
+
+#[async_trait]
+impl PresenceManager for RedisBroker {
+    async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
         let (status, _) = s.user_status_name(&client.user).await;
         s.join_presence(room, client, status).await?;
@@ -1568,7 +1598,7 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+    async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
         // Forget it first: a re-registration running meanwhile then undoes
         // its own entry (see `Shared::register_again`).
@@ -1586,7 +1616,7 @@ impl Broker for RedisBroker {
             .await
     }
 
-    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
+    async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
         let s = &self.shared;
         let mut conn = s.conn.clone();
         let all: HashMap<String, String> = conn
@@ -1703,31 +1733,5 @@ impl Broker for RedisBroker {
                 last_seen: l,
             }
         })
-    }
-
-    async fn ready(&self) -> bool {
-        if !self.shared.pubsub_up.load(Ordering::SeqCst) {
-            return false;
-        }
-        let mut conn = self.shared.conn.clone();
-        matches!(
-            tokio::time::timeout(
-                COMMAND_TIMEOUT,
-                redis::cmd("PING").query_async::<String>(&mut conn)
-            )
-            .await,
-            Ok(Ok(_))
-        )
-    }
-
-    async fn close(&self) {
-        self.cancel.cancel();
-        self.tasks.wait().await;
-        // Connections cleaned up after themselves; give the lease back.
-        let s = &self.shared;
-        let mut conn = s.conn.clone();
-        let _: Result<(), _> = conn.zrem(s.keys.nodes(), &*s.node).await;
-        let _: Result<(), _> = conn.del(s.keys.node_conns(&s.node)).await;
-        let _: Result<(), _> = conn.del(s.keys.node_rooms(&s.node)).await;
     }
 }

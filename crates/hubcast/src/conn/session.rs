@@ -83,13 +83,13 @@ impl Session {
         let info = client_info(&conn);
         let personal = protocol::personal_room(&conn.user);
         let sub: Arc<dyn Subscriber> = conn.clone();
-        app.broker.connect(&info).await?;
+        app.presence.connect(&info).await?;
         let start = app.hub.begin_join(&sub, &personal, false);
         match app.hub.recover(&start, &personal, None).await {
             Ok(rec) => app.hub.finish_join(&sub, &personal, None, &rec, None),
             Err(e) => {
                 app.hub.abort_join(&sub, &personal, &start).await;
-                let _ = app.broker.disconnect(&info).await;
+                let _ = app.presence.disconnect(&info).await;
                 return Err(e);
             }
         }
@@ -302,7 +302,10 @@ impl Session {
                 Ok(())
             }
             ClientFrame::Status { status } => {
-                self.app.broker.set_status(&self.conn.user, status).await?;
+                self.app
+                    .presence
+                    .set_status(&self.conn.user, status)
+                    .await?;
                 self.push(protocol::encode(&out::Ok { ty: "ok", id }));
                 Ok(())
             }
@@ -359,8 +362,8 @@ impl Session {
             let rec = hub.recover(&start, room, since).await?;
             if !personal && !already {
                 self.app
-                    .broker
-                    .presence_join(room, &client_info(&self.conn))
+                    .presence
+                    .join(room, &client_info(&self.conn))
                     .await?;
             }
             let page = self.app.presence_page(room).await?;
@@ -426,8 +429,8 @@ impl Session {
         }));
         if !protocol::is_personal(room) {
             self.app
-                .broker
-                .presence_leave(room, &client_info(&self.conn))
+                .presence
+                .leave(room, &client_info(&self.conn))
                 .await?;
         }
         Ok(())
@@ -504,14 +507,14 @@ impl Session {
         for room in &self.rooms {
             hub.leave(&*self.conn, room, false).await;
             if !protocol::is_personal(room)
-                && let Err(e) = self.app.broker.presence_leave(room, &info).await
+                && let Err(e) = self.app.presence.leave(room, &info).await
             {
                 tracing::warn!(conn = %self.conn.id, room = %room, error = %e, "presence leave failed");
             }
         }
         let personal = protocol::personal_room(&self.conn.user);
         hub.leave(&*self.conn, &personal, false).await;
-        if let Err(e) = self.app.broker.disconnect(&info).await {
+        if let Err(e) = self.app.presence.disconnect(&info).await {
             tracing::warn!(conn = %self.conn.id, error = %e, "broker disconnect failed");
         }
     }
