@@ -239,9 +239,10 @@ mod cases {
             assert_eq!(r.epoch, first.epoch, "one epoch");
         }
         // Concurrent publishes still get every offset once.
-        let all = futures_util::future::join_all(
-            (5..=24).map(|i| s.engine.publish(request("r", &format!("m{i}"), false, None))),
-        )
+        let all = futures_util::future::join_all((5..=24).map(|i| {
+            s.engine
+                .publish(request("r", &format!("m{i}"), false, None))
+        }))
         .await;
         let mut offsets: Vec<u64> = all.into_iter().map(|r| r.unwrap().offset).collect();
         offsets.sort_unstable();
@@ -275,7 +276,11 @@ mod cases {
         assert!(empty.complete, "nothing was trimmed from an empty room");
         let mut epoch = String::new();
         for i in 1..=7 {
-            epoch = s.publish("r", &format!("m{i}"), false).await.epoch.to_string();
+            epoch = s
+                .publish("r", &format!("m{i}"), false)
+                .await
+                .epoch
+                .to_string();
         }
         let offsets = |p: &hubcast::broker::HistoryPage| -> Vec<u64> {
             p.publications.iter().map(|p| p.offset).collect()
@@ -402,7 +407,9 @@ mod cases {
         s.wait_until("the skip", |s| s.delivered("r").len() >= 11)
             .await;
         let skip = s.events().into_iter().rev().find_map(|e| match e {
-            Event::Publication { offset: 11, skip, .. } => Some(skip),
+            Event::Publication {
+                offset: 11, skip, ..
+            } => Some(skip),
             _ => None,
         });
         assert_eq!(skip, Some(Some(42)));
@@ -422,7 +429,11 @@ mod cases {
     pub async fn presence_events_and_lists(s: &Subject) {
         let room: Arc<str> = Arc::from("r");
         s.engine.subscribe(&room).await.unwrap();
-        let (a1, a2, b1) = (client("a1", "ann"), client("a2", "ann"), client("b1", "bob"));
+        let (a1, a2, b1) = (
+            client("a1", "ann"),
+            client("a2", "ann"),
+            client("b1", "bob"),
+        );
         for c in [&a1, &a2, &b1] {
             s.engine.connect(c).await.unwrap();
         }
@@ -448,7 +459,11 @@ mod cases {
         assert_eq!(page.members.len(), 1);
         assert_eq!(page.members[0].user, "ann", "the first by user id");
         s.engine.leave("r", &a1).await.unwrap();
-        assert_eq!(s.engine.list("r", 10).await.unwrap().total, 2, "ann is still there");
+        assert_eq!(
+            s.engine.list("r", 10).await.unwrap().total,
+            2,
+            "ann is still there"
+        );
         s.engine.leave("r", &a2).await.unwrap();
         let page = s.engine.list("r", 10).await.unwrap();
         assert_eq!(page.total, 1);
@@ -468,7 +483,14 @@ mod cases {
         // Leaving twice, or a room never joined, changes nothing.
         s.engine.leave("r", &a2).await.unwrap();
         s.engine.leave("elsewhere", &a2).await.unwrap();
-        assert!(s.engine.list("elsewhere", 10).await.unwrap().members.is_empty());
+        assert!(
+            s.engine
+                .list("elsewhere", 10)
+                .await
+                .unwrap()
+                .members
+                .is_empty()
+        );
         s.engine.leave("r", &b1).await.unwrap();
         assert_eq!(s.engine.list("r", 10).await.unwrap().total, 0);
         s.engine.unsubscribe("r").await.unwrap();
@@ -484,7 +506,10 @@ mod cases {
         s.engine.connect(&a1).await.unwrap();
         s.engine.connect(&a2).await.unwrap();
         let st = s.engine.user_status("ann").await.unwrap();
-        assert_eq!((st.status, st.connections, st.last_seen), (Status::Online, 2, None));
+        assert_eq!(
+            (st.status, st.connections, st.last_seen),
+            (Status::Online, 2, None)
+        );
         // A status change is reported in every room the user is present in,
         // once.
         let room: Arc<str> = Arc::from("r");
@@ -492,8 +517,14 @@ mod cases {
         s.engine.join("r", &a1).await.unwrap();
         s.engine.set_status("ann", Status::Busy).await.unwrap();
         s.engine.set_status("ann", Status::Busy).await.unwrap();
-        assert_eq!(s.engine.user_status("ann").await.unwrap().status, Status::Busy);
-        assert_eq!(s.engine.list("r", 10).await.unwrap().members[0].status, Status::Busy);
+        assert_eq!(
+            s.engine.user_status("ann").await.unwrap().status,
+            Status::Busy
+        );
+        assert_eq!(
+            s.engine.list("r", 10).await.unwrap().members[0].status,
+            Status::Busy
+        );
         let want = vec![
             (PresenceAction::Join, "ann".to_string(), Status::Online),
             (PresenceAction::Status, "ann".to_string(), Status::Busy),
@@ -513,7 +544,10 @@ mod cases {
         // Coming back: online again, whatever the status was.
         s.engine.connect(&a1).await.unwrap();
         let st = s.engine.user_status("ann").await.unwrap();
-        assert_eq!((st.status, st.connections, st.last_seen), (Status::Online, 1, None));
+        assert_eq!(
+            (st.status, st.connections, st.last_seen),
+            (Status::Online, 1, None)
+        );
         s.engine.disconnect(&a1).await.unwrap();
         // An anonymous user leaves no offline record.
         let anon = ClientInfo {
@@ -523,7 +557,10 @@ mod cases {
         s.engine.connect(&anon).await.unwrap();
         s.engine.disconnect(&anon).await.unwrap();
         let st = s.engine.user_status("anon-1").await.unwrap();
-        assert_eq!((st.status, st.connections, st.last_seen), (Status::Offline, 0, None));
+        assert_eq!(
+            (st.status, st.connections, st.last_seen),
+            (Status::Offline, 0, None)
+        );
         s.engine.unsubscribe("r").await.unwrap();
     }
 }
@@ -567,8 +604,8 @@ contract!(memory, redis);
 mod redis_gaps {
     use super::*;
 
-    fn raw() -> redis::Connection {
-        redis::Client::open(common::redis_url())
+    fn raw() -> ::redis::Connection {
+        ::redis::Client::open(common::redis_url())
             .unwrap()
             .get_connection()
             .unwrap()
@@ -580,22 +617,22 @@ mod redis_gaps {
         let mut c = raw();
         let meta = format!("{prefix}:{{{room}}}:m");
         let stream = format!("{prefix}:{{{room}}}:s");
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = ::redis::cmd("XRANGE")
             .arg(&stream)
             .arg("1-0")
             .arg("1-0")
-            .query::<redis::Value>(&mut c)
-            .map(|v| redis::from_redis_value(v).unwrap())
+            .query::<::redis::Value>(&mut c)
+            .map(|v| ::redis::from_redis_value(v).unwrap())
             .unwrap();
         let fields = entries[0].1.clone();
         for _ in 0..n {
-            let offset: u64 = redis::cmd("HINCRBY")
+            let offset: u64 = ::redis::cmd("HINCRBY")
                 .arg(&meta)
                 .arg("o")
                 .arg(1)
                 .query(&mut c)
                 .unwrap();
-            let mut cmd = redis::cmd("XADD");
+            let mut cmd = ::redis::cmd("XADD");
             cmd.arg(&stream).arg(format!("{offset}-0"));
             for (k, v) in &fields {
                 cmd.arg(k).arg(v.as_slice());
@@ -606,7 +643,7 @@ mod redis_gaps {
 
     /// Moves the room's top on by `n` offsets that the stream never held.
     fn lose(prefix: &str, room: &str, n: u64) {
-        let _: u64 = redis::cmd("HINCRBY")
+        let _: u64 = ::redis::cmd("HINCRBY")
             .arg(format!("{prefix}:{{{room}}}:m"))
             .arg("o")
             .arg(n)
