@@ -611,13 +611,16 @@ mod redis_gaps {
             .unwrap()
     }
 
+    /// A stream entry as XRANGE returns it: id and field/value pairs.
+    type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
     /// Appends `n` entries to the room's stream after its top, copying the
     /// fields of its entry 1, without publishing them on the channel.
     fn add_unpublished(prefix: &str, room: &str, n: u64) {
         let mut c = raw();
         let meta = format!("{prefix}:{{{room}}}:m");
         let stream = format!("{prefix}:{{{room}}}:s");
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = ::redis::cmd("XRANGE")
+        let entries: Vec<StreamEntry> = ::redis::cmd("XRANGE")
             .arg(&stream)
             .arg("1-0")
             .arg("1-0")
