@@ -131,7 +131,7 @@ pub struct PresencePage {
 }
 
 /// A presence change in a room.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEvent {
     /// join, leave or status.
     pub action: PresenceAction,

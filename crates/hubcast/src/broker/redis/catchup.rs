@@ -2,17 +2,29 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use crate::broker::BrokerError;
+use crate::protocol::json_string;
 
-use crate::broker::{BrokerError, PresenceEvent};
-use crate::protocol::PresenceAction;
-
-use super::{Shared, parse_status};
+use super::Shared;
+use super::codec::{self, ChannelMessage};
 
 /// Per subscribed room: the last offset delivered to the hub.
 pub(super) struct RoomPos {
     pub(super) epoch: Arc<str>,
     pub(super) last: u64,
+    /// The room as a JSON string, for the envelopes (escaped once, not per
+    /// message).
+    pub(super) room_json: Box<str>,
+}
+
+impl RoomPos {
+    pub(super) fn new(room: &str, epoch: Arc<str>, last: u64) -> Self {
+        Self {
+            epoch,
+            last,
+            room_json: json_string(room).into_boxed_str(),
+        }
+    }
 }
 
 /// Delivers the stream's entries after `pos.last` (up to `upto`, exclusive,
@@ -56,7 +68,14 @@ pub(super) async fn catch_up(
         }
         handler.on_publication(
             room,
-            &shared.publication(e.offset, &epoch, &e.node, &e.key, e.envelope),
+            &shared.publication(
+                &pos.room_json,
+                e.offset,
+                &epoch,
+                &e.node,
+                &e.key,
+                &e.payload,
+            ),
         );
         pos.last = e.offset;
     }
@@ -73,59 +92,31 @@ pub(super) async fn catch_up(
     Ok(())
 }
 
-/// Delivers one pub/sub payload, after filling the gap before it from the
+/// Delivers one channel message, after filling the gap before it from the
 /// stream. An error (the stream could not be read) delivers nothing.
 pub(super) async fn on_message(
     shared: &Shared,
     room: &str,
     pos: &mut RoomPos,
-    payload: &[u8],
+    message: &[u8],
 ) -> Result<(), BrokerError> {
     let Some(handler) = shared.handler() else {
         return Ok(());
     };
-    if let Some(rest) = payload.strip_prefix(b"p\n") {
-        let text = String::from_utf8_lossy(rest);
-        let mut it = text.split('\n');
-        let (Some(action), Some(user), Some(name), Some(status)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
+    let (offset, epoch, node, key, payload) = match codec::decode(message) {
+        None => return Ok(()),
+        Some(ChannelMessage::Presence(event)) => {
+            handler.on_presence(room, &event);
             return Ok(());
-        };
-        let action = match action {
-            "join" => PresenceAction::Join,
-            "leave" => PresenceAction::Leave,
-            _ => PresenceAction::Status,
-        };
-        handler.on_presence(
-            room,
-            &PresenceEvent {
-                action,
-                user: Arc::from(user),
-                name: Arc::from(name),
-                status: parse_status(Some(status)),
-            },
-        );
-        return Ok(());
-    }
-    // offset \n epoch \n node \n key \n envelope
-    let mut parts = payload.splitn(5, |b| *b == b'\n');
-    let (Some(off), Some(epoch), Some(node), Some(key), Some(env)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Ok(());
+        }
+        Some(ChannelMessage::Publication {
+            offset,
+            epoch,
+            node,
+            key,
+            payload,
+        }) => (offset, epoch, node, key, payload),
     };
-    let Some(offset) = std::str::from_utf8(off)
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    else {
-        return Ok(());
-    };
-    let epoch = String::from_utf8_lossy(epoch);
     if *epoch != *pos.epoch {
         // A new epoch: Redis lost the room's history. Clients see the new
         // epoch in the envelopes; follow the new stream from its start.
@@ -139,12 +130,10 @@ pub(super) async fn on_message(
     if offset > pos.last + 1 {
         catch_up(shared, room, pos, Some(offset)).await?;
     }
-    let node = String::from_utf8_lossy(node);
-    let key = String::from_utf8_lossy(key);
     let epoch = pos.epoch.clone();
     handler.on_publication(
         room,
-        &shared.publication(offset, &epoch, &node, &key, Bytes::copy_from_slice(env)),
+        &shared.publication(&pos.room_json, offset, &epoch, &node, &key, payload),
     );
     pos.last = offset;
     Ok(())

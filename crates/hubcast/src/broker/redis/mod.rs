@@ -6,7 +6,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:{room}:m` | hash | `e` epoch, `o` latest offset |
-//! | `P:{room}:s` | stream | history; entry id `offset-0`, fields `t` (ms), `d` (envelope), `n`/`k` (publishing node and connection) |
+//! | `P:{room}:s` | stream | history; entry id `offset-0`, fields `t` (ms), `d` (payload: the envelope's tail, see `codec`), `n`/`k` (publishing node and connection) |
 //! | `P:{room}:i:<msgId>` | string | `epoch:offset` of a client msgId, for `history_ttl` |
 //! | `P:{room}:c` | channel | new messages and presence events |
 //! | `P:{room}:p` | hash | connection id → user, name, node |
@@ -40,11 +40,12 @@
 //!
 //! Layout: `keys` (names), `scripts` (the Lua in `lua/`), `conn` (one
 //! server or a cluster; startup), `stream` (reading a room's stream),
-//! `pubsub` (the node's subscriptions), `catchup` (in-order delivery and gap
-//! filling), `presence` (presence and user status), `nodes` (leases and the
+//! `pubsub` (the node's subscriptions), `codec` (channel messages and
+//! payloads), `catchup` (in-order delivery and gap filling), `presence` (presence and user status), `nodes` (leases and the
 //! reaper). This file holds the shared state and implements [`Broker`].
 
 mod catchup;
+mod codec;
 mod conn;
 mod keys;
 mod nodes;
@@ -60,7 +61,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use redis::{AsyncCommands, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -70,12 +70,12 @@ use crate::broker::{
     Broker, BrokerError, BrokerHandler, ConnKey, HistoryPage, Publication, PublishRequest,
     PublishResult, Recovery,
 };
+use crate::protocol::json_string;
 
 use self::catchup::{RoomPos, catch_up, on_message};
 use self::conn::Conn;
 use self::keys::Keys;
 use self::nodes::{Registry, lease_task};
-use self::presence::parse_status;
 use self::pubsub::{SubCmd, cluster_pubsub_task, pubsub_task};
 use self::scripts::Scripts;
 use self::stream::{parse_entries, position, since_arg};
@@ -137,13 +137,16 @@ impl Shared {
         self.handler.get().and_then(Weak::upgrade)
     }
 
+    /// A publication from what the script sent or stored; its envelope is
+    /// built here, once per publication on each node.
     pub(super) fn publication(
         &self,
+        room_json: &str,
         offset: u64,
         epoch: &Arc<str>,
         node: &str,
         key: &str,
-        envelope: Bytes,
+        payload: &[u8],
     ) -> Arc<Publication> {
         let skip = if node == &*self.node {
             key.parse::<ConnKey>().ok()
@@ -154,7 +157,7 @@ impl Shared {
             offset,
             epoch: epoch.clone(),
             skip,
-            envelope,
+            envelope: codec::envelope(room_json, offset, epoch, payload),
         })
     }
 }
@@ -184,7 +187,7 @@ impl Broker for RedisBroker {
             } else {
                 s.keys.room(room, "m")
             })
-            .arg(req.parts.head())
+            // The payload is opaque to the script (see `codec`).
             .arg(req.parts.tail())
             .arg(s.history_size)
             .arg(s.ttl.as_secs().max(1))
@@ -229,6 +232,7 @@ impl Broker for RedisBroker {
         since: Option<(u64, Option<&str>)>,
     ) -> Result<Recovery, BrokerError> {
         let s = &self.shared;
+        let room_json = json_string(room);
         let since_arg = since_arg(since.map(|(o, _)| o));
         let (epoch, top, entries) = s.recover_raw(room, since_arg).await?;
         let mut rec = Recovery {
@@ -249,7 +253,9 @@ impl Broker for RedisBroker {
                         whole = false;
                         break;
                     }
-                    pubs.push(s.publication(e.offset, &epoch, &e.node, &e.key, e.envelope));
+                    pubs.push(
+                        s.publication(&room_json, e.offset, &epoch, &e.node, &e.key, &e.payload),
+                    );
                     expect += 1;
                 }
                 if whole && expect == top + 1 {
@@ -268,6 +274,7 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let s = &self.shared;
+        let room_json = json_string(room);
         let mut conn = s.conn.clone();
         let v: Value = s
             .scripts
@@ -300,7 +307,7 @@ impl Broker for RedisBroker {
         };
         let publications = entries
             .into_iter()
-            .map(|e| s.publication(e.offset, &epoch, &e.node, &e.key, e.envelope))
+            .map(|e| s.publication(&room_json, e.offset, &epoch, &e.node, &e.key, &e.payload))
             .collect();
         Ok(HistoryPage {
             epoch,

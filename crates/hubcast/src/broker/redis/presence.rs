@@ -9,6 +9,7 @@ use redis::AsyncCommands;
 use crate::broker::{BrokerError, ClientInfo, PresenceManager, PresencePage, UserStatus};
 use crate::protocol::{Member, Status};
 
+use super::codec::{self, parse_status};
 use super::{RedisBroker, Shared, unavailable};
 
 impl Shared {
@@ -142,15 +143,6 @@ impl Shared {
     }
 }
 
-pub(super) fn parse_status(s: Option<&str>) -> Status {
-    match s {
-        Some("away") => Status::Away,
-        Some("busy") => Status::Busy,
-        Some("offline") => Status::Offline,
-        _ => Status::Online,
-    }
-}
-
 #[async_trait]
 impl PresenceManager for RedisBroker {
     async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
@@ -268,7 +260,7 @@ impl PresenceManager for RedisBroker {
             .map_err(unavailable)?;
         let name = name.unwrap_or_else(|| user.to_string());
         for room in rooms {
-            let payload = format!("p\nstatus\n{user}\n{name}\n{}", status.as_str());
+            let payload = codec::encode_status(user, &name, status);
             let _: i64 = redis::cmd(s.publish_cmd)
                 .arg(s.keys.channel(&room))
                 .arg(payload)

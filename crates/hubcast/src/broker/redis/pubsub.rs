@@ -121,7 +121,8 @@ pub(super) async fn pubsub_task(
                         // here on arrives over pub/sub.
                         match shared.recover_raw(&room, -1).await {
                             Ok((epoch, top, _)) => {
-                                rooms.insert(room, RoomSub { refs: 1, pos: RoomPos { epoch, last: top }, idle_since: None });
+                                let pos = RoomPos::new(&room, epoch, top);
+                                rooms.insert(room, RoomSub { refs: 1, pos, idle_since: None });
                                 let _ = reply.send(Ok(()));
                             }
                             Err(e) => {
@@ -262,7 +263,8 @@ pub(super) async fn cluster_pubsub_task(
                     // here on arrives over pub/sub.
                     match shared.recover_raw(&room, -1).await {
                         Ok((epoch, top, _)) => {
-                            rooms.insert(room, RoomSub { refs: 1, pos: RoomPos { epoch, last: top }, idle_since: None });
+                            let pos = RoomPos::new(&room, epoch, top);
+                                rooms.insert(room, RoomSub { refs: 1, pos, idle_since: None });
                             let _ = reply.send(Ok(()));
                         }
                         Err(e) => {

@@ -10,11 +10,12 @@ use crate::broker::BrokerError;
 
 use super::{META_TTL, Shared, new_epoch, unavailable};
 
-/// One stream entry: (offset, time ms, envelope, node, connection key).
+/// One stream entry: (offset, time ms, payload, node, connection key).
 pub(super) struct Entry {
     pub(super) offset: u64,
     pub(super) time: i64,
-    pub(super) envelope: Bytes,
+    /// The opaque payload (see `codec`).
+    pub(super) payload: Bytes,
     pub(super) node: String,
     pub(super) key: String,
 }
@@ -64,7 +65,7 @@ pub(super) fn parse_entries(v: &Value) -> Vec<Entry> {
             let mut e = Entry {
                 offset,
                 time: 0,
-                envelope: Bytes::new(),
+                payload: Bytes::new(),
                 node: String::new(),
                 key: String::new(),
             };
@@ -72,7 +73,7 @@ pub(super) fn parse_entries(v: &Value) -> Vec<Entry> {
                 let [k, v] = kv else { continue };
                 match k.as_slice() {
                     b"t" => e.time = std::str::from_utf8(v).ok()?.parse().ok()?,
-                    b"d" => e.envelope = Bytes::copy_from_slice(v),
+                    b"d" => e.payload = Bytes::copy_from_slice(v),
                     b"n" => e.node = String::from_utf8_lossy(v).into_owned(),
                     b"k" => e.key = String::from_utf8_lossy(v).into_owned(),
                     _ => {}
