@@ -51,6 +51,7 @@ mod keys;
 mod nodes;
 mod presence;
 mod pubsub;
+mod rooms;
 mod scripts;
 mod stream;
 

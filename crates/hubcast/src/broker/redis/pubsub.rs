@@ -1,6 +1,6 @@
 //! The node's pub/sub side.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,10 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
 
-use super::{
-    COMMAND_TIMEOUT, MAX_BACKOFF, RoomPos, Shared, UNSUBSCRIBE_DELAY, catch_up, on_message,
-    unavailable,
-};
+use super::rooms::Rooms;
+use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared, UNSUBSCRIBE_DELAY, unavailable};
 
 /// What the pub/sub task is asked to do.
 pub(super) enum SubCmd {
@@ -33,7 +31,7 @@ pub(super) async fn pubsub_task(
     mut rx: mpsc::UnboundedReceiver<SubCmd>,
     cancel: CancellationToken,
 ) {
-    let mut rooms: HashMap<Arc<str>, RoomSub> = HashMap::new();
+    let mut rooms = Rooms::default();
     let mut backoff = Duration::from_millis(50);
     // Set when the connection is given up for a failed stream read: wait
     // before reconnecting.
@@ -64,19 +62,16 @@ pub(super) async fn pubsub_task(
         };
         let (mut sink, mut stream) = pubsub.split();
         // Rooms left while disconnected are not resubscribed.
-        rooms.retain(|_, r| r.refs > 0);
-        for room in rooms.keys() {
-            if let Err(e) = sink.subscribe(shared.keys.channel(room)).await {
+        rooms.retain_live();
+        for room in rooms.names() {
+            if let Err(e) = sink.subscribe(shared.keys.channel(&room)).await {
                 tracing::warn!(error = %e, "redis resubscribe failed");
                 continue 'connect;
             }
         }
         // Whatever was published while we were away comes from the streams.
-        let names: Vec<Arc<str>> = rooms.keys().cloned().collect();
-        for room in names {
-            if let Some(r) = rooms.get_mut(&room)
-                && let Err(e) = catch_up(&shared, &room, &mut r.pos, None).await
-            {
+        for room in rooms.names() {
+            if let Err(e) = rooms.catch_up(&shared, &room).await {
                 tracing::warn!(room = %room, error = %e, "cannot read missed messages from redis; reconnecting");
                 pause = true;
                 continue 'connect;
@@ -97,8 +92,7 @@ pub(super) async fn pubsub_task(
                 _ = sweep.tick() => {
                     // Unsubscribe rooms left long enough ago (a room that is
                     // left and joined again in between keeps its subscription).
-                    for room in idle_rooms(&rooms) {
-                        rooms.remove(&room);
+                    for room in rooms.take_idle() {
                         if sink.unsubscribe(shared.keys.channel(&room)).await.is_err() {
                             continue 'connect;
                         }
@@ -107,9 +101,7 @@ pub(super) async fn pubsub_task(
                 cmd = rx.recv() => match cmd {
                     None => return,
                     Some(SubCmd::Subscribe(room, reply)) => {
-                        if let Some(r) = rooms.get_mut(&room) {
-                            r.refs += 1;
-                            r.idle_since = None;
+                        if rooms.add_ref(&room) {
                             let _ = reply.send(Ok(()));
                             continue;
                         }
@@ -117,21 +109,14 @@ pub(super) async fn pubsub_task(
                             let _ = reply.send(Err(unavailable(e)));
                             continue 'connect;
                         }
-                        // Read the position only now: anything published from
-                        // here on arrives over pub/sub.
-                        match shared.recover_raw(&room, -1).await {
-                            Ok((epoch, top, _)) => {
-                                let pos = RoomPos::new(&room, epoch, top);
-                                rooms.insert(room, RoomSub { refs: 1, pos, idle_since: None });
-                                let _ = reply.send(Ok(()));
-                            }
-                            Err(e) => {
-                                let _ = sink.unsubscribe(shared.keys.channel(&room)).await;
-                                let _ = reply.send(Err(e));
-                            }
+                        let channel = shared.keys.channel(&room);
+                        let started = rooms.start(&shared, room).await;
+                        if started.is_err() {
+                            let _ = sink.unsubscribe(channel).await;
                         }
+                        let _ = reply.send(started);
                     }
-                    Some(SubCmd::Unsubscribe(room)) => release(&mut rooms, &room),
+                    Some(SubCmd::Unsubscribe(room)) => rooms.release(&room),
                 },
                 msg = stream.next() => {
                     let Some(msg) = msg else {
@@ -139,8 +124,7 @@ pub(super) async fn pubsub_task(
                         continue 'connect;
                     };
                     let Some(room) = shared.keys.room_of(msg.get_channel_name()) else { continue };
-                    let Some(r) = rooms.get_mut(room) else { continue };
-                    if let Err(e) = on_message(&shared, room, &mut r.pos, msg.get_payload_bytes()).await {
+                    if let Err(e) = rooms.deliver(&shared, room, msg.get_payload_bytes()).await {
                         // Nothing newer is delivered before the gap is
                         // filled: start over, reading the streams again.
                         tracing::warn!(room, error = %e, "cannot read missed messages from redis; reconnecting");
@@ -160,7 +144,7 @@ pub(super) async fn pubsub_task(
 pub(super) async fn wait_serving(
     pause: Duration,
     rx: &mut mpsc::UnboundedReceiver<SubCmd>,
-    rooms: &mut HashMap<Arc<str>, RoomSub>,
+    rooms: &mut Rooms,
     cancel: &CancellationToken,
 ) -> bool {
     let deadline = tokio::time::sleep(pause);
@@ -172,21 +156,20 @@ pub(super) async fn wait_serving(
             cmd = rx.recv() => match cmd {
                 None => return false,
                 Some(SubCmd::Subscribe(room, reply)) => {
-                    if let Some(r) = rooms.get_mut(&room).filter(|r| r.refs > 0) {
-                        r.refs += 1;
+                    if rooms.add_live_ref(&room) {
                         let _ = reply.send(Ok(()));
                     } else {
                         let _ = reply.send(Err(unavailable("pub/sub connection down")));
                     }
                 }
-                Some(SubCmd::Unsubscribe(room)) => release(rooms, &room),
+                Some(SubCmd::Unsubscribe(room)) => rooms.release(&room),
             },
         }
     }
 }
 
 /// The cluster's pub/sub: sharded subscriptions on the cluster connection,
-/// the same room bookkeeping as [`pubsub_task`], and a catch-up from the
+/// the same room bookkeeping as [`pubsub_task`] ([`Rooms`]), and a catch-up from the
 /// stream whenever a room's subscription is confirmed again.
 ///
 /// The cluster client resubscribes a reconnected master by itself, but it
@@ -202,7 +185,7 @@ pub(super) async fn cluster_pubsub_task(
     mut rx: mpsc::UnboundedReceiver<SubCmd>,
     cancel: CancellationToken,
 ) {
-    let mut rooms: HashMap<Arc<str>, RoomSub> = HashMap::new();
+    let mut rooms = Rooms::default();
     // Rooms whose subscription Redis has not confirmed since the last
     // disconnection, and when to subscribe them again.
     let mut unconfirmed: HashSet<Arc<str>> = HashSet::new();
@@ -220,8 +203,7 @@ pub(super) async fn cluster_pubsub_task(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = sweep.tick() => {
-                for room in idle_rooms(&rooms) {
-                    rooms.remove(&room);
+                for room in rooms.take_idle() {
                     unconfirmed.remove(&room);
                     if let Err(e) = sub.clone().sunsubscribe(shared.keys.channel(&room)).await {
                         tracing::warn!(room = %room, error = %e, "redis sunsubscribe failed");
@@ -229,7 +211,7 @@ pub(super) async fn cluster_pubsub_task(
                 }
             }
             _ = resubscribe => {
-                unconfirmed.retain(|r| rooms.contains_key(r));
+                unconfirmed.retain(|r| rooms.contains(r));
                 let results = futures_util::future::join_all(unconfirmed.iter().map(|room| {
                     let mut conn = sub.clone();
                     let channel = shared.keys.channel(room);
@@ -249,9 +231,7 @@ pub(super) async fn cluster_pubsub_task(
             cmd = rx.recv() => match cmd {
                 None => return,
                 Some(SubCmd::Subscribe(room, reply)) => {
-                    if let Some(r) = rooms.get_mut(&room) {
-                        r.refs += 1;
-                        r.idle_since = None;
+                    if rooms.add_ref(&room) {
                         let _ = reply.send(Ok(()));
                         continue;
                     }
@@ -259,21 +239,14 @@ pub(super) async fn cluster_pubsub_task(
                         let _ = reply.send(Err(unavailable(e)));
                         continue;
                     }
-                    // Read the position only now: anything published from
-                    // here on arrives over pub/sub.
-                    match shared.recover_raw(&room, -1).await {
-                        Ok((epoch, top, _)) => {
-                            let pos = RoomPos::new(&room, epoch, top);
-                                rooms.insert(room, RoomSub { refs: 1, pos, idle_since: None });
-                            let _ = reply.send(Ok(()));
-                        }
-                        Err(e) => {
-                            let _ = sub.clone().sunsubscribe(shared.keys.channel(&room)).await;
-                            let _ = reply.send(Err(e));
-                        }
+                    let channel = shared.keys.channel(&room);
+                    let started = rooms.start(&shared, room).await;
+                    if started.is_err() {
+                        let _ = sub.clone().sunsubscribe(channel).await;
                     }
+                    let _ = reply.send(started);
                 }
-                Some(SubCmd::Unsubscribe(room)) => release(&mut rooms, &room),
+                Some(SubCmd::Unsubscribe(room)) => rooms.release(&room),
             },
             push = pushes.recv() => {
                 let Some(push) = push else { return };
@@ -286,8 +259,7 @@ pub(super) async fn cluster_pubsub_task(
                     PushKind::SMessage => {
                         let (Some(room), Some(Value::BulkString(payload))) = (room, push.data.get(1))
                         else { continue };
-                        let Some(r) = rooms.get_mut(room) else { continue };
-                        if let Err(e) = on_message(&shared, room, &mut r.pos, payload).await {
+                        if let Err(e) = rooms.deliver(&shared, room, payload).await {
                             // Not delivered: the resubscription's catch-up
                             // reads it from the stream, in order.
                             tracing::warn!(room, error = %e, "cannot read missed messages from redis; retrying");
@@ -300,8 +272,7 @@ pub(super) async fn cluster_pubsub_task(
                         // the shard's connection was down is in the stream.
                         let Some(room) = room else { continue };
                         unconfirmed.remove(room);
-                        let Some(r) = rooms.get_mut(room) else { continue };
-                        if let Err(e) = catch_up(&shared, room, &mut r.pos, None).await {
+                        if let Err(e) = rooms.catch_up(&shared, room).await {
                             tracing::warn!(room, error = %e, "cannot read missed messages from redis; retrying");
                             unconfirmed.insert(Arc::from(room));
                             resubscribe_at.get_or_insert(tokio::time::Instant::now() + backoff);
@@ -309,7 +280,7 @@ pub(super) async fn cluster_pubsub_task(
                     }
                     PushKind::Disconnection => {
                         tracing::warn!("a redis cluster pub/sub connection dropped; resubscribing");
-                        unconfirmed.extend(rooms.keys().cloned());
+                        unconfirmed.extend(rooms.names());
                         if resubscribe_at.is_none() {
                             // Give the client a moment to reconnect first.
                             resubscribe_at = Some(tokio::time::Instant::now() + backoff);
@@ -318,42 +289,6 @@ pub(super) async fn cluster_pubsub_task(
                     _ => {}
                 }
             }
-        }
-    }
-}
-
-/// A room the node is subscribed to.
-pub(super) struct RoomSub {
-    /// Subscribe calls not yet matched by an unsubscribe.
-    pub(super) refs: usize,
-    /// What was delivered last.
-    pub(super) pos: RoomPos,
-    /// When `refs` dropped to 0; the channel is unsubscribed after
-    /// [`UNSUBSCRIBE_DELAY`].
-    pub(super) idle_since: Option<tokio::time::Instant>,
-}
-
-/// Rooms left long enough ago to unsubscribe (a room that is left and
-/// joined again in between keeps its subscription).
-pub(super) fn idle_rooms(rooms: &HashMap<Arc<str>, RoomSub>) -> Vec<Arc<str>> {
-    rooms
-        .iter()
-        .filter(|(_, r)| {
-            r.refs == 0
-                && r.idle_since
-                    .is_some_and(|t| t.elapsed() >= UNSUBSCRIBE_DELAY)
-        })
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
-/// Drops one subscription reference to a room; the channel itself is
-/// unsubscribed a little later, if nobody joins again meanwhile.
-pub(super) fn release(rooms: &mut HashMap<Arc<str>, RoomSub>, room: &str) {
-    if let Some(r) = rooms.get_mut(room) {
-        r.refs = r.refs.saturating_sub(1);
-        if r.refs == 0 {
-            r.idle_since = Some(tokio::time::Instant::now());
         }
     }
 }
