@@ -14,10 +14,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::BrokerError;
 
-use super::{
-    COMMAND_TIMEOUT, Keys, MAX_BACKOFF, RedisBroker, Registry, Scripts, Shared,
-    cluster_pubsub_task, lease_task, pubsub_task, unavailable,
-};
+use super::keys::Keys;
+use super::nodes::{Registry, lease_task};
+use super::pubsub::{cluster_pubsub_task, pubsub_task};
+use super::scripts::Scripts;
+use super::{COMMAND_TIMEOUT, MAX_BACKOFF, RedisBroker, Shared, unavailable};
 
 /// The command connection: one Redis server, or a Redis Cluster (commands
 /// routed by key slot).

@@ -73,11 +73,10 @@ use crate::broker::{
 };
 use crate::protocol::json_string;
 
-use self::catchup::{RoomPos, catch_up, on_message};
 use self::conn::Conn;
 use self::keys::Keys;
-use self::nodes::{Registry, lease_task};
-use self::pubsub::{SubCmd, cluster_pubsub_task, pubsub_task};
+use self::nodes::Registry;
+use self::pubsub::SubCmd;
 use self::scripts::Scripts;
 use self::stream::{parse_entries, position, since_arg};
 

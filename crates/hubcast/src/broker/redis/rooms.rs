@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::broker::BrokerError;
 
-use super::{RoomPos, Shared, UNSUBSCRIBE_DELAY, catch_up, on_message};
+use super::catchup::{RoomPos, catch_up, on_message};
+use super::{Shared, UNSUBSCRIBE_DELAY};
 
 /// A room the node is subscribed to.
 struct RoomSub {
