@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
 
-use super::rooms::Rooms;
+use super::rooms::{Rooms, SubscribeError};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared, UNSUBSCRIBE_DELAY, unavailable};
 
 /// What the pub/sub task is asked to do.
@@ -101,20 +101,15 @@ pub(super) async fn pubsub_task(
                 cmd = rx.recv() => match cmd {
                     None => return,
                     Some(SubCmd::Subscribe(room, reply)) => {
-                        if rooms.add_ref(&room) {
-                            let _ = reply.send(Ok(()));
-                            continue;
+                        match rooms.subscribe(&shared, &mut sink, room).await {
+                            Err(SubscribeError::Link(e)) => {
+                                let _ = reply.send(Err(e));
+                                continue 'connect;
+                            }
+                            r => {
+                                let _ = reply.send(r.map_err(SubscribeError::into_inner));
+                            }
                         }
-                        if let Err(e) = sink.subscribe(shared.keys.channel(&room)).await {
-                            let _ = reply.send(Err(unavailable(e)));
-                            continue 'connect;
-                        }
-                        let channel = shared.keys.channel(&room);
-                        let started = rooms.start(&shared, room).await;
-                        if started.is_err() {
-                            let _ = sink.unsubscribe(channel).await;
-                        }
-                        let _ = reply.send(started);
                     }
                     Some(SubCmd::Unsubscribe(room)) => rooms.release(&room),
                 },
@@ -231,20 +226,8 @@ pub(super) async fn cluster_pubsub_task(
             cmd = rx.recv() => match cmd {
                 None => return,
                 Some(SubCmd::Subscribe(room, reply)) => {
-                    if rooms.add_ref(&room) {
-                        let _ = reply.send(Ok(()));
-                        continue;
-                    }
-                    if let Err(e) = sub.clone().ssubscribe(shared.keys.channel(&room)).await {
-                        let _ = reply.send(Err(unavailable(e)));
-                        continue;
-                    }
-                    let channel = shared.keys.channel(&room);
-                    let started = rooms.start(&shared, room).await;
-                    if started.is_err() {
-                        let _ = sub.clone().sunsubscribe(channel).await;
-                    }
-                    let _ = reply.send(started);
+                    let r = rooms.subscribe(&shared, &mut sub.clone(), room).await;
+                    let _ = reply.send(r.map_err(SubscribeError::into_inner));
                 }
                 Some(SubCmd::Unsubscribe(room)) => rooms.release(&room),
             },

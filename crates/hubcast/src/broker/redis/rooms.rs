@@ -6,10 +6,56 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use redis::RedisResult;
+use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+
 use crate::broker::BrokerError;
 
 use super::catchup::{RoomPos, catch_up, on_message};
-use super::{Shared, UNSUBSCRIBE_DELAY};
+use super::{Shared, UNSUBSCRIBE_DELAY, unavailable};
+
+/// Where rooms' channels are subscribed: a plain server's pub/sub
+/// connection, or a cluster's sharded pub/sub.
+pub(super) trait Channels {
+    async fn subscribe(&mut self, channel: String) -> RedisResult<()>;
+    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()>;
+}
+
+impl Channels for PubSubSink {
+    async fn subscribe(&mut self, channel: String) -> RedisResult<()> {
+        PubSubSink::subscribe(self, channel).await
+    }
+    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
+        PubSubSink::unsubscribe(self, channel).await
+    }
+}
+
+impl Channels for ClusterConnection {
+    async fn subscribe(&mut self, channel: String) -> RedisResult<()> {
+        self.ssubscribe(channel).await
+    }
+    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
+        self.sunsubscribe(channel).await
+    }
+}
+
+/// Why a room could not be subscribed.
+pub(super) enum SubscribeError {
+    /// The connection failed (the plain connection is then reopened).
+    Link(BrokerError),
+    /// The room's position could not be read; its channel was unsubscribed
+    /// again.
+    Room(BrokerError),
+}
+
+impl SubscribeError {
+    pub(super) fn into_inner(self) -> BrokerError {
+        match self {
+            SubscribeError::Link(e) | SubscribeError::Room(e) => e,
+        }
+    }
+}
 
 /// A room the node is subscribed to.
 struct RoomSub {
@@ -31,7 +77,7 @@ pub(super) struct Rooms {
 impl Rooms {
     /// One more reference to a room already subscribed (even one left and
     /// waiting to be unsubscribed); false when it is not.
-    pub(super) fn add_ref(&mut self, room: &str) -> bool {
+    fn add_ref(&mut self, room: &str) -> bool {
         let Some(r) = self.map.get_mut(room) else {
             return false;
         };
@@ -52,25 +98,41 @@ impl Rooms {
         }
     }
 
-    /// Starts following a room whose channel was just subscribed: its
-    /// position is read only now, so anything published from here on
-    /// arrives over pub/sub.
-    pub(super) async fn start(
+    /// One more local reference to `room`: only a room not followed yet
+    /// costs a round trip, its channel subscribed first and its position
+    /// read only then, so anything published from there on arrives over
+    /// pub/sub. The one subscription path of both pub/sub tasks.
+    pub(super) async fn subscribe(
         &mut self,
         shared: &Shared,
+        channels: &mut impl Channels,
         room: Arc<str>,
-    ) -> Result<(), BrokerError> {
-        let (epoch, top, _) = shared.recover_raw(&room, -1).await?;
-        let pos = RoomPos::new(&room, epoch, top);
-        self.map.insert(
-            room,
-            RoomSub {
-                refs: 1,
-                pos,
-                idle_since: None,
-            },
-        );
-        Ok(())
+    ) -> Result<(), SubscribeError> {
+        if self.add_ref(&room) {
+            return Ok(());
+        }
+        let channel = shared.keys.channel(&room);
+        if let Err(e) = channels.subscribe(channel.clone()).await {
+            return Err(SubscribeError::Link(unavailable(e)));
+        }
+        match shared.recover_raw(&room, -1).await {
+            Ok((epoch, top, _)) => {
+                let pos = RoomPos::new(&room, epoch, top);
+                self.map.insert(
+                    room,
+                    RoomSub {
+                        refs: 1,
+                        pos,
+                        idle_since: None,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let _ = channels.unsubscribe(channel).await;
+                Err(SubscribeError::Room(e))
+            }
+        }
     }
 
     /// Drops one reference to a room; the channel itself is unsubscribed a
