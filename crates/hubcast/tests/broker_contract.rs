@@ -75,12 +75,20 @@ impl BrokerHandler for Recorder {
     }
 }
 
+/// Held (shared) by every Redis case while it runs, and exclusively by the
+/// one that kills every pub/sub connection of the server: a presence event
+/// published while a connection is down is lost (it has no stream), so the
+/// other cases must not see that happen.
+static PUBSUB_KILL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// One engine under test, with its handler.
 struct Subject {
     engine: Arc<dyn Engine>,
     recorder: Arc<Recorder>,
     /// The Redis key prefix to delete afterwards.
     prefix: Option<String>,
+    /// A share of [`PUBSUB_KILL`], for the Redis engine.
+    _kill: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
 }
 
 impl Drop for Subject {
@@ -93,6 +101,17 @@ impl Drop for Subject {
 
 impl Subject {
     async fn start(engine: &str) -> Subject {
+        let kill = match engine {
+            "redis" => Some(PUBSUB_KILL.read().await),
+            _ => None,
+        };
+        let mut s = Self::start_unguarded(engine).await;
+        s._kill = kill;
+        s
+    }
+
+    /// [`Subject::start`] without a share of [`PUBSUB_KILL`].
+    async fn start_unguarded(engine: &str) -> Subject {
         let ttl = Duration::from_secs(60);
         let (engine, prefix): (Arc<dyn Engine>, _) = match engine {
             "memory" => (MemoryBroker::new(HISTORY, ttl), None),
@@ -112,6 +131,7 @@ impl Subject {
             engine,
             recorder,
             prefix,
+            _kill: None,
         }
     }
 
@@ -673,6 +693,42 @@ mod redis_gaps {
             s.delivered("r")[3].1,
             expected_envelope("r", "m4", 4, &epoch)
         );
+        assert!(!s.events().contains(&Event::Reset { room: "r".into() }));
+        s.finish().await;
+    }
+
+    /// A dropped pub/sub connection (killed as `tests/redis_outage.rs`
+    /// does: every pub/sub client of the server): what was published
+    /// meanwhile comes from the stream, in order, without a reset.
+    #[tokio::test]
+    async fn a_dropped_pubsub_connection_is_caught_up_in_order() {
+        let _alone = PUBSUB_KILL.write().await;
+        let s = Subject::start_unguarded("redis").await;
+        let room: Arc<str> = Arc::from("r");
+        s.engine.subscribe(&room).await.unwrap();
+        s.publish("r", "m1", false).await;
+        s.wait_until("offset 1", |s| s.delivered("r").len() == 1)
+            .await;
+        let mut c = ::redis::Client::open(common::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let killed: i64 = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(killed >= 1, "this engine's connection at least");
+        for i in 2..=20 {
+            s.publish("r", &format!("m{i}"), false).await;
+        }
+        s.wait_until("offsets 2 to 20", |s| s.delivered("r").len() >= 20)
+            .await;
+        let offsets: Vec<u64> = s.delivered("r").into_iter().map(|(o, _)| o).collect();
+        assert_eq!(offsets, (1..=20).collect::<Vec<_>>());
         assert!(!s.events().contains(&Event::Reset { room: "r".into() }));
         s.finish().await;
     }
