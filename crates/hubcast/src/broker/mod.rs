@@ -16,6 +16,10 @@
 //!   completes before the node reads the room's position).
 //! - Presence changes ([`PresenceManager`]) are reported to the same
 //!   handler as events for the room.
+//!
+//! `tests/broker_contract.rs` runs one set of cases for this contract
+//! against every engine; a new engine implements both traits and adds its
+//! name there.
 
 pub mod memory;
 pub mod redis;
