@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{self, Broker};
+use crate::broker::{self, Broker, PresenceManager};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::{auth, http, lock, metrics, protocol, recent};
@@ -24,6 +24,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// The engine behind the hub.
     pub broker: Arc<dyn Broker>,
+    /// The same engine's presence and user status.
+    pub presence: Arc<dyn PresenceManager>,
     /// Fires on SIGTERM/SIGINT (or when a test says so).
     pub shutdown: CancellationToken,
     /// Owns every connection task, so shutdown can wait for them.
@@ -58,8 +60,8 @@ impl App {
         if protocol::is_personal(room) {
             return Ok(broker::PresencePage::default());
         }
-        self.broker
-            .presence(room, self.config.max_presence_members)
+        self.presence
+            .list(room, self.config.max_presence_members)
             .await
     }
 

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::App;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
-use crate::broker::{self, Broker};
+use crate::broker::{self, Broker, Engine, PresenceManager};
 use crate::config::{BrokerKind, Config};
 use crate::hub::Hub;
 use crate::{auth, http, protocol};
@@ -31,7 +31,7 @@ pub async fn run(
 }
 
 /// The engine the config names, connected.
-pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
+pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     Ok(match config.broker {
         BrokerKind::Memory => MemoryBroker::new(config.history_size, config.history_ttl()),
         BrokerKind::Redis => RedisBroker::connect(RedisSettings {
@@ -56,12 +56,13 @@ pub async fn run_with_broker(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-    broker: Arc<dyn Broker>,
+    broker: Arc<dyn Engine>,
 ) -> anyhow::Result<()> {
     let auth = auth::Auth::from_config(&config)?;
     let metrics = crate::metrics::install();
     // Every engine's operations are timed the same way.
-    let broker: Arc<dyn Broker> = broker::timed::Timed::new(broker);
+    let timed = broker::timed::Timed::new(broker);
+    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = (timed.clone(), timed);
     let limits = http::limits::ConnLimits::new(&config);
     let tasks = TaskTracker::new();
     let hub = Hub::new(broker.clone(), config.queue_size, tasks.clone());
@@ -70,6 +71,7 @@ pub async fn run_with_broker(
         config,
         hub,
         broker: broker.clone(),
+        presence,
         shutdown: shutdown.clone(),
         tasks,
         next_conn: AtomicU64::new(1),

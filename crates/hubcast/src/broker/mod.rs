@@ -14,7 +14,12 @@
 //! - The handler sees each room's publications in offset order, with no gap
 //!   and no duplicate, as long as the node is subscribed ([`Broker::subscribe`]
 //!   completes before the node reads the room's position).
-//! - Presence changes are reported to the handler as events for the room.
+//! - Presence changes ([`PresenceManager`]) are reported to the same
+//!   handler as events for the room.
+//!
+//! `tests/broker_contract.rs` runs one set of cases for this contract
+//! against every engine; a new engine implements both traits and adds its
+//! name there.
 
 pub mod memory;
 pub mod redis;
@@ -130,7 +135,7 @@ pub struct PresencePage {
 }
 
 /// A presence change in a room.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEvent {
     /// join, leave or status.
     pub action: PresenceAction,
@@ -177,14 +182,16 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn on_reset(&self, room: &str);
 }
 
-/// A messaging engine. See the module documentation for its contract.
+/// The message stream of an engine: offsets, history, recovery and
+/// delivery to this node. See the module documentation for its contract.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Short engine name for logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
-    /// Sets where publications and presence events go. Called once, before
-    /// any other method.
+    /// Sets where publications and presence events go (the engine's
+    /// [`PresenceManager`] side reports to the same handler). Called once,
+    /// before any other method.
     fn set_handler(&self, handler: Weak<dyn BrokerHandler>);
 
     /// Publishes a message (see the contract above).
@@ -218,17 +225,30 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError>;
 
+    /// Whether the engine can serve requests now.
+    async fn ready(&self) -> bool;
+
+    /// Stops the engine's background tasks.
+    async fn close(&self);
+}
+
+/// Who is where: room presence and user status. Kept apart from [`Broker`]
+/// (as centrifuge keeps its `PresenceManager`) because it is a different
+/// concern with its own storage; an engine usually implements both, and
+/// reports presence changes to the handler given to [`Broker::set_handler`].
+#[async_trait]
+pub trait PresenceManager: Send + Sync + 'static {
     /// Adds a connection to a room's presence; reports a `join` event when it
     /// is the user's first connection there.
-    async fn presence_join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
+    async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
 
     /// Removes a connection from a room's presence; reports a `leave` event
     /// when it was the user's last connection there.
-    async fn presence_leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
+    async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
 
     /// The room's members, one entry per user: the first `limit` by user
     /// id, and how many there are in all.
-    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError>;
+    async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError>;
 
     /// Registers an open connection for its user's status.
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError>;
@@ -242,10 +262,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A user's status.
     async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError>;
-
-    /// Whether the engine can serve requests now.
-    async fn ready(&self) -> bool;
-
-    /// Stops the engine's background tasks.
-    async fn close(&self);
 }
+
+/// One engine object serving both sides; what the server is started with.
+/// The server then holds each side as its own `Arc<dyn ...>`.
+pub trait Engine: Broker + PresenceManager {}
+
+impl<T: Broker + PresenceManager> Engine for T {}

@@ -321,7 +321,7 @@ pub async fn user_status(
     Path(user): Path<String>,
 ) -> Result<Response, HttpError> {
     protocol::check_user(&user).map_err(|m| HttpError::new(ErrorCode::BadRequest, m))?;
-    let st = app.broker.user_status(&user).await?;
+    let st = app.presence.user_status(&user).await?;
     if st.connections == 0 && st.last_seen.is_none() {
         return Err(HttpError::new(
             ErrorCode::NotFound,

@@ -3,6 +3,7 @@
 //! once, after it has assigned the offset.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -63,12 +64,10 @@ impl EnvelopeParts {
         }
     }
 
-    /// The envelope's text before the offset: `{"type":"message","room":…,"offset":`.
-    pub fn head(&self) -> String {
-        format!(r#"{{"type":"message","room":{},"offset":"#, self.room)
-    }
-
-    /// The envelope's text after the epoch: `,"msgId":…,"data":…}`.
+    /// The envelope's text after the epoch: `,"msgId":…,"data":…}`. An
+    /// engine that assigns offsets elsewhere (a Redis script) stores and
+    /// forwards this as opaque bytes and builds the envelope with
+    /// [`EnvelopeParts::assemble`] once the offset is known.
     pub fn tail(&self) -> String {
         let mut s = String::with_capacity(
             80 + self.msg_id.len() + self.event.len() + self.source.len() + self.data.len(),
@@ -94,15 +93,27 @@ impl EnvelopeParts {
     }
 
     /// Encodes the envelope with its offset and epoch: the one encoding every
-    /// recipient shares. Engines that assign offsets elsewhere (a Redis
-    /// script) build the same bytes as `head + offset + ,"epoch":"E" + tail`.
+    /// recipient shares.
     pub fn encode(&self, offset: u64, epoch: &str) -> Bytes {
-        let tail = self.tail();
-        let mut s = self.head();
-        s.reserve(40 + epoch.len() + tail.len());
-        let _ = write!(s, r#"{offset},"epoch":{}"#, json_string(epoch));
-        s.push_str(&tail);
-        Bytes::from(s)
+        Self::assemble(&self.room, offset, epoch, self.tail().as_bytes())
+    }
+
+    /// Assembles a `message` envelope: `{"type":"message","room":R,"offset":O,
+    /// "epoch":E` followed by `tail` (see [`EnvelopeParts::tail`]). The only
+    /// place that layout is written, whichever engine assigned the offset, so
+    /// every engine hands clients the same bytes. `room_json` is the room as a
+    /// JSON string literal, quotes included.
+    pub fn assemble(room_json: &str, offset: u64, epoch: &str, tail: &[u8]) -> Bytes {
+        const HEAD: &[u8] = br#"{"type":"message","room":"#;
+        let mut out =
+            Vec::with_capacity(HEAD.len() + room_json.len() + 40 + epoch.len() + tail.len());
+        out.extend_from_slice(HEAD);
+        out.extend_from_slice(room_json.as_bytes());
+        // Writing into a Vec cannot fail, nor can serializing a &str.
+        let _ = write!(out, r#","offset":{offset},"epoch":"#);
+        let _ = serde_json::to_writer(&mut out, epoch);
+        out.extend_from_slice(tail);
+        Bytes::from(out)
     }
 }
 
@@ -188,5 +199,33 @@ mod tests {
         assert_eq!(v["source"], "alice");
         assert_eq!(v["data"]["text"], "hi");
         assert_eq!(as_raw(&bytes).get(), std::str::from_utf8(&bytes).unwrap());
+    }
+
+    #[test]
+    fn the_envelope_layout_is_fixed_and_assembled_in_one_place() {
+        let parts = EnvelopeParts::new(
+            "lobby",
+            "m\"1",
+            1763800000123,
+            "chat.message",
+            "alice",
+            r#"{"text":"hi"}"#,
+        );
+        let want = r#"{"type":"message","room":"lobby","offset":43,"epoch":"e1","msgId":"m\"1","timestamp":1763800000123,"eventType":"chat.message","source":"alice","data":{"text":"hi"}}"#;
+        assert_eq!(parts.encode(43, "e1"), want.as_bytes());
+        // An engine holding only the tail builds the same bytes.
+        let tail = parts.tail();
+        assert_eq!(
+            EnvelopeParts::assemble(&json_string("lobby"), 43, "e1", tail.as_bytes()),
+            want.as_bytes()
+        );
+        let traced = parts.with_trace_id(Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(
+            std::str::from_utf8(&traced.encode(1, "e"))
+                .unwrap()
+                .contains(
+                    r#","source":"alice","traceId":"4bf92f3577b34da6a3ce929d0e0e4736","data":"#
+                )
+        );
     }
 }

@@ -70,16 +70,26 @@ impl Broker for Flaky {
         self.check()?;
         self.inner.history(room, since, limit).await
     }
-    async fn presence_join(&self, room: &str, c: &ClientInfo) -> Result<(), BrokerError> {
-        self.check()?;
-        self.inner.presence_join(room, c).await
+    async fn ready(&self) -> bool {
+        !self.down.load(Ordering::SeqCst)
     }
-    async fn presence_leave(&self, room: &str, c: &ClientInfo) -> Result<(), BrokerError> {
-        self.inner.presence_leave(room, c).await
+    async fn close(&self) {
+        self.inner.close().await
     }
-    async fn presence(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
+}
+
+#[async_trait]
+impl PresenceManager for Flaky {
+    async fn join(&self, room: &str, c: &ClientInfo) -> Result<(), BrokerError> {
         self.check()?;
-        self.inner.presence(room, limit).await
+        self.inner.join(room, c).await
+    }
+    async fn leave(&self, room: &str, c: &ClientInfo) -> Result<(), BrokerError> {
+        self.inner.leave(room, c).await
+    }
+    async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
+        self.check()?;
+        self.inner.list(room, limit).await
     }
     async fn connect(&self, c: &ClientInfo) -> Result<(), BrokerError> {
         self.check()?;
@@ -95,12 +105,6 @@ impl Broker for Flaky {
     async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
         self.check()?;
         self.inner.user_status(user).await
-    }
-    async fn ready(&self) -> bool {
-        !self.down.load(Ordering::SeqCst)
-    }
-    async fn close(&self) {
-        self.inner.close().await
     }
 }
 

@@ -16,6 +16,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod bench;
+mod broker_contract;
 mod broker_failure;
 mod client;
 mod framing;

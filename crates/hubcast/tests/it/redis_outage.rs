@@ -8,11 +8,9 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, Server};
+use common::{Client, Server, redis_socket_url, socket_path, start_redis};
 use hubcast::config::{BrokerKind, Config};
 use serde_json::json;
 
@@ -80,44 +78,6 @@ async fn killing_the_pubsub_connection_loses_nothing() {
     redis.kill().unwrap();
     redis.wait().unwrap();
     std::fs::remove_file(&socket).ok();
-}
-
-/// A Unix socket path of this test's own Redis.
-fn socket_path() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "hubcast-redis-{}.sock",
-        uuid::Uuid::new_v4().simple()
-    ))
-}
-
-fn redis_socket_url(socket: &Path) -> String {
-    format!("redis+unix://{}", socket.display())
-}
-
-/// A Redis server listening on `socket` only (`--port 0`: no TCP).
-fn start_redis(socket: &Path) -> Child {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--unixsocket",
-            socket.to_str().unwrap(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
-    for _ in 0..100 {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
 }
 
 async fn ready(s: &Server) -> u16 {

@@ -81,7 +81,7 @@ impl Session {
         let info = client_info(&conn);
         let personal = protocol::personal_room(&conn.user);
         let sub: Arc<dyn Subscriber> = conn.clone();
-        app.broker.connect(&info).await?;
+        app.presence.connect(&info).await?;
         let join = Join {
             room: &personal,
             explicit: false,
@@ -92,7 +92,7 @@ impl Session {
             .join(&sub, join, std::future::ready(Ok(())), |_, ()| None)
             .await;
         if let Err(e) = joined {
-            let _ = app.broker.disconnect(&info).await;
+            let _ = app.presence.disconnect(&info).await;
             return Err(e);
         }
         let limiter =
@@ -248,7 +248,10 @@ impl Session {
                 Ok(())
             }
             ClientFrame::Status { status } => {
-                self.app.broker.set_status(&self.conn.user, status).await?;
+                self.app
+                    .presence
+                    .set_status(&self.conn.user, status)
+                    .await?;
                 self.push(protocol::encode(&out::Ok { ty: "ok", id }));
                 Ok(())
             }
@@ -275,14 +278,14 @@ impl Session {
         for room in &self.rooms {
             hub.leave(&*self.conn, room, false).await;
             if !protocol::is_personal(room)
-                && let Err(e) = self.app.broker.presence_leave(room, &info).await
+                && let Err(e) = self.app.presence.leave(room, &info).await
             {
                 tracing::warn!(conn = %self.conn.id, room = %room, error = %e, "presence leave failed");
             }
         }
         let personal = protocol::personal_room(&self.conn.user);
         hub.leave(&*self.conn, &personal, false).await;
-        if let Err(e) = self.app.broker.disconnect(&info).await {
+        if let Err(e) = self.app.presence.disconnect(&info).await {
             tracing::warn!(conn = %self.conn.id, error = %e, "broker disconnect failed");
         }
     }

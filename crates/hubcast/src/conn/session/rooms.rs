@@ -49,7 +49,7 @@ impl Session {
         let sub: Arc<dyn Subscriber> = conn.clone();
         let prepare = async {
             if !personal && !already {
-                app.broker.presence_join(room, &client_info(conn)).await?;
+                app.presence.join(room, &client_info(conn)).await?;
             }
             app.presence_page(room).await
         };
@@ -112,8 +112,8 @@ impl Session {
         }));
         if !protocol::is_personal(room) {
             self.app
-                .broker
-                .presence_leave(room, &client_info(&self.conn))
+                .presence
+                .leave(room, &client_info(&self.conn))
                 .await?;
         }
         Ok(())

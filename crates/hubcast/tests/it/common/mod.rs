@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -30,6 +32,45 @@ pub enum Engine {
 /// Redis for tests: `HUBCAST_TEST_REDIS_URL`, default the machine's server.
 pub fn redis_url() -> String {
     std::env::var("HUBCAST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// A Unix socket path for a test's own Redis (tests that kill Redis, or
+/// every pub/sub client of it, must not do it to the shared one).
+pub fn socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "hubcast-redis-{}.sock",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+pub fn redis_socket_url(socket: &Path) -> String {
+    format!("redis+unix://{}", socket.display())
+}
+
+/// A Redis server listening on `socket` only (`--port 0`: no TCP).
+pub fn start_redis(socket: &Path) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--unixsocket",
+            socket.to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    for _ in 0..100 {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 /// A TCP port free on 127.0.0.1 right now.

@@ -1,0 +1,51 @@
+//! Key and channel names: every key of a room carries the room as a hash
+//! tag, `{room}`, so a room's keys and channel share a cluster slot.
+
+use std::sync::Arc;
+
+/// Key names for one deployment prefix.
+#[derive(Clone)]
+pub(super) struct Keys {
+    pub(super) prefix: Arc<str>,
+}
+
+impl Keys {
+    pub(super) fn room(&self, room: &str, suffix: &str) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, room, suffix)
+    }
+    pub(super) fn channel(&self, room: &str) -> String {
+        self.room(room, "c")
+    }
+    pub(super) fn idem(&self, room: &str, msg_id: &str) -> String {
+        format!("{}:{{{}}}:i:{}", self.prefix, room, msg_id)
+    }
+    pub(super) fn user(&self, user: &str) -> String {
+        format!("{}:u:{}", self.prefix, user)
+    }
+    pub(super) fn user_rooms(&self, user: &str) -> String {
+        format!("{}:ur:{}", self.prefix, user)
+    }
+    /// Sorted set: node id → lease expiry (Unix ms).
+    pub(super) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    /// Hash: a node's connections (connection id → user).
+    pub(super) fn node_conns(&self, node: &str) -> String {
+        format!("{}:nc:{}", self.prefix, node)
+    }
+    /// Set: rooms a node has presence entries in.
+    pub(super) fn node_rooms(&self, node: &str) -> String {
+        format!("{}:np:{}", self.prefix, node)
+    }
+    /// A node's reaping claim.
+    pub(super) fn reap_lock(&self, node: &str) -> String {
+        format!("{}:reap:{}", self.prefix, node)
+    }
+    /// The room of a channel name, when it is one of ours.
+    pub(super) fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(&*self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:c")
+    }
+}

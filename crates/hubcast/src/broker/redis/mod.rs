@@ -1,0 +1,344 @@
+//! The Redis engine: many hubcast nodes sharing one Redis act as one server.
+//!
+//! Per room (every key carries the room as a hash tag, `{room}`, so a room's
+//! keys and channel share a cluster slot):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:{room}:m` | hash | `e` epoch, `o` latest offset |
+//! | `P:{room}:s` | stream | history; entry id `offset-0`, fields `t` (ms), `d` (payload: the envelope's tail, see `codec`), `n`/`k` (publishing node and connection) |
+//! | `P:{room}:i:<msgId>` | string | `epoch:offset` of a client msgId, for `history_ttl` |
+//! | `P:{room}:c` | channel | new messages and presence events |
+//! | `P:{room}:p` | hash | connection id → user, name, node |
+//! | `P:{room}:pu` | hash | user → connections in the room |
+//! | `P:u:<user>` | hash | `c` connections, `s` status, `n` name, `l` last seen |
+//! | `P:ur:<user>` | set | rooms the user is present in |
+//!
+//! One Lua script per publish does the idempotency check, assigns the next
+//! offset, appends to the stream (bounded to `history_size`) and publishes
+//! to the room's channel, atomically. A missing meta hash means Redis lost
+//! the room: the script starts a new epoch.
+//!
+//! Each node holds one pub/sub connection, owned by a task that subscribes a
+//! room's channel while the node has local members in it. Pub/sub loses what
+//! is published while that connection is down, so the task remembers the
+//! last offset it delivered per room: an offset jump, or a reconnect, makes it
+//! read the missing range from the stream before delivering anything newer.
+//! A range the stream no longer holds is reported to the hub (`on_reset`),
+//! which closes the room's local subscribers with 4000 so they recover.
+//!
+//! Redis Cluster (`redis_cluster`): every script touches one room's keys
+//! only, and they share a slot through the `{room}` hash tag, so each runs
+//! on the master holding the room. Messages go out with sharded pub/sub
+//! (`SPUBLISH` from the script, `SSUBSCRIBE` by the node), so a message
+//! travels only to the shard that owns the room instead of to every node of
+//! the cluster. The cluster client keeps one connection per master and
+//! resubscribes by itself after a reconnect or a slot move; each
+//! resubscription confirmation makes the node read the room's stream, so
+//! what was published meanwhile is still delivered, in order. Keys that are
+//! not a room's (users, nodes) are only ever touched one at a time.
+//!
+//! Layout: `keys` (names), `scripts` (the Lua in `lua/`), `conn` (one
+//! server or a cluster; startup), `stream` (reading a room's stream),
+//! `pubsub` (the node's subscriptions), `codec` (channel messages and
+//! payloads), `catchup` (in-order delivery and gap filling), `presence` (presence and user status), `nodes` (leases and the
+//! reaper). This file holds the shared state and implements [`Broker`].
+
+mod catchup;
+mod codec;
+mod conn;
+mod keys;
+mod nodes;
+mod presence;
+mod pubsub;
+mod rooms;
+mod scripts;
+mod stream;
+
+pub use self::conn::RedisSettings;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{AsyncCommands, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{
+    Broker, BrokerError, BrokerHandler, ConnKey, HistoryPage, Publication, PublishRequest,
+    PublishResult, Recovery,
+};
+use crate::protocol::json_string;
+
+use self::conn::Conn;
+use self::keys::Keys;
+use self::nodes::Registry;
+use self::pubsub::SubCmd;
+use self::scripts::Scripts;
+use self::stream::{parse_entries, position, since_arg};
+
+/// How long the meta hash (epoch, offset) outlives the last activity in a
+/// room. Past it, the room starts a new epoch.
+const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Timeout for one Redis command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a room stays subscribed after its last local member left.
+const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest pause between pub/sub reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// State shared by the broker and its pub/sub task.
+struct Shared {
+    conn: Conn,
+    /// `publish`, or `spublish` on a cluster (sharded pub/sub).
+    publish_cmd: &'static str,
+    keys: Keys,
+    node: Arc<str>,
+    scripts: Scripts,
+    handler: OnceLock<Weak<dyn BrokerHandler>>,
+    history_size: usize,
+    ttl: Duration,
+    /// The pub/sub connection is up.
+    pubsub_up: AtomicBool,
+    /// How long this node's presence entries outlive its last lease renewal.
+    lease: Duration,
+    /// What this node registered in Redis, to register again when Redis
+    /// loses it.
+    registry: std::sync::Mutex<Registry>,
+    /// The lease was taken once: a renewal that finds it missing means
+    /// Redis lost this node's entries (or another node reaped them).
+    leased: AtomicBool,
+}
+
+/// The Redis engine.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    cmd: mpsc::UnboundedSender<SubCmd>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("redis: {e}"))
+}
+
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+impl Shared {
+    pub(super) fn handler(&self) -> Option<Arc<dyn BrokerHandler>> {
+        self.handler.get().and_then(Weak::upgrade)
+    }
+
+    /// A publication from what the script sent or stored; its envelope is
+    /// built here, once per publication on each node.
+    pub(super) fn publication(
+        &self,
+        room_json: &str,
+        offset: u64,
+        epoch: &Arc<str>,
+        node: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Arc<Publication> {
+        let skip = if node == &*self.node {
+            key.parse::<ConnKey>().ok()
+        } else {
+            None
+        };
+        Arc::new(Publication {
+            offset,
+            epoch: epoch.clone(),
+            skip,
+            envelope: codec::envelope(room_json, offset, epoch, payload),
+        })
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn set_handler(&self, handler: Weak<dyn BrokerHandler>) {
+        let _ = self.shared.handler.set(handler);
+    }
+
+    async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let room = &*req.room;
+        let (offset, epoch, dup): (u64, String, u8) = s
+            .scripts
+            .publish
+            .key(s.keys.room(room, "m"))
+            .key(s.keys.room(room, "s"))
+            .key(s.keys.channel(room))
+            .key(if req.idempotent {
+                s.keys.idem(room, &req.msg_id)
+            } else {
+                s.keys.room(room, "m")
+            })
+            // The payload is opaque to the script (see `codec`).
+            .arg(req.parts.tail())
+            .arg(s.history_size)
+            .arg(s.ttl.as_secs().max(1))
+            .arg(META_TTL.as_secs())
+            .arg(new_epoch())
+            .arg(&*s.node)
+            .arg(req.skip.map(|k| k.to_string()).unwrap_or_default())
+            .arg(crate::unix_ms())
+            .arg(if req.idempotent { "1" } else { "0" })
+            .arg(s.publish_cmd)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(PublishResult {
+            offset,
+            epoch: Arc::from(epoch),
+            duplicate: dup == 1,
+        })
+    }
+
+    async fn subscribe(&self, room: &Arc<str>) -> Result<(), BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(SubCmd::Subscribe(room.clone(), tx))
+            .map_err(|_| BrokerError::Internal("pub/sub task stopped".into()))?;
+        match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(BrokerError::Internal("pub/sub task stopped".into())),
+            Err(_) => Err(unavailable("subscribe timed out")),
+        }
+    }
+
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
+        self.cmd
+            .send(SubCmd::Unsubscribe(Arc::from(room)))
+            .map_err(|_| BrokerError::Internal("pub/sub task stopped".into()))
+    }
+
+    async fn recover(
+        &self,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<Recovery, BrokerError> {
+        let s = &self.shared;
+        let room_json = json_string(room);
+        let since_arg = since_arg(since.map(|(o, _)| o));
+        let (epoch, top, entries) = s.recover_raw(room, since_arg).await?;
+        let mut rec = Recovery {
+            top,
+            epoch: epoch.clone(),
+            recovered: false,
+            publications: Vec::new(),
+        };
+        if let Some((since, want)) = since {
+            let same_epoch = want.is_none_or(|e| *e == *epoch);
+            if same_epoch && since <= top {
+                let cutoff = s.cutoff_ms();
+                let mut expect = since + 1;
+                let mut pubs = Vec::new();
+                let mut whole = true;
+                for e in entries {
+                    if e.offset != expect || e.time < cutoff {
+                        whole = false;
+                        break;
+                    }
+                    pubs.push(
+                        s.publication(&room_json, e.offset, &epoch, &e.node, &e.key, &e.payload),
+                    );
+                    expect += 1;
+                }
+                if whole && expect == top + 1 {
+                    rec.recovered = true;
+                    rec.publications = pubs;
+                }
+            }
+        }
+        Ok(rec)
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let s = &self.shared;
+        let room_json = json_string(room);
+        let mut conn = s.conn.clone();
+        let v: Value = s
+            .scripts
+            .history
+            .key(s.keys.room(room, "m"))
+            .key(s.keys.room(room, "s"))
+            .arg(new_epoch())
+            .arg(META_TTL.as_secs())
+            .arg(since_arg(since))
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (epoch, top, parts) = position(v, "history")?;
+        let mut entries = parts.get(2).map(parse_entries).unwrap_or_default();
+        let first = parts.get(3).map(parse_entries).unwrap_or_default();
+        let cutoff = s.cutoff_ms();
+        if since.is_none() {
+            entries.reverse();
+        }
+        entries.retain(|e| e.time >= cutoff);
+        let oldest_held = first
+            .first()
+            .filter(|e| e.time >= cutoff)
+            .map_or(top + 1, |e| e.offset)
+            .min(entries.first().map_or(u64::MAX, |e| e.offset));
+        let complete = match since {
+            Some(since) => since >= top || entries.first().is_some_and(|e| e.offset == since + 1),
+            None => top == 0 || oldest_held <= 1,
+        };
+        let publications = entries
+            .into_iter()
+            .map(|e| s.publication(&room_json, e.offset, &epoch, &e.node, &e.key, &e.payload))
+            .collect();
+        Ok(HistoryPage {
+            epoch,
+            publications,
+            complete,
+        })
+    }
+
+    async fn ready(&self) -> bool {
+        if !self.shared.pubsub_up.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut conn = self.shared.conn.clone();
+        matches!(
+            tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                redis::cmd("PING").query_async::<String>(&mut conn)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn close(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+        // Connections cleaned up after themselves; give the lease back.
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let _: Result<(), _> = conn.zrem(s.keys.nodes(), &*s.node).await;
+        let _: Result<(), _> = conn.del(s.keys.node_conns(&s.node)).await;
+        let _: Result<(), _> = conn.del(s.keys.node_rooms(&s.node)).await;
+    }
+}

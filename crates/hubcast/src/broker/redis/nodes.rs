@@ -1,0 +1,210 @@
+//! Node leases: each node renews its lease in Redis, registers its entries
+//! again when Redis lost them, and reaps what dead nodes left behind.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{BrokerError, ClientInfo};
+use crate::protocol::Status;
+
+use super::{Shared, unavailable};
+
+/// This node's connections and presence entries, as registered in Redis.
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) conns: HashMap<Arc<str>, ClientInfo>,
+    /// Room → connection ids present there.
+    pub(super) presence: HashMap<Arc<str>, HashSet<Arc<str>>>,
+}
+
+impl Registry {
+    pub(super) fn has_conn(&self, conn_id: &str) -> bool {
+        self.conns.contains_key(conn_id)
+    }
+    pub(super) fn has_presence(&self, room: &str, conn_id: &str) -> bool {
+        self.presence.get(room).is_some_and(|c| c.contains(conn_id))
+    }
+}
+
+impl Shared {
+    /// Extends this node's lease. Returns true when the lease had been
+    /// taken before but Redis no longer had it: Redis lost this node's
+    /// entries (a restart without persistence, a flush) or another node
+    /// reaped them after a long partition.
+    pub(super) async fn renew_lease(&self) -> Result<bool, BrokerError> {
+        let mut conn = self.conn.clone();
+        let until = crate::unix_ms() + self.lease.as_millis() as i64;
+        let added: i64 = conn
+            .zadd(self.keys.nodes(), &*self.node, until)
+            .await
+            .map_err(unavailable)?;
+        let before = self.leased.swap(true, Ordering::SeqCst);
+        Ok(added == 1 && before)
+    }
+
+    pub(super) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        crate::lock(&self.registry)
+    }
+
+    /// Registers this node's connections and presence entries again, after
+    /// Redis lost them: user status counts, the node's connection list, and
+    /// presence (with join events, since the other nodes saw them vanish
+    /// or never knew). An entry removed locally meanwhile is removed from
+    /// Redis again, so a connection closing during this leaves no ghost.
+    pub(super) async fn register_again(&self) -> Result<(), BrokerError> {
+        let (conns, presence): (Vec<ClientInfo>, Vec<(Arc<str>, ClientInfo)>) = {
+            let reg = self.registry();
+            let conns = reg.conns.values().cloned().collect();
+            let presence = reg
+                .presence
+                .iter()
+                .flat_map(|(room, ids)| {
+                    ids.iter()
+                        .filter_map(|id| reg.conns.get(id))
+                        .map(|c| (room.clone(), c.clone()))
+                })
+                .collect();
+            (conns, presence)
+        };
+        tracing::warn!(
+            connections = conns.len(),
+            presence = presence.len(),
+            "redis lost this node's entries: registering them again"
+        );
+        for c in &conns {
+            self.register_conn(c).await?;
+            if !self.registry().has_conn(&c.conn_id) {
+                self.unregister_conn(c).await?;
+            }
+        }
+        for (room, c) in &presence {
+            let (status, _) = self.user_status_name(&c.user).await;
+            self.join_presence(room, c, status).await?;
+            if !self.registry().has_presence(room, &c.conn_id) {
+                self.leave_presence(room, &c.conn_id, &c.user, &c.name, status)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what nodes with an expired lease left behind: their presence
+    /// entries (sending the leave events) and their connections' status.
+    pub(super) async fn reap_dead_nodes(&self) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let dead: Vec<String> = conn
+            .zrangebyscore(self.keys.nodes(), "-inf", crate::unix_ms())
+            .await
+            .map_err(unavailable)?;
+        for node in dead.into_iter().filter(|n| *n != *self.node) {
+            // One node reaps; the others skip.
+            let claimed: bool = redis::cmd("SET")
+                .arg(self.keys.reap_lock(&node))
+                .arg(&*self.node)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.lease.as_secs().max(1))
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .map_err(unavailable)?
+                .is_some();
+            if !claimed {
+                continue;
+            }
+            tracing::warn!(node = %node, "node lease expired: removing its presence");
+            let rooms: Vec<String> = conn
+                .smembers(self.keys.node_rooms(&node))
+                .await
+                .map_err(unavailable)?;
+            for room in rooms {
+                let entries: HashMap<String, String> = conn
+                    .hgetall(self.keys.room(&room, "p"))
+                    .await
+                    .map_err(unavailable)?;
+                for (conn_id, value) in entries {
+                    let mut it = value.split('\u{1f}');
+                    let (Some(user), Some(name), Some(owner)) = (it.next(), it.next(), it.next())
+                    else {
+                        continue;
+                    };
+                    if owner != node {
+                        continue;
+                    }
+                    self.leave_presence(&room, &conn_id, user, name, Status::Offline)
+                        .await?;
+                }
+            }
+            let conns: HashMap<String, String> = conn
+                .hgetall(self.keys.node_conns(&node))
+                .await
+                .map_err(unavailable)?;
+            for user in conns.values() {
+                let _: i64 = self
+                    .scripts
+                    .disconnect
+                    .key(self.keys.user(user))
+                    .arg(crate::unix_ms())
+                    .arg(self.ttl.as_secs().max(1))
+                    // Whether it was anonymous is not recorded per node
+                    // connection: keep the offline record (it expires).
+                    .arg("0")
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            // Separate commands: the keys are in different cluster slots.
+            let _: () = conn
+                .del(self.keys.node_rooms(&node))
+                .await
+                .map_err(unavailable)?;
+            let _: () = conn
+                .del(self.keys.node_conns(&node))
+                .await
+                .map_err(unavailable)?;
+            let _: () = conn
+                .zrem(self.keys.nodes(), &node)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renews this node's lease every third of it and reaps dead nodes.
+pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
+    let period = (shared.lease / 3).max(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match shared.renew_lease().await {
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the node lease");
+                continue;
+            }
+            Ok(true) => {
+                if let Err(e) = shared.register_again().await {
+                    tracing::warn!(error = %e, "cannot register this node's entries again");
+                    // Drop the lease again so the next tick retries.
+                    let _: Result<i64, _> = shared
+                        .conn
+                        .clone()
+                        .zrem(shared.keys.nodes(), &*shared.node)
+                        .await;
+                }
+            }
+            Ok(false) => {}
+        }
+        if let Err(e) = shared.reap_dead_nodes().await {
+            tracing::warn!(error = %e, "cannot reap dead nodes");
+        }
+    }
+}

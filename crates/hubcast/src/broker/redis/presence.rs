@@ -1,0 +1,296 @@
+//! Room presence and user status in Redis.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+
+use crate::broker::{BrokerError, ClientInfo, PresenceManager, PresencePage, UserStatus};
+use crate::protocol::{Member, Status};
+
+use super::codec::{self, parse_status};
+use super::{RedisBroker, Shared, unavailable};
+
+impl Shared {
+    /// A user's status and display name (online and the user id when
+    /// unknown).
+    pub(super) async fn user_status_name(&self, user: &str) -> (Status, String) {
+        let mut conn = self.conn.clone();
+        let r: Result<(Option<String>, Option<String>), _> =
+            conn.hmget(self.keys.user(user), &["s", "n"]).await;
+        match r {
+            Ok((s, n)) => (
+                parse_status(s.as_deref()),
+                n.unwrap_or_else(|| user.to_string()),
+            ),
+            Err(_) => (Status::Online, user.to_string()),
+        }
+    }
+
+    /// Adds one connection to a room's presence (the script sends the join
+    /// event for the user's first connection there).
+    pub(super) async fn join_presence(
+        &self,
+        room: &str,
+        client: &ClientInfo,
+        status: Status,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .presence_join
+            .key(self.keys.room(room, "p"))
+            .key(self.keys.room(room, "pu"))
+            .key(self.keys.channel(room))
+            .arg(&*client.conn_id)
+            .arg(&*client.user)
+            .arg(&*client.name)
+            .arg(&*self.node)
+            .arg(status.as_str())
+            .arg(self.publish_cmd)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if n >= 1 {
+            // Two slots on a cluster: two commands, sent together.
+            let mut other = conn.clone();
+            let user_rooms = self.keys.user_rooms(&client.user);
+            let node_rooms = self.keys.node_rooms(&self.node);
+            let (a, b): (redis::RedisResult<()>, redis::RedisResult<()>) =
+                tokio::join!(conn.sadd(&user_rooms, room), other.sadd(&node_rooms, room));
+            a.and(b).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one connection from a room's presence (the script sends the
+    /// leave event for the user's last one) and forgets the room for the
+    /// user when it was their last connection there.
+    pub(super) async fn leave_presence(
+        &self,
+        room: &str,
+        conn_id: &str,
+        user: &str,
+        name: &str,
+        status: Status,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .presence_leave
+            .key(self.keys.room(room, "p"))
+            .key(self.keys.room(room, "pu"))
+            .key(self.keys.channel(room))
+            .arg(conn_id)
+            .arg(user)
+            .arg(name)
+            .arg(status.as_str())
+            .arg(self.publish_cmd)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if n == 0 {
+            let _: () = conn
+                .srem(self.keys.user_rooms(user), room)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a connection for its user's status and in this node's list.
+    pub(super) async fn register_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .connect
+            .key(self.keys.user(&client.user))
+            .arg(&*client.name)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let _: () = conn
+            .hset(
+                self.keys.node_conns(&self.node),
+                &*client.conn_id,
+                &*client.user,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Undoes [`Shared::register_conn`].
+    pub(super) async fn unregister_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .disconnect
+            .key(self.keys.user(&client.user))
+            .arg(crate::unix_ms())
+            .arg(self.ttl.as_secs().max(1))
+            // An anonymous user ends with its connection: no offline record.
+            .arg(if client.ephemeral { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let _: () = conn
+            .hdel(self.keys.node_conns(&self.node), &*client.conn_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PresenceManager for RedisBroker {
+    async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let (status, _) = s.user_status_name(&client.user).await;
+        s.join_presence(room, client, status).await?;
+        s.registry()
+            .presence
+            .entry(Arc::from(room))
+            .or_default()
+            .insert(client.conn_id.clone());
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        // Forget it first: a re-registration running meanwhile then undoes
+        // its own entry (see `Shared::register_again`).
+        {
+            let mut reg = s.registry();
+            if let Some(ids) = reg.presence.get_mut(room) {
+                ids.remove(&client.conn_id);
+                if ids.is_empty() {
+                    reg.presence.remove(room);
+                }
+            }
+        }
+        let (status, _) = s.user_status_name(&client.user).await;
+        s.leave_presence(room, &client.conn_id, &client.user, &client.name, status)
+            .await
+    }
+
+    async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let all: HashMap<String, String> = conn
+            .hgetall(s.keys.room(room, "p"))
+            .await
+            .map_err(unavailable)?;
+        let mut by_user: HashMap<String, (String, u32)> = HashMap::new();
+        for v in all.values() {
+            let mut it = v.split('\u{1f}');
+            let (Some(user), Some(name)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let e = by_user
+                .entry(user.to_string())
+                .or_insert_with(|| (name.to_string(), 0));
+            e.1 += 1;
+        }
+        let total = by_user.len();
+        let mut listed: Vec<(String, (String, u32))> = by_user.into_iter().collect();
+        if listed.len() > limit {
+            listed.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
+            listed.truncate(limit);
+        }
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        // Statuses of the listed users only, asked all at once (the user
+        // keys may live on different cluster masters: no pipeline).
+        let statuses = futures_util::future::try_join_all(listed.iter().map(|(user, _)| {
+            let mut conn = s.conn.clone();
+            let key = s.keys.user(user);
+            async move { conn.hget::<_, _, Option<String>>(key, "s").await }
+        }))
+        .await
+        .map_err(unavailable)?;
+        let members = listed
+            .into_iter()
+            .zip(statuses)
+            .map(|((user, (name, connections)), status)| Member {
+                user,
+                name,
+                // Present means connected, whatever a stale status says.
+                status: match parse_status(status.as_deref()) {
+                    Status::Offline => Status::Online,
+                    other => other,
+                },
+                connections,
+            })
+            .collect();
+        Ok(PresencePage { members, total })
+    }
+
+    async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        s.register_conn(client).await?;
+        s.registry()
+            .conns
+            .insert(client.conn_id.clone(), client.clone());
+        Ok(())
+    }
+
+    async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        s.registry().conns.remove(&client.conn_id);
+        s.unregister_conn(client).await
+    }
+
+    async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let key = s.keys.user(user);
+        let (prev, name): (Option<String>, Option<String>) =
+            conn.hmget(&key, &["s", "n"]).await.map_err(unavailable)?;
+        if parse_status(prev.as_deref()) == status {
+            return Ok(());
+        }
+        let _: () = conn
+            .hset(&key, "s", status.as_str())
+            .await
+            .map_err(unavailable)?;
+        let rooms: Vec<String> = conn
+            .smembers(s.keys.user_rooms(user))
+            .await
+            .map_err(unavailable)?;
+        let name = name.unwrap_or_else(|| user.to_string());
+        for room in rooms {
+            let payload = codec::encode_status(user, &name, status);
+            let _: i64 = redis::cmd(s.publish_cmd)
+                .arg(s.keys.channel(&room))
+                .arg(payload)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let (c, st, l): (Option<i64>, Option<String>, Option<i64>) = conn
+            .hmget(s.keys.user(user), &["c", "s", "l"])
+            .await
+            .map_err(unavailable)?;
+        let connections = c.unwrap_or(0).max(0) as u32;
+        Ok(if connections > 0 {
+            UserStatus {
+                status: parse_status(st.as_deref()),
+                connections,
+                last_seen: None,
+            }
+        } else {
+            UserStatus {
+                status: Status::Offline,
+                connections: 0,
+                last_seen: l,
+            }
+        })
+    }
+}

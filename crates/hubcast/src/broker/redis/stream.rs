@@ -1,0 +1,114 @@
+//! A room's stream in Redis as the engine reads it: entries, the
+//! RECOVER and HISTORY replies.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redis::Value;
+
+use crate::broker::BrokerError;
+
+use super::{META_TTL, Shared, new_epoch, unavailable};
+
+/// One stream entry: (offset, time ms, payload, node, connection key).
+pub(super) struct Entry {
+    pub(super) offset: u64,
+    pub(super) time: i64,
+    /// The opaque payload (see `codec`).
+    pub(super) payload: Bytes,
+    pub(super) node: String,
+    pub(super) key: String,
+}
+
+/// Splits a RECOVER or HISTORY reply into the epoch, the latest offset and
+/// the remaining parts (entry lists).
+pub(super) fn position(
+    reply: Value,
+    script: &str,
+) -> Result<(Arc<str>, u64, Vec<Value>), BrokerError> {
+    let Value::Array(parts) = reply else {
+        return Err(BrokerError::Internal(format!(
+            "{script} script: unexpected reply"
+        )));
+    };
+    let epoch: String = parts
+        .first()
+        .cloned()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .ok_or_else(|| BrokerError::Internal(format!("{script} script: no epoch")))?;
+    let top: u64 = parts
+        .get(1)
+        .cloned()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or(0);
+    Ok((Arc::from(epoch), top, parts))
+}
+
+/// An offset as the scripts take it: -1 for none (Lua numbers are signed).
+pub(super) fn since_arg(since: Option<u64>) -> i64 {
+    since.map_or(-1, |o| o.min(i64::MAX as u64) as i64)
+}
+
+pub(super) fn parse_entries(v: &Value) -> Vec<Entry> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let id: String = redis::from_redis_value(pair.first()?.clone()).ok()?;
+            let offset = id.split('-').next()?.parse().ok()?;
+            let fields: Vec<Vec<u8>> = redis::from_redis_value(pair.get(1)?.clone()).ok()?;
+            let mut e = Entry {
+                offset,
+                time: 0,
+                payload: Bytes::new(),
+                node: String::new(),
+                key: String::new(),
+            };
+            for kv in fields.chunks(2) {
+                let [k, v] = kv else { continue };
+                match k.as_slice() {
+                    b"t" => e.time = std::str::from_utf8(v).ok()?.parse().ok()?,
+                    b"d" => e.payload = Bytes::copy_from_slice(v),
+                    b"n" => e.node = String::from_utf8_lossy(v).into_owned(),
+                    b"k" => e.key = String::from_utf8_lossy(v).into_owned(),
+                    _ => {}
+                }
+            }
+            Some(e)
+        })
+        .collect()
+}
+
+impl Shared {
+    /// Oldest time a message may have to still count as history.
+    pub(super) fn cutoff_ms(&self) -> i64 {
+        crate::unix_ms() - self.ttl.as_millis() as i64
+    }
+
+    pub(super) async fn recover_raw(
+        &self,
+        room: &str,
+        since: i64,
+    ) -> Result<(Arc<str>, u64, Vec<Entry>), BrokerError> {
+        let mut conn = self.conn.clone();
+        let v: Value = self
+            .scripts
+            .recover
+            .key(self.keys.room(room, "m"))
+            .key(self.keys.room(room, "s"))
+            .arg(new_epoch())
+            .arg(META_TTL.as_secs())
+            .arg(since)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (epoch, top, parts) = position(v, "recover")?;
+        let entries = parts.get(2).map(parse_entries).unwrap_or_default();
+        Ok((epoch, top, entries))
+    }
+}
