@@ -11,14 +11,16 @@
 //!   until the shutdown token fires, closes every connection and waits for
 //!   their tasks ([`run`], [`run_with_broker`], [`connect_broker`]).
 //! - [`app`]: [`App`], the state every handler and connection task shares
-//!   (config, hub, broker, limits, counters, rate samples).
+//!   (config, hub, broker, presence, limits, counters, rate samples).
 //! - [`config`]: every setting, its default, validation naming the key.
-//! - [`protocol`]: frame types, parsing with per-field errors, error and
-//!   close codes, the encode-once message envelope.
+//! - [`protocol`]: the `hubcast-protocol` crate's frames, codes and name
+//!   rules, re-exported, and the encode-once message envelope
+//!   (`protocol::envelope`).
 //! - [`publish`]: the one constructor of a broker publish request, for
 //!   WebSocket frames and the HTTP API alike.
 //! - [`broker`]: the [`broker::Broker`] trait (offsets, history, recovery,
-//!   idempotency, presence) and its engines (memory, Redis).
+//!   idempotency), the [`broker::PresenceManager`] trait (presence, user
+//!   status) and their engines (memory, Redis), each a folder.
 //! - [`hub`]: node-local room membership and fan-out of broker deliveries
 //!   into connection queues; [`hub::Hub::join`], the one gap- and
 //!   duplicate-free way into a room; the table of open connections that a
@@ -43,10 +45,11 @@
 //!   mutex lock, Unix milliseconds.
 //!
 //! A message's life: `conn::session` parses a `publish`, [`publish`] makes
-//! the broker request, the broker assigns
-//! the offset and encodes the envelope once, the hub pushes the same bytes
-//! into every local subscriber's queue, and each connection's writer sends
-//! its whole queue in one batch.
+//! the broker request, the broker assigns the offset and encodes the
+//! envelope once, the hub pushes the same bytes into every local
+//! subscriber's queue, and each connection's writer sends its whole queue
+//! in one batch. `docs/architecture.md` draws it and says what each module
+//! must not touch.
 
 pub mod app;
 pub mod auth;

@@ -3,7 +3,7 @@
 //! in. An idle connection holds neither (memory per idle connection is a
 //! target), so without spares every burst of frames would pay an
 //! allocation and a free for each. The spares are bounded in number and
-//! size, so they cost a node at most a few hundred KiB per worker thread.
+//! size (`SPARES`, `QUEUE_MAX`, `BUFFER_MAX` per worker thread).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -2,9 +2,8 @@
 //!
 //! A node holds many collections of one entry: each room's local
 //! subscriptions (every connection's personal room has one), each presence
-//! member's connections, each user's rooms. A `HashMap`'s first allocation
-//! (four slots) cost each 100-400 bytes, so the first entry is kept inline
-//! and the table, boxed, is made for the second: the collection then takes
+//! member's connections, each user's rooms. A `HashMap` allocates four slots
+//! for its first entry, so the first entry is kept inline and the table, boxed, is made for the second: the collection then takes
 //! its one entry plus a tag in its owner.
 
 use std::borrow::Borrow;

@@ -19,8 +19,8 @@ pub struct RequestTrace {
     pub propagated: bool,
 }
 
-/// A trace id kept in 16 bytes (a connection holds one for its life; as a
-/// string it cost 40 bytes more on the heap). Displays as 32 lowercase hex
+/// A trace id kept in 16 bytes rather than a heap string, since a
+/// connection holds one for its life. Displays as 32 lowercase hex
 /// digits, or as nothing when there is none (0, which W3C forbids).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TraceId(u128);

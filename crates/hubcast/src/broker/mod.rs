@@ -2,7 +2,7 @@
 //!
 //! [`Broker`] is the seam between connection handling (the same on every
 //! node) and the engine that makes rooms consistent: the in-memory engine for
-//! one node ([`memory::MemoryBroker`]), Redis and NATS engines for many. The
+//! one node ([`memory::MemoryBroker`]), the Redis engine for many. The
 //! trait carries no transport types: a publication is an offset, an epoch and
 //! the already encoded envelope bytes.
 //!

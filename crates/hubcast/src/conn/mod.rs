@@ -5,8 +5,7 @@
 //!   queues the pong a ping asks for, and hands text frames to the
 //!   [`session::Session`].
 //! - `writer`: owns every write: it drains the whole outbound queue at once
-//!   (frames, pong, close decision), feeds it to the socket and flushes once
-//!   per batch, sends pings every `heartbeat`, and sends the close frame
+//!   (frames, pong, close decision) and writes it as one batch, sends pings every `heartbeat`, and sends the close frame
 //!   (1001 on shutdown, 4000 for a slow consumer, ...).
 //! - [`session`]: what each client frame does; [`frame`]: RFC 6455 framing;
 //!   [`limit`]: the incoming frame rate limit.

@@ -6,10 +6,10 @@
 //! delivery in offset order. The locks are `std` mutexes: nothing awaits
 //! while holding one, and the handler only queues frames.
 //!
-//! A room's log is created on first use with a fresh random epoch and is
-//! dropped when it has no subscribers, no history and no idempotency entries
-//! left: a later use starts a new epoch, so clients know their offsets are
-//! void.
+//! A room's log is dropped when it has no subscribers, no history and no
+//! idempotency entries left; its next log continues it (the same epoch, or
+//! where a tombstone says the dropped log stood: see `log::Tombs`), so a
+//! client that returns with `since` still recovers.
 //!
 //! Layout: `log` holds a room's stream (history, idempotency window, the
 //! positions of dropped logs); `presence` holds room presence and user
@@ -61,7 +61,7 @@ enum Room {
     /// with nothing to remember: its log would be empty, at offset 0, with
     /// the epoch `seed` gives, so only the count is kept until a message
     /// comes. Every connection's personal room is one of these until
-    /// somebody sends to it (a log cost each about 250 bytes).
+    /// somebody sends to it, so it holds no log.
     Quiet { subscribed: u32, seed: u64 },
     /// A room with a log.
     Log(Arc<Mutex<RoomLog>>),

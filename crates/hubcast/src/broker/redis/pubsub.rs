@@ -168,8 +168,8 @@ pub(super) async fn wait_serving(
 /// stream whenever a room's subscription is confirmed again.
 ///
 /// The cluster client resubscribes a reconnected master by itself, but it
-/// does not say which master a disconnection was, and in testing it did not
-/// always restore every subscription. So after any disconnection every room
+/// does not say which master dropped, and it may not restore every
+/// subscription. So after any disconnection every room
 /// counts as unconfirmed, and the task subscribes them again itself until
 /// Redis confirms each one (a repeated `SSUBSCRIBE` is harmless: Redis only
 /// confirms it once more).
