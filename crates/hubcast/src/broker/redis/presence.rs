@@ -36,25 +36,20 @@ impl Shared {
         client: &ClientInfo,
         status: Status,
     ) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
         let n: i64 = self
-            .scripts
-            .presence_join
-            .key(self.keys.room(room, "p"))
-            .key(self.keys.room(room, "pu"))
-            .key(self.keys.channel(room))
-            .arg(&*client.conn_id)
-            .arg(&*client.user)
-            .arg(&*client.name)
-            .arg(&*self.node)
-            .arg(status.as_str())
-            .arg(self.publish_cmd)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.presence_script(&self.scripts.presence_join, room)
+                    .arg(&*client.conn_id)
+                    .arg(&*client.user)
+                    .arg(&*client.name)
+                    .arg(&*self.node)
+                    .arg(status.as_str())
+                    .arg(self.publish_cmd),
+            )
+            .await?;
         if n >= 1 {
             // Two slots on a cluster: two commands, sent together.
-            let mut other = conn.clone();
+            let (mut conn, mut other) = (self.conn.clone(), self.conn.clone());
             let user_rooms = self.keys.user_rooms(&client.user);
             let node_rooms = self.keys.node_rooms(&self.node);
             let (a, b): (redis::RedisResult<()>, redis::RedisResult<()>) =
@@ -75,23 +70,20 @@ impl Shared {
         name: &str,
         status: Status,
     ) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
         let n: i64 = self
-            .scripts
-            .presence_leave
-            .key(self.keys.room(room, "p"))
-            .key(self.keys.room(room, "pu"))
-            .key(self.keys.channel(room))
-            .arg(conn_id)
-            .arg(user)
-            .arg(name)
-            .arg(status.as_str())
-            .arg(self.publish_cmd)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.presence_script(&self.scripts.presence_leave, room)
+                    .arg(conn_id)
+                    .arg(user)
+                    .arg(name)
+                    .arg(status.as_str())
+                    .arg(self.publish_cmd),
+            )
+            .await?;
         if n == 0 {
-            let _: () = conn
+            let _: () = self
+                .conn
+                .clone()
                 .srem(self.keys.user_rooms(user), room)
                 .await
                 .map_err(unavailable)?;
@@ -101,21 +93,19 @@ impl Shared {
 
     /// Counts a connection for its user's status and in this node's list.
     pub(super) async fn register_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
         let _: i64 = self
-            .scripts
-            .connect
-            .key(self.keys.user(&client.user))
-            .arg(&*client.name)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let _: () = conn
-            .hset(
-                self.keys.node_conns(&self.node),
-                &*client.conn_id,
-                &*client.user,
+            .invoke(
+                self.scripts
+                    .connect
+                    .key(self.keys.user(&client.user))
+                    .arg(&*client.name),
             )
+            .await?;
+        let node_conns = self.keys.node_conns(&self.node);
+        let _: () = self
+            .conn
+            .clone()
+            .hset(node_conns, &*client.conn_id, &*client.user)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -123,23 +113,37 @@ impl Shared {
 
     /// Undoes [`Shared::register_conn`].
     pub(super) async fn unregister_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
         let _: i64 = self
-            .scripts
-            .disconnect
-            .key(self.keys.user(&client.user))
-            .arg(crate::unix_ms())
-            .arg(self.ttl.as_secs().max(1))
-            // An anonymous user ends with its connection: no offline record.
-            .arg(if client.ephemeral { "1" } else { "0" })
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let _: () = conn
+            .invoke(
+                self.scripts
+                    .disconnect
+                    .key(self.keys.user(&client.user))
+                    .arg(crate::unix_ms())
+                    .arg(self.ttl.as_secs().max(1))
+                    // An anonymous user ends with its connection: no offline record.
+                    .arg(if client.ephemeral { "1" } else { "0" }),
+            )
+            .await?;
+        let _: () = self
+            .conn
+            .clone()
             .hdel(self.keys.node_conns(&self.node), &*client.conn_id)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// PRESENCE_JOIN or PRESENCE_LEAVE on a room, up to their arguments:
+    /// its presence hashes and channel.
+    fn presence_script<'a>(
+        &self,
+        script: &'a redis::Script,
+        room: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.key(self.keys.room(room, "p"));
+        inv.key(self.keys.room(room, "pu"))
+            .key(self.keys.channel(room));
+        inv
     }
 }
 
