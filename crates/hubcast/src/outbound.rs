@@ -103,29 +103,35 @@ impl Outbound {
             self.waker.wake();
             return Pushed::Overflow;
         }
-        let wake = s.frames.is_empty();
-        if s.frames.capacity() == 0 {
-            s.frames = crate::pool::queue();
-        }
-        s.frames.push_back(frame);
-        s.woken |= wake;
-        drop(s);
-        if wake {
-            self.waker.wake();
-        }
-        Pushed::Queued
+        self.append(s, |frames| {
+            if frames.capacity() == 0 {
+                *frames = crate::pool::queue();
+            }
+            frames.push_back(frame);
+        })
     }
 
     /// Queues frames that must stay together (a `joined` reply and the
     /// recovered messages). Their number is bounded by the history size, so
     /// they may go past the cap; the next single push then decides.
     pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Pushed {
-        let mut s = self.lock();
+        let s = self.lock();
         if s.close.is_some() {
             return Pushed::Closing;
         }
+        self.append(s, |queue| queue.extend(frames))
+    }
+
+    /// Adds to the frames under the lock `s`, then wakes the drainer when
+    /// the queue was empty (it may be waiting) once the lock is released.
+    #[inline]
+    fn append(
+        &self,
+        mut s: MutexGuard<'_, State>,
+        add: impl FnOnce(&mut VecDeque<Bytes>),
+    ) -> Pushed {
         let wake = s.frames.is_empty();
-        s.frames.extend(frames);
+        add(&mut s.frames);
         s.woken |= wake;
         drop(s);
         if wake {
