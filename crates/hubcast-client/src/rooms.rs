@@ -159,6 +159,15 @@ mod tests {
 
     use super::*;
 
+    /// A room joined at `offset` in `epoch`.
+    fn at(offset: u64, epoch: &str) -> RoomState {
+        RoomState {
+            offset: Some(offset),
+            epoch: Some(epoch.into()),
+            ..RoomState::default()
+        }
+    }
+
     fn env(offset: u64, epoch: &str, id: &str) -> Envelope {
         Envelope {
             room: "r".into(),
@@ -184,11 +193,7 @@ mod tests {
     #[test]
     fn delivers_in_order_once_and_waits_for_gaps() {
         let now = Instant::now();
-        let mut r = RoomState {
-            offset: Some(0),
-            epoch: Some("e".into()),
-            ..RoomState::default()
-        };
+        let mut r = at(0, "e");
         let mut out = Vec::new();
         r.accept(env(1, "e", "a"), &mut out, 10, now);
         r.accept(env(1, "e", "a"), &mut out, 10, now);
@@ -211,11 +216,7 @@ mod tests {
     #[test]
     fn a_new_epoch_is_reported_and_followed() {
         let now = Instant::now();
-        let mut r = RoomState {
-            offset: Some(5),
-            epoch: Some("old".into()),
-            ..RoomState::default()
-        };
+        let mut r = at(5, "old");
         let mut out = Vec::new();
         r.accept(env(1, "new", "x"), &mut out, 10, now);
         assert!(matches!(&out[0], Event::Unrecovered { epoch, .. } if epoch == "new"));
@@ -225,11 +226,7 @@ mod tests {
     #[test]
     fn a_rejoin_stashes_live_messages_until_the_replay() {
         let now = Instant::now();
-        let mut r = RoomState {
-            offset: Some(5),
-            epoch: Some("e".into()),
-            ..RoomState::default()
-        };
+        let mut r = at(5, "e");
         let f: Value = serde_json::from_str(&r.join_frame("r", 1)).unwrap();
         assert_eq!(f["since"], 5);
         let mut out = Vec::new();

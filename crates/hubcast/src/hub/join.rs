@@ -353,6 +353,21 @@ mod tests {
         Hub::new(broker, 16, TaskTracker::new())
     }
 
+    /// A join to "r" whose broker call never answers, dropped after 20 ms.
+    async fn drop_stuck_join(hub: &Hub, m: &Arc<dyn Subscriber>) {
+        let stuck = hub.join(
+            m,
+            at("r"),
+            std::future::pending::<Result<(), BrokerError>>(),
+            |_, ()| None,
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), stuck)
+                .await
+                .is_err()
+        );
+    }
+
     fn at(room: &str) -> Join<'_> {
         Join {
             room,
@@ -398,34 +413,14 @@ mod tests {
     async fn a_join_dropped_half_way_is_undone() {
         let hub = hub();
         let m = member(1);
-        let stuck = hub.join(
-            &m,
-            at("r"),
-            std::future::pending::<Result<(), BrokerError>>(),
-            |_, ()| None,
-        );
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), stuck)
-                .await
-                .is_err()
-        );
+        drop_stuck_join(&hub, &m).await;
         assert_eq!(hub.local_members("r"), 0, "no subscription left buffering");
         assert_eq!(hub.rooms(), 0);
         // An existing subscription goes back to live instead.
         hub.join(&m, at("r"), std::future::ready(Ok(())), |_, ()| None)
             .await
             .unwrap();
-        let again = hub.join(
-            &m,
-            at("r"),
-            std::future::pending::<Result<(), BrokerError>>(),
-            |_, ()| None,
-        );
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), again)
-                .await
-                .is_err()
-        );
+        drop_stuck_join(&hub, &m).await;
         assert_eq!(hub.local_members("r"), 1);
         let message = crate::publish::Publish {
             room: "r",

@@ -144,6 +144,18 @@ pub fn as_raw(envelope: &Bytes) -> &RawValue {
 mod tests {
     use super::*;
 
+    /// A message with a quote in its id, so escaping is exercised.
+    fn lobby_hi() -> EnvelopeParts {
+        EnvelopeParts::new(
+            "lobby",
+            "m\"1",
+            1763800000123,
+            "chat.message",
+            "alice",
+            r#"{"text":"hi"}"#,
+        )
+    }
+
     #[test]
     fn trace_ids_ride_in_the_envelope_before_data() {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -179,14 +191,7 @@ mod tests {
 
     #[test]
     fn envelope_is_valid_json_with_every_field() {
-        let parts = EnvelopeParts::new(
-            "lobby",
-            "m\"1",
-            1763800000123,
-            "chat.message",
-            "alice",
-            r#"{"text":"hi"}"#,
-        );
+        let parts = lobby_hi();
         let bytes = parts.encode(43, "e1");
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "message");
@@ -203,14 +208,7 @@ mod tests {
 
     #[test]
     fn the_envelope_layout_is_fixed_and_assembled_in_one_place() {
-        let parts = EnvelopeParts::new(
-            "lobby",
-            "m\"1",
-            1763800000123,
-            "chat.message",
-            "alice",
-            r#"{"text":"hi"}"#,
-        );
+        let parts = lobby_hi();
         let want = r#"{"type":"message","room":"lobby","offset":43,"epoch":"e1","msgId":"m\"1","timestamp":1763800000123,"eventType":"chat.message","source":"alice","data":{"text":"hi"}}"#;
         assert_eq!(parts.encode(43, "e1"), want.as_bytes());
         // An engine holding only the tail builds the same bytes.
