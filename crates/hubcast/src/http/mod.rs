@@ -2,17 +2,17 @@
 //! `/healthz`, `/readyz`.
 //! Every error reply is JSON (PROTOCOL.md section 6).
 
-pub mod api;
-pub mod error;
-pub mod handshake;
-pub mod limits;
-pub mod origin;
-pub mod poll;
-pub mod sse;
-pub mod tap;
-pub mod tls;
-pub mod web;
-pub mod ws;
+pub(crate) mod api;
+pub(crate) mod error;
+pub(crate) mod handshake;
+pub(crate) mod limits;
+pub(crate) mod origin;
+pub(crate) mod poll;
+pub(crate) mod sse;
+pub(crate) mod tap;
+pub(crate) mod tls;
+pub(crate) mod web;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 
@@ -49,7 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The OpenAPI document of [`ROUTES`].
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 /// The handler of one entry of [`ROUTES`], and whether it is behind the API
 /// key check.
@@ -76,7 +76,7 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
 }
 
 /// All routes, with `app` as state.
-pub fn router(app: Arc<App>) -> Router {
+pub(crate) fn router(app: Arc<App>) -> Router {
     let mut open = Router::new();
     let mut keyed = Router::new();
     for (method, path) in ROUTES {

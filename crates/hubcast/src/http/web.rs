@@ -59,7 +59,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The routes of the served files (`pages`: the chat page and dashboard
 /// too).
-pub fn routes<S: Clone + Send + Sync + 'static>(pages: bool) -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(pages: bool) -> Router<S> {
     let mut r = Router::new();
     for (i, a) in ASSETS.iter().enumerate() {
         if a.page && !pages {

@@ -26,7 +26,7 @@ use crate::small::{SmallMap, shared_key};
 
 /// What a connection asks for when it joins a room.
 #[derive(Debug, Clone, Copy)]
-pub struct Join<'a> {
+pub(crate) struct Join<'a> {
     /// The room.
     pub room: &'a str,
     /// Joined with a `join` frame or `/sse` (false: the automatic personal
@@ -38,7 +38,7 @@ pub struct Join<'a> {
 
 /// A completed join.
 #[derive(Debug)]
-pub struct Joined {
+pub(crate) struct Joined {
     /// The room's name as the hub holds it (a connection's list of rooms
     /// shares it rather than allocating its own).
     pub room: Arc<str>,
@@ -115,7 +115,7 @@ impl Hub {
     /// live. On an error (or when the returned future is dropped) no reply
     /// is queued and the subscription is undone: a new one is removed, an
     /// existing one goes back to live with what it buffered.
-    pub async fn join<T>(
+    pub(crate) async fn join<T>(
         &self,
         conn: &Arc<dyn Subscriber>,
         join: Join<'_>,

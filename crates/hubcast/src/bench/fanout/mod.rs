@@ -23,11 +23,11 @@ mod publish;
 mod report;
 mod subscribe;
 
-pub use subscribe::{Joined, connect_measured, connect_subs};
+pub(crate) use subscribe::{Joined, connect_measured};
 
 /// How subscribers receive.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SubVia {
+pub(crate) enum SubVia {
     /// A WebSocket each, joined to one room.
     Ws,
     /// `GET /api/poll` in a loop, each on its own keep-alive connection.
@@ -36,7 +36,7 @@ pub enum SubVia {
 
 /// How publishers publish.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PubVia {
+pub(crate) enum PubVia {
     /// `publish` frames on a WebSocket, acks counted.
     Ws,
     /// `POST /api/publish`, one request at a time per publisher.
@@ -45,7 +45,7 @@ pub enum PubVia {
 
 /// The shape of a fan-out run.
 #[derive(clap::Args, Clone, Debug)]
-pub struct FanoutArgs {
+pub(crate) struct FanoutArgs {
     /// Subscriber connections (subscriber i joins room i mod rooms).
     #[arg(long, default_value_t = 1000)]
     pub subs: usize,
@@ -77,7 +77,7 @@ pub struct FanoutArgs {
 
 /// What the load runs against.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub nodes: Arc<Nodes>,
     pub dialer: Dialer,
     pub redis_pid: Option<u32>,
@@ -112,17 +112,17 @@ fn unix_ns() -> u64 {
 }
 
 /// A name no earlier run used, so rooms start empty (offset 0).
-pub fn fresh_prefix() -> String {
+pub(crate) fn fresh_prefix() -> String {
     format!("bench-{}-", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// Something else running beside the publishers (a flood), started with
 /// them and stopped before the drain ends.
-pub type Beside =
+pub(crate) type Beside =
     Box<dyn FnOnce(CancellationToken) -> tokio::task::JoinHandle<Map<String, Value>> + Send>;
 
 /// A whole fan-out run; the result as one JSON object (wsload's keys, and more).
-pub async fn run(
+pub(crate) async fn run(
     t: &Target,
     spec: &FanoutArgs,
     label: &str,

@@ -78,7 +78,7 @@ pub(super) enum SubConn {
 }
 
 /// Subscribers connected and joined.
-pub struct Joined {
+pub(crate) struct Joined {
     pub(super) subs: Vec<(usize, SubConn)>,
     /// Members per room.
     pub members: Vec<u64>,
@@ -92,14 +92,14 @@ pub struct Joined {
 
 impl Joined {
     /// Subscribers that made it.
-    pub fn connected(&self) -> usize {
+    pub(crate) fn connected(&self) -> usize {
         self.subs.len()
     }
 }
 
 /// Phase 1: connect `subs` subscribers and join each to its room (at most
 /// 200 handshakes in flight).
-pub async fn connect_subs(t: &Target, subs: usize, rooms: usize, via: SubVia) -> Joined {
+pub(crate) async fn connect_subs(t: &Target, subs: usize, rooms: usize, via: SubVia) -> Joined {
     let prefix = fresh_prefix();
     let wire = Arc::new(Wire::default());
     let started = Instant::now();
@@ -156,7 +156,7 @@ pub async fn connect_subs(t: &Target, subs: usize, rooms: usize, via: SubVia) ->
 
 impl Joined {
     /// An error when not one subscriber got in (nothing to measure).
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         match &self.first_error {
             Some(e) if self.subs.is_empty() => anyhow::bail!("no subscriber could connect: {e}"),
             _ => Ok(()),
@@ -167,7 +167,7 @@ impl Joined {
 /// Phase 1 with its readings: connects and joins the subscribers, lets the
 /// server settle (500 ms), and reports `connected`, `failed_connections` and
 /// `connect_per_s`; returns them with the servers' memory before and after.
-pub async fn connect_measured(
+pub(crate) async fn connect_measured(
     t: &Target,
     subs: usize,
     rooms: usize,
