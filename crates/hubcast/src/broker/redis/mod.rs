@@ -128,6 +128,18 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("redis: {e}"))
 }
 
+/// A call of `script` on `keys`, arguments to follow.
+fn with_keys<const N: usize>(
+    script: &redis::Script,
+    keys: [String; N],
+) -> redis::ScriptInvocation<'_> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    inv
+}
+
 fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
@@ -149,10 +161,11 @@ impl Shared {
         script: &'a redis::Script,
         room: &str,
     ) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.key(self.keys.room(room, "m"));
-        inv.key(self.keys.room(room, "s"))
-            .arg(new_epoch())
-            .arg(META_TTL.as_secs());
+        let mut inv = with_keys(
+            script,
+            [self.keys.room(room, "m"), self.keys.room(room, "s")],
+        );
+        inv.arg(new_epoch()).arg(META_TTL.as_secs());
         inv
     }
 

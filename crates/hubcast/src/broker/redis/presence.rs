@@ -10,7 +10,7 @@ use crate::broker::{BrokerError, ClientInfo, PresenceManager, PresencePage, User
 use crate::protocol::{Member, Status};
 
 use super::codec::{self, parse_status};
-use super::{RedisBroker, Shared, unavailable};
+use super::{RedisBroker, Shared, unavailable, with_keys};
 
 impl Shared {
     /// A user's status and display name (online and the user id when
@@ -93,41 +93,47 @@ impl Shared {
 
     /// Counts a connection for its user's status and in this node's list.
     pub(super) async fn register_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let _: i64 = self
-            .invoke(
-                self.scripts
-                    .connect
-                    .key(self.keys.user(&client.user))
-                    .arg(&*client.name),
-            )
-            .await?;
-        let node_conns = self.keys.node_conns(&self.node);
-        let _: () = self
-            .conn
-            .clone()
-            .hset(node_conns, &*client.conn_id, &*client.user)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        let node_list = redis::Cmd::hset(
+            self.keys.node_conns(&self.node),
+            &*client.conn_id,
+            &*client.user,
+        );
+        self.user_conn(
+            self.scripts
+                .connect
+                .key(self.keys.user(&client.user))
+                .arg(&*client.name),
+            node_list,
+        )
+        .await
     }
 
     /// Undoes [`Shared::register_conn`].
     pub(super) async fn unregister_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let _: i64 = self
-            .invoke(
-                self.scripts
-                    .disconnect
-                    .key(self.keys.user(&client.user))
-                    .arg(crate::unix_ms())
-                    .arg(self.ttl.as_secs().max(1))
-                    // An anonymous user ends with its connection: no offline record.
-                    .arg(if client.ephemeral { "1" } else { "0" }),
-            )
-            .await?;
-        let _: () = self
-            .conn
-            .clone()
-            .hdel(self.keys.node_conns(&self.node), &*client.conn_id)
+        let node_list = redis::Cmd::hdel(self.keys.node_conns(&self.node), &*client.conn_id);
+        self.user_conn(
+            self.scripts
+                .disconnect
+                .key(self.keys.user(&client.user))
+                .arg(crate::unix_ms())
+                .arg(self.ttl.as_secs().max(1))
+                // An anonymous user ends with its connection: no offline record.
+                .arg(if client.ephemeral { "1" } else { "0" }),
+            node_list,
+        )
+        .await
+    }
+
+    /// A connection's script on its user's status, then its change to this
+    /// node's list (another key slot on a cluster: a command of its own).
+    async fn user_conn(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+        node_list: redis::Cmd,
+    ) -> Result<(), BrokerError> {
+        let _: i64 = self.invoke(script).await?;
+        let _: () = node_list
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -140,10 +146,14 @@ impl Shared {
         script: &'a redis::Script,
         room: &str,
     ) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.key(self.keys.room(room, "p"));
-        inv.key(self.keys.room(room, "pu"))
-            .key(self.keys.channel(room));
-        inv
+        with_keys(
+            script,
+            [
+                self.keys.room(room, "p"),
+                self.keys.room(room, "pu"),
+                self.keys.channel(room),
+            ],
+        )
     }
 }
 
