@@ -33,10 +33,8 @@ pub(crate) async fn idle(
     a: &IdleArgs,
     label: &str,
 ) -> anyhow::Result<Map<String, Value>> {
-    let mut res = Map::new();
-    res.insert("label".into(), json!(label));
+    let mut res = t.result(label);
     res.insert("scenario".into(), json!("idle"));
-    res.insert("nodes".into(), json!(t.nodes.nodes.len()));
     res.insert("subs".into(), json!(a.subs));
     res.insert("rooms".into(), json!(a.rooms));
     let (joined, before, after) =
@@ -175,10 +173,8 @@ pub(crate) async fn churn(t: &Target, a: &ChurnArgs, label: &str) -> Map<String,
     // Let the server finish closing what just left.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let end = procfs::sum(&t.nodes.pids);
-    let mut res = Map::new();
-    res.insert("label".into(), json!(label));
+    let mut res = t.result(label);
     res.insert("scenario".into(), json!("churn"));
-    res.insert("nodes".into(), json!(t.nodes.nodes.len()));
     res.insert("workers".into(), json!(a.workers));
     res.insert("users".into(), json!(a.users));
     res.insert("seconds".into(), json!(a.seconds));

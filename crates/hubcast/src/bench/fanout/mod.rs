@@ -83,6 +83,17 @@ pub(crate) struct Target {
     pub redis_pid: Option<u32>,
 }
 
+impl Target {
+    /// A run's result with the keys every run has: its label and the
+    /// number of nodes under load.
+    pub(crate) fn result(&self, label: &str) -> Map<String, Value> {
+        let mut res = Map::new();
+        res.insert("label".into(), json!(label));
+        res.insert("nodes".into(), json!(self.nodes.nodes.len()));
+        res
+    }
+}
+
 /// Counters shared by a run's tasks.
 #[derive(Default)]
 struct Tally {

@@ -14,9 +14,7 @@ use super::{FanoutArgs, SubVia, Tally, Target};
 
 /// The run's shape, the first keys of its result.
 pub(super) fn describe(t: &Target, spec: &FanoutArgs, label: &str) -> Map<String, Value> {
-    let mut res = Map::new();
-    res.insert("label".into(), json!(label));
-    res.insert("nodes".into(), json!(t.nodes.nodes.len()));
+    let mut res = t.result(label);
     res.insert("subs".into(), json!(spec.subs));
     res.insert("rooms".into(), json!(spec.rooms));
     res.insert("pubs".into(), json!(spec.pubs));
