@@ -172,15 +172,9 @@ impl Session {
             return;
         }
         let started = match frame {
-            ClientFrame::Publish {
-                room,
-                event,
-                data,
-                msg_id,
-                echo,
-            } => self
-                .check_room(&room, "publish to")
-                .map(|()| self.publish(id, &room, &event, data, msg_id.as_deref(), echo)),
+            ClientFrame::Publish(p) => self
+                .check_room(&p.room, "publish to")
+                .map(|()| self.publish(id, &p.room, &p.event, p.data, p.msg_id.as_deref(), p.echo)),
             ClientFrame::Send {
                 to,
                 event,
@@ -218,7 +212,7 @@ impl Session {
                 self.join(id, &room, since).await
             }
             ClientFrame::Leave { room } => self.leave(id, &room).await,
-            ClientFrame::Publish { .. } | ClientFrame::Send { .. } => {
+            ClientFrame::Publish(_) | ClientFrame::Send { .. } => {
                 // Handled by `on_text` before dispatch.
                 Err(Reject::new(ErrorCode::Internal, "publish dispatched twice"))
             }
