@@ -134,37 +134,17 @@ struct PublishReply<'a> {
     duplicate: bool,
 }
 
-/// `POST /api/publish`.
-pub(crate) async fn publish(
+/// `POST /api/publish` (`SEND` false) and `POST /api/send`: reads, checks
+/// and publishes the body.
+pub(crate) async fn publish<const SEND: bool>(
     State(app): State<Arc<App>>,
     trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    publish_body(&app, trace, &headers, body, false).await
-}
-
-/// `POST /api/send`.
-pub(crate) async fn send(
-    State(app): State<Arc<App>>,
-    trace: Option<Extension<RequestTrace>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, HttpError> {
-    publish_body(&app, trace, &headers, body, true).await
-}
-
-/// Reads, checks and publishes a publish (`send` false) or send body.
-async fn publish_body(
-    app: &App,
-    trace: Option<Extension<RequestTrace>>,
-    headers: &HeaderMap,
-    body: Body,
-    send: bool,
-) -> Result<Response, HttpError> {
-    let body = json_body(app, headers, body).await?;
-    let req = protocol::parse_api_publish(&body, send).map_err(bad_frame)?;
-    do_publish(app, req, trace.map(|t| t.0)).await
+    let body = json_body(&app, &headers, body).await?;
+    let req = protocol::parse_api_publish(&body, SEND).map_err(bad_frame)?;
+    do_publish(&app, req, trace.map(|t| t.0)).await
 }
 
 fn bad_frame(e: protocol::FrameError) -> HttpError {
