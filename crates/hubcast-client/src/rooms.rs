@@ -159,6 +159,45 @@ mod tests {
 
     use super::*;
 
+    /// A room under test and what it delivered, at one instant, with at
+    /// most 10 messages buffered.
+    struct Room {
+        state: RoomState,
+        out: Vec<Event>,
+        now: Instant,
+    }
+
+    /// A room joined at `offset` in `epoch`.
+    fn at(offset: u64, epoch: &str) -> Room {
+        Room {
+            state: RoomState {
+                offset: Some(offset),
+                epoch: Some(epoch.into()),
+                ..RoomState::default()
+            },
+            out: Vec::new(),
+            now: Instant::now(),
+        }
+    }
+
+    impl Room {
+        fn accept(&mut self, offset: u64, epoch: &str, id: &str) {
+            self.state
+                .accept(env(offset, epoch, id), &mut self.out, 10, self.now);
+        }
+
+        /// Offsets of the messages delivered so far.
+        fn offsets(&self) -> Vec<u64> {
+            self.out
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Message(m) => Some(m.offset),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
     fn env(offset: u64, epoch: &str, id: &str) -> Envelope {
         Envelope {
             room: "r".into(),
@@ -172,70 +211,43 @@ mod tests {
         }
     }
 
-    fn offsets(out: &[Event]) -> Vec<u64> {
-        out.iter()
-            .filter_map(|e| match e {
-                Event::Message(m) => Some(m.offset),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn delivers_in_order_once_and_waits_for_gaps() {
-        let now = Instant::now();
-        let mut r = RoomState {
-            offset: Some(0),
-            epoch: Some("e".into()),
-            ..RoomState::default()
-        };
-        let mut out = Vec::new();
-        r.accept(env(1, "e", "a"), &mut out, 10, now);
-        r.accept(env(1, "e", "a"), &mut out, 10, now);
-        r.accept(env(3, "e", "c"), &mut out, 10, now);
-        assert_eq!(offsets(&out), [1]);
-        assert!(r.gap_since.is_some());
-        r.accept(env(2, "e", "b"), &mut out, 10, now);
-        assert_eq!(offsets(&out), [1, 2, 3]);
-        assert!(r.gap_since.is_none());
+        let mut r = at(0, "e");
+        r.accept(1, "e", "a");
+        r.accept(1, "e", "a");
+        r.accept(3, "e", "c");
+        assert_eq!(r.offsets(), [1]);
+        assert!(r.state.gap_since.is_some());
+        r.accept(2, "e", "b");
+        assert_eq!(r.offsets(), [1, 2, 3]);
+        assert!(r.state.gap_since.is_none());
         // A gap that never fills is given up on, in order.
-        r.accept(env(6, "e", "f"), &mut out, 10, now);
-        r.accept(env(5, "e", "e"), &mut out, 10, now);
-        r.flush_gap(&mut out, 10);
-        assert_eq!(offsets(&out), [1, 2, 3, 5, 6]);
+        r.accept(6, "e", "f");
+        r.accept(5, "e", "e");
+        r.state.flush_gap(&mut r.out, 10);
+        assert_eq!(r.offsets(), [1, 2, 3, 5, 6]);
         // Same msgId again at another offset: not delivered twice.
-        r.accept(env(7, "e", "e"), &mut out, 10, now);
-        assert_eq!(offsets(&out), [1, 2, 3, 5, 6]);
+        r.accept(7, "e", "e");
+        assert_eq!(r.offsets(), [1, 2, 3, 5, 6]);
     }
 
     #[test]
     fn a_new_epoch_is_reported_and_followed() {
-        let now = Instant::now();
-        let mut r = RoomState {
-            offset: Some(5),
-            epoch: Some("old".into()),
-            ..RoomState::default()
-        };
-        let mut out = Vec::new();
-        r.accept(env(1, "new", "x"), &mut out, 10, now);
-        assert!(matches!(&out[0], Event::Unrecovered { epoch, .. } if epoch == "new"));
-        assert_eq!(offsets(&out), [1]);
+        let mut r = at(5, "old");
+        r.accept(1, "new", "x");
+        assert!(matches!(&r.out[0], Event::Unrecovered { epoch, .. } if epoch == "new"));
+        assert_eq!(r.offsets(), [1]);
     }
 
     #[test]
     fn a_rejoin_stashes_live_messages_until_the_replay() {
-        let now = Instant::now();
-        let mut r = RoomState {
-            offset: Some(5),
-            epoch: Some("e".into()),
-            ..RoomState::default()
-        };
-        let f: Value = serde_json::from_str(&r.join_frame("r", 1)).unwrap();
+        let mut r = at(5, "e");
+        let f: Value = serde_json::from_str(&r.state.join_frame("r", 1)).unwrap();
         assert_eq!(f["since"], 5);
-        let mut out = Vec::new();
         // Live message 8 comes before `joined`; the replay (6, 7) after.
-        r.accept(env(8, "e", "h"), &mut out, 10, now);
-        assert!(out.is_empty());
+        r.accept(8, "e", "h");
+        assert!(r.out.is_empty());
         let joined = Joined {
             room: "r".into(),
             offset: 8,
@@ -243,9 +255,9 @@ mod tests {
             recovered: Some(true),
             members: Value::Null,
         };
-        r.on_joined(&joined, &mut out, 10, now);
-        r.accept(env(6, "e", "f"), &mut out, 10, now);
-        r.accept(env(7, "e", "g"), &mut out, 10, now);
-        assert_eq!(offsets(&out), [6, 7, 8]);
+        r.state.on_joined(&joined, &mut r.out, 10, r.now);
+        r.accept(6, "e", "f");
+        r.accept(7, "e", "g");
+        assert_eq!(r.offsets(), [6, 7, 8]);
     }
 }

@@ -30,7 +30,8 @@ pub mod server;
 pub mod version;
 
 pub use client::{
-    ApiPublish, ClientFrame, FrameError, FrameId, parse_api_publish, parse_client_frame,
+    ApiPublish, ClientFrame, FrameError, FrameId, PublishFrame, parse_api_publish,
+    parse_client_frame,
 };
 pub use error::ErrorCode;
 pub use names::{check_event, check_msg_id, check_room, check_user, is_personal, personal_room};

@@ -8,21 +8,22 @@ pub fn check_room(room: &str) -> Result<(), String> {
     if let Some(user) = room.strip_prefix('@') {
         return check_user(user).map_err(|m| format!("personal room {room:?}: {m}"));
     }
-    if room.is_empty() || room.len() > 128 || !room.bytes().all(name_byte) {
-        return Err(format!(
-            "invalid room name {:?}: 1 to 128 characters of A-Z a-z 0-9 _ . : -, or @user",
-            truncate(room, 140)
-        ));
-    }
-    Ok(())
+    check_name("room name", room, 128, ", or @user", 140)
 }
 
 /// Checks an event type: `^[A-Za-z0-9_.:-]{1,64}$`.
 pub fn check_event(event: &str) -> Result<(), String> {
-    if event.is_empty() || event.len() > 64 || !event.bytes().all(name_byte) {
+    check_name("event", event, 64, "", 80)
+}
+
+/// Checks that `name` is 1 to `max` bytes of A-Z a-z 0-9 _ . : -; the error
+/// calls it `what`, adds `or` to what is allowed and shows at most `shown`
+/// characters of it.
+fn check_name(what: &str, name: &str, max: usize, or: &str, shown: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max || !name.bytes().all(name_byte) {
         return Err(format!(
-            "invalid event {:?}: 1 to 64 characters of A-Z a-z 0-9 _ . : -",
-            truncate(event, 80)
+            "invalid {what} {:?}: 1 to {max} characters of A-Z a-z 0-9 _ . : -{or}",
+            truncate(name, shown)
         ));
     }
     Ok(())

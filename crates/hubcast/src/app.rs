@@ -17,7 +17,7 @@ use crate::{auth, http, lock, metrics, protocol, recent};
 const SAMPLES: usize = 11;
 
 /// Shared server state.
-pub struct App {
+pub(crate) struct App {
     /// The validated settings.
     pub config: Config,
     /// Node-local rooms and fan-out.
@@ -53,7 +53,7 @@ pub struct App {
 impl App {
     /// A room's presence as every reply lists it: nobody for a personal
     /// room, else the first `max_presence_members` and the total.
-    pub async fn presence_page(
+    pub(crate) async fn presence_page(
         &self,
         room: &str,
     ) -> Result<broker::PresencePage, broker::BrokerError> {
@@ -67,7 +67,7 @@ impl App {
 
     /// Counts a message accepted for publishing (a duplicate is not one)
     /// for `/metrics` and `/api/stats`.
-    pub fn count_published(&self, entry: metrics::Entry) {
+    pub(crate) fn count_published(&self, entry: metrics::Entry) {
         let m = metrics::handles();
         match entry {
             metrics::Entry::Ws => m.published_ws.increment(1),
@@ -92,7 +92,7 @@ impl App {
 
     /// Messages published and delivered per second over the last samples
     /// (up to 10 s).
-    pub fn rates(&self) -> (f64, f64) {
+    pub(crate) fn rates(&self) -> (f64, f64) {
         let s = lock(&self.samples);
         match (s.front(), s.back()) {
             (Some(a), Some(b)) if b.0 > a.0 => {

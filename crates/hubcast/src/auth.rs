@@ -137,11 +137,6 @@ impl Auth {
         Ok(Auth { key, anonymous })
     }
 
-    /// Whether tokens are verified at all.
-    pub fn tokens_enabled(&self) -> bool {
-        self.key.is_some()
-    }
-
     /// Checks a handshake's token (if any). `Ok(None)`: anonymous.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Option<Identity>, AuthError> {
         let Some(token) = token else {

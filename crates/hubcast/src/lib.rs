@@ -51,7 +51,7 @@
 //! in one batch. `docs/architecture.md` draws it and says what each module
 //! must not touch.
 
-pub mod app;
+pub(crate) mod app;
 pub mod auth;
 pub mod bench;
 pub mod broker;
@@ -59,21 +59,21 @@ mod clock;
 pub mod config;
 pub mod conn;
 pub mod http;
-pub mod hub;
+pub(crate) mod hub;
 mod lock;
-pub mod metrics;
+pub(crate) mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otel;
-pub mod outbound;
+pub(crate) mod outbound;
 mod pool;
 pub mod protocol;
-pub mod publish;
-pub mod recent;
-pub mod server;
+pub(crate) mod publish;
+pub(crate) mod recent;
+pub(crate) mod server;
 mod small;
-pub mod trace;
+pub(crate) mod trace;
 
-pub use app::App;
+pub(crate) use app::App;
 pub use clock::unix_ms;
 pub(crate) use lock::lock;
-pub use server::{connect_broker, run, run_with_broker};
+pub use server::{run, run_with_broker};

@@ -13,40 +13,40 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Open connections (gauge), by `transport` (`ws`, `sse`, `poll`).
-pub const CONNECTIONS: &str = "hubcast_connections";
+pub(crate) const CONNECTIONS: &str = "hubcast_connections";
 /// Connections opened (counter), by `transport`.
-pub const CONNECTIONS_OPENED: &str = "hubcast_connections_opened_total";
+pub(crate) const CONNECTIONS_OPENED: &str = "hubcast_connections_opened_total";
 /// Connections closed (counter), by `transport` and `reason`.
-pub const CONNECTIONS_CLOSED: &str = "hubcast_connections_closed_total";
+pub(crate) const CONNECTIONS_CLOSED: &str = "hubcast_connections_closed_total";
 /// Rooms with local members on this node (gauge).
-pub const ROOMS: &str = "hubcast_rooms";
+pub(crate) const ROOMS: &str = "hubcast_rooms";
 /// Local room memberships on this node, personal rooms included (gauge).
-pub const ROOM_MEMBERS: &str = "hubcast_room_members";
+pub(crate) const ROOM_MEMBERS: &str = "hubcast_room_members";
 /// Messages accepted for publishing (counter), by `entry` (`ws`, `http`).
-pub const PUBLISHED: &str = "hubcast_messages_published_total";
+pub(crate) const PUBLISHED: &str = "hubcast_messages_published_total";
 /// Messages queued to a local subscriber (counter).
-pub const DELIVERIES: &str = "hubcast_deliveries_total";
+pub(crate) const DELIVERIES: &str = "hubcast_deliveries_total";
 /// Connections closed because their outbound queue overflowed (counter).
-pub const SLOW_CONSUMERS: &str = "hubcast_slow_consumer_closes_total";
+pub(crate) const SLOW_CONSUMERS: &str = "hubcast_slow_consumer_closes_total";
 /// WebSocket payload bytes received (counter).
-pub const BYTES_IN: &str = "hubcast_received_bytes_total";
+pub(crate) const BYTES_IN: &str = "hubcast_received_bytes_total";
 /// WebSocket payload bytes sent (counter).
-pub const BYTES_OUT: &str = "hubcast_sent_bytes_total";
+pub(crate) const BYTES_OUT: &str = "hubcast_sent_bytes_total";
 /// Client frames answered with an error (counter), by `code`.
-pub const FRAMES_REJECTED: &str = "hubcast_frames_rejected_total";
+pub(crate) const FRAMES_REJECTED: &str = "hubcast_frames_rejected_total";
 /// From the publish's arrival to the message being queued to a local
 /// subscriber (histogram, seconds; one sample per message and node).
-pub const DELIVERY_LATENCY: &str = "hubcast_publish_delivery_seconds";
+pub(crate) const DELIVERY_LATENCY: &str = "hubcast_publish_delivery_seconds";
 /// Broker operations (histogram, seconds), by `op` and `result`.
-pub const BROKER_LATENCY: &str = "hubcast_broker_operation_seconds";
+pub(crate) const BROKER_LATENCY: &str = "hubcast_broker_operation_seconds";
 /// Frames a connection's writer found waiting at once (histogram).
-pub const QUEUE_DEPTH: &str = "hubcast_outbound_queue_depth";
+pub(crate) const QUEUE_DEPTH: &str = "hubcast_outbound_queue_depth";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the recorder (once per process) and returns its handle; `None`
 /// when another recorder was installed first (an embedding program's).
-pub fn install() -> Option<PrometheusHandle> {
+pub(crate) fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let seconds = [
@@ -122,7 +122,7 @@ fn describe() {
 }
 
 /// The close reason label for a close code.
-pub fn close_reason(code: Option<u16>) -> &'static str {
+pub(crate) fn close_reason(code: Option<u16>) -> &'static str {
     match code {
         Some(1000) | Some(1005) => "normal",
         Some(1001) => "going_away",
@@ -143,7 +143,7 @@ pub fn close_reason(code: Option<u16>) -> &'static str {
 /// The publish time (`"timestamp":` ms) of an envelope. The first
 /// `,"timestamp":` is the envelope's own: inside JSON strings a quote is
 /// always escaped.
-pub fn envelope_time_ms(envelope: &[u8]) -> Option<i64> {
+pub(crate) fn envelope_time_ms(envelope: &[u8]) -> Option<i64> {
     let ms = hubcast_client::raw::number_after(envelope, br#","timestamp":"#)?;
     i64::try_from(ms).ok()
 }
@@ -151,7 +151,7 @@ pub fn envelope_time_ms(envelope: &[u8]) -> Option<i64> {
 /// Records a delivery latency sample for an envelope published at its
 /// `timestamp` (clocks of different nodes may disagree: negative values
 /// count as 0).
-pub fn record_delivery_latency(envelope: &[u8]) {
+pub(crate) fn record_delivery_latency(envelope: &[u8]) {
     if let Some(t) = envelope_time_ms(envelope) {
         let ms = (crate::unix_ms() - t).max(0) as u64;
         handles()
@@ -162,7 +162,7 @@ pub fn record_delivery_latency(envelope: &[u8]) {
 
 /// Handles of the hot-path metrics, looked up once (a `counter!` call
 /// hashes its key on every use).
-pub struct Handles {
+pub(crate) struct Handles {
     pub deliveries: metrics::Counter,
     pub slow_consumers: metrics::Counter,
     pub bytes_in: metrics::Counter,
@@ -175,7 +175,7 @@ pub struct Handles {
 
 /// The hot-path handles (installing the recorder first, so they are bound
 /// to it).
-pub fn handles() -> &'static Handles {
+pub(crate) fn handles() -> &'static Handles {
     static H: OnceLock<Handles> = OnceLock::new();
     H.get_or_init(|| {
         let _ = install();
@@ -194,7 +194,7 @@ pub fn handles() -> &'static Handles {
 
 /// How a client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// A WebSocket.
     Ws,
     /// A Server-Sent Events stream.
@@ -205,7 +205,7 @@ pub enum Transport {
 
 impl Transport {
     /// The `transport` label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
@@ -216,7 +216,7 @@ impl Transport {
 
 /// Where a publish came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entry {
+pub(crate) enum Entry {
     /// A WebSocket `publish` or `send` frame.
     Ws,
     /// `POST /api/publish` or `/api/send`.
@@ -226,7 +226,7 @@ pub enum Entry {
 /// Open connections per transport on this server (for `/api/stats`; the
 /// Prometheus gauge is process-wide and cannot be read back).
 #[derive(Debug, Default)]
-pub struct OpenCounts {
+pub(crate) struct OpenCounts {
     ws: AtomicU64,
     sse: AtomicU64,
     poll: AtomicU64,
@@ -234,7 +234,7 @@ pub struct OpenCounts {
 
 impl OpenCounts {
     /// Connections of `transport` open now.
-    pub fn get(&self, transport: Transport) -> u64 {
+    pub(crate) fn get(&self, transport: Transport) -> u64 {
         self.slot(transport).load(Ordering::Relaxed)
     }
 
@@ -249,7 +249,7 @@ impl OpenCounts {
 
 /// Counts one open connection of a transport while it lives: in the
 /// server's [`OpenCounts`] and in the Prometheus metrics.
-pub struct OpenConnection {
+pub(crate) struct OpenConnection {
     transport: Transport,
     counts: Arc<OpenCounts>,
     /// Close reason label, set before the drop.
@@ -258,7 +258,7 @@ pub struct OpenConnection {
 
 impl OpenConnection {
     /// Counts a connection opened now.
-    pub fn new(transport: Transport, counts: &Arc<OpenCounts>) -> Self {
+    pub(crate) fn new(transport: Transport, counts: &Arc<OpenCounts>) -> Self {
         let _ = handles();
         let label = transport.as_str();
         counts.slot(transport).fetch_add(1, Ordering::Relaxed);

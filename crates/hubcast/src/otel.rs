@@ -59,7 +59,7 @@ where
 /// Makes `span` a child of the caller's span named by a valid `traceparent`
 /// header; then returns the trace id the span is exported under (None when
 /// no exporter is active).
-pub fn attach(span: &tracing::Span, traceparent: Option<&str>) -> Option<String> {
+pub(crate) fn attach(span: &tracing::Span, traceparent: Option<&str>) -> Option<String> {
     if let Some(cx) = traceparent.and_then(remote_parent) {
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(cx));
     }

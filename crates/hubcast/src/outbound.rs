@@ -19,7 +19,7 @@ use crate::protocol::close;
 
 /// Why the server closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
+pub(crate) struct CloseReason {
     /// WebSocket close code (PROTOCOL.md section 4).
     pub code: u16,
     /// Short reason sent in the close frame and logged.
@@ -28,7 +28,7 @@ pub struct CloseReason {
 
 /// The queue and its wake-up signal.
 #[derive(Debug)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     /// Frames waiting for the writer, and the close decision once made.
     state: Mutex<State>,
     /// Wakes the consumer when frames, a pong or a close arrive. Each queue
@@ -53,7 +53,7 @@ struct State {
 
 /// What [`Outbound::take`] found besides the frames.
 #[derive(Debug, Default)]
-pub struct Taken {
+pub(crate) struct Taken {
     /// The close decision, if one was made (it stays made).
     pub close: Option<CloseReason>,
     /// A pong to send before the frames.
@@ -62,7 +62,7 @@ pub struct Taken {
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// Queued.
     Queued,
     /// The queue was full: the connection is now closing with 4000.
@@ -74,7 +74,7 @@ pub enum Pushed {
 
 impl Outbound {
     /// An empty queue holding at most `cap` frames.
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
@@ -87,7 +87,7 @@ impl Outbound {
     }
 
     /// Queues one frame, or starts the slow-consumer close when full.
-    pub fn push(&self, frame: Bytes) -> Pushed {
+    pub(crate) fn push(&self, frame: Bytes) -> Pushed {
         let mut s = self.lock();
         if s.close.is_some() {
             return Pushed::Closing;
@@ -103,29 +103,35 @@ impl Outbound {
             self.waker.wake();
             return Pushed::Overflow;
         }
-        let wake = s.frames.is_empty();
-        if s.frames.capacity() == 0 {
-            s.frames = crate::pool::queue();
-        }
-        s.frames.push_back(frame);
-        s.woken |= wake;
-        drop(s);
-        if wake {
-            self.waker.wake();
-        }
-        Pushed::Queued
+        self.append(s, |frames| {
+            if frames.capacity() == 0 {
+                *frames = crate::pool::queue();
+            }
+            frames.push_back(frame);
+        })
     }
 
     /// Queues frames that must stay together (a `joined` reply and the
     /// recovered messages). Their number is bounded by the history size, so
     /// they may go past the cap; the next single push then decides.
-    pub fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Pushed {
-        let mut s = self.lock();
+    pub(crate) fn push_all(&self, frames: impl IntoIterator<Item = Bytes>) -> Pushed {
+        let s = self.lock();
         if s.close.is_some() {
             return Pushed::Closing;
         }
+        self.append(s, |queue| queue.extend(frames))
+    }
+
+    /// Adds to the frames under the lock `s`, then wakes the drainer when
+    /// the queue was empty (it may be waiting) once the lock is released.
+    #[inline]
+    fn append(
+        &self,
+        mut s: MutexGuard<'_, State>,
+        add: impl FnOnce(&mut VecDeque<Bytes>),
+    ) -> Pushed {
         let wake = s.frames.is_empty();
-        s.frames.extend(frames);
+        add(&mut s.frames);
         s.woken |= wake;
         drop(s);
         if wake {
@@ -135,7 +141,7 @@ impl Outbound {
     }
 
     /// Decides to close the connection (the first reason wins).
-    pub fn close(&self, code: u16, reason: &'static str) {
+    pub(crate) fn close(&self, code: u16, reason: &'static str) {
         let mut s = self.lock();
         if s.close.is_none() {
             s.close = Some(CloseReason { code, reason });
@@ -146,12 +152,12 @@ impl Outbound {
     }
 
     /// The close decision, if one was made.
-    pub fn closing(&self) -> Option<CloseReason> {
+    pub(crate) fn closing(&self) -> Option<CloseReason> {
         self.lock().close
     }
 
     /// Takes every queued frame, the pong due and the close decision.
-    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Taken {
+    pub(crate) fn take(&self, into: &mut VecDeque<Bytes>) -> Taken {
         let mut s = self.lock();
         if into.is_empty() {
             std::mem::swap(into, &mut s.frames);
@@ -166,23 +172,25 @@ impl Outbound {
 
     /// Whether a close or a pong waits: neither is held back to batch
     /// frames (`write_delay`).
-    pub fn urgent(&self) -> bool {
+    pub(crate) fn urgent(&self) -> bool {
         let s = self.lock();
         s.close.is_some() || s.pong.is_some()
     }
 
     /// Frames waiting now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().frames.len()
     }
 
     /// Whether nothing is waiting.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Queues the answer to a client's ping (replacing an unsent one).
-    pub fn pong(&self, payload: Bytes) {
+    pub(crate) fn pong(&self, payload: Bytes) {
         let mut s = self.lock();
         s.pong = Some(payload);
         s.woken = true;
@@ -192,7 +200,7 @@ impl Outbound {
 
     /// Waits until something was pushed or a close decided since the last
     /// wake-up (a notification sent while nobody waits is kept).
-    pub async fn notified(&self) {
+    pub(crate) async fn notified(&self) {
         std::future::poll_fn(|cx| {
             // Registered before the flag is read: a wake-up after the read
             // wakes this waker.

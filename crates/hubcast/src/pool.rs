@@ -26,7 +26,7 @@ thread_local! {
 }
 
 /// An empty queue with room for a few frames.
-pub fn queue() -> VecDeque<Bytes> {
+pub(crate) fn queue() -> VecDeque<Bytes> {
     QUEUES
         .try_with(|q| q.borrow_mut().pop())
         .ok()
@@ -35,7 +35,7 @@ pub fn queue() -> VecDeque<Bytes> {
 }
 
 /// Gives a queue back (emptied here); dropped if large or spares are full.
-pub fn recycle_queue(mut q: VecDeque<Bytes>) {
+pub(crate) fn recycle_queue(mut q: VecDeque<Bytes>) {
     if q.capacity() == 0 || q.capacity() > QUEUE_MAX {
         return;
     }
@@ -44,7 +44,7 @@ pub fn recycle_queue(mut q: VecDeque<Bytes>) {
 }
 
 /// An empty buffer with room for at least `min` bytes.
-pub fn buffer(min: usize) -> Vec<u8> {
+pub(crate) fn buffer(min: usize) -> Vec<u8> {
     let spare = BUFFERS
         .try_with(|b| {
             let mut b = b.borrow_mut();
@@ -57,7 +57,7 @@ pub fn buffer(min: usize) -> Vec<u8> {
 }
 
 /// Gives a buffer back (emptied here); dropped if large or spares are full.
-pub fn recycle_buffer(mut b: Vec<u8>) {
+pub(crate) fn recycle_buffer(mut b: Vec<u8>) {
     if b.capacity() == 0 || b.capacity() > BUFFER_MAX {
         return;
     }

@@ -9,7 +9,7 @@ use crate::protocol::EnvelopeParts;
 
 /// What a client or a backend asked to publish, checked.
 #[derive(Debug, Clone, Copy)]
-pub struct Publish<'a> {
+pub(crate) struct Publish<'a> {
     /// Target room.
     pub room: &'a str,
     /// `eventType`.
@@ -30,7 +30,7 @@ pub struct Publish<'a> {
 
 impl Publish<'_> {
     /// The broker request, stamped with the server's receive time.
-    pub fn request(self) -> PublishRequest {
+    pub(crate) fn request(self) -> PublishRequest {
         let (msg_id, idempotent) = match self.msg_id {
             Some(m) => (m.to_owned(), true),
             None => (uuid::Uuid::now_v7().to_string(), false),

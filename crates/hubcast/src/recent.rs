@@ -14,14 +14,14 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 /// Events kept.
-pub const CAPACITY: usize = 200;
+pub(crate) const CAPACITY: usize = 200;
 
 /// Longest message kept per event.
 const MAX_MESSAGE: usize = 200;
 
 /// One event.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// Increases by one per event recorded on this node.
     pub seq: u64,
     /// Unix milliseconds.
@@ -43,7 +43,7 @@ pub struct Event {
 
 /// The ring of recent events.
 #[derive(Debug, Default)]
-pub struct Recent {
+pub(crate) struct Recent {
     inner: Mutex<Ring>,
 }
 
@@ -55,13 +55,13 @@ struct Ring {
 
 impl Recent {
     /// Records an error reply to a client frame.
-    pub fn error(&self, code: &'static str, message: &str, conn: &str, user: &str) {
+    pub(crate) fn error(&self, code: &'static str, message: &str, conn: &str, user: &str) {
         self.push("error", code, None, message, conn, user);
     }
 
     /// Records a connection closed by the server for a notable reason
     /// (normal closes, client closes and shutdown are not recorded).
-    pub fn close(&self, code: u16, reason: &str, conn: &str, user: &str) {
+    pub(crate) fn close(&self, code: u16, reason: &str, conn: &str, user: &str) {
         let label = crate::metrics::close_reason(Some(code));
         if matches!(label, "normal" | "going_away") {
             return;
@@ -99,7 +99,7 @@ impl Recent {
     }
 
     /// Events with `seq > after`, newest first, at most `limit`.
-    pub fn list(&self, after: u64, limit: usize) -> Vec<Event> {
+    pub(crate) fn list(&self, after: u64, limit: usize) -> Vec<Event> {
         let r = crate::lock(&self.inner);
         r.events
             .iter()

@@ -31,7 +31,7 @@ pub async fn run(
 }
 
 /// The engine the config names, connected.
-pub async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
+pub(crate) async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
     Ok(match config.broker {
         BrokerKind::Memory => MemoryBroker::new(config.history_size, config.history_ttl()),
         BrokerKind::Redis => RedisBroker::connect(RedisSettings {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// A map: empty, one entry inline, or a boxed table.
 #[derive(Debug, Clone, Default)]
 #[allow(clippy::box_collection)]
-pub enum SmallMap<K, V> {
+pub(crate) enum SmallMap<K, V> {
     #[default]
     Empty,
     One(K, V),
@@ -23,7 +23,7 @@ pub enum SmallMap<K, V> {
 }
 
 impl<K: Hash + Eq, V> SmallMap<K, V> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Self::Empty => 0,
             Self::One(..) => 1,
@@ -31,11 +31,11 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    pub(crate) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -48,7 +48,7 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
     }
 
     /// Adds or replaces `key`'s value; the value replaced, if any.
-    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+    pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self {
             Self::Empty => {
                 *self = Self::One(key, value);
@@ -69,7 +69,7 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         }
     }
 
-    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    pub(crate) fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -90,7 +90,7 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         let (one, many) = match self {
             Self::Empty => (None, None),
             Self::One(k, v) => (Some((k, v)), None),
@@ -99,17 +99,17 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         one.into_iter().chain(many.into_iter().flatten())
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
         self.iter().map(|(k, _)| k)
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &V> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, v)| v)
     }
 
     /// `(key, value)` pairs (a plain enum, not a chain of iterators: the
     /// hub's fan-out walks a room's subscriptions with it).
-    pub fn iter_mut(&mut self) -> IterMut<'_, K, V> {
+    pub(crate) fn iter_mut(&mut self) -> IterMut<'_, K, V> {
         match self {
             Self::Empty => IterMut::One(None),
             Self::One(k, v) => IterMut::One(Some((&*k, v))),
@@ -117,13 +117,13 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         }
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.iter_mut().map(|(_, v)| v)
     }
 }
 
 /// Iterates over a [`SmallMap`]'s `(key, value)` pairs.
-pub enum IterMut<'a, K, V> {
+pub(crate) enum IterMut<'a, K, V> {
     One(Option<(&'a K, &'a mut V)>),
     Many(hash_map::IterMut<'a, K, V>),
 }
@@ -141,16 +141,16 @@ impl<'a, K, V> Iterator for IterMut<'a, K, V> {
 
 /// A set: a [`SmallMap`] without values.
 #[derive(Debug, Clone, Default)]
-pub struct SmallSet<T>(SmallMap<T, ()>);
+pub(crate) struct SmallSet<T>(SmallMap<T, ()>);
 
 impl<T: Hash + Eq> SmallSet<T> {
     /// Adds `value`; false if it was there already.
-    pub fn insert(&mut self, value: T) -> bool {
+    pub(crate) fn insert(&mut self, value: T) -> bool {
         self.0.insert(value, ()).is_none()
     }
 
     /// Removes `value`; false if it was not there.
-    pub fn remove<Q>(&mut self, value: &Q) -> bool
+    pub(crate) fn remove<Q>(&mut self, value: &Q) -> bool
     where
         T: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -158,15 +158,15 @@ impl<T: Hash + Eq> SmallSet<T> {
         self.0.remove(value).is_some()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.0.keys()
     }
 }
@@ -180,7 +180,7 @@ impl<T: Hash + Eq> From<T> for SmallSet<T> {
 /// The key `map` already holds for `name`, shared, or a new one: a name
 /// kept in several places (a room's in the hub, its members' lists, a
 /// user's rooms) is allocated once.
-pub fn shared_key<V>(map: &HashMap<Arc<str>, V>, name: &str) -> Arc<str> {
+pub(crate) fn shared_key<V>(map: &HashMap<Arc<str>, V>, name: &str) -> Arc<str> {
     match map.get_key_value(name) {
         Some((key, _)) => key.clone(),
         None => Arc::from(name),

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 /// The trace of one HTTP request.
 #[derive(Debug, Clone)]
-pub struct RequestTrace {
+pub(crate) struct RequestTrace {
     /// 32 lowercase hex digits.
     pub id: String,
     /// The id came from the caller's `traceparent` (and should travel on).
@@ -23,11 +23,11 @@ pub struct RequestTrace {
 /// connection holds one for its life. Displays as 32 lowercase hex
 /// digits, or as nothing when there is none (0, which W3C forbids).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TraceId(u128);
+pub(crate) struct TraceId(u128);
 
 impl TraceId {
     /// From 32 hex digits (a [`RequestTrace`] id); none if it is not that.
-    pub fn parse(hex: &str) -> Self {
+    pub(crate) fn parse(hex: &str) -> Self {
         if hex.len() != 32 {
             return Self::default();
         }
@@ -47,7 +47,7 @@ impl std::fmt::Display for TraceId {
 
 /// The trace id of a W3C `traceparent` header
 /// (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`), if valid.
-pub fn parse_traceparent(header: &str) -> Option<String> {
+pub(crate) fn parse_traceparent(header: &str) -> Option<String> {
     let mut parts = header.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -67,12 +67,12 @@ pub fn parse_traceparent(header: &str) -> Option<String> {
 }
 
 /// A new random trace id.
-pub fn new_trace_id() -> String {
+pub(crate) fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Middleware: runs the request in a `request` span with its trace id.
-pub async fn trace_requests(mut req: Request, next: Next) -> Response {
+pub(crate) async fn trace_requests(mut req: Request, next: Next) -> Response {
     let header = req
         .headers()
         .get("traceparent")

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use hubcast_protocol::server::read::Head;
-use hubcast_protocol::{ClientFrame, ErrorCode, close, encode, error_frame, out};
+use hubcast_protocol::{ClientFrame, ErrorCode, PublishFrame, close, encode, error_frame, out};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -219,7 +219,7 @@ async fn an_unavailable_publish_is_retried_after_the_retry_delay_with_its_msg_id
             let Some(f) = read_frame(&mut server).await else {
                 break;
             };
-            let Ok((Some(id), ClientFrame::Publish { msg_id, .. })) =
+            let Ok((Some(id), ClientFrame::Publish(PublishFrame { msg_id, .. }))) =
                 hubcast_protocol::parse_client_frame(&f)
             else {
                 continue;

@@ -241,17 +241,11 @@ mod tests {
         let (id, frame) = parse_client_frame(text.as_bytes()).unwrap();
         assert_eq!(id.unwrap().get(), "9");
         match frame {
-            ClientFrame::Publish {
-                room,
-                event,
-                data,
-                msg_id,
-                echo,
-            } => {
-                assert_eq!((room.as_ref(), event.as_ref()), ("r", "e"));
-                assert_eq!(data.get(), "[1,2]");
-                assert_eq!(msg_id.as_deref(), Some("m"));
-                assert!(echo);
+            ClientFrame::Publish(p) => {
+                assert_eq!((p.room.as_ref(), p.event.as_ref()), ("r", "e"));
+                assert_eq!(p.data.get(), "[1,2]");
+                assert_eq!(p.msg_id.as_deref(), Some("m"));
+                assert!(p.echo);
             }
             other => panic!("{other:?}"),
         }

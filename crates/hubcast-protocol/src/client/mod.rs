@@ -19,6 +19,21 @@ pub use parse::{ApiPublish, parse_api_publish, parse_client_frame};
 /// echoes it exactly (number or string).
 pub type FrameId = Box<RawValue>;
 
+/// A parsed, checked `publish` frame.
+#[derive(Debug)]
+pub struct PublishFrame<'a> {
+    /// Target room.
+    pub room: Cow<'a, str>,
+    /// Event type.
+    pub event: Cow<'a, str>,
+    /// Payload, any JSON, as received.
+    pub data: &'a RawValue,
+    /// Client-chosen idempotency key.
+    pub msg_id: Option<Cow<'a, str>>,
+    /// Deliver to the publishing connection too.
+    pub echo: bool,
+}
+
 /// A parsed, checked client frame.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
@@ -37,18 +52,7 @@ pub enum ClientFrame<'a> {
         room: Cow<'a, str>,
     },
     /// `publish`
-    Publish {
-        /// Target room.
-        room: Cow<'a, str>,
-        /// Event type.
-        event: Cow<'a, str>,
-        /// Payload, any JSON, as received.
-        data: &'a RawValue,
-        /// Client-chosen idempotency key.
-        msg_id: Option<Cow<'a, str>>,
-        /// Deliver to the publishing connection too.
-        echo: bool,
-    },
+    Publish(PublishFrame<'a>),
     /// `send`
     Send {
         /// Recipient user id.

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ClientFrame, FrameError, FrameId};
+use super::{ClientFrame, FrameError, FrameId, PublishFrame};
 use crate::error::ErrorCode;
 use crate::names::{check_event, check_msg_id, check_room, check_user, personal_room};
 use crate::presence::Status;
@@ -197,24 +197,17 @@ pub fn parse_client_frame(text: &[u8]) -> Result<(Option<FrameId>, ClientFrame<'
             ClientFrame::Join { room, since, epoch }
         }
         "leave" => ClientFrame::Leave { room: f.room()? },
-        "publish" => {
-            let room = f.room()?;
-            let event = f.event()?;
-            let data = f.data()?;
-            let msg_id = f.msg_id()?;
-            let echo = match raw.echo {
+        "publish" => ClientFrame::Publish(PublishFrame {
+            room: f.room()?,
+            event: f.event()?,
+            data: f.data()?,
+            msg_id: f.msg_id()?,
+            echo: match raw.echo {
                 None => false,
                 Some(v) => serde_json::from_str::<bool>(v.get())
                     .map_err(|_| f.err("field `echo` must be a boolean"))?,
-            };
-            ClientFrame::Publish {
-                room,
-                event,
-                data,
-                msg_id,
-                echo,
-            }
-        }
+            },
+        }),
         "send" => {
             let to = f.required_string("to", raw.to)?;
             check_user(&to).map_err(|m| f.err(format!("field `to`: {m}")))?;
@@ -316,9 +309,9 @@ mod tests {
             parse_client_frame(br#"{"type":"publish","room":"r","event":"e","data":[1, 2]}"#)
                 .unwrap();
         match f {
-            ClientFrame::Publish { data, echo, .. } => {
-                assert_eq!(data.get(), "[1, 2]");
-                assert!(!echo);
+            ClientFrame::Publish(p) => {
+                assert_eq!(p.data.get(), "[1, 2]");
+                assert!(!p.echo);
             }
             other => panic!("{other:?}"),
         }

@@ -8,7 +8,7 @@ const BUCKETS: usize = 64 * 8;
 
 /// Counts of latencies per bucket.
 #[derive(Clone)]
-pub struct Hist(Box<[u64; BUCKETS]>);
+pub(crate) struct Hist(Box<[u64; BUCKETS]>);
 
 impl Default for Hist {
     fn default() -> Self {
@@ -18,7 +18,7 @@ impl Default for Hist {
 
 impl Hist {
     /// Records one latency, in microseconds.
-    pub fn record_us(&mut self, us: f64) {
+    pub(crate) fn record_us(&mut self, us: f64) {
         let b = if us < 1.0 {
             0
         } else {
@@ -28,20 +28,20 @@ impl Hist {
     }
 
     /// Adds another histogram's counts.
-    pub fn merge(&mut self, other: &Hist) {
+    pub(crate) fn merge(&mut self, other: &Hist) {
         for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
             *a += b;
         }
     }
 
     /// Latencies recorded.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.0.iter().sum()
     }
 
     /// The `p` quantile (0 to 1) in milliseconds: the upper edge of the
     /// bucket holding it; 0 when empty.
-    pub fn pct_ms(&self, p: f64) -> f64 {
+    pub(crate) fn pct_ms(&self, p: f64) -> f64 {
         let total = self.count();
         if total == 0 {
             return 0.0;

@@ -17,12 +17,12 @@
 //! per-address port limit. Output: a summary, or one JSON line per run with
 //! `--json`.
 
-pub mod fanout;
-pub mod hist;
-pub mod net;
-pub mod nodes;
-pub mod procfs;
-pub mod scenarios;
+pub(crate) mod fanout;
+pub(crate) mod hist;
+pub(crate) mod net;
+pub(crate) mod nodes;
+pub(crate) mod procfs;
+pub(crate) mod scenarios;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ struct Common {
 }
 
 /// Rounds a reported figure to `places` decimals.
-pub fn round(v: f64, places: i32) -> f64 {
+pub(crate) fn round(v: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (v * f).round() / f
 }

@@ -20,7 +20,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Bytes moved by a group of connections (all subscribers of a run, say).
 #[derive(Default)]
-pub struct Wire {
+pub(crate) struct Wire {
     /// Bytes read from the server.
     pub read: AtomicU64,
     /// Bytes written to the server.
@@ -28,7 +28,7 @@ pub struct Wire {
 }
 
 /// A stream that adds what passes through it to a [`Wire`].
-pub struct Counted<S> {
+pub(crate) struct Counted<S> {
     inner: S,
     wire: Arc<Wire>,
 }
@@ -85,7 +85,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 /// One server node as the load tool sees it.
 #[derive(Clone, Debug)]
-pub struct Node {
+pub(crate) struct Node {
     /// Where it listens.
     pub addr: SocketAddr,
     /// The WebSocket URL (`ws://host:port/ws`).
@@ -94,7 +94,7 @@ pub struct Node {
 
 impl Node {
     /// A node from its WebSocket URL (`ws://127.0.0.1:8080/ws`).
-    pub fn from_url(url: &str) -> anyhow::Result<Node> {
+    pub(crate) fn from_url(url: &str) -> anyhow::Result<Node> {
         let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
         if uri.scheme_str() != Some("ws") {
             bail!("{url}: the bench tool speaks ws:// (put TLS in front of it separately)");
@@ -114,7 +114,7 @@ impl Node {
 
 /// How connections are opened: source addresses and credentials.
 #[derive(Clone, Debug)]
-pub struct Dialer {
+pub(crate) struct Dialer {
     /// Spread connections over 127.0.0.1 .. 127.0.0.N (1: the default route).
     pub src_ips: u32,
     /// Connection token (`Authorization: Bearer`), when the server wants one.
@@ -124,7 +124,7 @@ pub struct Dialer {
 }
 
 /// The source address for connection `i`.
-pub fn source_ip(i: usize, n: u32) -> Ipv4Addr {
+pub(crate) fn source_ip(i: usize, n: u32) -> Ipv4Addr {
     let k = (i % n.max(1) as usize) as u32;
     Ipv4Addr::new(127, 0, (k / 250) as u8, (1 + k % 250) as u8)
 }
@@ -149,7 +149,7 @@ impl Dialer {
 
     /// A WebSocket connection as user `name` (anonymous servers take the
     /// name from the query), the `welcome` frame already read.
-    pub async fn ws(
+    pub(crate) async fn ws(
         &self,
         node: &Node,
         i: usize,
@@ -172,7 +172,12 @@ impl Dialer {
     }
 
     /// An HTTP/1.1 keep-alive connection.
-    pub async fn http(&self, node: &Node, i: usize, wire: &Arc<Wire>) -> anyhow::Result<Http> {
+    pub(crate) async fn http(
+        &self,
+        node: &Node,
+        i: usize,
+        wire: &Arc<Wire>,
+    ) -> anyhow::Result<Http> {
         let tcp = self.tcp(node, i).await?;
         let io = TokioIo::new(Counted {
             inner: tcp,
@@ -193,12 +198,12 @@ impl Dialer {
 
 /// A load-side WebSocket: the client crate's bare connection over a
 /// byte-counted stream.
-pub type Ws = hubcast_client::raw::Ws<Counted<TcpStream>>;
+pub(crate) type Ws = hubcast_client::raw::Ws<Counted<TcpStream>>;
 
-pub use hubcast_client::raw::{Frame, number_after};
+pub(crate) use hubcast_client::raw::{Frame, number_after};
 
 /// A load-side HTTP/1.1 connection.
-pub struct Http {
+pub(crate) struct Http {
     send: SendRequest<Full<Bytes>>,
     driver: tokio::task::JoinHandle<()>,
     host: String,
@@ -213,7 +218,7 @@ impl Drop for Http {
 
 impl Http {
     /// One request; the status and the whole body.
-    pub async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: hyper::Method,
         path: &str,

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use super::net::{Dialer, Node, Wire};
 
 /// The nodes of a run, and the processes to measure.
-pub struct Nodes {
+pub(crate) struct Nodes {
     /// Where the load goes: connection `i` to node `i % len`.
     pub nodes: Vec<Node>,
     /// Server processes whose CPU and memory are reported.
@@ -42,7 +42,7 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 impl Nodes {
     /// Nodes that were started by someone else.
-    pub fn given(urls: &[String], pids: &[u32]) -> anyhow::Result<Nodes> {
+    pub(crate) fn given(urls: &[String], pids: &[u32]) -> anyhow::Result<Nodes> {
         let urls = if urls.is_empty() {
             vec!["ws://127.0.0.1:8080/ws".to_string()]
         } else {
@@ -61,7 +61,7 @@ impl Nodes {
 
     /// Starts `n` nodes of this binary (`hubcast serve --listen 127.0.0.1:PORT
     /// ARGS...`) and waits until each answers `/readyz`.
-    pub async fn spawn(n: usize, serve_args: &[String]) -> anyhow::Result<Nodes> {
+    pub(crate) async fn spawn(n: usize, serve_args: &[String]) -> anyhow::Result<Nodes> {
         let exe = std::env::current_exe().context("find the hubcast binary")?;
         let mut nodes = Nodes {
             nodes: Vec::new(),

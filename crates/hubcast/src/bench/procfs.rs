@@ -2,7 +2,7 @@
 
 /// One reading of one or more processes.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// User plus system CPU time, seconds.
     pub cpu_s: f64,
     /// Resident set size, KiB.
@@ -11,12 +11,12 @@ pub struct Sample {
 
 impl Sample {
     /// Resident memory in MiB, to a tenth.
-    pub fn mib(&self) -> f64 {
+    pub(crate) fn mib(&self) -> f64 {
         super::round(self.rss_kib as f64 / 1024.0, 1)
     }
 
     /// Resident memory gained since `before`, per one of `n` things (KiB).
-    pub fn kib_per(&self, before: &Sample, n: usize) -> f64 {
+    pub(crate) fn kib_per(&self, before: &Sample, n: usize) -> f64 {
         (self.rss_kib as f64 - before.rss_kib as f64) / n as f64
     }
 }
@@ -26,7 +26,7 @@ impl Sample {
 const TICKS: f64 = 100.0;
 
 /// Reads one process; `None` when it is gone or this is not Linux.
-pub fn sample(pid: u32) -> Option<Sample> {
+pub(crate) fn sample(pid: u32) -> Option<Sample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may itself hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -47,7 +47,7 @@ pub fn sample(pid: u32) -> Option<Sample> {
 }
 
 /// The sum over several processes (those that can be read).
-pub fn sum(pids: &[u32]) -> Sample {
+pub(crate) fn sum(pids: &[u32]) -> Sample {
     pids.iter()
         .filter_map(|p| sample(*p))
         .fold(Sample::default(), |a, s| Sample {

@@ -16,7 +16,7 @@ use super::{procfs, round};
 
 /// `idle`: hold joined connections and report the server's memory for them.
 #[derive(clap::Args, Clone, Debug)]
-pub struct IdleArgs {
+pub(crate) struct IdleArgs {
     /// Connections (connection i joins room i mod rooms).
     #[arg(long, default_value_t = 15_000)]
     pub subs: usize,
@@ -28,11 +28,13 @@ pub struct IdleArgs {
     pub hold: f64,
 }
 
-pub async fn idle(t: &Target, a: &IdleArgs, label: &str) -> anyhow::Result<Map<String, Value>> {
-    let mut res = Map::new();
-    res.insert("label".into(), json!(label));
+pub(crate) async fn idle(
+    t: &Target,
+    a: &IdleArgs,
+    label: &str,
+) -> anyhow::Result<Map<String, Value>> {
+    let mut res = t.result(label);
     res.insert("scenario".into(), json!("idle"));
-    res.insert("nodes".into(), json!(t.nodes.nodes.len()));
     res.insert("subs".into(), json!(a.subs));
     res.insert("rooms".into(), json!(a.rooms));
     let (joined, before, after) =
@@ -59,7 +61,7 @@ pub async fn idle(t: &Target, a: &IdleArgs, label: &str) -> anyhow::Result<Map<S
 /// `churn`: connections that connect, join, publish once, leave and
 /// disconnect in a loop; the server's memory before, during and after.
 #[derive(clap::Args, Clone, Debug)]
-pub struct ChurnArgs {
+pub(crate) struct ChurnArgs {
     /// Concurrent connect/join/publish/disconnect loops.
     #[arg(long, default_value_t = 50)]
     pub workers: usize,
@@ -154,7 +156,7 @@ async fn churn_for(
     done.load(Ordering::Relaxed)
 }
 
-pub async fn churn(t: &Target, a: &ChurnArgs, label: &str) -> Map<String, Value> {
+pub(crate) async fn churn(t: &Target, a: &ChurnArgs, label: &str) -> Map<String, Value> {
     let prefix = fanout::fresh_prefix();
     let next = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
@@ -171,10 +173,8 @@ pub async fn churn(t: &Target, a: &ChurnArgs, label: &str) -> Map<String, Value>
     // Let the server finish closing what just left.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let end = procfs::sum(&t.nodes.pids);
-    let mut res = Map::new();
-    res.insert("label".into(), json!(label));
+    let mut res = t.result(label);
     res.insert("scenario".into(), json!("churn"));
-    res.insert("nodes".into(), json!(t.nodes.nodes.len()));
     res.insert("workers".into(), json!(a.workers));
     res.insert("users".into(), json!(a.users));
     res.insert("seconds".into(), json!(a.seconds));
@@ -202,7 +202,7 @@ pub async fn churn(t: &Target, a: &ChurnArgs, label: &str) -> Map<String, Value>
 /// `flood`: the same fan-out twice, the second time beside clients that
 /// publish as fast as they can (and reconnect when the server closes them).
 #[derive(clap::Args, Clone, Debug)]
-pub struct FloodArgs {
+pub(crate) struct FloodArgs {
     #[command(flatten)]
     pub fanout: FanoutArgs,
     /// Flooding connections.
@@ -290,7 +290,7 @@ async fn flooder(
     }
 }
 
-pub async fn flood(
+pub(crate) async fn flood(
     t: &Target,
     a: &FloodArgs,
     label: &str,
@@ -383,7 +383,7 @@ pub async fn flood(
 
 /// `poll-vs-ws`: the same publish stream delivered to WebSocket
 /// subscribers, then to long-polling ones.
-pub async fn poll_vs_ws(
+pub(crate) async fn poll_vs_ws(
     t: &Target,
     a: &FanoutArgs,
     label: &str,

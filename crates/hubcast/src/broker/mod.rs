@@ -23,7 +23,7 @@
 
 pub mod memory;
 pub mod redis;
-pub mod timed;
+pub(crate) mod timed;
 
 use std::sync::{Arc, Weak};
 
@@ -103,7 +103,7 @@ pub struct HistoryPage {
 impl HistoryPage {
     /// The messages' envelopes as raw JSON, for the replies that embed them
     /// (the `history` frame and `GET /api/rooms/{room}/history`).
-    pub fn raw_messages(&self) -> Vec<&serde_json::value::RawValue> {
+    pub(crate) fn raw_messages(&self) -> Vec<&serde_json::value::RawValue> {
         self.publications
             .iter()
             .map(|p| crate::protocol::as_raw(&p.envelope))

@@ -16,13 +16,13 @@ use crate::metrics::BROKER_LATENCY;
 use crate::protocol::Status;
 
 /// Times the wrapped engine's operations.
-pub struct Timed {
+pub(crate) struct Timed {
     inner: Arc<dyn Engine>,
 }
 
 impl Timed {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Engine>) -> Arc<Self> {
+    pub(crate) fn new(inner: Arc<dyn Engine>) -> Arc<Self> {
         Arc::new(Self { inner })
     }
 }

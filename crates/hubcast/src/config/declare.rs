@@ -43,7 +43,7 @@ pub struct Setting {
 
 impl Setting {
     /// The flag's line in `--help`: what it does, then its default.
-    pub fn help_line(&self) -> String {
+    pub(crate) fn help_line(&self) -> String {
         match &self.default {
             Some(default) => format!("{} [default: {default}]", self.help),
             None => self.help.to_string(),

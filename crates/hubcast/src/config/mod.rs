@@ -91,22 +91,22 @@ impl Config {
     }
 
     /// The heartbeat interval.
-    pub fn heartbeat_interval(&self) -> Duration {
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat)
     }
 
     /// How long a writer waits to coalesce frames (`write_delay_ms`).
-    pub fn write_delay(&self) -> Duration {
+    pub(crate) fn write_delay(&self) -> Duration {
         Duration::from_millis(self.write_delay_ms)
     }
 
     /// Silence after which a connection is closed with 4002.
-    pub fn idle_timeout(&self) -> Duration {
+    pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_secs(2 * self.heartbeat + 5)
     }
 
     /// How long history and idempotency entries live.
-    pub fn history_ttl(&self) -> Duration {
+    pub(crate) fn history_ttl(&self) -> Duration {
         Duration::from_secs(self.history_ttl)
     }
 }

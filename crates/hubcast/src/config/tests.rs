@@ -136,13 +136,21 @@ fn every_flag_reaches_its_field() {
     assert!(err.contains("otlp_endpoint"), "{err}");
 }
 
+/// Writes `contents` to `name` in a scratch directory of this test's own
+/// (`tag` keeps the tests apart when they run at once); returns both.
+fn config_file(tag: &str, name: &str, contents: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("hubcast-cfg-{tag}{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, contents).unwrap();
+    (dir, file)
+}
+
 #[test]
 fn every_key_reaches_its_field() {
-    let dir = std::env::temp_dir().join(format!("hubcast-cfg-all-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("all.toml");
-    std::fs::write(
-        &file,
+    let (dir, file) = config_file(
+        "all-",
+        "all.toml",
         r#"
 listen = "127.0.0.2:9000"
 heartbeat = 7
@@ -176,8 +184,7 @@ max_connections = 13
 max_connections_per_ip = 14
 handshakes_per_ip_per_sec = 15
 "#,
-    )
-    .unwrap();
+    );
     let cfg = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(cfg, all_changed());
@@ -185,14 +192,11 @@ handshakes_per_ip_per_sec = 15
 
 #[test]
 fn file_then_flags_win() {
-    let dir = std::env::temp_dir().join(format!("hubcast-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("a.toml");
-    std::fs::write(
-        &file,
+    let (dir, file) = config_file(
+        "",
+        "a.toml",
         "heartbeat = 7\nmax_message_bytes = 4096\nallowed_origins = [\"https://a.example\"]\n",
-    )
-    .unwrap();
+    );
     let cfg = Config::load(&args(&[
         "--config",
         file.to_str().unwrap(),
@@ -208,10 +212,7 @@ fn file_then_flags_win() {
 
 #[test]
 fn bad_values_name_the_key() {
-    let dir = std::env::temp_dir().join(format!("hubcast-cfg-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("b.toml");
-    std::fs::write(&file, "heartbeat = \"soon\"\n").unwrap();
+    let (dir, file) = config_file("bad-", "b.toml", "heartbeat = \"soon\"\n");
     let err = Config::load(&args(&["--config", file.to_str().unwrap()]))
         .unwrap_err()
         .to_string();

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// Window in which refusals are counted towards a flooding close.
-pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
 /// What to do with one incoming frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Handle it.
     Allow,
     /// Refuse it with `rate_limited`.
@@ -24,7 +24,7 @@ pub enum Verdict {
 }
 
 /// One connection's limiter.
-pub struct FrameLimiter {
+pub(crate) struct FrameLimiter {
     /// None when limits are off.
     bucket: Option<DefaultDirectRateLimiter>,
     /// Refusals allowed per window before the flooding close.
@@ -38,7 +38,7 @@ pub struct FrameLimiter {
 impl FrameLimiter {
     /// A limiter for `per_sec` frames per second with bursts of `burst`
     /// (`per_sec == 0`: unlimited).
-    pub fn new(per_sec: u32, burst: u32) -> Self {
+    pub(crate) fn new(per_sec: u32, burst: u32) -> Self {
         let bucket = NonZeroU32::new(per_sec).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
@@ -52,7 +52,7 @@ impl FrameLimiter {
     }
 
     /// Counts one frame.
-    pub fn check(&mut self) -> Verdict {
+    pub(crate) fn check(&mut self) -> Verdict {
         let Some(bucket) = &self.bucket else {
             return Verdict::Allow;
         };

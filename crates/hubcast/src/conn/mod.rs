@@ -14,9 +14,9 @@
 //! grace period to finish the close handshake.
 
 pub mod frame;
-pub mod limit;
+pub(crate) mod limit;
 mod reader;
-pub mod session;
+pub(crate) mod session;
 mod writer;
 
 use std::sync::Arc;
@@ -48,7 +48,7 @@ const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// A connection's identity and outbound queue, shared with the hub.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Node-local key for the hub.
     pub key: ConnKey,
     /// Globally unique id (`c-<uuid v7>`), sent in `welcome`.
@@ -78,7 +78,7 @@ pub struct Conn {
 /// with a waker of its own (the `Conn`, see its `Wake`), which marks
 /// `woken` before waking the task, and only when it is marked.
 #[derive(Debug)]
-pub struct ReadGate {
+pub(crate) struct ReadGate {
     woken: AtomicBool,
     task: AtomicWaker,
 }
@@ -113,7 +113,7 @@ enum First {
 impl Conn {
     /// A span for the connection's log lines, made while it does something
     /// (handles a frame, opens, closes) rather than held for its life.
-    pub fn span(&self) -> tracing::Span {
+    pub(crate) fn span(&self) -> tracing::Span {
         tracing::info_span!("conn", trace_id = %self.trace_id)
     }
 }
@@ -132,8 +132,12 @@ impl Subscriber for Conn {
 /// `reader` and written to `writer` (the two halves of the socket). The
 /// caller logs the opening (it has the remote address, which this task
 /// does not keep).
-pub async fn serve<R, W>(app: Arc<App>, mut reader: Reader<R>, mut writer: W, conn: Arc<Conn>)
-where
+pub(crate) async fn serve<R, W>(
+    app: Arc<App>,
+    mut reader: Reader<R>,
+    mut writer: W,
+    conn: Arc<Conn>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {

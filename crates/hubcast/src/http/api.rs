@@ -32,7 +32,7 @@ fn key_matches(keys: &[String], presented: &str) -> bool {
 }
 
 /// The API key check (or, with no keys configured, the loopback check).
-pub async fn require_key(
+pub(crate) async fn require_key(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
@@ -134,37 +134,17 @@ struct PublishReply<'a> {
     duplicate: bool,
 }
 
-/// `POST /api/publish`.
-pub async fn publish(
+/// `POST /api/publish` (`SEND` false) and `POST /api/send`: reads, checks
+/// and publishes the body.
+pub(crate) async fn publish<const SEND: bool>(
     State(app): State<Arc<App>>,
     trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    publish_body(&app, trace, &headers, body, false).await
-}
-
-/// `POST /api/send`.
-pub async fn send(
-    State(app): State<Arc<App>>,
-    trace: Option<Extension<RequestTrace>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, HttpError> {
-    publish_body(&app, trace, &headers, body, true).await
-}
-
-/// Reads, checks and publishes a publish (`send` false) or send body.
-async fn publish_body(
-    app: &App,
-    trace: Option<Extension<RequestTrace>>,
-    headers: &HeaderMap,
-    body: Body,
-    send: bool,
-) -> Result<Response, HttpError> {
-    let body = json_body(app, headers, body).await?;
-    let req = protocol::parse_api_publish(&body, send).map_err(bad_frame)?;
-    do_publish(app, req, trace.map(|t| t.0)).await
+    let body = json_body(&app, &headers, body).await?;
+    let req = protocol::parse_api_publish(&body, SEND).map_err(bad_frame)?;
+    do_publish(&app, req, trace.map(|t| t.0)).await
 }
 
 fn bad_frame(e: protocol::FrameError) -> HttpError {
@@ -226,7 +206,7 @@ struct PresenceReply<'a> {
     total: usize,
 }
 
-pub async fn presence(
+pub(crate) async fn presence(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
 ) -> Result<Response, HttpError> {
@@ -290,7 +270,7 @@ fn history_query(q: &[(String, String)]) -> Result<(Option<u64>, usize), HttpErr
     Ok((since, limit))
 }
 
-pub async fn history(
+pub(crate) async fn history(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
     Query(q): Query<Vec<(String, String)>>,
@@ -316,7 +296,7 @@ struct StatusReply<'a> {
     last_seen: Option<i64>,
 }
 
-pub async fn user_status(
+pub(crate) async fn user_status(
     State(app): State<Arc<App>>,
     Path(user): Path<String>,
 ) -> Result<Response, HttpError> {
@@ -341,7 +321,7 @@ pub async fn user_status(
 }
 
 /// `GET /api/stats`: a JSON summary for dashboards (this node).
-pub async fn stats(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn stats(State(app): State<Arc<App>>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let (published_rate, delivered_rate) = app.rates();
     use crate::metrics::Transport;
@@ -377,7 +357,7 @@ fn limit_query(q: &[(String, String)], default: usize, max: usize) -> Result<usi
 
 /// `GET /api/rooms`: this node's rooms with local members (personal rooms
 /// left out), most members first.
-pub async fn rooms(
+pub(crate) async fn rooms(
     State(app): State<Arc<App>>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, HttpError> {
@@ -397,7 +377,7 @@ pub async fn rooms(
 
 /// `GET /api/events`: this node's recent errors and notable closes,
 /// newest first; `after` returns only events with a larger `seq`.
-pub async fn events(
+pub(crate) async fn events(
     State(app): State<Arc<App>>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, HttpError> {

@@ -10,7 +10,7 @@ use crate::protocol::ErrorCode;
 
 /// An HTTP error reply.
 #[derive(Debug)]
-pub struct HttpError {
+pub(crate) struct HttpError {
     /// Status line.
     pub status: StatusCode,
     /// `error.code`.
@@ -34,7 +34,7 @@ struct Inner<'a> {
 
 impl HttpError {
     /// An error with the status that goes with `code`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let status = match code {
             ErrorCode::BadRequest | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -54,13 +54,13 @@ impl HttpError {
     }
 
     /// Overrides the status (e.g. 426 for a wrong WebSocket version).
-    pub fn with_status(mut self, status: StatusCode) -> Self {
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
 
     /// Adds `Retry-After`.
-    pub fn retry_after(mut self, secs: u64) -> Self {
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }

@@ -17,7 +17,7 @@ use crate::protocol::ErrorCode;
 /// The first check of every long-lived connection (WebSocket, SSE): not
 /// shutting down (503), then the connection limits (503/429); the returned
 /// slot holds the connection's place.
-pub fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
+pub(crate) fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
     if app.shutdown.is_cancelled() {
         return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
     }
@@ -27,7 +27,11 @@ pub fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> 
 }
 
 /// A browser origin outside `allowed_origins` is refused (403).
-pub fn check_origin(app: &App, headers: &HeaderMap, remote: SocketAddr) -> Result<(), HttpError> {
+pub(crate) fn check_origin(
+    app: &App,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<(), HttpError> {
     if let Some(o) = headers.get(header::ORIGIN) {
         let o = o.to_str().unwrap_or("null");
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
@@ -43,7 +47,7 @@ pub fn check_origin(app: &App, headers: &HeaderMap, remote: SocketAddr) -> Resul
 }
 
 /// Who is connecting, from a token or anonymously.
-pub struct Caller {
+pub(crate) struct Caller {
     /// User id (`sub`, or `anon-<conn id>`).
     pub user: String,
     /// Display name.
@@ -58,7 +62,7 @@ pub struct Caller {
 
 /// Checks the credentials of a handshake (WebSocket or SSE): the
 /// `Authorization: Bearer` header first, then `?token=`; 401 when refused.
-pub fn authenticate(
+pub(crate) fn authenticate(
     app: &App,
     headers: &HeaderMap,
     query: &HashMap<String, String>,

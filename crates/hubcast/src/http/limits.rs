@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::protocol::ErrorCode;
 
 /// Counts and limits of WebSocket connections.
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     max_total: u32,
     max_per_ip: u32,
     /// Open connections in all and per address.
@@ -33,14 +33,14 @@ struct Counts {
 }
 
 /// One admitted connection; gives its place back when dropped.
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     limits: Arc<ConnLimits>,
     ip: IpAddr,
 }
 
 impl ConnLimits {
     /// Limits from the settings.
-    pub fn new(cfg: &Config) -> Arc<Self> {
+    pub(crate) fn new(cfg: &Config) -> Arc<Self> {
         let handshakes = NonZeroU32::new(cfg.handshakes_per_ip_per_sec).map(|rate| {
             let burst = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
@@ -59,7 +59,7 @@ impl ConnLimits {
     }
 
     /// Admits a handshake from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, HttpError> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, HttpError> {
         if let Some(rl) = &self.handshakes {
             if self.seen.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
                 rl.retain_recent();

@@ -2,17 +2,17 @@
 //! `/healthz`, `/readyz`.
 //! Every error reply is JSON (PROTOCOL.md section 6).
 
-pub mod api;
-pub mod error;
-pub mod handshake;
-pub mod limits;
-pub mod origin;
-pub mod poll;
-pub mod sse;
-pub mod tap;
-pub mod tls;
-pub mod web;
-pub mod ws;
+pub(crate) mod api;
+pub(crate) mod error;
+pub(crate) mod handshake;
+pub(crate) mod limits;
+pub(crate) mod origin;
+pub(crate) mod poll;
+pub(crate) mod sse;
+pub(crate) mod tap;
+pub(crate) mod tls;
+pub(crate) mod web;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 
@@ -49,7 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The OpenAPI document of [`ROUTES`].
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 /// The handler of one entry of [`ROUTES`], and whether it is behind the API
 /// key check.
@@ -62,8 +62,8 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
         ("GET", "/readyz") => (get(readyz), false),
         ("GET", "/metrics") => (get(metrics), false),
         ("GET", "/api/openapi.json") => (get(openapi), false),
-        ("POST", "/api/publish") => (post(api::publish), true),
-        ("POST", "/api/send") => (post(api::send), true),
+        ("POST", "/api/publish") => (post(api::publish::<false>), true),
+        ("POST", "/api/send") => (post(api::publish::<true>), true),
         ("GET", "/api/rooms/{room}/presence") => (get(api::presence), true),
         ("GET", "/api/rooms/{room}/history") => (get(api::history), true),
         ("GET", "/api/users/{user}/status") => (get(api::user_status), true),
@@ -76,7 +76,7 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
 }
 
 /// All routes, with `app` as state.
-pub fn router(app: Arc<App>) -> Router {
+pub(crate) fn router(app: Arc<App>) -> Router {
     let mut open = Router::new();
     let mut keyed = Router::new();
     for (method, path) in ROUTES {

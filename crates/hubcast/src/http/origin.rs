@@ -10,7 +10,7 @@
 //! `*` for any origin.
 
 /// Checks one `allowed_origins` entry; the error says what is expected.
-pub fn check_pattern(p: &str) -> Result<(), String> {
+pub(crate) fn check_pattern(p: &str) -> Result<(), String> {
     const EXPECTED: &str =
         "expected an origin like https://app.example.com, a pattern like *.example.com, or *";
     if p == "*" {
@@ -93,7 +93,7 @@ fn is_loopback(host: &str) -> bool {
 
 /// Whether a browser on `origin` may open a WebSocket on the host named by
 /// the request's `Host` header.
-pub fn allowed(origin: &str, host_header: Option<&str>, patterns: &[String]) -> bool {
+pub(crate) fn allowed(origin: &str, host_header: Option<&str>, patterns: &[String]) -> bool {
     if patterns.iter().any(|p| p == "*") {
         return true;
     }

@@ -24,9 +24,9 @@ use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode};
 
 /// Longest `timeout` a poll may ask for, seconds (PROTOCOL.md section 5).
-pub const MAX_TIMEOUT: u64 = 30;
+pub(crate) const MAX_TIMEOUT: u64 = 30;
 /// `timeout` when none is given.
-pub const DEFAULT_TIMEOUT: u64 = 25;
+pub(crate) const DEFAULT_TIMEOUT: u64 = 25;
 
 #[derive(Serialize)]
 struct PollReply<'a> {
@@ -79,7 +79,7 @@ fn parse_query(q: &[(String, String)]) -> Result<PollQuery, HttpError> {
 }
 
 /// `GET /api/poll?room=R&since=N&timeout=S[&limit=L]`.
-pub async fn poll(
+pub(crate) async fn poll(
     State(app): State<Arc<App>>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, HttpError> {

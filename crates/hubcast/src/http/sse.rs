@@ -127,7 +127,7 @@ impl Stream {
 }
 
 /// `GET /sse?rooms=a,b[&since=a:3,b:5][&token=…]`.
-pub async fn sse(
+pub(crate) async fn sse(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,

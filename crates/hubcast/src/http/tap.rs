@@ -12,14 +12,14 @@ use crate::outbound::Outbound;
 
 /// A hub member that is not a WebSocket: its queue is read by an HTTP
 /// handler (long polls, Server-Sent Events).
-pub struct Tap {
+pub(crate) struct Tap {
     key: ConnKey,
     out: Outbound,
 }
 
 impl Tap {
     /// A new member with its own node-local key.
-    pub fn new(app: &App) -> Arc<Tap> {
+    pub(crate) fn new(app: &App) -> Arc<Tap> {
         Arc::new(Tap {
             key: app.next_conn.fetch_add(1, Ordering::Relaxed),
             out: Outbound::new(app.config.queue_size),
@@ -38,7 +38,7 @@ impl Subscriber for Tap {
 
 /// Leaves the tap's rooms when dropped (the handler finished, or the client
 /// went away and its future was dropped).
-pub struct TapGuard {
+pub(crate) struct TapGuard {
     pub app: Arc<App>,
     pub tap: Arc<Tap>,
     pub rooms: Vec<Arc<str>>,
@@ -62,7 +62,7 @@ impl Drop for TapGuard {
 
 /// Whether a queued frame is a message envelope (the hub also queues
 /// presence events for members).
-pub fn is_message(frame: &[u8]) -> bool {
+pub(crate) fn is_message(frame: &[u8]) -> bool {
     frame.starts_with(br#"{"type":"message""#)
 }
 

@@ -28,7 +28,7 @@ const MAX_HANDSHAKES: usize = 1024;
 
 /// Reads a PEM certificate chain and private key into a server config
 /// (HTTP/1.1 only, as the WebSocket upgrade needs).
-pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+pub(crate) fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("tls_cert {}: {e}", cert.display()))?;
@@ -49,7 +49,7 @@ pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
 }
 
 /// A listener yielding TLS streams whose handshake has finished.
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
 }
@@ -57,7 +57,7 @@ pub struct TlsListener {
 impl TlsListener {
     /// Starts accepting on `tcp`; the accept task and the handshake tasks
     /// belong to `tasks` and stop when `cancel` fires.
-    pub fn start(
+    pub(crate) fn start(
         tcp: TcpListener,
         config: Arc<ServerConfig>,
         tasks: &TaskTracker,

@@ -26,49 +26,30 @@ struct Asset {
     page: bool,
 }
 
-const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/client/hubcast.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/client/hubcast.js"),
-        page: false,
-    },
-    Asset {
-        path: "/client/hubcast.d.ts",
-        content_type: "application/typescript; charset=utf-8",
-        body: include_str!("../../web/client/hubcast.d.ts"),
-        page: false,
-    },
-    Asset {
-        path: "/",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../web/index.html"),
-        page: true,
-    },
-    Asset {
-        path: "/admin",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../web/admin.html"),
-        page: true,
-    },
-    Asset {
-        path: "/static/chat.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/static/chat.js"),
-        page: true,
-    },
-    Asset {
-        path: "/static/admin.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../web/static/admin.js"),
-        page: true,
-    },
-    Asset {
-        path: "/static/style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../web/static/style.css"),
-        page: true,
-    },
+/// The asset table, one row per file: its path, its content type, the file
+/// under `web/` embedded as its body, and whether it is a page.
+macro_rules! assets {
+    ($($path:literal => $file:literal, $content_type:expr, $page:literal;)*) => {
+        &[$(Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_str!(concat!("../../web/", $file)),
+            page: $page,
+        },)*]
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+const ASSETS: &[Asset] = assets![
+    "/client/hubcast.js" => "client/hubcast.js", JS, false;
+    "/client/hubcast.d.ts" => "client/hubcast.d.ts", "application/typescript; charset=utf-8", false;
+    "/" => "index.html", HTML, true;
+    "/admin" => "admin.html", HTML, true;
+    "/static/chat.js" => "static/chat.js", JS, true;
+    "/static/admin.js" => "static/admin.js", JS, true;
+    "/static/style.css" => "static/style.css", "text/css; charset=utf-8", true;
 ];
 
 /// Scripts and styles from this origin only; WebSocket and fetch to any
@@ -78,7 +59,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The routes of the served files (`pages`: the chat page and dashboard
 /// too).
-pub fn routes<S: Clone + Send + Sync + 'static>(pages: bool) -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(pages: bool) -> Router<S> {
     let mut r = Router::new();
     for (i, a) in ASSETS.iter().enumerate() {
         if a.page && !pages {

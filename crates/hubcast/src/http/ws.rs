@@ -38,7 +38,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 }
 
 /// `Sec-WebSocket-Accept` for a client key.
-pub fn accept_key(key: &[u8]) -> String {
+pub(crate) fn accept_key(key: &[u8]) -> String {
     let mut sha = sha1_smol::Sha1::new();
     sha.update(key);
     sha.update(GUID.as_bytes());
@@ -46,7 +46,7 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// The upgrade handler.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     mut req: Request,

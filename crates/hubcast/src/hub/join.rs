@@ -26,7 +26,7 @@ use crate::small::{SmallMap, shared_key};
 
 /// What a connection asks for when it joins a room.
 #[derive(Debug, Clone, Copy)]
-pub struct Join<'a> {
+pub(crate) struct Join<'a> {
     /// The room.
     pub room: &'a str,
     /// Joined with a `join` frame or `/sse` (false: the automatic personal
@@ -38,7 +38,7 @@ pub struct Join<'a> {
 
 /// A completed join.
 #[derive(Debug)]
-pub struct Joined {
+pub(crate) struct Joined {
     /// The room's name as the hub holds it (a connection's list of rooms
     /// shares it rather than allocating its own).
     pub room: Arc<str>,
@@ -115,7 +115,7 @@ impl Hub {
     /// live. On an error (or when the returned future is dropped) no reply
     /// is queued and the subscription is undone: a new one is removed, an
     /// existing one goes back to live with what it buffered.
-    pub async fn join<T>(
+    pub(crate) async fn join<T>(
         &self,
         conn: &Arc<dyn Subscriber>,
         join: Join<'_>,
@@ -353,6 +353,21 @@ mod tests {
         Hub::new(broker, 16, TaskTracker::new())
     }
 
+    /// A join to "r" whose broker call never answers, dropped after 20 ms.
+    async fn drop_stuck_join(hub: &Hub, m: &Arc<dyn Subscriber>) {
+        let stuck = hub.join(
+            m,
+            at("r"),
+            std::future::pending::<Result<(), BrokerError>>(),
+            |_, ()| None,
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), stuck)
+                .await
+                .is_err()
+        );
+    }
+
     fn at(room: &str) -> Join<'_> {
         Join {
             room,
@@ -398,34 +413,14 @@ mod tests {
     async fn a_join_dropped_half_way_is_undone() {
         let hub = hub();
         let m = member(1);
-        let stuck = hub.join(
-            &m,
-            at("r"),
-            std::future::pending::<Result<(), BrokerError>>(),
-            |_, ()| None,
-        );
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), stuck)
-                .await
-                .is_err()
-        );
+        drop_stuck_join(&hub, &m).await;
         assert_eq!(hub.local_members("r"), 0, "no subscription left buffering");
         assert_eq!(hub.rooms(), 0);
         // An existing subscription goes back to live instead.
         hub.join(&m, at("r"), std::future::ready(Ok(())), |_, ()| None)
             .await
             .unwrap();
-        let again = hub.join(
-            &m,
-            at("r"),
-            std::future::pending::<Result<(), BrokerError>>(),
-            |_, ()| None,
-        );
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), again)
-                .await
-                .is_err()
-        );
+        drop_stuck_join(&hub, &m).await;
         assert_eq!(hub.local_members("r"), 1);
         let message = crate::publish::Publish {
             room: "r",

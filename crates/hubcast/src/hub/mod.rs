@@ -28,13 +28,13 @@ use crate::outbound::{Outbound, Pushed};
 use crate::protocol::{self, out};
 use crate::small::SmallMap;
 
-pub use join::{Join, Joined};
+pub(crate) use join::Join;
 use registry::Connections;
 
 const SHARDS: usize = 64;
 
 /// A local connection as the hub sees it.
-pub trait Subscriber: Send + Sync + 'static {
+pub(crate) trait Subscriber: Send + Sync + 'static {
     /// Node-local key.
     fn key(&self) -> ConnKey;
     /// The connection's outbound queue.
@@ -49,7 +49,7 @@ pub trait Subscriber: Send + Sync + 'static {
 type RoomShard = Mutex<HashMap<Arc<str>, Box<LocalRoom>>>;
 
 /// Node-local room membership and fan-out.
-pub struct Hub {
+pub(crate) struct Hub {
     shards: Box<[RoomShard]>,
     hasher: RandomState,
     broker: Arc<dyn Broker>,
@@ -117,7 +117,7 @@ enum Pending {
 
 /// What `Hub::leave` found.
 #[derive(Debug, PartialEq, Eq)]
-pub struct LeaveResult {
+pub(crate) struct LeaveResult {
     /// The connection was subscribed.
     pub was_member: bool,
     /// It was explicitly joined.
@@ -128,7 +128,7 @@ impl Hub {
     /// A hub fanning out what `broker` delivers. `buffer_cap` bounds what is
     /// buffered for a joining connection (the queue size is a good value);
     /// `tasks` owns the few tasks the hub starts.
-    pub fn new(broker: Arc<dyn Broker>, buffer_cap: usize, tasks: TaskTracker) -> Arc<Self> {
+    pub(crate) fn new(broker: Arc<dyn Broker>, buffer_cap: usize, tasks: TaskTracker) -> Arc<Self> {
         let hub = Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -144,7 +144,8 @@ impl Hub {
     }
 
     /// The broker behind this hub.
-    pub fn broker(&self) -> &Arc<dyn Broker> {
+    #[cfg(test)]
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
     }
 
@@ -155,7 +156,7 @@ impl Hub {
     /// Removes `conn` from `room` (an explicit leave with `explicit_only`
     /// keeps the automatic personal-room subscription). Unsubscribes the node
     /// at the broker when its last local member left.
-    pub async fn leave(
+    pub(crate) async fn leave(
         &self,
         conn: &dyn Subscriber,
         room: &str,
@@ -214,34 +215,30 @@ impl Hub {
     }
 
     /// Adds an open connection to the table a shutdown walks.
-    pub fn register(&self, conn: Arc<dyn Subscriber>) {
+    pub(crate) fn register(&self, conn: Arc<dyn Subscriber>) {
         self.conns.insert(conn);
     }
 
     /// Takes a connection out of that table once it has ended.
-    pub fn unregister(&self, conn: &dyn Subscriber) {
+    pub(crate) fn unregister(&self, conn: &dyn Subscriber) {
         self.conns.remove(conn);
     }
 
     /// Decides the close of every registered connection: how a shutdown
     /// reaches them, rather than each one waiting on the shutdown token.
-    pub fn close_all(&self, code: u16, reason: &'static str) {
+    pub(crate) fn close_all(&self, code: u16, reason: &'static str) {
         self.conns
             .for_each(|conn| conn.outbound().close(code, reason));
     }
 
-    /// Registered connections.
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// Local members of a room (for tests and stats).
-    pub fn local_members(&self, room: &str) -> usize {
+    /// Local members of a room.
+    #[cfg(test)]
+    pub(crate) fn local_members(&self, room: &str) -> usize {
         lock(self.shard(room)).get(room).map_or(0, |r| r.subs.len())
     }
 
     /// Rooms with local members.
-    pub fn rooms(&self) -> usize {
+    pub(crate) fn rooms(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
@@ -249,7 +246,7 @@ impl Hub {
     /// with the most members (name order among equals), and how many such
     /// rooms there are. One pass over every room: for dashboards, not for
     /// a hot path.
-    pub fn room_list(&self, limit: usize) -> (Vec<(Arc<str>, usize)>, usize) {
+    pub(crate) fn room_list(&self, limit: usize) -> (Vec<(Arc<str>, usize)>, usize) {
         let mut all: Vec<(Arc<str>, usize)> = Vec::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
@@ -267,12 +264,12 @@ impl Hub {
     }
 
     /// Messages queued to local subscribers since start.
-    pub fn delivered(&self) -> u64 {
+    pub(crate) fn delivered(&self) -> u64 {
         self.delivered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Local room memberships (personal rooms and taps included).
-    pub fn memberships(&self) -> usize {
+    pub(crate) fn memberships(&self) -> usize {
         self.shards
             .iter()
             .map(|s| lock(s).values().map(|r| r.subs.len()).sum::<usize>())

@@ -64,8 +64,4 @@ impl Connections {
             }
         }
     }
-
-    pub(super) fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
-    }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 /// A JSON string literal for `s`, quotes included.
-pub fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     // Serializing a &str cannot fail.
     serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
 }
@@ -37,7 +37,7 @@ pub struct EnvelopeParts {
 impl EnvelopeParts {
     /// Sets the trace id the envelope carries (32 hex digits; anything else
     /// is ignored).
-    pub fn with_trace_id(mut self, trace_id: Option<&str>) -> Self {
+    pub(crate) fn with_trace_id(mut self, trace_id: Option<&str>) -> Self {
         self.trace_id = trace_id
             .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_owned);
@@ -68,7 +68,7 @@ impl EnvelopeParts {
     /// engine that assigns offsets elsewhere (a Redis script) stores and
     /// forwards this as opaque bytes and builds the envelope with
     /// [`EnvelopeParts::assemble`] once the offset is known.
-    pub fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         let mut s = String::with_capacity(
             80 + self.msg_id.len() + self.event.len() + self.source.len() + self.data.len(),
         );
@@ -103,7 +103,7 @@ impl EnvelopeParts {
     /// place that layout is written, whichever engine assigned the offset, so
     /// every engine hands clients the same bytes. `room_json` is the room as a
     /// JSON string literal, quotes included.
-    pub fn assemble(room_json: &str, offset: u64, epoch: &str, tail: &[u8]) -> Bytes {
+    pub(crate) fn assemble(room_json: &str, offset: u64, epoch: &str, tail: &[u8]) -> Bytes {
         const HEAD: &[u8] = br#"{"type":"message","room":"#;
         let mut out =
             Vec::with_capacity(HEAD.len() + room_json.len() + 40 + epoch.len() + tail.len());
@@ -120,7 +120,7 @@ impl EnvelopeParts {
 /// The `traceId` of an envelope, if it has one. Only the fields before
 /// `data` are searched: they are the server's own (strings escaped), so the
 /// first `,"data":` is the envelope's and nothing before it can fake a key.
-pub fn envelope_trace_id(envelope: &[u8]) -> Option<&str> {
+pub(crate) fn envelope_trace_id(envelope: &[u8]) -> Option<&str> {
     const DATA: &[u8] = br#","data":"#;
     const KEY: &[u8] = br#","traceId":""#;
     let end = envelope.windows(DATA.len()).position(|w| w == DATA)?;
@@ -131,7 +131,7 @@ pub fn envelope_trace_id(envelope: &[u8]) -> Option<&str> {
 }
 
 /// Views stored envelope bytes as raw JSON for embedding in a reply.
-pub fn as_raw(envelope: &Bytes) -> &RawValue {
+pub(crate) fn as_raw(envelope: &Bytes) -> &RawValue {
     // Envelopes are produced by `EnvelopeParts::encode` from checked JSON,
     // so this only fails on a bug; fall back to null rather than panic.
     std::str::from_utf8(envelope)
@@ -143,6 +143,18 @@ pub fn as_raw(envelope: &Bytes) -> &RawValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message with a quote in its id, so escaping is exercised.
+    fn lobby_hi() -> EnvelopeParts {
+        EnvelopeParts::new(
+            "lobby",
+            "m\"1",
+            1763800000123,
+            "chat.message",
+            "alice",
+            r#"{"text":"hi"}"#,
+        )
+    }
 
     #[test]
     fn trace_ids_ride_in_the_envelope_before_data() {
@@ -179,14 +191,7 @@ mod tests {
 
     #[test]
     fn envelope_is_valid_json_with_every_field() {
-        let parts = EnvelopeParts::new(
-            "lobby",
-            "m\"1",
-            1763800000123,
-            "chat.message",
-            "alice",
-            r#"{"text":"hi"}"#,
-        );
+        let parts = lobby_hi();
         let bytes = parts.encode(43, "e1");
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "message");
@@ -203,14 +208,7 @@ mod tests {
 
     #[test]
     fn the_envelope_layout_is_fixed_and_assembled_in_one_place() {
-        let parts = EnvelopeParts::new(
-            "lobby",
-            "m\"1",
-            1763800000123,
-            "chat.message",
-            "alice",
-            r#"{"text":"hi"}"#,
-        );
+        let parts = lobby_hi();
         let want = r#"{"type":"message","room":"lobby","offset":43,"epoch":"e1","msgId":"m\"1","timestamp":1763800000123,"eventType":"chat.message","source":"alice","data":{"text":"hi"}}"#;
         assert_eq!(parts.encode(43, "e1"), want.as_bytes());
         // An engine holding only the tail builds the same bytes.

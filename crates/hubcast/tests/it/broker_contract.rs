@@ -234,7 +234,7 @@ fn client(conn: &str, user: &str) -> ClientInfo {
 mod cases {
     use super::*;
 
-    pub async fn publish_assigns_offsets_strictly_plus_one(s: &Subject) {
+    pub(super) async fn publish_assigns_offsets_strictly_plus_one(s: &Subject) {
         let first = s.publish("r", "m1", false).await;
         assert_eq!(first.offset, 1);
         assert!(!first.duplicate);
@@ -256,7 +256,7 @@ mod cases {
         assert_eq!(s.publish("other", "m1", false).await.offset, 1);
     }
 
-    pub async fn idempotent_msg_id_dedupe(s: &Subject) {
+    pub(super) async fn idempotent_msg_id_dedupe(s: &Subject) {
         let a = s.publish("r", "a", true).await;
         assert_eq!((a.offset, a.duplicate), (1, false));
         let again = s.publish("r", "a", true).await;
@@ -275,7 +275,7 @@ mod cases {
         assert_eq!(page.publications.len(), 3);
     }
 
-    pub async fn history_limits_and_since(s: &Subject) {
+    pub(super) async fn history_limits_and_since(s: &Subject) {
         let empty = s.engine.history("r", None, 10).await.unwrap();
         assert!(empty.publications.is_empty());
         assert!(empty.complete, "nothing was trimmed from an empty room");
@@ -323,7 +323,7 @@ mod cases {
         assert!(page.complete, "nothing after the top");
     }
 
-    pub async fn recover_by_epoch_and_trimmed_history(s: &Subject) {
+    pub(super) async fn recover_by_epoch_and_trimmed_history(s: &Subject) {
         let fresh = s.engine.recover("r", None).await.unwrap();
         assert_eq!((fresh.top, fresh.recovered), (0, false));
         let rec = s
@@ -391,7 +391,7 @@ mod cases {
         assert!(!rec.recovered);
     }
 
-    pub async fn subscribed_delivery_in_order(s: &Subject) {
+    pub(super) async fn subscribed_delivery_in_order(s: &Subject) {
         let room: Arc<str> = Arc::from("r");
         s.engine.subscribe(&room).await.unwrap();
         let epoch = s.publish("r", "m1", false).await.epoch.to_string();
@@ -431,7 +431,7 @@ mod cases {
         s.engine.unsubscribe("r").await.unwrap();
     }
 
-    pub async fn presence_events_and_lists(s: &Subject) {
+    pub(super) async fn presence_events_and_lists(s: &Subject) {
         let room: Arc<str> = Arc::from("r");
         s.engine.subscribe(&room).await.unwrap();
         let (a1, a2, b1) = (
@@ -501,7 +501,7 @@ mod cases {
         s.engine.unsubscribe("r").await.unwrap();
     }
 
-    pub async fn connect_disconnect_and_status(s: &Subject) {
+    pub(super) async fn connect_disconnect_and_status(s: &Subject) {
         let unknown = s.engine.user_status("nobody").await.unwrap();
         assert_eq!(
             (unknown.status, unknown.connections, unknown.last_seen),

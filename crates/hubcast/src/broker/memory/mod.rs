@@ -42,15 +42,15 @@ use crate::lock;
 const SHARDS: usize = 64;
 /// Most client `msgId`s remembered per room; past it the oldest are
 /// forgotten early (bounds memory under a flood of unique ids).
-pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+pub(crate) const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 /// Most offline users whose status (`offline`, last seen) is remembered;
 /// past it the longest offline are forgotten before their time (bounds
 /// memory when many distinct users come and go).
-pub const MAX_OFFLINE_USERS: usize = 100_000;
+pub(crate) const MAX_OFFLINE_USERS: usize = 100_000;
 /// Most dropped room logs whose position (epoch, latest offset) is
 /// remembered, so the room's next log continues it; past it the oldest are
 /// forgotten and every log created afterwards gets a new epoch.
-pub const MAX_TOMBSTONES: usize = 100_000;
+pub(crate) const MAX_TOMBSTONES: usize = 100_000;
 
 /// One shard of room logs.
 type LogShard = Mutex<HashMap<Arc<str>, Room>>;

@@ -128,11 +128,47 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("redis: {e}"))
 }
 
+/// A call of `script` on `keys`, arguments to follow.
+fn with_keys<const N: usize>(
+    script: &redis::Script,
+    keys: [String; N],
+) -> redis::ScriptInvocation<'_> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    inv
+}
+
 fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
 impl Shared {
+    /// Runs a script on its own handle of the shared connection.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        let mut conn = self.conn.clone();
+        script.invoke_async(&mut conn).await.map_err(unavailable)
+    }
+
+    /// RECOVER or HISTORY on a room, up to their own arguments: its meta
+    /// hash and stream, the epoch for a new meta hash, the meta TTL.
+    fn meta_script<'a>(
+        &self,
+        script: &'a redis::Script,
+        room: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = with_keys(
+            script,
+            [self.keys.room(room, "m"), self.keys.room(room, "s")],
+        );
+        inv.arg(new_epoch()).arg(META_TTL.as_secs());
+        inv
+    }
+
     pub(super) fn handler(&self) -> Option<Arc<dyn BrokerHandler>> {
         self.handler.get().and_then(Weak::upgrade)
     }
@@ -275,19 +311,13 @@ impl Broker for RedisBroker {
     ) -> Result<HistoryPage, BrokerError> {
         let s = &self.shared;
         let room_json = json_string(room);
-        let mut conn = s.conn.clone();
         let v: Value = s
-            .scripts
-            .history
-            .key(s.keys.room(room, "m"))
-            .key(s.keys.room(room, "s"))
-            .arg(new_epoch())
-            .arg(META_TTL.as_secs())
-            .arg(since_arg(since))
-            .arg(limit)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                s.meta_script(&s.scripts.history, room)
+                    .arg(since_arg(since))
+                    .arg(limit),
+            )
+            .await?;
         let (epoch, top, parts) = position(v, "history")?;
         let mut entries = parts.get(2).map(parse_entries).unwrap_or_default();
         let first = parts.get(3).map(parse_entries).unwrap_or_default();

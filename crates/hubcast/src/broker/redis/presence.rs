@@ -10,7 +10,7 @@ use crate::broker::{BrokerError, ClientInfo, PresenceManager, PresencePage, User
 use crate::protocol::{Member, Status};
 
 use super::codec::{self, parse_status};
-use super::{RedisBroker, Shared, unavailable};
+use super::{RedisBroker, Shared, unavailable, with_keys};
 
 impl Shared {
     /// A user's status and display name (online and the user id when
@@ -36,25 +36,20 @@ impl Shared {
         client: &ClientInfo,
         status: Status,
     ) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
         let n: i64 = self
-            .scripts
-            .presence_join
-            .key(self.keys.room(room, "p"))
-            .key(self.keys.room(room, "pu"))
-            .key(self.keys.channel(room))
-            .arg(&*client.conn_id)
-            .arg(&*client.user)
-            .arg(&*client.name)
-            .arg(&*self.node)
-            .arg(status.as_str())
-            .arg(self.publish_cmd)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.presence_script(&self.scripts.presence_join, room)
+                    .arg(&*client.conn_id)
+                    .arg(&*client.user)
+                    .arg(&*client.name)
+                    .arg(&*self.node)
+                    .arg(status.as_str())
+                    .arg(self.publish_cmd),
+            )
+            .await?;
         if n >= 1 {
             // Two slots on a cluster: two commands, sent together.
-            let mut other = conn.clone();
+            let (mut conn, mut other) = (self.conn.clone(), self.conn.clone());
             let user_rooms = self.keys.user_rooms(&client.user);
             let node_rooms = self.keys.node_rooms(&self.node);
             let (a, b): (redis::RedisResult<()>, redis::RedisResult<()>) =
@@ -75,23 +70,20 @@ impl Shared {
         name: &str,
         status: Status,
     ) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
         let n: i64 = self
-            .scripts
-            .presence_leave
-            .key(self.keys.room(room, "p"))
-            .key(self.keys.room(room, "pu"))
-            .key(self.keys.channel(room))
-            .arg(conn_id)
-            .arg(user)
-            .arg(name)
-            .arg(status.as_str())
-            .arg(self.publish_cmd)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.presence_script(&self.scripts.presence_leave, room)
+                    .arg(conn_id)
+                    .arg(user)
+                    .arg(name)
+                    .arg(status.as_str())
+                    .arg(self.publish_cmd),
+            )
+            .await?;
         if n == 0 {
-            let _: () = conn
+            let _: () = self
+                .conn
+                .clone()
                 .srem(self.keys.user_rooms(user), room)
                 .await
                 .map_err(unavailable)?;
@@ -101,45 +93,67 @@ impl Shared {
 
     /// Counts a connection for its user's status and in this node's list.
     pub(super) async fn register_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .scripts
-            .connect
-            .key(self.keys.user(&client.user))
-            .arg(&*client.name)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let _: () = conn
-            .hset(
-                self.keys.node_conns(&self.node),
-                &*client.conn_id,
-                &*client.user,
-            )
+        let node_list = redis::Cmd::hset(
+            self.keys.node_conns(&self.node),
+            &*client.conn_id,
+            &*client.user,
+        );
+        self.user_conn(
+            self.scripts
+                .connect
+                .key(self.keys.user(&client.user))
+                .arg(&*client.name),
+            node_list,
+        )
+        .await
+    }
+
+    /// Undoes [`Shared::register_conn`].
+    pub(super) async fn unregister_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let node_list = redis::Cmd::hdel(self.keys.node_conns(&self.node), &*client.conn_id);
+        self.user_conn(
+            self.scripts
+                .disconnect
+                .key(self.keys.user(&client.user))
+                .arg(crate::unix_ms())
+                .arg(self.ttl.as_secs().max(1))
+                // An anonymous user ends with its connection: no offline record.
+                .arg(if client.ephemeral { "1" } else { "0" }),
+            node_list,
+        )
+        .await
+    }
+
+    /// A connection's script on its user's status, then its change to this
+    /// node's list (another key slot on a cluster: a command of its own).
+    async fn user_conn(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+        node_list: redis::Cmd,
+    ) -> Result<(), BrokerError> {
+        let _: i64 = self.invoke(script).await?;
+        let _: () = node_list
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    /// Undoes [`Shared::register_conn`].
-    pub(super) async fn unregister_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .scripts
-            .disconnect
-            .key(self.keys.user(&client.user))
-            .arg(crate::unix_ms())
-            .arg(self.ttl.as_secs().max(1))
-            // An anonymous user ends with its connection: no offline record.
-            .arg(if client.ephemeral { "1" } else { "0" })
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let _: () = conn
-            .hdel(self.keys.node_conns(&self.node), &*client.conn_id)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+    /// PRESENCE_JOIN or PRESENCE_LEAVE on a room, up to their arguments:
+    /// its presence hashes and channel.
+    fn presence_script<'a>(
+        &self,
+        script: &'a redis::Script,
+        room: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        with_keys(
+            script,
+            [
+                self.keys.room(room, "p"),
+                self.keys.room(room, "pu"),
+                self.keys.channel(room),
+            ],
+        )
     }
 }
 

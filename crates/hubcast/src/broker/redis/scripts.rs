@@ -4,7 +4,12 @@
 
 use redis::Script;
 
-/// The start of RECOVER and HISTORY (meta hash, top, `since`).
+/// The start of PUBLISH, RECOVER and HISTORY: `meta_epoch`, the room's
+/// epoch, a new one when Redis lost it.
+const META_EPOCH: &str = include_str!("lua/meta_epoch.lua");
+
+/// The start of RECOVER and HISTORY after [`META_EPOCH`] (meta hash TTL,
+/// top, `since`).
 const META_PRELUDE: &str = include_str!("lua/meta_prelude.lua");
 
 /// The scripts, loaded once.
@@ -20,9 +25,9 @@ pub(super) struct Scripts {
 
 impl Scripts {
     pub(super) fn load() -> Self {
-        let with_prelude = |body: &str| Script::new(&format!("{META_PRELUDE}{body}"));
+        let with_prelude = |body: &str| Script::new(&format!("{META_EPOCH}{META_PRELUDE}{body}"));
         Self {
-            publish: Script::new(include_str!("lua/publish.lua")),
+            publish: Script::new(&format!("{META_EPOCH}{}", include_str!("lua/publish.lua"))),
             recover: with_prelude(include_str!("lua/recover.lua")),
             history: with_prelude(include_str!("lua/history.lua")),
             presence_join: Script::new(include_str!("lua/presence_join.lua")),

@@ -8,7 +8,7 @@ use redis::Value;
 
 use crate::broker::BrokerError;
 
-use super::{META_TTL, Shared, new_epoch, unavailable};
+use super::Shared;
 
 /// One stream entry: (offset, time ms, payload, node, connection key).
 pub(super) struct Entry {
@@ -95,18 +95,9 @@ impl Shared {
         room: &str,
         since: i64,
     ) -> Result<(Arc<str>, u64, Vec<Entry>), BrokerError> {
-        let mut conn = self.conn.clone();
         let v: Value = self
-            .scripts
-            .recover
-            .key(self.keys.room(room, "m"))
-            .key(self.keys.room(room, "s"))
-            .arg(new_epoch())
-            .arg(META_TTL.as_secs())
-            .arg(since)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .invoke(self.meta_script(&self.scripts.recover, room).arg(since))
+            .await?;
         let (epoch, top, parts) = position(v, "recover")?;
         let entries = parts.get(2).map(parse_entries).unwrap_or_default();
         Ok((epoch, top, entries))

@@ -27,7 +27,7 @@ const MAX_SLICES: usize = 64;
 
 /// Frames to go out in one vectored write.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// Headers and small payloads.
     bytes: Vec<u8>,
     /// Large payloads, each after `bytes[..end]`: `(end, payload)`.
@@ -48,7 +48,7 @@ impl Drop for Batch {
 impl Batch {
     /// A batch for `frames`, its buffer sized once for all of them (no
     /// regrowth while they are added).
-    pub fn for_frames<'a>(frames: impl IntoIterator<Item = &'a Bytes>) -> Self {
+    pub(crate) fn for_frames<'a>(frames: impl IntoIterator<Item = &'a Bytes>) -> Self {
         let (bytes, shared) = frames.into_iter().fold((0, 0), |(b, s), f| {
             if copied(f) {
                 (b + MAX_HEADER + f.len(), s)
@@ -67,12 +67,12 @@ impl Batch {
     }
 
     /// Adds a text frame.
-    pub fn text(&mut self, payload: &Bytes) {
+    pub(crate) fn text(&mut self, payload: &Bytes) {
         self.frame(opcode::TEXT, payload);
     }
 
     /// Adds a frame of any opcode.
-    pub fn frame(&mut self, op: u8, payload: &Bytes) {
+    pub(crate) fn frame(&mut self, op: u8, payload: &Bytes) {
         put_header(&mut self.bytes, op, payload.len());
         if copied(payload) {
             self.bytes.extend_from_slice(payload);
@@ -83,7 +83,7 @@ impl Batch {
     }
 
     /// Adds a close frame.
-    pub fn close(&mut self, code: u16, reason: &str) {
+    pub(crate) fn close(&mut self, code: u16, reason: &str) {
         // A control frame's payload is at most 125 bytes.
         let mut end = reason.len().min(123);
         while !reason.is_char_boundary(end) {
@@ -93,11 +93,6 @@ impl Batch {
         put_header(&mut self.bytes, opcode::CLOSE, 2 + reason.len());
         self.bytes.extend_from_slice(&code.to_be_bytes());
         self.bytes.extend_from_slice(reason.as_bytes());
-    }
-
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
     }
 
     /// The batch's bytes in order: buffer pieces and shared payloads.
@@ -119,7 +114,7 @@ impl Batch {
     /// socket takes; resumable (it keeps its place), so a caller can try a
     /// write at once and wait only when the socket is full. The slices are
     /// built on the stack: no allocation per write.
-    pub fn poll_write<W: AsyncWrite + Unpin>(
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
         cx: &mut Context<'_>,
@@ -160,7 +155,8 @@ impl Batch {
     }
 
     /// Writes all that is left (see [`Batch::poll_write`]).
-    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+    #[cfg(test)]
+    pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_write(io, cx)).await
     }
 }

@@ -22,7 +22,7 @@
 mod batch;
 mod read;
 
-pub use batch::Batch;
+pub(crate) use batch::Batch;
 pub use read::{Incoming, ReadError, Reader};
 
 /// Frame opcodes (RFC 6455 section 5.2).

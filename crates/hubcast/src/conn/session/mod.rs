@@ -32,7 +32,7 @@ use publish::ReplyFuture;
 /// personal room name are made from `conn` when needed, the joined rooms
 /// share the hub's name strings, and the publishes under way have a queue
 /// only while there are some.
-pub struct Session {
+pub(crate) struct Session {
     app: Arc<App>,
     conn: Arc<Conn>,
     /// Rooms joined with `join` (the personal room only if joined so); the
@@ -77,7 +77,7 @@ impl From<BrokerError> for Reject {
 impl Session {
     /// Registers the connection with the broker and subscribes it to its
     /// personal room.
-    pub async fn open(app: Arc<App>, conn: Arc<Conn>) -> Result<Session, BrokerError> {
+    pub(crate) async fn open(app: Arc<App>, conn: Arc<Conn>) -> Result<Session, BrokerError> {
         let info = client_info(&conn);
         let personal = protocol::personal_room(&conn.user);
         let sub: Arc<dyn Subscriber> = conn.clone();
@@ -140,7 +140,7 @@ impl Session {
     }
 
     /// A binary frame: answered with an error, otherwise ignored.
-    pub fn on_binary(&mut self) {
+    pub(crate) fn on_binary(&mut self) {
         if !self.admit(None) {
             return;
         }
@@ -156,7 +156,7 @@ impl Session {
     /// `publish` and `send` start their broker call and return at once (up to
     /// `MAX_PIPELINE` under way); any other frame first waits for those,
     /// so every reply leaves in the order the frames came.
-    pub async fn on_text(&mut self, text: &[u8]) {
+    pub(crate) async fn on_text(&mut self, text: &[u8]) {
         let (id, frame) = match protocol::parse_client_frame(text) {
             Ok(parsed) => parsed,
             Err(FrameError { id, code, message }) => {
@@ -172,15 +172,9 @@ impl Session {
             return;
         }
         let started = match frame {
-            ClientFrame::Publish {
-                room,
-                event,
-                data,
-                msg_id,
-                echo,
-            } => self
-                .check_room(&room, "publish to")
-                .map(|()| self.publish(id, &room, &event, data, msg_id.as_deref(), echo)),
+            ClientFrame::Publish(p) => self
+                .check_room(&p.room, "publish to")
+                .map(|()| self.publish(id, &p.room, &p.event, p.data, p.msg_id.as_deref(), p.echo)),
             ClientFrame::Send {
                 to,
                 event,
@@ -218,7 +212,7 @@ impl Session {
                 self.join(id, &room, since).await
             }
             ClientFrame::Leave { room } => self.leave(id, &room).await,
-            ClientFrame::Publish { .. } | ClientFrame::Send { .. } => {
+            ClientFrame::Publish(_) | ClientFrame::Send { .. } => {
                 // Handled by `on_text` before dispatch.
                 Err(Reject::new(ErrorCode::Internal, "publish dispatched twice"))
             }
@@ -268,7 +262,7 @@ impl Session {
 
     /// Leaves every room (reporting presence), drops the personal-room
     /// subscription and unregisters the connection.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         // Publishes under way finish (their replies may not reach the
         // client any more; a retry with the same msgId is acked as a
         // duplicate).

@@ -104,12 +104,12 @@ impl Session {
     }
 
     /// Whether replies are still being computed.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         self.pending.is_some()
     }
 
     /// Waits for the oldest reply under way and queues it.
-    pub async fn next_reply(&mut self) {
+    pub(crate) async fn next_reply(&mut self) {
         let Some(pending) = self.pending.as_mut() else {
             return;
         };

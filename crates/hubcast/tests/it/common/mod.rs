@@ -20,35 +20,35 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for an expected frame before failing.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// The engines every table-driven test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub(crate) enum Engine {
     Memory,
     Redis,
 }
 
 /// Redis for tests: `HUBCAST_TEST_REDIS_URL`, default the machine's server.
-pub fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("HUBCAST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
 /// A Unix socket path for a test's own Redis (tests that kill Redis, or
 /// every pub/sub client of it, must not do it to the shared one).
-pub fn socket_path() -> PathBuf {
+pub(crate) fn socket_path() -> PathBuf {
     std::env::temp_dir().join(format!(
         "hubcast-redis-{}.sock",
         uuid::Uuid::new_v4().simple()
     ))
 }
 
-pub fn redis_socket_url(socket: &Path) -> String {
+pub(crate) fn redis_socket_url(socket: &Path) -> String {
     format!("redis+unix://{}", socket.display())
 }
 
 /// A Redis server listening on `socket` only (`--port 0`: no TCP).
-pub fn start_redis(socket: &Path) -> Child {
+pub(crate) fn start_redis(socket: &Path) -> Child {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -74,7 +74,7 @@ pub fn start_redis(socket: &Path) -> Child {
 }
 
 /// A TCP port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -84,7 +84,7 @@ pub fn free_port() -> u16 {
 
 /// Waits until `http://127.0.0.1:{port}{path}` answers 200 (a `hubcast
 /// serve` child coming up); panics after 10 s.
-pub async fn wait_for(port: u16, path: &str) {
+pub(crate) async fn wait_for(port: u16, path: &str) {
     for _ in 0..200 {
         if reqwest::get(format!("http://127.0.0.1:{port}{path}"))
             .await
@@ -98,7 +98,7 @@ pub async fn wait_for(port: u16, path: &str) {
 }
 
 /// Sends SIGTERM to a child process.
-pub fn send_term(child: &std::process::Child) {
+pub(crate) fn send_term(child: &std::process::Child) {
     assert!(
         std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -110,7 +110,9 @@ pub fn send_term(child: &std::process::Child) {
 
 /// Waits for a child to exit; returns its status and what it wrote to
 /// its (piped) stderr, all of it also when [`listening_port`] took the pipe.
-pub async fn wait_stderr(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+pub(crate) async fn wait_stderr(
+    mut child: std::process::Child,
+) -> (std::process::ExitStatus, String) {
     let reader = child.stderr.is_none().then(|| {
         let mut readers = STDERR_READERS.lock().unwrap();
         let at = readers
@@ -151,7 +153,7 @@ static STDERR_READERS: std::sync::Mutex<Vec<(u32, std::thread::JoinHandle<String
 /// its piped stderr; a thread keeps reading the rest, which
 /// [`wait_stderr`] returns whole. No port is picked before the child binds
 /// it, so no other process can take it meanwhile.
-pub async fn listening_port(child: &mut std::process::Child) -> u16 {
+pub(crate) async fn listening_port(child: &mut std::process::Child) -> u16 {
     let stderr = child.stderr.take().expect("the child's stderr is piped");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let reader = std::thread::spawn(move || {
@@ -203,7 +205,7 @@ fn logged_port(line: &str) -> Option<u16> {
 /// Returns `true` in the calling process once that run passed (the caller
 /// then returns), `false` in the process of its own (the caller goes on
 /// with its body). `test` is the test's path, e.g. `metrics::name`.
-pub fn in_own_process(test: &str) -> bool {
+pub(crate) fn in_own_process(test: &str) -> bool {
     const VAR: &str = "HUBCAST_TEST_OWN_PROCESS";
     if std::env::var(VAR).is_ok_and(|t| t == test) {
         return false;
@@ -223,12 +225,12 @@ pub fn in_own_process(test: &str) -> bool {
 }
 
 /// A key prefix no other test uses.
-pub fn unique_prefix() -> String {
+pub(crate) fn unique_prefix() -> String {
     format!("hubcast-test-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Deletes every key under `prefix`.
-pub fn clean_redis(prefix: &str) {
+pub(crate) fn clean_redis(prefix: &str) {
     let Ok(client) = redis::Client::open(redis_url()) else {
         return;
     };
@@ -266,7 +268,7 @@ macro_rules! both_engines {
 }
 
 /// A server running in this test's runtime.
-pub struct Server {
+pub(crate) struct Server {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -285,12 +287,12 @@ impl Drop for Server {
 
 impl Server {
     /// Starts a memory-engine server with default settings changed by `f`.
-    pub async fn start(f: impl FnOnce(&mut Config)) -> Server {
+    pub(crate) async fn start(f: impl FnOnce(&mut Config)) -> Server {
         Server::start_on(Engine::Memory, f).await
     }
 
     /// Starts a server on `engine` with default settings changed by `f`.
-    pub async fn start_on(engine: Engine, f: impl FnOnce(&mut Config)) -> Server {
+    pub(crate) async fn start_on(engine: Engine, f: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config::default();
         config.node_id = "test-node".into();
         let redis_prefix = (engine == Engine::Redis).then(unique_prefix);
@@ -305,7 +307,7 @@ impl Server {
 
     /// Starts a server with exactly `config`; `redis_prefix` is cleaned up
     /// when it is dropped.
-    pub async fn with_config(config: Config, redis_prefix: Option<String>) -> Server {
+    pub(crate) async fn with_config(config: Config, redis_prefix: Option<String>) -> Server {
         config.validate().expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -323,21 +325,21 @@ impl Server {
         }
     }
 
-    pub async fn default() -> Server {
+    pub(crate) async fn default() -> Server {
         Server::start(|_| {}).await
     }
 
     /// The Redis key prefix of a Redis-engine server (for a second node).
-    pub fn redis_prefix(&self) -> Option<String> {
+    pub(crate) fn redis_prefix(&self) -> Option<String> {
         self.redis_prefix.clone()
     }
 
-    pub async fn on(engine: Engine) -> Server {
+    pub(crate) async fn on(engine: Engine) -> Server {
         Server::start_on(engine, |_| {}).await
     }
 
     /// `POST /api/publish` of `data` as event `e`; returns the reply.
-    pub async fn api_publish(&self, room: &str, data: Value) -> Value {
+    pub(crate) async fn api_publish(&self, room: &str, data: Value) -> Value {
         reqwest::Client::new()
             .post(self.http("/api/publish"))
             .json(&json!({"room":room,"event":"e","data":data}))
@@ -354,7 +356,7 @@ impl Server {
     /// `c`'s very next frame. A frame that should not exist, sent for
     /// anything done before, would come first: one room's messages keep
     /// their order, and the marker is published after.
-    pub async fn barrier(&self, c: &mut Client, room: &str) {
+    pub(crate) async fn barrier(&self, c: &mut Client, room: &str) {
         let marker = json!(format!("barrier-{}", uuid::Uuid::new_v4().simple()));
         let ack = self.api_publish(room, marker.clone()).await;
         assert!(ack["offset"].is_u64(), "the marker is published: {ack}");
@@ -364,7 +366,7 @@ impl Server {
     /// [`Server::barrier`] through `c`'s personal room (`POST /api/send`),
     /// for a client that is in no other room, or where a marker in the
     /// room would change the offsets the test checks next.
-    pub async fn barrier_personal(&self, c: &mut Client) {
+    pub(crate) async fn barrier_personal(&self, c: &mut Client) {
         let marker = json!(format!("barrier-{}", uuid::Uuid::new_v4().simple()));
         let ack: Value = reqwest::Client::new()
             .post(self.http("/api/send"))
@@ -379,26 +381,26 @@ impl Server {
         c.expect_marker(&format!("@{}", c.user()), &marker).await;
     }
 
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
 
-    pub fn http(&self, path: &str) -> String {
+    pub(crate) fn http(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// Connects a client (reads its `welcome`).
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(&self.ws_url()).await
     }
 
     /// Connects with a display name.
-    pub async fn named(&self, name: &str) -> Client {
+    pub(crate) async fn named(&self, name: &str) -> Client {
         Client::connect(&format!("{}?name={name}", self.ws_url())).await
     }
 
     /// Fires shutdown and waits for `run` to return.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
             tokio::time::timeout(Duration::from_secs(15), handle)
@@ -411,14 +413,14 @@ impl Server {
 }
 
 /// A WebSocket client speaking the hubcast protocol.
-pub struct Client {
+pub(crate) struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub welcome: Value,
     next_id: u64,
 }
 
 impl Client {
-    pub async fn connect(url: &str) -> Client {
+    pub(crate) async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("handshake succeeds");
@@ -437,7 +439,7 @@ impl Client {
     }
 
     /// Connects with a custom request (headers), returning the raw stream.
-    pub async fn connect_request(
+    pub(crate) async fn connect_request(
         req: impl IntoClientRequest + Unpin,
     ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tungstenite::Error> {
         tokio_tungstenite::connect_async(req)
@@ -445,25 +447,25 @@ impl Client {
             .map(|(ws, _)| ws)
     }
 
-    pub fn user(&self) -> String {
+    pub(crate) fn user(&self) -> String {
         self.welcome["user"].as_str().unwrap().to_string()
     }
 
-    pub async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }
 
-    pub async fn send_text(&mut self, s: &str) {
+    pub(crate) async fn send_text(&mut self, s: &str) {
         self.ws.send(Message::text(s.to_string())).await.unwrap();
     }
 
     /// Next text frame as JSON (pings and pongs skipped).
-    pub async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         recv_json(&mut self.ws).await
     }
 
     /// Next frame, which must be of type `ty`.
-    pub async fn expect(&mut self, ty: &str) -> Value {
+    pub(crate) async fn expect(&mut self, ty: &str) -> Value {
         let v = self.recv().await;
         assert_eq!(v["type"], ty, "expected a {ty} frame, got {v}");
         v
@@ -471,7 +473,7 @@ impl Client {
 
     /// Sends `frame` with a fresh id and returns the reply carrying it;
     /// frames without that id arriving meanwhile are returned too.
-    pub async fn request(&mut self, mut frame: Value) -> (Value, Vec<Value>) {
+    pub(crate) async fn request(&mut self, mut frame: Value) -> (Value, Vec<Value>) {
         let id = self.next_id;
         self.next_id += 1;
         frame["id"] = json!(id);
@@ -487,7 +489,7 @@ impl Client {
     }
 
     /// `request`, checking no other frame came first.
-    pub async fn call(&mut self, frame: Value) -> Value {
+    pub(crate) async fn call(&mut self, frame: Value) -> Value {
         let (reply, others) = self.request(frame).await;
         assert!(
             others.is_empty(),
@@ -498,7 +500,7 @@ impl Client {
 
     /// Joins a room and consumes the presence event of its own arrival
     /// (sent for a user's first connection in a room), returning `joined`.
-    pub async fn join(&mut self, room: &str) -> Value {
+    pub(crate) async fn join(&mut self, room: &str) -> Value {
         let v = self.join_quiet(room).await;
         if !room.starts_with('@') {
             let ev = self.expect("presence").await;
@@ -509,13 +511,13 @@ impl Client {
     }
 
     /// Joins a room and returns `joined`, consuming nothing else.
-    pub async fn join_quiet(&mut self, room: &str) -> Value {
+    pub(crate) async fn join_quiet(&mut self, room: &str) -> Value {
         let v = self.call(json!({"type":"join","room":room})).await;
         assert_eq!(v["type"], "joined", "{v}");
         v
     }
 
-    pub async fn publish(&mut self, room: &str, data: Value) -> Value {
+    pub(crate) async fn publish(&mut self, room: &str, data: Value) -> Value {
         let v = self
             .call(json!({"type":"publish","room":room,"event":"test","data":data}))
             .await;
@@ -525,7 +527,7 @@ impl Client {
 
     /// Reads messages of `room` until `count` arrived (other frames are
     /// skipped); returns them.
-    pub async fn messages(&mut self, room: &str, count: usize) -> Vec<Value> {
+    pub(crate) async fn messages(&mut self, room: &str, count: usize) -> Vec<Value> {
         let mut got = Vec::new();
         while got.len() < count {
             let v = self.recv().await;
@@ -538,7 +540,7 @@ impl Client {
 
     /// Asserts that the next text frame is the message `marker` in `room`
     /// (a barrier: nothing arrived before it).
-    pub async fn expect_marker(&mut self, room: &str, marker: &Value) {
+    pub(crate) async fn expect_marker(&mut self, room: &str, marker: &Value) {
         let v = self.recv().await;
         assert!(
             v["type"] == "message" && v["room"] == room && v["data"] == *marker,
@@ -548,7 +550,7 @@ impl Client {
 
     /// Reads until the server closes; returns the close code and reason and
     /// the text frames read before it.
-    pub async fn until_close(&mut self) -> (Option<u16>, String, Vec<Value>) {
+    pub(crate) async fn until_close(&mut self) -> (Option<u16>, String, Vec<Value>) {
         let mut frames = Vec::new();
         let res = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
@@ -567,14 +569,14 @@ impl Client {
         (res.0, res.1, frames)
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
 }
 
 /// The next text frame of any WebSocket stream (plain, TLS) as JSON, pings
 /// and pongs skipped; panics on a close, a read error, or after [`WAIT`].
-pub async fn recv_json<S>(ws: &mut WebSocketStream<S>) -> Value
+pub(crate) async fn recv_json<S>(ws: &mut WebSocketStream<S>) -> Value
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -610,7 +612,7 @@ fn close_parts(f: Option<CloseFrame>) -> (Option<u16>, String) {
 }
 
 /// Polls `f` every 20 ms until it gives `Some`, for up to 10 s.
-pub async fn wait_until<T, Fut>(mut f: impl FnMut() -> Fut) -> T
+pub(crate) async fn wait_until<T, Fut>(mut f: impl FnMut() -> Fut) -> T
 where
     Fut: std::future::Future<Output = Option<T>>,
 {
@@ -631,7 +633,7 @@ where
 /// drops every open connection, `refuse` closes new ones at once,
 /// `blackhole_down` drops what the server sends (its acks never arrive),
 /// and `retarget` sends new connections to another server.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     state: std::sync::Arc<ProxyState>,
     accept: JoinHandle<()>,
@@ -646,7 +648,7 @@ struct ProxyState {
 }
 
 impl Proxy {
-    pub async fn start(target: SocketAddr) -> Proxy {
+    pub(crate) async fn start(target: SocketAddr) -> Proxy {
         use std::sync::atomic::Ordering::Relaxed;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -703,30 +705,30 @@ impl Proxy {
         }
     }
 
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
 
     /// Drops every open connection (both sockets close).
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for t in self.state.conns.lock().unwrap().drain(..) {
             t.abort();
         }
     }
 
-    pub fn refuse(&self, on: bool) {
+    pub(crate) fn refuse(&self, on: bool) {
         self.state
             .refuse
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn blackhole_down(&self, on: bool) {
+    pub(crate) fn blackhole_down(&self, on: bool) {
         self.state
             .blackhole_down
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn retarget(&self, target: SocketAddr) {
+    pub(crate) fn retarget(&self, target: SocketAddr) {
         *self.state.target.lock().unwrap() = Some(target);
     }
 }
@@ -739,7 +741,7 @@ impl Drop for Proxy {
 }
 
 /// An HS256 connection token signed with `secret`.
-pub fn hs256(secret: &str, claims: &Value) -> String {
+pub(crate) fn hs256(secret: &str, claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         claims,
@@ -750,7 +752,7 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
 
 /// The value of the series `name` whose labels include `labels` (summed
 /// over the series that match).
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut sum = 0.0;
     let mut found = false;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -776,7 +778,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sum
 }
 
-pub async fn scrape(s: &Server) -> String {
+pub(crate) async fn scrape(s: &Server) -> String {
     let r = reqwest::get(s.http("/metrics")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(

@@ -5,12 +5,7 @@
 -- ARGV: 1 payload, 2 history size, 3 history ttl (s), 4 meta ttl (s),
 -- 5 epoch for a new meta hash, 6 node, 7 connection key, 8 time (ms),
 -- 9 idempotent ('1'), 10 publish command (publish or spublish).
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-end
+local epoch = meta_epoch(ARGV[5])
 if ARGV[9] == '1' then
   local prev = redis.call('GET', KEYS[4])
   if prev then
