@@ -7,44 +7,44 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: wiring: builds the [`App`], serves HTTP (plain or TLS)
+//! - `server`: wiring: builds the `App`, serves HTTP (plain or TLS)
 //!   until the shutdown token fires, closes every connection and waits for
-//!   their tasks ([`run`], [`run_with_broker`], [`connect_broker`]).
-//! - [`app`]: [`App`], the state every handler and connection task shares
+//!   their tasks (`run`, `run_with_broker`, `connect_broker`).
+//! - `app`: `App`, the state every handler and connection task shares
 //!   (config, hub, broker, presence, limits, counters, rate samples).
 //! - [`config`]: every setting, its default, validation naming the key.
 //! - [`protocol`]: the `hubcast-protocol` crate's frames, codes and name
 //!   rules, re-exported, and the encode-once message envelope
 //!   (`protocol::envelope`).
-//! - [`publish`]: the one constructor of a broker publish request, for
+//! - `publish`: the one constructor of a broker publish request, for
 //!   WebSocket frames and the HTTP API alike.
 //! - [`broker`]: the [`broker::Broker`] trait (offsets, history, recovery,
 //!   idempotency), the [`broker::PresenceManager`] trait (presence, user
 //!   status) and their engines (memory, Redis), each a folder.
-//! - [`hub`]: node-local room membership and fan-out of broker deliveries
-//!   into connection queues; [`hub::Hub::join`], the one gap- and
+//! - `hub`: node-local room membership and fan-out of broker deliveries
+//!   into connection queues; `hub::Hub::join`, the one gap- and
 //!   duplicate-free way into a room; the table of open connections that a
 //!   shutdown walks.
-//! - [`outbound`]: a connection's bounded outbound queue (frames, the pong
+//! - `outbound`: a connection's bounded outbound queue (frames, the pong
 //!   due, the close decision), which the hub fills and a WebSocket writer,
 //!   an SSE stream or a long poll drains; `pool` keeps per-thread spares of
 //!   the queue and batch buffers.
 //! - [`conn`]: one WebSocket connection after the upgrade: `reader` and
 //!   `writer` (heartbeats, batching, close codes), [`conn::frame`] (RFC 6455
-//!   framing), [`conn::session`] (what each client frame does) and
-//!   [`conn::limit`] (the frame rate limit).
+//!   framing), `conn::session` (what each client frame does) and
+//!   `conn::limit` (the frame rate limit).
 //! - [`http`]: routes (`/ws` upgrade, `/sse`, `/api/*` with long polling,
 //!   health, metrics, static pages), the handshake checks WebSocket and SSE
 //!   share, origin checks, connection limits, JSON errors, TLS.
 //! - [`auth`]: tokens and what they grant.
-//! - [`metrics`], [`trace`], `otel`: Prometheus metrics, trace ids, OTLP
+//! - `metrics`, `trace`, `otel`: Prometheus metrics, trace ids, OTLP
 //!   export (feature `otlp`).
-//! - [`recent`]: recent errors and notable closes, for the dashboard.
+//! - `recent`: recent errors and notable closes, for the dashboard.
 //! - [`bench`](mod@bench): `hubcast bench`, the load tool (scenarios over real sockets).
 //! - `small`, `lock`, `clock`: inline-first collections, the poison-recovering
 //!   mutex lock, Unix milliseconds.
 //!
-//! A message's life: `conn::session` parses a `publish`, [`publish`] makes
+//! A message's life: `conn::session` parses a `publish`, `publish` makes
 //! the broker request, the broker assigns the offset and encodes the
 //! envelope once, the hub pushes the same bytes into every local
 //! subscriber's queue, and each connection's writer sends its whole queue

@@ -3,12 +3,12 @@
 //!
 //! - `reader`: takes frames off the socket, keeps the heartbeat deadline,
 //!   queues the pong a ping asks for, and hands text frames to the
-//!   [`session::Session`].
+//!   `session::Session`.
 //! - `writer`: owns every write: it drains the whole outbound queue at once
 //!   (frames, pong, close decision) and writes it as one batch, sends pings every `heartbeat`, and sends the close frame
 //!   (1001 on shutdown, 4000 for a slow consumer, ...).
-//! - [`session`]: what each client frame does; [`frame`]: RFC 6455 framing;
-//!   [`limit`]: the incoming frame rate limit.
+//! - `session`: what each client frame does; [`frame`]: RFC 6455 framing;
+//!   `limit`: the incoming frame rate limit.
 //!
 //! Whichever side ends first decides the close; the other gets a short
 //! grace period to finish the close handshake.

@@ -11,7 +11,7 @@
 //!   frames (masking, opcodes, reserved bits, control frame rules,
 //!   fragmentation, UTF-8 of text, close codes) and the message size limit
 //!   before buffering a payload.
-//! - [`Batch`] (`batch.rs`) turns a writer's whole queue into one vectored
+//! - `Batch` (`batch.rs`) turns a writer's whole queue into one vectored
 //!   write: small frames are copied (header and payload) into one buffer,
 //!   large payloads are written from the shared message bytes without a
 //!   copy.
