@@ -49,15 +49,24 @@ pub enum AuthError {
     /// Expired.
     #[error("token expired")]
     Expired,
+    /// `nbf` is still in the future (past the leeway).
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
     /// Anything else: bad signature, algorithm, claims, format.
     #[error("invalid token: {0}")]
     Invalid(String),
 }
 
+/// How far in the future a token's `nbf` may be (clock skew between the
+/// issuer and this node), as identity providers commonly allow.
+const NBF_LEEWAY_SECS: u64 = 60;
+
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    nbf: Option<u64>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -152,6 +161,9 @@ impl Auth {
         let mut validation = Validation::new(*alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
+        // Checked below with its own leeway: `exp` has none (a token is
+        // refused from the second it expires), `nbf` tolerates clock skew.
+        validation.validate_nbf = false;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
@@ -167,6 +179,11 @@ impl Auth {
             }
         })?;
         let c = data.claims;
+        if let Some(nbf) = c.nbf
+            && nbf > (crate::unix_ms() / 1000).max(0) as u64 + NBF_LEEWAY_SECS
+        {
+            return Err(AuthError::NotYetValid);
+        }
         protocol::check_user(&c.sub)
             .map_err(|m| AuthError::Invalid(format!("claim `sub`: {m}")))?;
         if let Some(name) = &c.name
@@ -226,12 +243,15 @@ impl RoomPattern {
         let mut i = 0;
         for (k, seg) in self.0.iter().enumerate() {
             if seg == "**" {
-                return k == self.0.len() - 1 && i < parts.len();
+                // One or more segments, none of them empty.
+                return k == self.0.len() - 1
+                    && i < parts.len()
+                    && parts[i..].iter().all(|p| !p.is_empty());
             }
             let Some(part) = parts.get(i) else {
                 return false;
             };
-            if seg != "*" && seg != part {
+            if part.is_empty() || (seg != "*" && seg != part) {
                 return false;
             }
             i += 1;
@@ -280,6 +300,12 @@ mod tests {
         assert!(p("team.**").matches("team.a"));
         assert!(p("team.**").matches("team.a.b.c"));
         assert!(!p("team.**").matches("team"));
+        // A wildcard never matches an empty segment.
+        assert!(!p("chat.*").matches("chat."));
+        assert!(!p("team.**").matches("team."));
+        assert!(!p("team.**").matches("team.a."));
+        assert!(!p("team.**").matches("team..a"));
+        assert!(!p("*.x").matches(".x"));
         assert!(p("*.news").matches("eu.news"));
         assert!(RoomPattern::parse("a.**.b").is_err());
         assert!(RoomPattern::parse("a..b").is_err());

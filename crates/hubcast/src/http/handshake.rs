@@ -14,6 +14,10 @@ use super::origin;
 use crate::App;
 use crate::protocol::ErrorCode;
 
+/// The longest a token can keep a connection open (its `exp` may be any
+/// u64; beyond this it counts as "never").
+const MAX_TOKEN_LIFE_SECS: u64 = 100 * 365 * 24 * 3600;
+
 /// The first check of every long-lived connection (WebSocket, SSE): not
 /// shutting down (503), then the connection limits (503/429); the returned
 /// slot holds the connection's place.
@@ -85,7 +89,12 @@ pub(crate) fn authenticate(
     })?;
     Ok(match identity {
         Some(id) => {
-            let remaining = id.exp.saturating_sub(crate::unix_ms() as u64 / 1000);
+            // Capped, so that a far `exp` (up to u64::MAX) cannot overflow
+            // the clock; a century is "never" for a connection.
+            let remaining = id
+                .exp
+                .saturating_sub(crate::unix_ms() as u64 / 1000)
+                .min(MAX_TOKEN_LIFE_SECS);
             let display = id.name.clone().unwrap_or_else(|| id.user.clone());
             Caller {
                 user: id.user,

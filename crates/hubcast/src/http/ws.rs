@@ -52,6 +52,14 @@ pub(crate) async fn upgrade(
     mut req: Request,
 ) -> Result<Response, HttpError> {
     let slot = admit(&app, remote)?;
+    // RFC 6455 4.1: the opening handshake is HTTP/1.1 or later; an HTTP/1.0
+    // peer cannot keep the connection open after the response.
+    if req.version() < axum::http::Version::HTTP_11 {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
     let headers = req.headers();
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")

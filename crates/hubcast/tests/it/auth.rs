@@ -348,3 +348,31 @@ async fn tokens_and_api_keys_never_reach_the_logs() {
         "an API key in the logs:\n{out}"
     );
 }
+
+/// A token whose `exp` is the largest u64 connects (its expiry counts as
+/// "never") instead of panicking the handshake; one whose `nbf` is in the
+/// future past the leeway is refused, within it accepted.
+#[tokio::test]
+async fn far_exp_connects_and_future_nbf_is_refused() {
+    let s = Server::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.anonymous = Some(false);
+    })
+    .await;
+    let t = hs256(json!({"sub":"far","exp":u64::MAX}));
+    let mut c = Client::connect(&format!("{}?token={t}", s.ws_url())).await;
+    assert_eq!(c.welcome["user"], "far");
+    c.join("lobby").await;
+    let exp = now() + 600;
+    let m = refused(
+        &s,
+        Some(&hs256(json!({"sub":"a","exp":exp,"nbf":now() + 3600}))),
+        "nbf an hour ahead",
+    )
+    .await;
+    assert!(m.contains("not valid yet"), "{m}");
+    let t = hs256(json!({"sub":"skew","exp":exp,"nbf":now() + 5}));
+    let c2 = Client::connect(&format!("{}?token={t}", s.ws_url())).await;
+    assert_eq!(c2.welcome["user"], "skew");
+    s.stop().await;
+}

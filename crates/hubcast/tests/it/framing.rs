@@ -246,3 +246,27 @@ async fn broken_frames_get_their_close_codes() {
     let mut ok = s.client().await;
     ok.join("after").await;
 }
+
+/// An upgrade request over HTTP/1.0 is refused with 400 (RFC 6455 needs
+/// HTTP/1.1): no 101 for a peer that closes after the response.
+#[tokio::test]
+async fn an_http_1_0_upgrade_is_a_400() {
+    let s = Server::default().await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(HANDSHAKE.replacen("HTTP/1.1", "HTTP/1.0", 1).as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a response");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.0 400") || head.starts_with("HTTP/1.1 400"),
+        "{head}"
+    );
+    s.stop().await;
+}
