@@ -26,7 +26,8 @@ pub(crate) const ROOM_MEMBERS: &str = "hubcast_room_members";
 pub(crate) const PUBLISHED: &str = "hubcast_messages_published_total";
 /// Messages queued to a local subscriber (counter).
 pub(crate) const DELIVERIES: &str = "hubcast_deliveries_total";
-/// Connections closed because their outbound queue overflowed (counter).
+/// Connections closed with 4000 (slow consumer), whatever decided it: a full
+/// queue, a join buffer that overflowed, a room stream that broke (counter).
 pub(crate) const SLOW_CONSUMERS: &str = "hubcast_slow_consumer_closes_total";
 /// WebSocket payload bytes received (counter).
 pub(crate) const BYTES_IN: &str = "hubcast_received_bytes_total";
@@ -97,7 +98,7 @@ fn describe() {
     describe_counter!(DELIVERIES, "Messages queued to local subscribers");
     describe_counter!(
         SLOW_CONSUMERS,
-        "Connections closed because their outbound queue overflowed"
+        "Connections closed with 4000 (slow consumer): a full queue, an overflowed join buffer or a broken room stream"
     );
     describe_counter!(BYTES_IN, Unit::Bytes, "WebSocket payload bytes received");
     describe_counter!(BYTES_OUT, Unit::Bytes, "WebSocket payload bytes sent");

@@ -94,13 +94,13 @@ impl Outbound {
         }
         if s.frames.len() >= self.cap {
             s.frames.clear();
-            s.close = Some(CloseReason {
-                code: close::SLOW_CONSUMER,
-                reason: "slow consumer: outbound queue full",
-            });
-            s.woken = true;
-            drop(s);
-            self.waker.wake();
+            self.decide(
+                s,
+                CloseReason {
+                    code: close::SLOW_CONSUMER,
+                    reason: "slow consumer: outbound queue full",
+                },
+            );
             return Pushed::Overflow;
         }
         self.append(s, |frames| {
@@ -142,13 +142,25 @@ impl Outbound {
 
     /// Decides to close the connection (the first reason wins).
     pub(crate) fn close(&self, code: u16, reason: &'static str) {
-        let mut s = self.lock();
-        if s.close.is_none() {
-            s.close = Some(CloseReason { code, reason });
+        let s = self.lock();
+        self.decide(s, CloseReason { code, reason });
+    }
+
+    /// The one place a close is decided, under the lock `s`: the first
+    /// reason wins, and every slow-consumer close (a full queue, a join
+    /// buffer that overflowed, a room whose stream broke) is counted here
+    /// and only here.
+    fn decide(&self, mut s: MutexGuard<'_, State>, reason: CloseReason) {
+        let first = s.close.is_none();
+        if first {
+            s.close = Some(reason);
         }
         s.woken = true;
         drop(s);
         self.waker.wake();
+        if first && reason.code == close::SLOW_CONSUMER {
+            crate::metrics::handles().slow_consumers.increment(1);
+        }
     }
 
     /// The close decision, if one was made.
@@ -218,6 +230,32 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `hubcast_slow_consumer_closes_total` as /metrics shows it now.
+    fn slow_consumer_closes() -> f64 {
+        let text = crate::metrics::install()
+            .map(|h| h.render())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("hubcast_slow_consumer_closes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Every 4000 is counted, not only a full queue's: a close decided
+    /// elsewhere (a join buffer's overflow, a broken room stream) too,
+    /// once per connection. Other tests run beside this one and may add
+    /// their own closes, so the count can only be at least this one's.
+    #[test]
+    fn every_slow_consumer_close_is_counted_once() {
+        crate::metrics::handles();
+        let before = slow_consumer_closes();
+        let q = Outbound::new(8);
+        q.close(close::SLOW_CONSUMER, "messages lost between nodes");
+        q.close(close::SLOW_CONSUMER, "again");
+        let after = slow_consumer_closes();
+        assert!(after >= before + 1.0, "{before} -> {after}");
+    }
 
     #[test]
     fn overflow_closes_and_never_queues_after() {

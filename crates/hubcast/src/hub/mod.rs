@@ -278,14 +278,14 @@ impl Hub {
 }
 
 /// Delivers one publication to a live subscription, keeping its delivered
-/// range and skipping what it already had; returns (delivered, overflowed)
-/// for the metrics.
-fn deliver(key: ConnKey, sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
+/// range and skipping what it already had; returns 1 when it was queued
+/// (an overflow is counted where the close is decided, in `outbound`).
+fn deliver(key: ConnKey, sub: &mut Sub, p: &Arc<Publication>) -> u64 {
     // Hot path (once per delivery): the epochs are usually the same `Arc`,
     // and the connection's key is the map's, not behind the trait object.
     if Arc::ptr_eq(&sub.epoch, &p.epoch) || *sub.epoch == *p.epoch {
         if p.offset <= sub.last {
-            return (0, 0);
+            return 0;
         }
     } else {
         sub.epoch = p.epoch.clone();
@@ -293,13 +293,9 @@ fn deliver(key: ConnKey, sub: &mut Sub, p: &Arc<Publication>) -> (u64, u64) {
     }
     sub.last = p.offset;
     if p.skip != Some(key) {
-        return match sub.conn.outbound().push(p.envelope.clone()) {
-            Pushed::Queued => (1, 0),
-            Pushed::Overflow => (0, 1),
-            Pushed::Closing => (0, 0),
-        };
+        return u64::from(sub.conn.outbound().push(p.envelope.clone()) == Pushed::Queued);
     }
-    (0, 0)
+    0
 }
 
 impl BrokerHandler for Hub {
@@ -308,7 +304,7 @@ impl BrokerHandler for Hub {
         let Some(local) = shard.get_mut(room) else {
             return;
         };
-        let (mut delivered, mut overflowed) = (0, 0);
+        let mut delivered = 0;
         for (key, sub) in local.subs.iter_mut() {
             match &mut sub.buffer {
                 Some(buffer) => {
@@ -322,11 +318,7 @@ impl BrokerHandler for Hub {
                         buffer.push(Pending::Publication(publication.clone()));
                     }
                 }
-                None => {
-                    let (d, o) = deliver(*key, sub, publication);
-                    delivered += d;
-                    overflowed += o;
-                }
+                None => delivered += deliver(*key, sub, publication),
             }
         }
         drop(shard);
@@ -334,9 +326,6 @@ impl BrokerHandler for Hub {
         m.deliveries.increment(delivered);
         self.delivered
             .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
-        if overflowed > 0 {
-            m.slow_consumers.increment(overflowed);
-        }
         if delivered > 0 {
             crate::metrics::record_delivery_latency(&publication.envelope);
         }
