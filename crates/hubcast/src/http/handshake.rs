@@ -30,6 +30,18 @@ pub(crate) fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, Http
     })
 }
 
+/// A long poll's place under the connection caps: it holds a connection
+/// open like WebSocket and SSE do, so it counts as one while it waits (the
+/// handshake rate does not apply: a poller asks again after every answer).
+pub(crate) fn hold_poll(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
+    if app.shutdown.is_cancelled() {
+        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
+    }
+    app.limits.hold(remote.ip()).inspect_err(|e| {
+        tracing::info!(remote = %remote, reason = %e.message, "long poll refused: limit");
+    })
+}
+
 /// A browser origin outside `allowed_origins` is refused (403).
 pub(crate) fn check_origin(
     app: &App,

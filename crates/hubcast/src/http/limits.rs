@@ -72,6 +72,13 @@ impl ConnLimits {
                 .retry_after(1));
             }
         }
+        self.hold(ip)
+    }
+
+    /// A place under the connection caps (`max_connections`,
+    /// `max_connections_per_ip`) for a request that stays open without a
+    /// handshake (a long poll), or why not.
+    pub(crate) fn hold(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, HttpError> {
         let mut c = self.lock();
         if c.total >= self.max_total {
             return Err(

@@ -7,11 +7,12 @@
 //! while polls (or other members) are in it.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
@@ -81,9 +82,11 @@ fn parse_query(q: &[(String, String)]) -> Result<PollQuery, HttpError> {
 /// `GET /api/poll?room=R&since=N&timeout=S[&limit=L]`.
 pub(crate) async fn poll(
     State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, HttpError> {
     let q = parse_query(&q)?;
+    let _slot = super::handshake::hold_poll(&app, remote)?;
     let tap = Tap::new(&app);
     let sub: Arc<dyn Subscriber> = tap.clone();
     let join = Join {

@@ -97,3 +97,37 @@ async fn handshakes_per_address_per_second_answer_429() {
     connect_from("127.0.0.3", &s.ws_url()).await.unwrap();
     s.stop().await;
 }
+
+/// A long poll holds a connection open, so it counts under the caps like a
+/// WebSocket or an SSE stream: past `max_connections_per_ip` a poll is
+/// refused with 429, and a finished poll gives its place back.
+#[tokio::test]
+async fn long_polls_count_under_the_connection_caps() {
+    let s = Server::start(|c| c.max_connections_per_ip = 1).await;
+    let waiting = tokio::spawn(reqwest::get(
+        s.http("/api/poll?room=capped&since=0&timeout=3"),
+    ));
+    // The first poll holds the address's one place while it waits.
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = reqwest::get(s.http("/api/poll?room=capped&since=0&timeout=1"))
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = refused.expect("a second poll from the same address is refused");
+    assert!(r.headers().get("retry-after").is_some());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
+    // Its place is free again.
+    let r = reqwest::get(s.http("/api/poll?room=capped&since=0&timeout=0"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}
