@@ -162,7 +162,6 @@ async function loadDirectHistory() {
 /** Adds one message to a conversation, once (by msgId), in offset order
  * (rooms) or time order (direct messages, which come from two streams). */
 function addMessage(c, env, quiet = false) {
-  if (env.data && typeof env.data.name === 'string' && !me.has(env.source)) names.set(env.source, env.data.name);
   const pendingIdx = c.msgs.findIndex((m) => m.pending && m.msgId === env.msgId);
   if (pendingIdx >= 0) c.msgs.splice(pendingIdx, 1);
   else if (c.ids.has(env.msgId)) return;
@@ -187,7 +186,7 @@ async function sendText(text) {
   const c = convs.get(current);
   if (!c || !text.trim()) return;
   const msgId = uuidv7();
-  const data = { text, name: hc.name };
+  const data = { text };
   const local = { msgId, pending: true, source: hc.user, timestamp: Date.now(), data, offset: Infinity };
   c.msgs.push(local);
   c.ids.add(msgId);
@@ -272,7 +271,9 @@ function renderMessages() {
   }
   list.replaceChildren(...c.msgs.map((m) => {
     const mine = me.has(m.source);
-    const who = mine ? 'You' : names.get(m.source) ?? m.data?.name ?? m.source;
+    // The sender is the envelope's `source` (set by the server), named as
+    // the server names it (welcome, presence); never by the message's data.
+    const who = mine ? 'You' : names.get(m.source) ?? m.source;
     const time = new Date(m.timestamp).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
     const cls = ['msg', mine ? 'mine' : '', m.pending ? 'pending' : '', m.failed ? 'failed' : ''].join(' ');
     return el('li', { class: cls, 'data-msgid': m.msgId, 'data-offset': String(m.offset) },

@@ -3,7 +3,8 @@
 // against a real hubcast: two pages chat; one goes offline while the other
 // sends 20 messages and, back online, shows each once and in order;
 // presence, status and direct messages reach the other page; the
-// dashboard's counters and charts move and it lists a client's error.
+// dashboard's counters and charts move and it lists a client's error; a
+// message is labelled by its sender, never by the name its data claims.
 // With SCREENSHOTS=dir, screenshots of both pages are saved there.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -151,6 +152,26 @@ test('two pages chat; an offline page gets what it missed once, in order; presen
   assert.deepEqual(problems, []);
   await ada.context.close();
   await bob.context.close();
+});
+
+test('a message is labelled by its sender, whatever name its data claims', async () => {
+  const ada = await open('/');
+  await signIn(ada.page, 'Ada');
+  // Another client, named Mallory by the server, publishes into the lobby
+  // with data that claims to be Ada's.
+  const ws = new WebSocket(`${server.ws}?name=Mallory`);
+  const frames = [];
+  ws.onmessage = (e) => frames.push(JSON.parse(e.data));
+  await waitFor(() => frames.some((f) => f.type === 'welcome'), 'welcome');
+  ws.send(JSON.stringify({ type: 'join', id: 1, room: 'lobby' }));
+  await waitFor(() => frames.some((f) => f.type === 'joined'), 'joined');
+  ws.send(JSON.stringify({ type: 'publish', id: 2, room: 'lobby', event: 'chat.message', data: { text: 'trust me', name: 'Ada' } }));
+  await shows(ada.page, 'trust me');
+  const who = await ada.page.$$eval('#messages li.msg:not(.pending)', (els) =>
+    els.filter((li) => li.querySelector('.text')?.textContent === 'trust me').map((li) => li.querySelector('.who').textContent));
+  assert.deepEqual(who, ['Mallory']);
+  ws.close();
+  await ada.context.close();
 });
 
 test('the dashboard signs in with the API key and its counters move', async () => {
