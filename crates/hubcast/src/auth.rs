@@ -20,6 +20,10 @@ pub struct Auth {
     key: Option<(DecodingKey, Algorithm)>,
     /// Whether connections without a token are let in.
     pub anonymous: bool,
+    /// Anonymity was not chosen but granted because the server listens on
+    /// loopback: it then holds only for requests that name a loopback host
+    /// (a DNS-rebound name reaches 127.0.0.1 too).
+    pub loopback_trust: bool,
 }
 
 /// Who a token says the client is.
@@ -140,10 +144,13 @@ impl Auth {
             }
             (None, None) => None,
         };
-        let anonymous = cfg
-            .anonymous
-            .unwrap_or_else(|| cfg.listen.ip().is_loopback());
-        Ok(Auth { key, anonymous })
+        let loopback_trust = cfg.anonymous.is_none() && cfg.listen.ip().is_loopback();
+        let anonymous = cfg.anonymous.unwrap_or(loopback_trust);
+        Ok(Auth {
+            key,
+            anonymous,
+            loopback_trust,
+        })
     }
 
     /// Checks a handshake's token (if any). `Ok(None)`: anonymous.

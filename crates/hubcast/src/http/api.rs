@@ -40,10 +40,12 @@ pub(crate) async fn require_key(
 ) -> Response {
     let keys = &app.config.api_keys;
     if keys.is_empty() {
-        if !remote.ip().is_loopback() {
+        // Loopback trust needs a loopback Host too: a DNS-rebound page's
+        // request comes from 127.0.0.1 but names its own host.
+        if !remote.ip().is_loopback() || !super::origin::host_is_loopback(req.headers()) {
             return HttpError::new(
                 ErrorCode::Forbidden,
-                "the API answers loopback callers only until api_keys are configured",
+                "the API answers loopback callers (with a loopback Host) only until api_keys are configured",
             )
             .into_response();
         }

@@ -122,6 +122,13 @@ pub(crate) fn authenticate(
             }
         }
         None => {
+            if app.auth.loopback_trust && !super::origin::host_is_loopback(headers) {
+                tracing::info!(remote = %remote, "handshake refused: anonymous needs a loopback Host");
+                return Err(HttpError::new(
+                    ErrorCode::Forbidden,
+                    "anonymous connections are trusted on loopback only when the Host is a loopback name (localhost, 127.0.0.1, [::1]); configure tokens or anonymous = true",
+                ));
+            }
             let user = format!("anon-{conn_id}");
             let display = name.unwrap_or_else(|| user.clone());
             Caller {

@@ -91,6 +91,17 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether the request's `Host` names this machine's loopback (localhost,
+/// 127.0.0.0/8, [::1]): what trust granted to loopback callers requires, so
+/// that a page whose DNS name was rebound to 127.0.0.1 is not trusted.
+pub(crate) fn host_is_loopback(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(split_host_port)
+        .is_some_and(|(host, _)| is_loopback(&host.to_ascii_lowercase()))
+}
+
 /// Whether a browser on `origin` may open a WebSocket on the host named by
 /// the request's `Host` header.
 pub(crate) fn allowed(origin: &str, host_header: Option<&str>, patterns: &[String]) -> bool {

@@ -376,3 +376,57 @@ async fn far_exp_connects_and_future_nbf_is_refused() {
     assert_eq!(c2.welcome["user"], "skew");
     s.stop().await;
 }
+
+/// The status line a raw HTTP/1.1 request with the given `Host` gets.
+async fn status_with_host(s: &Server, path: &str, host: &str, extra: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a status line");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.lines().next().unwrap_or_default().to_string()
+}
+
+/// Loopback trust (the API without keys, anonymous connections by default
+/// on a loopback listener) holds only when the request names a loopback
+/// host: a page whose DNS name was rebound to 127.0.0.1 sends its own name
+/// and gets 403, on the API, the WebSocket upgrade and SSE alike. Chosen
+/// anonymity (`anonymous = true`) does not depend on the Host.
+#[tokio::test]
+async fn loopback_trust_needs_a_loopback_host() {
+    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let s = Server::default().await;
+    let history = "/api/rooms/@alice/history";
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "127.0.0.1.evil.example",
+    ] {
+        let origin = format!("Origin: http://{host}\r\n");
+        let api = status_with_host(&s, history, host, "").await;
+        assert!(api.contains(" 403"), "{host}: {api}");
+        let ws = status_with_host(&s, "/ws", host, &format!("{UPGRADE}{origin}")).await;
+        assert!(ws.contains(" 403"), "{host}: {ws}");
+        let sse = status_with_host(&s, "/sse?rooms=lobby", host, &origin).await;
+        assert!(sse.contains(" 403"), "{host}: {sse}");
+    }
+    for host in ["127.0.0.1", "localhost:1234", "[::1]:1234", "app.localhost"] {
+        let api = status_with_host(&s, history, host, "").await;
+        assert!(api.contains(" 200"), "{host}: {api}");
+        let ws = status_with_host(&s, "/ws", host, UPGRADE).await;
+        assert!(ws.contains(" 101"), "{host}: {ws}");
+    }
+    s.stop().await;
+    let chosen = Server::start(|c| c.anonymous = Some(true)).await;
+    let ws = status_with_host(&chosen, "/ws", "evil.example", UPGRADE).await;
+    assert!(ws.contains(" 101"), "{ws}");
+    chosen.stop().await;
+}
