@@ -3,13 +3,13 @@
 //! the caller's credentials.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
 
 use super::error::HttpError;
-use super::limits::ConnSlot;
+use super::limits::{ConnLimits, ConnSlot};
 use super::origin;
 use crate::App;
 use crate::protocol::ErrorCode;
@@ -19,26 +19,31 @@ use crate::protocol::ErrorCode;
 const MAX_TOKEN_LIFE_SECS: u64 = 100 * 365 * 24 * 3600;
 
 /// The first check of every long-lived connection (WebSocket, SSE): not
-/// shutting down (503), then the connection limits (503/429); the returned
-/// slot holds the connection's place.
+/// shutting down (503), then the handshake rate and the connection limits
+/// (503/429); the returned slot holds the connection's place.
 pub(crate) fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
-    if app.shutdown.is_cancelled() {
-        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
-    }
-    app.limits.admit(remote.ip()).inspect_err(|e| {
-        tracing::info!(remote = %remote, reason = %e.message, "handshake refused: limit");
-    })
+    place(app, remote, "handshake", ConnLimits::admit)
 }
 
 /// A long poll's place under the connection caps: it holds a connection
 /// open like WebSocket and SSE do, so it counts as one while it waits (the
 /// handshake rate does not apply: a poller asks again after every answer).
 pub(crate) fn hold_poll(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
+    place(app, remote, "long poll", ConnLimits::hold)
+}
+
+/// Not while shutting down (503), then `take` a place from the limits.
+fn place(
+    app: &Arc<App>,
+    remote: SocketAddr,
+    what: &'static str,
+    take: fn(&Arc<ConnLimits>, IpAddr) -> Result<ConnSlot, HttpError>,
+) -> Result<ConnSlot, HttpError> {
     if app.shutdown.is_cancelled() {
         return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
     }
-    app.limits.hold(remote.ip()).inspect_err(|e| {
-        tracing::info!(remote = %remote, reason = %e.message, "long poll refused: limit");
+    take(&app.limits, remote.ip()).inspect_err(|e| {
+        tracing::info!(remote = %remote, reason = %e.message, "{what} refused: limit");
     })
 }
 
