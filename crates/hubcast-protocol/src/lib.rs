@@ -7,6 +7,8 @@
 //! - [`error`]: `error.code` values (section 3).
 //! - [`close`]: WebSocket close codes (section 4), as named constants.
 //! - [`presence`]: statuses, presence members and actions.
+//! - [`json`]: what client JSON the server relays verbatim (`data`): depth,
+//!   finite numbers, paired surrogate escapes.
 //! - [`names`]: the rules for room names, event types, user ids and msgIds,
 //!   and personal rooms (`@user`).
 //! - [`client`]: client frames: the server's borrowing parser
@@ -23,6 +25,7 @@
 pub mod client;
 pub mod close;
 pub mod error;
+pub mod json;
 pub mod names;
 pub mod presence;
 mod raw;
@@ -34,6 +37,7 @@ pub use client::{
     parse_client_frame,
 };
 pub use error::ErrorCode;
+pub use json::MAX_DATA_DEPTH;
 pub use names::{check_event, check_msg_id, check_room, check_user, is_personal, personal_room};
 pub use presence::{Member, PresenceAction, Status};
 pub use server::{encode, error_frame, out};

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use super::{ClientFrame, FrameError, FrameId, PublishFrame};
 use crate::error::ErrorCode;
+use crate::json::{MAX_DATA_DEPTH, check_number, check_value};
 use crate::names::{check_event, check_msg_id, check_room, check_user, personal_room};
 use crate::presence::Status;
 use crate::raw::present;
@@ -105,10 +106,15 @@ impl<'a> Fields<'a, '_> {
         Ok(event)
     }
 
+    /// `data`, which is relayed as it came: only JSON every client reads.
     fn data(&self) -> Result<&'a RawValue, FrameError> {
-        self.raw
+        let data = self
+            .raw
             .data
-            .ok_or_else(|| self.err("field `data` is required (any JSON value, null included)"))
+            .ok_or_else(|| self.err("field `data` is required (any JSON value, null included)"))?;
+        check_value(data.get(), MAX_DATA_DEPTH)
+            .map_err(|r| self.err(format!("field `data` {}", r.describe(MAX_DATA_DEPTH))))?;
+        Ok(data)
     }
 
     fn msg_id(&self) -> Result<Option<Cow<'a, str>>, FrameError> {
@@ -276,7 +282,8 @@ fn check_id(raw: &RawValue) -> Result<FrameId, &'static str> {
                 return Err(MSG);
             }
         }
-        Some(b'-' | b'0'..=b'9') if text.len() <= 64 => {}
+        // Echoed verbatim: a number a client cannot read back is refused.
+        Some(b'-' | b'0'..=b'9') if text.len() <= 64 && check_number(text).is_ok() => {}
         _ => return Err(MSG),
     }
     Ok(raw.to_owned())
@@ -393,6 +400,40 @@ mod tests {
                 .message
                 .contains("`to`")
         );
+    }
+
+    #[test]
+    fn data_no_client_could_read_back_is_refused_with_the_id_echoed() {
+        let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+        let cases = [
+            (deep.as_str(), "nested deeper than 64 levels"),
+            ("1e400", "not finite"),
+            (r#"{"s":"\ud800"}"#, "lone UTF-16 surrogate"),
+        ];
+        for (data, words) in cases {
+            for frame in [
+                format!(r#"{{"type":"publish","id":9,"room":"r","event":"e","data":{data}}}"#),
+                format!(r#"{{"type":"send","id":9,"to":"bob","event":"e","data":{data}}}"#),
+            ] {
+                let e = err_of(&frame);
+                assert_eq!(e.code, ErrorCode::BadRequest, "{frame}");
+                assert!(e.message.starts_with("field `data` "), "{}", e.message);
+                assert!(e.message.contains(words), "{}", e.message);
+                assert_eq!(e.id.map(|i| i.get().to_owned()).as_deref(), Some("9"));
+            }
+            let body = format!(r#"{{"room":"r","event":"e","data":{data}}}"#);
+            let e = parse_api_publish(body.as_bytes(), false).unwrap_err();
+            assert!(e.message.contains(words), "{}", e.message);
+        }
+        let at = format!("{}1{}", "[".repeat(64), "]".repeat(64));
+        let frame = format!(r#"{{"type":"publish","room":"r","event":"e","data":{at}}}"#);
+        assert!(parse_client_frame(frame.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_numeric_id_must_be_finite() {
+        assert!(err_of(r#"{"type":"ping","id":1e400}"#).id.is_none());
+        assert!(parse_client_frame(br#"{"type":"ping","id":1e300}"#).is_ok());
     }
 
     #[test]
