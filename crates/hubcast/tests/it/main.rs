@@ -38,5 +38,6 @@ mod settings;
 mod sse;
 mod tls;
 mod tracing;
+mod validation;
 mod web;
 mod write_delay;
