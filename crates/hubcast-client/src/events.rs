@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-pub use hubcast_protocol::server::read::{Ack, Envelope, Joined};
+pub use hubcast_protocol::server::read::{Ack, Envelope, Joined, Position};
 
 /// Connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,11 @@ pub enum Event {
         /// Its latest offset now.
         offset: u64,
     },
+    /// A server frame this client could not decode, reported rather than
+    /// dropped. A `message` whose position could still be read comes in
+    /// its place in its room's order, so the messages after it are not held
+    /// up waiting for it.
+    Unreadable(Unreadable),
     /// An `error` frame not tied to a request.
     Error {
         /// Its code.
@@ -59,4 +64,17 @@ pub enum Event {
         /// Its message.
         message: String,
     },
+}
+
+/// A server frame the client could not decode (e.g. a message whose `data`
+/// nests deeper than serde_json reads, or holds a number beyond f64).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// For a `message` of a joined room: where it sits (its offset counts
+    /// as processed, so a rejoin does not ask for it again).
+    pub position: Option<Position>,
+    /// Why it could not be decoded.
+    pub error: String,
+    /// The whole frame, for an application that reads it another way.
+    pub text: String,
 }

@@ -11,6 +11,8 @@
 //!   and in order; [`Event::Unrecovered`] when the server could not fill
 //!   the gap (reload with `history`);
 //! - delivers each message once (offset order within an epoch, and msgId);
+//!   a message it cannot decode is reported in its place
+//!   ([`Event::Unreadable`]), never dropped silently;
 //! - [`Client::publish`] resolves with the `ack`; a publish whose ack was
 //!   lost is sent again with the same `msgId` after a reconnect (the server
 //!   acks it as a duplicate; nobody receives it twice); publishes made while
@@ -59,7 +61,7 @@ mod rooms;
 
 pub use client::Client;
 pub use error::Error;
-pub use events::{Ack, Envelope, Event, Joined, State};
+pub use events::{Ack, Envelope, Event, Joined, Position, State, Unreadable};
 pub use hubcast_protocol as protocol;
 pub use hubcast_protocol::close;
 pub use options::{Options, Publish, TokenFn};

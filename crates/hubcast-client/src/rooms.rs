@@ -1,7 +1,8 @@
 //! One room's delivery state: messages are delivered once (by msgId, over
 //! a bounded window) and in offset order within an epoch; a gap is waited
 //! for up to `gap_timeout`; messages that come while a rejoin with `since`
-//! is in flight wait for its replay.
+//! is in flight wait for its replay. A message the client cannot decode
+//! keeps its place in that order ([`Incoming::Unreadable`]).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -11,7 +12,66 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::events::{Envelope, Event, Joined};
+use crate::events::{Envelope, Event, Joined, Position, Unreadable};
+
+/// A `message` frame of a room, decoded or not: either takes its offset.
+pub(crate) enum Incoming {
+    /// Decoded.
+    Message(Envelope),
+    /// Only its position could be read.
+    Unreadable {
+        position: Position,
+        /// Why the rest could not.
+        error: String,
+        /// The frame.
+        text: String,
+    },
+}
+
+impl Incoming {
+    pub(crate) fn room(&self) -> &str {
+        match self {
+            Incoming::Message(e) => &e.room,
+            Incoming::Unreadable { position, .. } => &position.room,
+        }
+    }
+
+    fn offset(&self) -> u64 {
+        match self {
+            Incoming::Message(e) => e.offset,
+            Incoming::Unreadable { position, .. } => position.offset,
+        }
+    }
+
+    fn epoch(&self) -> &str {
+        match self {
+            Incoming::Message(e) => &e.epoch,
+            Incoming::Unreadable { position, .. } => &position.epoch,
+        }
+    }
+
+    fn msg_id(&self) -> &str {
+        match self {
+            Incoming::Message(e) => &e.msg_id,
+            Incoming::Unreadable { position, .. } => &position.msg_id,
+        }
+    }
+
+    fn into_event(self) -> Event {
+        match self {
+            Incoming::Message(e) => Event::Message(e),
+            Incoming::Unreadable {
+                position,
+                error,
+                text,
+            } => Event::Unreadable(Unreadable {
+                position: Some(position),
+                error,
+                text,
+            }),
+        }
+    }
+}
 
 /// One room's delivery state.
 #[derive(Default)]
@@ -24,9 +84,9 @@ pub(crate) struct RoomState {
     /// Join replies awaited by callers.
     pub(crate) waiters: Vec<oneshot::Sender<Result<Joined, Error>>>,
     /// Messages that came while a rejoin with `since` was in flight.
-    pub(crate) stash: Option<Vec<Envelope>>,
+    pub(crate) stash: Option<Vec<Incoming>>,
     /// Messages past a gap, by offset.
-    held: BTreeMap<u64, Envelope>,
+    held: BTreeMap<u64, Incoming>,
     /// When the first message past the current gap came.
     gap_since: Option<Instant>,
     /// msgIds delivered, so a message is not delivered twice.
@@ -84,31 +144,32 @@ impl RoomState {
         }
     }
 
-    pub(crate) fn accept(&mut self, env: Envelope, out: &mut Vec<Event>, cap: usize, now: Instant) {
+    pub(crate) fn accept(&mut self, env: Incoming, out: &mut Vec<Event>, cap: usize, now: Instant) {
         if let Some(stash) = &mut self.stash {
             stash.push(env);
             return;
         }
-        if self.seen.contains(&env.msg_id) {
+        if self.seen.contains(env.msg_id()) {
             return;
         }
-        if self.epoch.as_ref().is_some_and(|e| *e != env.epoch) {
+        let offset = env.offset();
+        if self.epoch.as_deref().is_some_and(|e| e != env.epoch()) {
             // The room's history was lost: start over from this message.
             out.push(Event::Unrecovered {
-                room: env.room.clone(),
-                epoch: env.epoch.clone(),
-                offset: env.offset.saturating_sub(1),
+                room: env.room().to_owned(),
+                epoch: env.epoch().to_owned(),
+                offset: offset.saturating_sub(1),
             });
             self.held.clear();
             self.gap_since = None;
-            self.offset = Some(env.offset.saturating_sub(1));
+            self.offset = Some(offset.saturating_sub(1));
         }
-        self.epoch = Some(env.epoch.clone());
-        let top = *self.offset.get_or_insert(env.offset.saturating_sub(1));
-        if env.offset <= top {
+        self.epoch = Some(env.epoch().to_owned());
+        let top = *self.offset.get_or_insert(offset.saturating_sub(1));
+        if offset <= top {
             return;
         }
-        if env.offset == top + 1 {
+        if offset == top + 1 {
             self.deliver(env, out, cap);
             while let Some(next) = self.held.first_key_value().map(|(k, _)| *k) {
                 let top = self.offset.unwrap_or(0);
@@ -126,7 +187,7 @@ impl RoomState {
             }
             return;
         }
-        self.held.insert(env.offset, env);
+        self.held.insert(offset, env);
         self.gap_since.get_or_insert(now);
     }
 
@@ -134,22 +195,22 @@ impl RoomState {
     pub(crate) fn flush_gap(&mut self, out: &mut Vec<Event>, cap: usize) {
         self.gap_since = None;
         for (_, e) in std::mem::take(&mut self.held) {
-            if e.offset > self.offset.unwrap_or(0) {
+            if e.offset() > self.offset.unwrap_or(0) {
                 self.deliver(e, out, cap);
             }
         }
     }
 
-    fn deliver(&mut self, env: Envelope, out: &mut Vec<Event>, cap: usize) {
-        self.offset = Some(env.offset);
-        self.seen.insert(env.msg_id.clone());
-        self.seen_order.push_back(env.msg_id.clone());
+    fn deliver(&mut self, env: Incoming, out: &mut Vec<Event>, cap: usize) {
+        self.offset = Some(env.offset());
+        self.seen.insert(env.msg_id().to_owned());
+        self.seen_order.push_back(env.msg_id().to_owned());
         while self.seen_order.len() > cap {
             if let Some(old) = self.seen_order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        out.push(Event::Message(env));
+        out.push(env.into_event());
     }
 }
 
@@ -198,8 +259,8 @@ mod tests {
         }
     }
 
-    fn env(offset: u64, epoch: &str, id: &str) -> Envelope {
-        Envelope {
+    fn env(offset: u64, epoch: &str, id: &str) -> Incoming {
+        Incoming::Message(Envelope {
             room: "r".into(),
             offset,
             epoch: epoch.into(),
@@ -208,6 +269,19 @@ mod tests {
             event_type: "e".into(),
             source: "u".into(),
             data: Value::Null,
+        })
+    }
+
+    fn unreadable(offset: u64, id: &str) -> Incoming {
+        Incoming::Unreadable {
+            position: Position {
+                room: "r".into(),
+                offset,
+                epoch: "e".into(),
+                msg_id: id.into(),
+            },
+            error: "number out of range".into(),
+            text: "{...}".into(),
         }
     }
 
@@ -230,6 +304,34 @@ mod tests {
         // Same msgId again at another offset: not delivered twice.
         r.accept(7, "e", "e");
         assert_eq!(r.offsets(), [1, 2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn an_unreadable_message_takes_its_place_and_holds_nothing_up() {
+        let mut r = at(0, "e");
+        r.accept(1, "e", "a");
+        r.state.accept(unreadable(2, "b"), &mut r.out, 10, r.now);
+        r.accept(3, "e", "c");
+        assert_eq!(r.offsets(), [1, 3]);
+        assert!(r.state.gap_since.is_none(), "no gap waited for");
+        assert_eq!(r.state.offset, Some(3));
+        match &r.out[1] {
+            Event::Unreadable(u) => {
+                assert_eq!(u.position.as_ref().map(|p| p.offset), Some(2));
+                assert_eq!(u.error, "number out of range");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Once, like any message; and in order when it filled a gap.
+        r.state.accept(unreadable(2, "b"), &mut r.out, 10, r.now);
+        r.accept(5, "e", "e");
+        r.state.accept(unreadable(4, "d"), &mut r.out, 10, r.now);
+        let kinds: Vec<_> = r
+            .out
+            .iter()
+            .map(|e| matches!(e, Event::Message(_)))
+            .collect();
+        assert_eq!(kinds, [true, false, true, false, true]);
     }
 
     #[test]

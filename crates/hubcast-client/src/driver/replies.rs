@@ -2,14 +2,15 @@
 //! delivery state), presence and error events, and replies to requests.
 
 use hubcast_protocol::ErrorCode;
-use hubcast_protocol::server::read::{ErrorReply, Head};
+use hubcast_protocol::server::read::{ErrorReply, Head, Position};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::Driver;
 use super::outbox::Waiting;
 use crate::error::Error;
-use crate::events::{Ack, Envelope, Event, Joined};
+use crate::events::{Ack, Envelope, Event, Joined, Unreadable};
+use crate::rooms::Incoming;
 
 /// The `error` frame in `text` as the client reports it.
 fn server_error(text: &[u8]) -> Error {
@@ -20,11 +21,23 @@ fn server_error(text: &[u8]) -> Error {
     }
 }
 
+/// The report of a frame that could not be decoded, not even its place.
+fn unreadable(error: String, text: &[u8]) -> Event {
+    Event::Unreadable(Unreadable {
+        position: None,
+        error,
+        text: String::from_utf8_lossy(text).into_owned(),
+    })
+}
+
 impl Driver {
-    /// One text frame from the server. A frame the client cannot read is
-    /// dropped: the server's frames are JSON objects.
+    /// One text frame from the server. An event the client cannot decode
+    /// is reported as [`Event::Unreadable`]: a message in its room's order
+    /// when its position can be read, so that a message it cannot decode
+    /// does not leave a gap that holds the next ones up.
     pub(super) fn frame(&mut self, text: &[u8]) {
         let Some(head) = Head::parse(text) else {
+            self.emit(vec![unreadable("not a JSON object".into(), text)]);
             return;
         };
         let now = Instant::now();
@@ -32,17 +45,30 @@ impl Driver {
         let mut out = Vec::new();
         match (head.ty(), head.has_id()) {
             (Some("message"), _) => {
-                if let Ok(env) = serde_json::from_slice::<Envelope>(text)
-                    && let Some(r) = self.rooms.get_mut(&env.room)
+                let incoming = match serde_json::from_slice::<Envelope>(text) {
+                    Ok(env) => Some(Incoming::Message(env)),
+                    Err(e) => match serde_json::from_slice::<Position>(text) {
+                        Ok(position) => Some(Incoming::Unreadable {
+                            position,
+                            error: e.to_string(),
+                            text: String::from_utf8_lossy(text).into_owned(),
+                        }),
+                        Err(_) => {
+                            out.push(unreadable(e.to_string(), text));
+                            None
+                        }
+                    },
+                };
+                if let Some(i) = incoming
+                    && let Some(r) = self.rooms.get_mut(i.room())
                 {
-                    r.accept(env, &mut out, cap, now);
+                    r.accept(i, &mut out, cap, now);
                 }
             }
-            (Some("presence"), false) => {
-                if let Ok(v) = serde_json::from_slice::<Value>(text) {
-                    out.push(Event::Presence(v));
-                }
-            }
+            (Some("presence"), false) => match serde_json::from_slice::<Value>(text) {
+                Ok(v) => out.push(Event::Presence(v)),
+                Err(e) => out.push(unreadable(e.to_string(), text)),
+            },
             (Some("error"), false) => {
                 if let Error::Server { code, message } = server_error(text) {
                     out.push(Event::Error { code, message });

@@ -328,6 +328,80 @@ async fn a_gap_is_given_up_on_after_gap_timeout() {
     assert_eq!(delivered, (2, Duration::from_millis(3050)));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_message_the_client_cannot_decode_is_reported_in_its_place_without_a_gap() {
+    let opts = Options {
+        gap_timeout: Duration::from_secs(5),
+        ..Options::default()
+    };
+    let (mut d, _cmds, mut events) = driver_with_events(opts);
+    let (ws, mut server) = connection();
+    let start = Instant::now();
+    let server_side = async {
+        write_text(&mut server, &welcome("ada")).await;
+        let join = read_frame(&mut server).await.unwrap();
+        let Ok((Some(id), ClientFrame::Join { .. })) = hubcast_protocol::parse_client_frame(&join)
+        else {
+            panic!("not a join: {}", String::from_utf8_lossy(&join));
+        };
+        let joined = encode(&out::Joined {
+            ty: "joined",
+            id: Some(&id),
+            room: "@ada",
+            offset: 0,
+            epoch: "e1",
+            recovered: None,
+            members: &[],
+            total: 0,
+        });
+        write_text(&mut server, &joined).await;
+        // serde_json reads neither data (a server that relays them): each
+        // is reported at its offset, and the message after them is not
+        // held up.
+        let head = r#"{"type":"message","room":"@ada","epoch":"e1","timestamp":1,"eventType":"dm","source":"bob""#;
+        let message = |offset: u64, data: &str| {
+            format!(r#"{head},"offset":{offset},"msgId":"m{offset}","data":{data}}}"#)
+        };
+        for (offset, data) in [(1, "1e400"), (2, r#""\ud800""#), (3, "7")] {
+            write_text(&mut server, message(offset, data).as_bytes()).await;
+        }
+        write_text(&mut server, b"[not json").await;
+        // The barrier: everything before it has been handled.
+        write_text(&mut server, message(4, "8").as_bytes()).await;
+        let mut got = Vec::new();
+        while got.last().is_none_or(|g| g != "message 4") {
+            match events.recv().await {
+                Some(Event::Message(m)) => got.push(format!("message {}", m.offset)),
+                Some(Event::Unreadable(u)) => {
+                    assert!(u.text.contains("e1") || u.text == "[not json", "{u:?}");
+                    assert!(!u.error.is_empty());
+                    got.push(match u.position {
+                        Some(p) => format!("unreadable {}", p.offset),
+                        None => "unreadable".into(),
+                    });
+                }
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+        drop(server);
+        (got, start.elapsed())
+    };
+    let ((got, elapsed), _end) = tokio::join!(server_side, d.session(ws));
+    assert_eq!(
+        got,
+        [
+            "unreadable 1",
+            "unreadable 2",
+            "message 3",
+            "unreadable",
+            "message 4"
+        ]
+    );
+    assert_eq!(elapsed, Duration::ZERO, "no gap was waited for");
+    assert_eq!(d.rooms["@ada"].offset, Some(4));
+}
+
 #[tokio::test]
 async fn a_request_that_is_not_an_object_is_answered_without_being_sent() {
     let (mut d, _cmds) = driver(Options::default());

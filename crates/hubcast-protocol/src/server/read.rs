@@ -100,6 +100,22 @@ pub struct Envelope {
     pub data: Value,
 }
 
+/// Where a `message` envelope sits, without its content: what a client
+/// still reads of a message whose `data` it cannot decode (the skipped
+/// `data` is not parsed, so whatever it holds does not fail this).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Position {
+    /// Its room.
+    pub room: String,
+    /// Its offset.
+    pub offset: u64,
+    /// The stream's epoch.
+    pub epoch: String,
+    /// Its msgId.
+    #[serde(rename = "msgId")]
+    pub msg_id: String,
+}
+
 /// The server's `ack` of a publish or send.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Ack {
@@ -159,6 +175,22 @@ mod tests {
         assert!(Head::parse(b"{nope").is_none());
         assert!(Head::parse(br#"["presence"]"#).is_none());
         assert!(Head::parse(br#" {"type":"ok"} "#).is_some());
+    }
+
+    #[test]
+    fn the_position_of_a_message_is_read_whatever_its_data() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for data in [deep.as_str(), "1e400", r#""\ud800""#] {
+            let text = format!(
+                r#"{{"type":"message","room":"r","offset":7,"epoch":"e","msgId":"m","timestamp":1,"eventType":"x","source":"u","data":{data}}}"#
+            );
+            assert!(serde_json::from_str::<Envelope>(&text).is_err(), "{data}");
+            let p: Position = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (p.room.as_str(), p.offset, p.msg_id.as_str()),
+                ("r", 7, "m")
+            );
+        }
     }
 
     #[test]
