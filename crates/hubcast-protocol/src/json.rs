@@ -13,7 +13,7 @@
 /// The deepest `data` accepted, counted in nested arrays and objects (`1`
 /// is 0 deep, `[1]` 1). It leaves room under serde_json's recursion limit
 /// (128) for what a client reads `data` inside: an envelope, in a `history`
-/// reply's list, in a poll answer or a webhook batch.
+/// reply's list or a poll answer.
 pub const MAX_DATA_DEPTH: usize = 64;
 
 /// Why a JSON value is not relayed.
