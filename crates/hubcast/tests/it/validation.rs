@@ -29,7 +29,8 @@ fn unreadable() -> Vec<(String, &'static str)> {
     ]
 }
 
-/// Data exactly 64 deep, and the largest finite number: accepted.
+/// Data exactly 64 deep, the largest finite number and a surrogate pair:
+/// accepted.
 fn at_the_limits() -> Vec<String> {
     vec![
         format!("{}1{}", "[".repeat(64), "]".repeat(64)),
