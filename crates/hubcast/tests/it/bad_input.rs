@@ -231,6 +231,20 @@ async fn refused_handshakes_are_json_http_errors() {
         }
         other => panic!("{other:?}"),
     }
+    // A display name with a direction override (U+202E, percent-encoded).
+    let err = common::Client::connect_request(format!("{}?name=eve%E2%80%AEtxt", s.ws_url()))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 400);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "bad_request");
+            let m = body["error"]["message"].as_str().unwrap();
+            assert!(m.contains("bidirectional"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
     s.stop().await;
 }
 
