@@ -38,6 +38,18 @@ pub fn check_user(user: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `c` is a Unicode bidirectional control (U+061C, U+200E, U+200F,
+/// U+202A-U+202E, U+2066-U+2069). In a display name one reorders the text
+/// shown after it (a name that turns the message beside it around, or
+/// passes for someone else's), and no name needs one: the Unicode
+/// algorithm orders right-to-left scripts without them.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 /// Checks a client-chosen `msgId`: 1 to 128 characters, no control characters.
 pub fn check_msg_id(msg_id: &str) -> Result<(), String> {
     let n = msg_id.chars().count();
@@ -85,5 +97,20 @@ mod tests {
         assert!(check_room("é").is_err());
         assert!(check_room("@bob").is_ok());
         assert!(check_room("@").is_err());
+    }
+
+    #[test]
+    fn bidi_controls() {
+        for c in [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+        ] {
+            assert!(is_bidi_control(c), "{:X}", c as u32);
+        }
+        // Right-to-left letters and their neighbours are not controls.
+        for c in [
+            'a', 'א', 'ع', '\u{200D}', '\u{2029}', '\u{202F}', '\u{206A}',
+        ] {
+            assert!(!is_bidi_control(c), "{:X}", c as u32);
+        }
     }
 }

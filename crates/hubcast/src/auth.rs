@@ -193,7 +193,17 @@ impl Auth {
         }
         protocol::check_user(&c.sub)
             .map_err(|m| AuthError::Invalid(format!("claim `sub`: {m}")))?;
-        if let Some(name) = &c.name
+        // An id is shown as it is (and is the display name when the token
+        // has none), so one with direction controls is refused, not changed.
+        if c.sub.chars().any(protocol::is_bidi_control) {
+            return Err(AuthError::Invalid(
+                "claim `sub`: no bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)".into(),
+            ));
+        }
+        // A name is the user's choice, vouched for by the issuer: its
+        // direction controls are dropped rather than locking the user out.
+        let name = c.name.map(strip_bidi).filter(|n| !n.is_empty());
+        if let Some(name) = &name
             && (name.chars().count() > 64 || name.chars().any(char::is_control))
         {
             return Err(AuthError::Invalid(
@@ -211,7 +221,7 @@ impl Auth {
         };
         Ok(Some(Identity {
             user: c.sub,
-            name: c.name,
+            name,
             rooms,
             admin: c.admin,
             exp: c.exp,
@@ -292,9 +302,55 @@ impl Grants {
     }
 }
 
+/// `name` without its bidirectional controls (allocating only when it has
+/// some).
+fn strip_bidi(name: String) -> String {
+    if name.chars().any(protocol::is_bidi_control) {
+        name.chars()
+            .filter(|c| !protocol::is_bidi_control(*c))
+            .collect()
+    } else {
+        name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hs256(claims: serde_json::Value) -> (Auth, String) {
+        let secret = b"unit-test-secret-0123456789";
+        let auth = Auth {
+            key: Some((DecodingKey::from_secret(secret), Algorithm::HS256)),
+            anonymous: false,
+            loopback_trust: false,
+        };
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap_or_default();
+        (auth, token)
+    }
+
+    #[test]
+    fn bidi_controls_are_dropped_from_names_and_refused_in_ids() {
+        let exp = crate::unix_ms() as u64 / 1000 + 600;
+        let (auth, t) = hs256(serde_json::json!({
+            "sub": "alice", "exp": exp, "name": "Al\u{202E}ice\u{2066}\u{200F}"
+        }));
+        let id = auth.authenticate(Some(&t)).ok().flatten().map(|i| i.name);
+        assert_eq!(id, Some(Some("Alice".to_string())));
+        // A name of controls only is no name: the user id is shown.
+        let (auth, t) = hs256(serde_json::json!({"sub": "bob", "exp": exp, "name": "\u{202E}"}));
+        let id = auth.authenticate(Some(&t)).ok().flatten().map(|i| i.name);
+        assert_eq!(id, Some(None));
+        let (auth, t) = hs256(serde_json::json!({"sub": "eve\u{202E}", "exp": exp}));
+        assert!(
+            matches!(auth.authenticate(Some(&t)), Err(AuthError::Invalid(m)) if m.contains("bidirectional"))
+        );
+    }
 
     #[test]
     fn patterns() {

@@ -7,6 +7,11 @@
 //! number so a poller can ask only for what it has not seen. Rate-limit
 //! refusals are not recorded one by one (a flood would push everything else
 //! out); the connection's 4003 close is.
+//!
+//! A connection keeps one event per kind and code: a repeat replaces it
+//! (newest message and time, a new `seq`, `count` one more). Otherwise one
+//! client sending bad frames, each answered within its frame budget, would
+//! push every other connection's event out of the ring.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -39,6 +44,9 @@ pub(crate) struct Event {
     pub conn: String,
     /// User id.
     pub user: String,
+    /// Times this connection had this kind and code of event (the rest are
+    /// the latest one's).
+    pub count: u64,
 }
 
 /// The ring of recent events.
@@ -83,9 +91,19 @@ impl Recent {
         let mut r = crate::lock(&self.inner);
         r.next += 1;
         let seq = r.next;
-        if r.events.len() == CAPACITY {
-            r.events.pop_front();
-        }
+        let repeat = r
+            .events
+            .iter()
+            .position(|e| e.code == code && e.kind == kind && e.conn == conn);
+        let count = match repeat.and_then(|i| r.events.remove(i)) {
+            Some(earlier) => earlier.count + 1,
+            None => {
+                if r.events.len() == CAPACITY {
+                    r.events.pop_front();
+                }
+                1
+            }
+        };
         r.events.push_back(Event {
             seq,
             time,
@@ -95,6 +113,7 @@ impl Recent {
             message,
             conn: conn.to_string(),
             user: user.to_string(),
+            count,
         });
     }
 
@@ -122,7 +141,7 @@ mod tests {
         r.close(1001, "shutdown", "c1", "u");
         assert!(r.list(0, 10).is_empty());
         for i in 0..(CAPACITY + 5) {
-            r.error("bad_request", &format!("m{i}"), "c1", "u");
+            r.error("bad_request", &format!("m{i}"), &format!("c{i}"), "u");
         }
         r.close(4000, "slow consumer", "c2", "v");
         let all = r.list(0, 1000);
@@ -134,6 +153,25 @@ mod tests {
         let newer = r.list(all[2].seq, 1000);
         assert_eq!(newer.len(), 2);
         assert_eq!(r.list(0, 3).len(), 3);
+    }
+
+    #[test]
+    fn one_connection_cannot_push_the_others_out() {
+        let r = Recent::default();
+        r.error("forbidden", "cannot join x", "calm", "u1");
+        for i in 0..1000 {
+            r.error("bad_request", &format!("bad {i}"), "noisy", "u2");
+            r.error("unknown_type", &format!("what {i}"), "noisy", "u2");
+        }
+        let all = r.list(0, CAPACITY);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!((all[0].code, all[0].count), ("unknown_type", 1000));
+        assert_eq!(all[0].message, "what 999");
+        assert_eq!((all[1].code, all[1].count), ("bad_request", 1000));
+        assert_eq!((all[2].conn.as_str(), all[2].count), ("calm", 1));
+        // A repeat is new to a poller: it has the newest seq.
+        assert_eq!(all[0].seq, 2001);
+        assert_eq!(r.list(all[1].seq, 10).len(), 1);
     }
 
     #[test]

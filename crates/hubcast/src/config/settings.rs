@@ -134,6 +134,17 @@ declare_settings! {
             Ok(())
         },
     }
+    /// Joins one connection may make per second (token bucket refill, in
+    /// bursts of `max_rooms_per_conn`, so that a client joins all its rooms
+    /// at once); 0 turns the limit off. A join or a leave is a presence
+    /// event to every member of the room, so one client churning in a big
+    /// room costs all of them; leaves are not counted (each follows a
+    /// counted join). Excess joins get `rate_limited`; the connection stays.
+    join_rate_per_conn: u32 {
+        default: 10,
+        value: "JOINS",
+        help: "Joins per second one connection may make, in bursts of max_rooms_per_conn, 0 = unlimited; excess joins get rate_limited",
+    }
     /// The engine: `memory` (one node) or `redis` (many nodes).
     broker: BrokerKind {
         default: BrokerKind::Memory,

@@ -63,6 +63,7 @@ fn all_changed() -> Config {
         shutdown_timeout: 9,
         rate_limit_per_conn: 50,
         rate_limit_burst: 60,
+        join_rate_per_conn: 16,
         broker: BrokerKind::Redis,
         redis_url: "redis://h:1,redis://h:2".into(),
         redis_cluster: true,
@@ -105,6 +106,7 @@ fn every_flag_reaches_its_field() {
         "--shutdown-timeout=9",
         "--rate-limit-per-conn=50",
         "--rate-limit-burst=60",
+        "--join-rate-per-conn=16",
         "--broker=redis",
         "--redis-url=redis://h:1,redis://h:2",
         "--redis-cluster",
@@ -166,6 +168,7 @@ log_format = "json"
 shutdown_timeout = 9
 rate_limit_per_conn = 50
 rate_limit_burst = 60
+join_rate_per_conn = 16
 broker = "redis"
 redis_url = "redis://h:1,redis://h:2"
 redis_cluster = true

@@ -73,9 +73,52 @@ impl FrameLimiter {
     }
 }
 
+/// One connection's join budget: `join_rate_per_conn` joins per second in
+/// bursts of `max_rooms_per_conn`. Every join is a presence event to each
+/// member of the room, so a client churning in a big room multiplies what
+/// everyone else receives; leaves need no budget of their own, since each
+/// follows a join that was counted. A refusal never closes the connection:
+/// the frame limit already bounds how often a client can ask.
+pub(crate) struct JoinLimiter {
+    /// None when the limit is off.
+    bucket: Option<DefaultDirectRateLimiter>,
+}
+
+impl JoinLimiter {
+    /// A limiter for `per_sec` joins per second with bursts of `burst` (at
+    /// least `per_sec`); `per_sec == 0`: unlimited.
+    pub(crate) fn new(per_sec: u32, burst: usize) -> Self {
+        let bucket = NonZeroU32::new(per_sec).map(|rate| {
+            let burst = u32::try_from(burst)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .map_or(rate, |b| b.max(rate));
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self { bucket }
+    }
+
+    /// Counts one join; false when it is refused.
+    pub(crate) fn allow(&self) -> bool {
+        self.bucket.as_ref().is_none_or(|b| b.check().is_ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joins_come_in_bursts_of_the_room_cap_and_are_refused_past_them() {
+        let l = JoinLimiter::new(1, 5);
+        for _ in 0..5 {
+            assert!(l.allow());
+        }
+        // Refused from then on (one refills per second), never a close.
+        assert!((0..100).filter(|_| l.allow()).count() <= 1);
+        let unlimited = JoinLimiter::new(0, 5);
+        assert!((0..100_000).all(|_| unlimited.allow()));
+    }
 
     #[test]
     fn burst_then_refuse_then_flood() {

@@ -115,6 +115,12 @@ pub(crate) async fn upgrade(
                     "name must be 1 to 64 characters without control characters",
                 ));
             }
+            if n.chars().any(protocol::is_bidi_control) {
+                return Err(HttpError::new(
+                    ErrorCode::BadRequest,
+                    "name must not contain bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)",
+                ));
+            }
             Some(n.to_string())
         }
         None => None,

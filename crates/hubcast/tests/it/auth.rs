@@ -63,6 +63,10 @@ async fn valid_tokens_in_header_or_query_set_user_and_name() {
     let first = ws.next().await.unwrap().unwrap();
     let w: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
     assert_eq!(w["user"], "alice");
+    // Direction controls in the name claim are dropped.
+    let t = hs256(json!({"sub":"bob","name":"B\u{202E}ob\u{2069}","exp":now() + 600}));
+    let c = Client::connect(&format!("{}?token={t}", s.ws_url())).await;
+    assert_eq!(c.welcome["name"], "Bob");
     s.stop().await;
 }
 

@@ -231,6 +231,20 @@ async fn refused_handshakes_are_json_http_errors() {
         }
         other => panic!("{other:?}"),
     }
+    // A display name with a direction override (U+202E, percent-encoded).
+    let err = common::Client::connect_request(format!("{}?name=eve%E2%80%AEtxt", s.ws_url()))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 400);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "bad_request");
+            let m = body["error"]["message"].as_str().unwrap();
+            assert!(m.contains("bidirectional"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
     s.stop().await;
 }
 
@@ -372,4 +386,51 @@ both_engines! {
         assert_eq!(code, Some(4003), "{reason}");
         s.stop().await;
     }
+}
+
+/// Joins have a budget of their own (every join is a presence event to
+/// the whole room): a client may join all its rooms at once, excess joins
+/// are refused with `rate_limited`, and neither that nor a leave closes it.
+#[tokio::test]
+async fn joins_over_their_rate_are_refused_and_the_connection_stays() {
+    let s = Server::start(|c| {
+        c.join_rate_per_conn = 1;
+        c.max_rooms_per_conn = 4;
+    })
+    .await;
+    let mut c = s.client().await;
+    // A burst of max_rooms_per_conn joins, then 20 more of the same room,
+    // sent without waiting for replies.
+    for i in 0..24 {
+        let room = format!("storm{}", i.min(3));
+        c.send(json!({"type":"join","room":room,"id":i})).await;
+    }
+    let mut joined = 0;
+    let mut refused = 0;
+    let mut replies = 0;
+    while replies < 24 {
+        let v = c.recv().await;
+        match v["type"].as_str() {
+            Some("presence") => continue,
+            Some("joined") => joined += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                assert!(v["id"].as_u64().unwrap() >= 4, "the burst is allowed: {v}");
+                refused += 1;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+        replies += 1;
+    }
+    assert!(joined >= 4, "{joined} joined");
+    assert!(refused >= 10, "{refused} of 20 refused");
+    // Leaving needs no token; the connection is still usable.
+    for i in 0..4 {
+        let (left, _) = c
+            .request(json!({"type":"leave","room":format!("storm{i}")}))
+            .await;
+        assert_eq!(left["type"], "left", "{left}");
+    }
+    assert_eq!(c.call(json!({"type":"ping"})).await["type"], "pong");
+    s.stop().await;
 }

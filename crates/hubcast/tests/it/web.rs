@@ -175,6 +175,40 @@ async fn events_list_errors_and_notable_closes_newest_first() {
     );
 }
 
+/// One client sending bad frames (each within its frame budget) keeps one
+/// event per code, counted, instead of pushing the others out.
+#[tokio::test]
+async fn one_connection_cannot_flush_the_events() {
+    let s = Server::default().await;
+    let mut calm = s.client().await;
+    calm.send(json!({"type": "shout", "id": 1})).await;
+    assert_eq!(calm.expect("error").await["code"], "unknown_type");
+    let mut noisy = s.client().await;
+    for i in 0..300 {
+        noisy
+            .send(json!({"type": "leave", "room": "nowhere", "id": format!("n{i}")}))
+            .await;
+    }
+    // The barrier: every error was sent (and recorded) before the pong.
+    let (pong, errors) = noisy.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(errors.len(), 300);
+    let r: Value = get(&s.http("/api/events?limit=200"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = r["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["code"], "not_joined");
+    assert_eq!(events[0]["user"], noisy.user());
+    assert_eq!(events[0]["count"], 300);
+    assert_eq!(events[1]["code"], "unknown_type");
+    assert_eq!(events[1]["user"], calm.user());
+    assert_eq!(events[1]["count"], 1);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn the_dashboard_api_needs_the_key() {
     let key = "0123456789abcdef-key";

@@ -113,13 +113,17 @@ async function tick() {
   $('rooms-table').replaceChildren(...rooms.rooms.map((r) => row([r.room, null], [String(r.members), 'num'])));
 
   for (const e of evs.events.reverse()) {
+    // The server keeps one event per connection, kind and code, sending it
+    // again (count one more) on a repeat: it replaces the row shown.
+    const earlier = events.findIndex((x) => x.conn === e.conn && x.kind === e.kind && x.code === e.code);
+    if (earlier >= 0) events.splice(earlier, 1);
     events.unshift(e);
     lastEvent = Math.max(lastEvent, e.seq);
   }
   events.length = Math.min(events.length, 200);
   $('events-table').replaceChildren(...(events.length
     ? events.map((e) => {
-      const tr = row([new Date(e.time).toLocaleTimeString(), null], [e.closeCode ? `${e.code} (${e.closeCode})` : e.code, 'code'], [e.user, null], [e.message, null]);
+      const tr = row([new Date(e.time).toLocaleTimeString(), null], [(e.closeCode ? `${e.code} (${e.closeCode})` : e.code) + (e.count > 1 ? ` ×${e.count}` : ''), 'code'], [e.user, null], [e.message, null]);
       tr.className = e.kind;
       return tr;
     })

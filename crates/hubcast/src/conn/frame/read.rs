@@ -194,9 +194,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 self.buf = BytesMut::from(rb.filled());
             }
         } else {
-            // A frame is incomplete: read straight after it, as much as
-            // the frame still needs (at least a chunk).
-            let need = self.needed().max(READ_CHUNK);
+            // A frame is incomplete: read straight after it. Room grows
+            // with what arrived (at most doubling), never to the declared
+            // length at once: a header costs nothing to send, so reserving
+            // what it declares would let idle connections hold
+            // `max_message_bytes` each.
+            let need = self
+                .needed()
+                .min(self.buf.len().max(READ_CHUNK))
+                .max(READ_CHUNK);
             self.buf.reserve(need);
             if ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.io),
@@ -465,5 +471,29 @@ mod tests {
             Some(Incoming::Text(Bytes::from("two")))
         );
         assert_eq!(r.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_is_not_reserved_before_its_bytes_arrive() {
+        // A 60 000-byte frame is declared; 20 bytes of it arrive, in two
+        // reads (the second goes to the heap buffer).
+        let frame = client(true, opcode::TEXT, &[b'a'; 60_000]);
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut r = Reader::new(b, 1 << 16);
+        a.write_all(&frame[..20]).await.unwrap();
+        std::future::poll_fn(|cx| r.poll_fill(cx)).await.unwrap();
+        assert_eq!(r.decode().unwrap(), None);
+        a.write_all(&frame[20..40]).await.unwrap();
+        std::future::poll_fn(|cx| r.poll_fill(cx)).await.unwrap();
+        assert_eq!(r.decode().unwrap(), None);
+        assert!(
+            r.buf.capacity() <= 4 * READ_CHUNK,
+            "{} bytes reserved for 40 received",
+            r.buf.capacity()
+        );
+        // The rest arrives: the buffer grows with it and the frame is whole.
+        a.write_all(&frame[40..]).await.unwrap();
+        let m = r.next().await.unwrap();
+        assert_eq!(m, Some(Incoming::Text(Bytes::from(vec![b'a'; 60_000]))));
     }
 }

@@ -18,7 +18,7 @@ use futures_util::stream::FuturesOrdered;
 use serde_json::value::RawValue;
 
 use super::Conn;
-use super::limit::{FrameLimiter, Verdict};
+use super::limit::{FrameLimiter, JoinLimiter, Verdict};
 use crate::App;
 use crate::broker::{BrokerError, ClientInfo};
 use crate::hub::{Join, Subscriber};
@@ -41,6 +41,8 @@ pub(crate) struct Session {
     rooms: Vec<Arc<str>>,
     /// Incoming frame rate limit.
     limiter: FrameLimiter,
+    /// Join rate limit (presence events are paid by every member).
+    joins: JoinLimiter,
     /// Publishes under way, oldest first: their broker calls run together
     /// (a remote engine pipelines them) and their replies go out in order.
     /// `None` when there are none (never empty when `Some`).
@@ -97,11 +99,13 @@ impl Session {
         }
         let limiter =
             FrameLimiter::new(app.config.rate_limit_per_conn, app.config.rate_limit_burst);
+        let joins = JoinLimiter::new(app.config.join_rate_per_conn, app.config.max_rooms_per_conn);
         Ok(Session {
             app,
             conn,
             rooms: Vec::new(),
             limiter,
+            joins,
             pending: None,
         })
     }

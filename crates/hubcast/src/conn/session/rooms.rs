@@ -33,6 +33,12 @@ impl Session {
         room: &str,
         since: Option<(u64, Option<&str>)>,
     ) -> Result<(), Reject> {
+        if !self.joins.allow() {
+            return Err(Reject::new(
+                ErrorCode::RateLimited,
+                "too many joins; slow down",
+            ));
+        }
         self.check_room(room, "join")?;
         let personal = protocol::is_personal(room);
         let already = self.joined(room);
