@@ -2,7 +2,6 @@
 //! until the shutdown token fires, then closes every connection and waits
 //! for their tasks.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -87,28 +86,20 @@ pub async fn run_with_broker(
     app.tasks.spawn(sample_rates(app.clone()));
     app.tasks.spawn(close_on_shutdown(app.clone()));
     let router = http::router(app.clone());
-    // The TLS accept loop stops on shutdown like every other task.
-    let accept_tasks = TaskTracker::new();
-    let result = match (&app.config.tls_cert, &app.config.tls_key) {
+    let tls = match (&app.config.tls_cert, &app.config.tls_key) {
         (Some(cert), Some(key)) => {
-            let tls = http::tls::load(cert, key)?;
-            let listener =
-                http::tls::TlsListener::start(listener, tls, &accept_tasks, shutdown.clone())?;
-            // (tap_io: axum gives the remote address to handlers only for
-            // its own listener types.)
-            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
-            serve_until_shutdown(listener, router, &shutdown, grace).await
+            Some(tokio_rustls::TlsAcceptor::from(http::tls::load(cert, key)?))
         }
-        _ => {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                // Frames are small and latency matters: no Nagle delay.
-                let _ = tcp.set_nodelay(true);
-            });
-            serve_until_shutdown(listener, router, &shutdown, grace).await
-        }
+        _ => None,
     };
-    accept_tasks.close();
-    accept_tasks.wait().await;
+    // HTTP connections (WebSockets leave them at the upgrade, for tasks of
+    // their own on `app.tasks`).
+    let conns = TaskTracker::new();
+    http::serve::serve(&app, listener, router, tls, &conns).await;
+    conns.close();
+    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
+        tracing::warn!("shutdown timeout: HTTP requests still running");
+    }
     app.tasks.close();
     if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
         tracing::warn!(
@@ -117,7 +108,7 @@ pub async fn run_with_broker(
         );
     }
     broker.close().await;
-    result.map_err(Into::into)
+    Ok(())
 }
 
 /// Once a second until shutdown: a rate sample for `/api/stats` (the last
@@ -147,32 +138,4 @@ async fn close_on_shutdown(app: Arc<App>) {
     app.shutdown.cancelled().await;
     app.hub
         .close_all(protocol::close::GOING_AWAY, "server shutting down");
-}
-
-/// Serves `router` on `listener` until `shutdown` fires; HTTP requests then
-/// drain on their own, within `grace`. WebSockets are closed by their
-/// writers when the token fires.
-async fn serve_until_shutdown<L>(
-    listener: L,
-    router: axum::Router,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    L::Io: Unpin,
-    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    let served = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        r = std::future::IntoFuture::into_future(served) => r,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("shutdown timeout: HTTP requests still running");
-            Ok(())
-        }
-    }
 }

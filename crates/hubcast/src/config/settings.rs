@@ -114,6 +114,16 @@ declare_settings! {
         help: "Seconds shutdown waits for connections to close",
         check: within(1..=600, "must be between 1 and 600 seconds"),
     }
+    /// Seconds a client has to send a request's headers after connecting
+    /// (and to start the next request on a kept-alive connection); past
+    /// it the socket is closed, so that sockets that send nothing hold
+    /// nothing.
+    header_timeout: u64 {
+        default: 10,
+        value: "SECONDS",
+        help: "Seconds a client has to send its request headers (also the idle limit between kept-alive requests)",
+        check: within(1..=600, "must be between 1 and 600 seconds"),
+    }
     /// Frames per second one connection may send (token bucket refill);
     /// 0 turns the limit off. Excess frames get `rate_limited`.
     rate_limit_per_conn: u32 {
@@ -304,11 +314,13 @@ declare_settings! {
         help: "WebSocket connections accepted in all; past it, 503",
         check: at_least(1, "must be at least 1"),
     }
-    /// WebSocket connections from one IP address; past it, 429.
+    /// Connections from one IP address, counted twice: TCP sockets from
+    /// accept until they are gone, and real-time connections (WebSocket,
+    /// SSE, long polls); past it, 429.
     max_connections_per_ip: u32 {
         default: 2_000,
         value: "N",
-        help: "WebSocket connections from one IP address; past it, 429",
+        help: "Connections from one IP address (TCP sockets from accept, and real-time connections); past it, 429",
         check: at_least(1, "must be at least 1"),
     }
     /// WebSocket handshakes one IP address may make per second (bursts of

@@ -61,6 +61,7 @@ fn all_changed() -> Config {
         node_id: "n1".into(),
         log_format: LogFormat::Json,
         shutdown_timeout: 9,
+        header_timeout: 3,
         rate_limit_per_conn: 50,
         rate_limit_burst: 60,
         join_rate_per_conn: 16,
@@ -104,6 +105,7 @@ fn every_flag_reaches_its_field() {
         "--node-id=n1",
         "--log-format=json",
         "--shutdown-timeout=9",
+        "--header-timeout=3",
         "--rate-limit-per-conn=50",
         "--rate-limit-burst=60",
         "--join-rate-per-conn=16",
@@ -166,6 +168,7 @@ allowed_origins = ["https://a.example", "*.b.example"]
 node_id = "n1"
 log_format = "json"
 shutdown_timeout = 9
+header_timeout = 3
 rate_limit_per_conn = 50
 rate_limit_burst = 60
 join_rate_per_conn = 16

@@ -25,12 +25,13 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 use tracing::Instrument;
 
 use crate::App;
 use crate::broker::ConnKey;
+use crate::http::linger::LINGER_TIME;
 use crate::hub::Subscriber;
 use crate::outbound::{CloseReason, Outbound};
 use crate::protocol::{self, close, out};
@@ -236,6 +237,13 @@ pub(crate) async fn serve<R, W>(
             }
         }
     };
+    // What the client sent and this side did not read (a flood, the rest of
+    // a frame too large to read, whatever followed a protocol error) would
+    // make closing the socket reset it, destroying our close frame in the
+    // client's buffer: such a socket gets a lingering close (see
+    // `http::linger`). A client that sent its close or its FIN has nothing
+    // left in flight.
+    let linger = !matches!(end, ReadEnd::Peer(_));
     if let Some(session) = session {
         Box::pin(session.close().instrument(conn.span())).await;
     }
@@ -274,6 +282,14 @@ pub(crate) async fn serve<R, W>(
         frames_in,
         "connection closed"
     );
+    // The connection is gone for the hub, the engine and the metrics; the
+    // socket keeps its place under the per-address cap while it lingers.
+    drop(counted);
+    if linger {
+        // Bounded by the lingering itself; this bound is for a transport
+        // whose shutdown would not be.
+        let _ = Box::pin(timeout(LINGER_TIME + CLOSE_GRACE, writer.shutdown())).await;
+    }
 }
 
 /// How long the close may take once decided.

@@ -1,6 +1,13 @@
-//! Handshake admission: a global connection cap (503), connections per IP
-//! address (429) and handshakes per IP per second (429), each with
-//! `Retry-After`. A granted [`ConnSlot`] lives as long as the connection.
+//! Connection admission: a global cap on real-time connections (503),
+//! connections per IP address (429) and handshakes per IP per second (429),
+//! each with `Retry-After`. A granted [`ConnSlot`] lives as long as the
+//! connection.
+//!
+//! `max_connections_per_ip` is checked twice: on every TCP connection from
+//! its accept until its socket is gone ([`TcpSlot`], so that sockets that
+//! never finish a request, or linger while closing, count too), and on the
+//! real-time connections an address holds ([`ConnSlot`], which also counts
+//! the streams an HTTP/2 connection carries).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +37,20 @@ pub(crate) struct ConnLimits {
 struct Counts {
     total: u32,
     per_ip: HashMap<IpAddr, u32>,
+    /// Open TCP connections per address.
+    tcp_per_ip: HashMap<IpAddr, u32>,
+}
+
+/// One accepted TCP connection; gives its place back when dropped.
+pub(crate) struct TcpSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl std::fmt::Debug for TcpSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpSlot").field("ip", &self.ip).finish()
+    }
 }
 
 /// One admitted connection; gives its place back when dropped.
@@ -75,6 +96,21 @@ impl ConnLimits {
         self.hold(ip)
     }
 
+    /// A place for an accepted TCP connection from `ip`, or `None` when
+    /// the address holds `max_connections_per_ip` sockets already.
+    pub(crate) fn accept(self: &Arc<Self>, ip: IpAddr) -> Option<TcpSlot> {
+        let mut c = self.lock();
+        let n = c.tcp_per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(TcpSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
     /// A place under the connection caps (`max_connections`,
     /// `max_connections_per_ip`) for a request that stays open without a
     /// handshake (a long poll), or why not.
@@ -107,11 +143,22 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut c = self.limits.lock();
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
+        release(&mut c.per_ip, self.ip);
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        release(&mut self.limits.lock().tcp_per_ip, self.ip);
+    }
+}
+
+/// One place less for `ip`; an address with none left is forgotten.
+fn release(counts: &mut HashMap<IpAddr, u32>, ip: IpAddr) {
+    if let Some(n) = counts.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&ip);
         }
     }
 }

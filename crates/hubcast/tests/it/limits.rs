@@ -103,14 +103,18 @@ async fn handshakes_per_address_per_second_answer_429() {
 /// refused with 429, and a finished poll gives its place back.
 #[tokio::test]
 async fn long_polls_count_under_the_connection_caps() {
+    use tokio::io::AsyncWriteExt;
     let s = Server::start(|c| c.max_connections_per_ip = 1).await;
-    let waiting = tokio::spawn(reqwest::get(
-        s.http("/api/poll?room=capped&since=0&timeout=3"),
-    ));
+    // Connected first, so accepted first (the listen queue is in order).
+    let mut waiting = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    waiting
+        .write_all(b"GET /api/poll?room=capped&since=0&timeout=3 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     // The first poll holds the address's one place while it waits.
     let mut refused = None;
     for _ in 0..100 {
-        let r = reqwest::get(s.http("/api/poll?room=capped&since=0&timeout=1"))
+        let r = reqwest::get(s.http("/api/poll?room=capped&since=0&timeout=0"))
             .await
             .unwrap();
         if r.status() == 429 {
@@ -123,11 +127,123 @@ async fn long_polls_count_under_the_connection_caps() {
     assert!(r.headers().get("retry-after").is_some());
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
-    assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
-    // Its place is free again.
-    let r = reqwest::get(s.http("/api/poll?room=capped&since=0&timeout=0"))
+    let answer = String::from_utf8(until_closed(&mut waiting).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(waiting);
+    // Its place is free again (once the server has seen the socket close).
+    common::wait_until(|| async {
+        let r = reqwest::get(s.http("/api/poll?room=capped&since=0&timeout=0"))
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
+/// Reads from `tcp` until the server closes it (EOF or reset); what it
+/// sent before.
+async fn until_closed(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf))
+            .await
+            .expect("the server closes the socket")
+        {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Sockets that send nothing, send their headers a byte at a time, or
+/// leave out the final CRLF, and kept-alive connections left idle, are
+/// closed after `header_timeout`; the server answers others meanwhile.
+#[tokio::test]
+async fn sockets_without_a_request_are_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let s = Server::start(|c| c.header_timeout = 1).await;
+    let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    let mut unfinished = TcpStream::connect(s.addr).await.unwrap();
+    unfinished
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    let mut trickle = TcpStream::connect(s.addr).await.unwrap();
+    let trickling = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if trickle.write_all(&[*b]).await.is_err() {
+                return trickle;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        unreachable!()
+    });
+    let mut kept = TcpStream::connect(s.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // Others are served meanwhile.
+    assert_eq!(
+        reqwest::get(s.http("/healthz")).await.unwrap().status(),
+        200
+    );
+    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(until_closed(&mut unfinished).await.is_empty());
+    let answered = String::from_utf8(until_closed(&mut kept).await).unwrap();
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    let mut trickle = trickling.await.unwrap();
+    until_closed(&mut trickle).await;
+    s.stop().await;
+}
+
+/// `max_connections_per_ip` counts TCP connections from accept: sockets
+/// that never make a request hold the address's places, the next one gets
+/// a 429 like a refused handshake, other addresses are served, and a
+/// closed socket gives its place back.
+#[tokio::test]
+async fn connections_per_address_count_sockets_from_accept() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let s = Server::start(|c| c.max_connections_per_ip = 3).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(s.addr).await.unwrap());
+    }
+    // The socket is accepted after `connect` returns: wait for all three.
+    let refused = common::wait_until(|| async {
+        let mut tcp = TcpStream::connect(s.addr).await.ok()?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let answer = String::from_utf8(until_closed(&mut tcp).await).ok()?;
+        answer.starts_with("HTTP/1.1 429").then_some(answer)
+    })
+    .await;
+    assert!(refused.contains("retry-after: 5"), "{refused}");
+    assert!(refused.contains("\"rate_limited\""), "{refused}");
+    // Another address is counted on its own.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = sock.connect(s.addr).await.unwrap();
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8(until_closed(&mut other).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A closed socket frees its place.
+    idle.pop();
+    common::wait_until(|| async {
+        let r = reqwest::get(s.http("/healthz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
     s.stop().await;
 }

@@ -19,6 +19,7 @@ mod bench;
 mod broker_contract;
 mod broker_failure;
 mod client;
+mod closing;
 mod framing;
 mod fuzz;
 mod lifecycle;

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 #![allow(dead_code)]
 
+pub(crate) mod raw;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
