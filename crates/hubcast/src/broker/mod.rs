@@ -43,8 +43,9 @@ pub struct PublishRequest {
     /// The message id: the publisher's, or a fresh UUIDv7.
     pub msg_id: String,
     /// Whether `msg_id` came from the publisher and must be deduplicated.
-    /// An engine whose `publish` can time out remembers every msgId, since
-    /// the client is told to retry with the server's one too.
+    /// An engine whose `publish` can time out also remembers the others
+    /// (without checking them): the client is told to retry with the
+    /// server's msgId too.
     pub idempotent: bool,
     /// Envelope fields known before the offset is assigned, pre-encoded.
     pub parts: EnvelopeParts,

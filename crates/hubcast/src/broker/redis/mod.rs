@@ -253,9 +253,10 @@ impl Broker for RedisBroker {
         let s = &self.shared;
         let mut conn = s.conn.clone();
         let room = &*req.room;
-        // Every msgId is remembered, the server's own too (`idempotent`
-        // false): a publish that times out is answered with its msgId, and
-        // the retry with it must find the first attempt if that went through.
+        // Every msgId is remembered (the script checks only the
+        // publisher's): a publish that times out is answered with its
+        // msgId, the server's own too, and the retry with it must find the
+        // first attempt if that went through.
         let (offset, epoch, dup): (u64, String, u8) = s
             .scripts
             .publish
@@ -272,7 +273,7 @@ impl Broker for RedisBroker {
             .arg(&*s.node)
             .arg(req.skip.map(|k| k.to_string()).unwrap_or_default())
             .arg(crate::unix_ms())
-            .arg("1")
+            .arg(if req.idempotent { "1" } else { "0" })
             .arg(s.publish_cmd)
             .invoke_async(&mut conn)
             .await
