@@ -156,8 +156,13 @@ fn never_ran(e: &redis::RedisError) -> bool {
 
 /// A failed publish of `msg_id`: `unavailable` only when it was certainly
 /// not published, `timeout` (retry with the same msgId) when unknown.
-fn publish_error(e: &redis::RedisError, msg_id: &str) -> BrokerError {
-    if never_ran(e) {
+/// The cluster client retries a command by itself after most errors
+/// (`retried`), and reports only the last attempt's: that one never ran
+/// says nothing of an earlier attempt that timed out, so there only an
+/// error it does not retry (its first attempt's) can be trusted.
+fn publish_error(e: &redis::RedisError, msg_id: &str, retried: bool) -> BrokerError {
+    let first_attempt = !retried || matches!(e.retry_method(), redis::RetryMethod::NoRetry);
+    if first_attempt && never_ran(e) {
         unavailable(e)
     } else {
         BrokerError::Timeout {
@@ -277,7 +282,7 @@ impl Broker for RedisBroker {
             .arg(s.publish_cmd)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| publish_error(&e, &req.msg_id))?;
+            .map_err(|e| publish_error(&e, &req.msg_id, matches!(s.conn, Conn::Cluster(_))))?;
         Ok(PublishResult {
             offset,
             epoch: Arc::from(epoch),
@@ -430,18 +435,29 @@ mod tests {
             "ERR user_script:1: oom",
         ));
         let client = RedisError::from((ErrorKind::Client, "bad command"));
-        for e in [refused, script_failed, client] {
+        for e in [refused.clone(), script_failed.clone(), client] {
             assert!(
-                matches!(publish_error(&e, "m"), BrokerError::Unavailable(_)),
+                matches!(publish_error(&e, "m", false), BrokerError::Unavailable(_)),
                 "{e}"
             );
         }
+        // The cluster client retried a refused connection: an earlier
+        // attempt may have timed out after reaching Redis.
+        assert!(matches!(
+            publish_error(&refused, "m", true),
+            BrokerError::Timeout { .. }
+        ));
+        // A script error is not retried: the only attempt failed.
+        assert!(matches!(
+            publish_error(&script_failed, "m", true),
+            BrokerError::Unavailable(_)
+        ));
         let timed_out = RedisError::from(io::Error::from(io::ErrorKind::TimedOut));
         let dropped = RedisError::from(io::Error::from(io::ErrorKind::BrokenPipe));
         let reset = RedisError::from(io::Error::from(io::ErrorKind::ConnectionReset));
         let bad_reply = RedisError::from((ErrorKind::UnexpectedReturnType, "not an array"));
         for e in [timed_out, dropped, reset, bad_reply] {
-            match publish_error(&e, "m-1") {
+            match publish_error(&e, "m-1", false) {
                 BrokerError::Timeout { msg_id, .. } => assert_eq!(msg_id, "m-1"),
                 other => panic!("{e}: {other:?}"),
             }
