@@ -262,6 +262,13 @@ impl Broker for RedisBroker {
         // publisher's): a publish that times out is answered with its
         // msgId, the server's own too, and the retry with it must find the
         // first attempt if that went through.
+        let cluster = matches!(s.conn, Conn::Cluster(_));
+        // The cluster client sends a command again by itself after a
+        // timeout or a broken connection: checking the server's msgId too
+        // keeps that resend from publishing twice. Such an id is fresh, so
+        // only the resend can find it, and for the publisher that is still
+        // the first publication.
+        let check = req.idempotent || cluster;
         let (offset, epoch, dup): (u64, String, u8) = s
             .scripts
             .publish
@@ -278,15 +285,15 @@ impl Broker for RedisBroker {
             .arg(&*s.node)
             .arg(req.skip.map(|k| k.to_string()).unwrap_or_default())
             .arg(crate::unix_ms())
-            .arg(if req.idempotent { "1" } else { "0" })
+            .arg(if check { "1" } else { "0" })
             .arg(s.publish_cmd)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| publish_error(&e, &req.msg_id, matches!(s.conn, Conn::Cluster(_))))?;
+            .map_err(|e| publish_error(&e, &req.msg_id, cluster))?;
         Ok(PublishResult {
             offset,
             epoch: Arc::from(epoch),
-            duplicate: dup == 1,
+            duplicate: dup == 1 && req.idempotent,
         })
     }
 

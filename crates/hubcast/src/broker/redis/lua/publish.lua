@@ -4,7 +4,8 @@
 -- KEYS: 1 meta hash, 2 stream, 3 channel, 4 msgId key.
 -- ARGV: 1 payload, 2 history size, 3 history ttl (s), 4 meta ttl (s),
 -- 5 epoch for a new meta hash, 6 node, 7 connection key, 8 time (ms),
--- 9 idempotent ('1': the publisher's msgId, checked), 10 publish command
+-- 9 check the msgId ('1': the publisher's, and every one on a cluster,
+-- whose client may send a script twice), 10 publish command
 -- (publish or spublish).
 -- Every msgId is remembered, the server's own too: a publish that timed out
 -- is retried with its msgId (then as the publisher's), and the retry must
