@@ -31,7 +31,8 @@ pub struct Options {
     pub publish_timeout: Duration,
     /// Timeout of other requests.
     pub request_timeout: Duration,
-    /// Base delay before retrying an `unavailable`/`rate_limited` publish.
+    /// Base delay before retrying an `unavailable`/`timeout`/`rate_limited`
+    /// publish (with the same msgId).
     pub retry_delay: Duration,
     /// How long an out-of-order message waits for the gap before it.
     pub gap_timeout: Duration,

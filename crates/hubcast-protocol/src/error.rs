@@ -22,8 +22,14 @@ pub enum ErrorCode {
     RateLimited,
     /// A body or frame over the size limit.
     TooLarge,
-    /// The broker cannot serve the request now.
+    /// The broker cannot serve the request now; for a publish or send,
+    /// the message was not published.
     Unavailable,
+    /// A publish or send whose outcome is unknown: the engine did not
+    /// answer in time. The error carries the message's `msgId`, and a retry
+    /// with it is acked once (as a duplicate if the first attempt went
+    /// through). HTTP 504.
+    Timeout,
     /// A bug; details are in the server log.
     Internal,
     /// HTTP only: no such route or resource.
@@ -44,6 +50,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
         }
@@ -66,6 +73,7 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::TooLarge,
             ErrorCode::Unavailable,
+            ErrorCode::Timeout,
             ErrorCode::Internal,
             ErrorCode::NotFound,
         ] {

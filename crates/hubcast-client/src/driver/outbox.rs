@@ -1,5 +1,5 @@
 //! Publishes waiting for their ack (sent, waiting for a connection, or
-//! waiting to be retried after `unavailable`/`rate_limited`), requests
+//! waiting to be retried after `unavailable`/`timeout`/`rate_limited`), requests
 //! waiting for a reply, and their deadlines.
 
 use serde_json::Value;
@@ -20,7 +20,8 @@ pub(crate) struct Out {
     pub(crate) deadline: Instant,
     /// Frame id of the copy on the current connection.
     pub(crate) sent: Option<u64>,
-    /// When to send it again after `unavailable` or `rate_limited`.
+    /// When to send it again after `unavailable`, `timeout` or
+    /// `rate_limited`.
     pub(crate) retry_at: Option<Instant>,
 }
 
@@ -62,7 +63,7 @@ impl Driver {
         }
     }
 
-    /// After `unavailable` or `rate_limited`: send again after the retry
+    /// After `unavailable`, `timeout` or `rate_limited`: send again after the retry
     /// delay, jittered (0.5 to 1.5 times).
     pub(super) fn retry_later(&mut self, key: u64, now: Instant) {
         if let Some(o) = self.outbox.get_mut(&key) {

@@ -113,9 +113,12 @@ impl Driver {
                 }
             },
             Waiting::Out(key) => {
+                // `timeout` too: the outcome is unknown, and the retry
+                // carries the same msgId, so the server acks it once.
                 let retry = matches!(&err, Some(Error::Server { code, .. })
                     if code == ErrorCode::Unavailable.as_str()
-                        || code == ErrorCode::RateLimited.as_str());
+                        || code == ErrorCode::RateLimited.as_str()
+                        || code == ErrorCode::Timeout.as_str());
                 if retry {
                     self.retry_later(key, now);
                     return;

@@ -203,6 +203,17 @@ async fn an_unanswered_ping_ends_the_connection_after_ping_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unavailable_publish_is_retried_after_the_retry_delay_with_its_msg_id() {
+    retried_after_the_retry_delay_with_its_msg_id(ErrorCode::Unavailable).await;
+}
+
+/// `timeout`: the server does not know whether the message went out; the
+/// retry carries the same msgId, which the server acks once.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_publish_is_retried_after_the_retry_delay_with_its_msg_id() {
+    retried_after_the_retry_delay_with_its_msg_id(ErrorCode::Timeout).await;
+}
+
+async fn retried_after_the_retry_delay_with_its_msg_id(code: ErrorCode) {
     let opts = Options {
         retry_delay: Duration::from_secs(1),
         ..Options::default()
@@ -226,7 +237,11 @@ async fn an_unavailable_publish_is_retried_after_the_retry_delay_with_its_msg_id
             };
             attempts.push((msg_id.map(|m| m.into_owned()), start.elapsed()));
             let reply = if attempts.len() == 1 {
-                error_frame(Some(&id), ErrorCode::Unavailable, "engine down")
+                if code == ErrorCode::Timeout {
+                    hubcast_protocol::timeout_frame(Some(&id), "m7", "engine slow")
+                } else {
+                    error_frame(Some(&id), code, "engine down")
+                }
             } else {
                 encode(&out::Ack {
                     ty: "ack",

@@ -29,5 +29,18 @@ pub fn error_frame(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Byt
         id,
         code,
         message,
+        msg_id: None,
+    })
+}
+
+/// Encodes the `error` frame of a publish or send whose outcome is unknown
+/// (`timeout`): it names the message's `msgId`, which a retry must reuse.
+pub fn timeout_frame(id: Option<&RawValue>, msg_id: &str, message: &str) -> Bytes {
+    encode(&out::Error {
+        ty: "error",
+        id,
+        code: ErrorCode::Timeout,
+        message,
+        msg_id: Some(msg_id),
     })
 }

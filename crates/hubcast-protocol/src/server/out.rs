@@ -136,4 +136,8 @@ pub struct Error<'a> {
     pub id: Option<&'a RawValue>,
     pub code: ErrorCode,
     pub message: &'a str,
+    /// The message's id, on a `timeout` for a publish or send: the id to
+    /// retry with.
+    #[serde(rename = "msgId", skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<&'a str>,
 }

@@ -74,6 +74,9 @@ pub struct ErrorReply {
     /// Its human-readable `message`.
     #[serde(default, deserialize_with = "string_or_empty")]
     pub message: String,
+    /// The message's id, on a `timeout` for a publish or send.
+    #[serde(rename = "msgId", default, deserialize_with = "string_or_empty")]
+    pub msg_id: String,
 }
 
 /// A delivered message (the `message` envelope).
@@ -153,7 +156,7 @@ pub struct Joined {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{encode, error_frame, out};
+    use crate::server::{encode, error_frame, out, timeout_frame};
     use crate::{ErrorCode, Member, Status};
 
     #[test]
@@ -203,6 +206,10 @@ mod tests {
         assert_eq!((r.code.as_str(), r.message.as_str()), ("forbidden", "no"));
         let lax: ErrorReply = serde_json::from_slice(br#"{"type":"error","code":5}"#).unwrap();
         assert_eq!(lax, ErrorReply::default());
+        let t = timeout_frame(Some(&id), "m-1", "redis: timed out");
+        let r: ErrorReply = serde_json::from_slice(&t).unwrap();
+        assert_eq!((r.code.as_str(), r.msg_id.as_str()), ("timeout", "m-1"));
+        assert!(r.message.contains("timed out"));
 
         let w = encode(&out::Welcome {
             ty: "welcome",

@@ -43,6 +43,9 @@ pub struct PublishRequest {
     /// The message id: the publisher's, or a fresh UUIDv7.
     pub msg_id: String,
     /// Whether `msg_id` came from the publisher and must be deduplicated.
+    /// An engine whose `publish` can time out also remembers the others
+    /// (without checking them): the client is told to retry with the
+    /// server's msgId too.
     pub idempotent: bool,
     /// Envelope fields known before the offset is assigned, pre-encoded.
     pub parts: EnvelopeParts,
@@ -161,9 +164,22 @@ pub struct UserStatus {
 /// A broker failure, as seen by clients.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    /// The engine cannot serve now (e.g. Redis down): retry later.
+    /// The engine cannot serve now (e.g. Redis down): retry later. From
+    /// `publish`, a promise that the message was not published.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// `publish` only: the command may have reached the engine, but its
+    /// answer did not come (a timeout, a connection lost after sending), so
+    /// whether the message was published is unknown. A retry with `msg_id`
+    /// is safe: the engine remembers every published msgId for the
+    /// idempotency window, so the message is stored once.
+    #[error("broker timed out: {message}")]
+    Timeout {
+        /// The message's id, the one a retry must carry.
+        msg_id: String,
+        /// What went wrong, for the client and the log.
+        message: String,
+    },
     /// A bug or a broken invariant.
     #[error("broker error: {0}")]
     Internal(String),
@@ -194,7 +210,9 @@ pub trait Broker: Send + Sync + 'static {
     /// before any other method.
     fn set_handler(&self, handler: Weak<dyn BrokerHandler>);
 
-    /// Publishes a message (see the contract above).
+    /// Publishes a message (see the contract above). Fails with
+    /// [`BrokerError::Unavailable`] only when the message was certainly
+    /// not published, with [`BrokerError::Timeout`] when that is unknown.
     async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError>;
 
     /// Starts delivering the room's publications to this node's handler.

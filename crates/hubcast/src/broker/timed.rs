@@ -31,6 +31,7 @@ fn record<T>(op: &'static str, start: Instant, r: &Result<T, BrokerError>) {
     let result = match r {
         Ok(_) => "ok",
         Err(BrokerError::Unavailable(_)) => "unavailable",
+        Err(BrokerError::Timeout { .. }) => "timeout",
         Err(BrokerError::Internal(_)) => "internal",
     };
     let elapsed = start.elapsed();

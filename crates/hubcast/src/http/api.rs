@@ -72,6 +72,9 @@ impl From<BrokerError> for HttpError {
     fn from(e: BrokerError) -> Self {
         match e {
             BrokerError::Unavailable(m) => HttpError::new(ErrorCode::Unavailable, m).retry_after(1),
+            BrokerError::Timeout { msg_id, message } => {
+                HttpError::new(ErrorCode::Timeout, message).with_msg_id(msg_id)
+            }
             BrokerError::Internal(m) => {
                 tracing::error!(error = %m, "broker error on the API");
                 HttpError::new(ErrorCode::Internal, "internal error")

@@ -19,6 +19,8 @@ pub(crate) struct HttpError {
     pub message: String,
     /// Seconds for `Retry-After` (429 and 503).
     pub retry_after: Option<u64>,
+    /// `error.msgId`: the message of a publish or send that timed out.
+    pub msg_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -30,6 +32,8 @@ struct Body<'a> {
 struct Inner<'a> {
     code: ErrorCode,
     message: &'a str,
+    #[serde(rename = "msgId", skip_serializing_if = "Option::is_none")]
+    msg_id: Option<&'a str>,
 }
 
 impl HttpError {
@@ -43,6 +47,7 @@ impl HttpError {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {
@@ -50,7 +55,14 @@ impl HttpError {
             code,
             message: message.into(),
             retry_after: None,
+            msg_id: None,
         }
+    }
+
+    /// Names the message a failed publish or send was about.
+    pub(crate) fn with_msg_id(mut self, msg_id: impl Into<String>) -> Self {
+        self.msg_id = Some(msg_id.into());
+        self
     }
 
     /// Overrides the status (e.g. 426 for a wrong WebSocket version).
@@ -74,6 +86,7 @@ impl IntoResponse for HttpError {
                 error: Inner {
                     code: self.code,
                     message: &self.message,
+                    msg_id: self.msg_id.as_deref(),
                 },
             }),
         )
@@ -83,5 +96,31 @@ impl IntoResponse for HttpError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_timeout_is_a_504_naming_the_msg_id() {
+        let resp = HttpError::new(ErrorCode::Timeout, "redis: timed out")
+            .with_msg_id("m-1")
+            .into_response();
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{"code":"timeout","message":"redis: timed out","msgId":"m-1"}})
+        );
+        let resp = HttpError::new(ErrorCode::Unavailable, "down").into_response();
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&body).contains("msgId"));
     }
 }

@@ -35,6 +35,7 @@ mod recovery;
 mod redis_cluster;
 mod redis_ghosts;
 mod redis_outage;
+mod redis_timeout;
 mod settings;
 mod sse;
 mod tls;

@@ -120,7 +120,7 @@ export interface Options {
   dedupeWindow?: number;
   /** How long an out-of-order message waits for the gap before it (ms). */
   gapTimeout?: number;
-  /** Base delay before retrying an `unavailable`/`rate_limited` publish. */
+  /** Base delay before retrying an `unavailable`/`timeout`/`rate_limited` publish. */
   retryDelay?: number;
   /** Follow the browser's offline/online events (default true). */
   watchNetwork?: boolean;

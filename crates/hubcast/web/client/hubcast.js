@@ -40,8 +40,10 @@ const DEFAULTS = {
 /** Close codes after which the client does not reconnect by itself. */
 const CLOSE_POLICY = 1008;
 const CLOSE_TOKEN_EXPIRED = 4001;
-/** Error codes worth retrying a publish for (the condition passes). */
-const RETRYABLE = new Set(['unavailable', 'rate_limited']);
+/** Error codes worth retrying a publish for (the condition passes). The
+ * server's `timeout` means the outcome is unknown; the retry carries the
+ * same msgId, which the server acks once. */
+const RETRYABLE = new Set(['unavailable', 'rate_limited', 'timeout']);
 
 /** An error the server sent, or one of the client's own (`timeout`,
  * `disconnected`, `closed`, `queue_full`). */
@@ -722,7 +724,8 @@ export class Hubcast extends Emitter {
       entry.id = null;
       if (f.type === 'error') {
         if (RETRYABLE.has(f.code)) {
-          // Passing conditions (broker down, rate limit): try again soon.
+          // Passing conditions (broker down or slow, rate limit): try
+          // again soon, with the same msgId.
           const delay = this.options.retryDelay * (0.5 + Math.random());
           entry.retry = setTimeout(() => {
             entry.retry = null;

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `P:{room}:m` | hash | `e` epoch, `o` latest offset |
 //! | `P:{room}:s` | stream | history; entry id `offset-0`, fields `t` (ms), `d` (payload: the envelope's tail, see `codec`), `n`/`k` (publishing node and connection) |
-//! | `P:{room}:i:<msgId>` | string | `epoch:offset` of a client msgId, for `history_ttl` |
+//! | `P:{room}:i:<msgId>` | string | `epoch:offset` of a msgId (the publisher's or the server's: see `publish`), for `history_ttl` |
 //! | `P:{room}:c` | channel | new messages and presence events |
 //! | `P:{room}:p` | hash | connection id → user, name, node |
 //! | `P:{room}:pu` | hash | user → connections in the room |
@@ -128,6 +128,52 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("redis: {e}"))
 }
 
+/// Whether a failed command certainly never ran: no connection could be
+/// opened, the client refused it before sending, or Redis answered with an
+/// error (a script that fails aborts before its `PUBLISH`, its last call).
+/// Anything else (a reply that did not come in time, a connection lost with
+/// the command possibly written) leaves the outcome unknown. The redis
+/// client reports a command written to a connection that then closed and
+/// one refused by an already closed connection the same way (broken pipe),
+/// so both count as unknown.
+fn never_ran(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind;
+    e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(_)
+                | ErrorKind::Extension
+                | ErrorKind::Client
+                | ErrorKind::InvalidClientConfig
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::EmptySentinelList
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::NoValidReplicasFoundBySentinel
+                | ErrorKind::RESP3NotSupported
+        )
+}
+
+/// A failed publish of `msg_id`: `unavailable` only when it was certainly
+/// not published, `timeout` (retry with the same msgId) when unknown.
+/// The cluster client retries a command by itself after most errors
+/// (`retried`), and reports only the last attempt's: that one never ran
+/// says nothing of an earlier attempt that timed out, so there only an
+/// error it does not retry (its first attempt's) can be trusted.
+fn publish_error(e: &redis::RedisError, msg_id: &str, retried: bool) -> BrokerError {
+    let first_attempt = !retried || matches!(e.retry_method(), redis::RetryMethod::NoRetry);
+    if first_attempt && never_ran(e) {
+        unavailable(e)
+    } else {
+        BrokerError::Timeout {
+            msg_id: msg_id.to_owned(),
+            message: format!(
+                "redis: {e}; the message may have been published: retry with its msgId"
+            ),
+        }
+    }
+}
+
 /// A call of `script` on `keys`, arguments to follow.
 fn with_keys<const N: usize>(
     script: &redis::Script,
@@ -212,17 +258,24 @@ impl Broker for RedisBroker {
         let s = &self.shared;
         let mut conn = s.conn.clone();
         let room = &*req.room;
+        // Every msgId is remembered (the script checks only the
+        // publisher's): a publish that times out is answered with its
+        // msgId, the server's own too, and the retry with it must find the
+        // first attempt if that went through.
+        let cluster = matches!(s.conn, Conn::Cluster(_));
+        // The cluster client sends a command again by itself after a
+        // timeout or a broken connection: checking the server's msgId too
+        // keeps that resend from publishing twice. Such an id is fresh, so
+        // only the resend can find it, and for the publisher that is still
+        // the first publication.
+        let check = req.idempotent || cluster;
         let (offset, epoch, dup): (u64, String, u8) = s
             .scripts
             .publish
             .key(s.keys.room(room, "m"))
             .key(s.keys.room(room, "s"))
             .key(s.keys.channel(room))
-            .key(if req.idempotent {
-                s.keys.idem(room, &req.msg_id)
-            } else {
-                s.keys.room(room, "m")
-            })
+            .key(s.keys.idem(room, &req.msg_id))
             // The payload is opaque to the script (see `codec`).
             .arg(req.parts.tail())
             .arg(s.history_size)
@@ -232,15 +285,15 @@ impl Broker for RedisBroker {
             .arg(&*s.node)
             .arg(req.skip.map(|k| k.to_string()).unwrap_or_default())
             .arg(crate::unix_ms())
-            .arg(if req.idempotent { "1" } else { "0" })
+            .arg(if check { "1" } else { "0" })
             .arg(s.publish_cmd)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| publish_error(&e, &req.msg_id, cluster))?;
         Ok(PublishResult {
             offset,
             epoch: Arc::from(epoch),
-            duplicate: dup == 1,
+            duplicate: dup == 1 && req.idempotent,
         })
     }
 
@@ -370,5 +423,51 @@ impl Broker for RedisBroker {
         let _: Result<(), _> = conn.zrem(s.keys.nodes(), &*s.node).await;
         let _: Result<(), _> = conn.del(s.keys.node_conns(&s.node)).await;
         let _: Result<(), _> = conn.del(s.keys.node_rooms(&s.node)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn only_a_publish_that_certainly_never_ran_is_unavailable() {
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let script_failed = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR user_script:1: oom",
+        ));
+        let client = RedisError::from((ErrorKind::Client, "bad command"));
+        for e in [refused.clone(), script_failed.clone(), client] {
+            assert!(
+                matches!(publish_error(&e, "m", false), BrokerError::Unavailable(_)),
+                "{e}"
+            );
+        }
+        // The cluster client retried a refused connection: an earlier
+        // attempt may have timed out after reaching Redis.
+        assert!(matches!(
+            publish_error(&refused, "m", true),
+            BrokerError::Timeout { .. }
+        ));
+        // A script error is not retried: the only attempt failed.
+        assert!(matches!(
+            publish_error(&script_failed, "m", true),
+            BrokerError::Unavailable(_)
+        ));
+        let timed_out = RedisError::from(io::Error::from(io::ErrorKind::TimedOut));
+        let dropped = RedisError::from(io::Error::from(io::ErrorKind::BrokenPipe));
+        let reset = RedisError::from(io::Error::from(io::ErrorKind::ConnectionReset));
+        let bad_reply = RedisError::from((ErrorKind::UnexpectedReturnType, "not an array"));
+        for e in [timed_out, dropped, reset, bad_reply] {
+            match publish_error(&e, "m-1", false) {
+                BrokerError::Timeout { msg_id, .. } => assert_eq!(msg_id, "m-1"),
+                other => panic!("{e}: {other:?}"),
+            }
+        }
     }
 }

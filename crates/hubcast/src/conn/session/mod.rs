@@ -68,6 +68,9 @@ impl From<BrokerError> for Reject {
     fn from(e: BrokerError) -> Self {
         match e {
             BrokerError::Unavailable(m) => Reject::new(ErrorCode::Unavailable, m),
+            // Only a publish times out, and its reply names the msgId
+            // (`publish::timed_out`); elsewhere the code is enough.
+            BrokerError::Timeout { message, .. } => Reject::new(ErrorCode::Timeout, message),
             BrokerError::Internal(m) => {
                 tracing::error!(error = %m, "broker error");
                 Reject::new(ErrorCode::Internal, "internal error")
@@ -311,4 +314,12 @@ fn record_error(recent: &crate::recent::Recent, conn: &Conn, code: ErrorCode, me
 fn rejected(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Bytes {
     metrics::counter!(crate::metrics::FRAMES_REJECTED, "code" => code.as_str()).increment(1);
     protocol::error_frame(id, code, message)
+}
+
+/// The `timeout` error frame of a publish or send, naming its msgId,
+/// counted like the others.
+fn timed_out(id: Option<&RawValue>, msg_id: &str, message: &str) -> Bytes {
+    let code = ErrorCode::Timeout;
+    metrics::counter!(crate::metrics::FRAMES_REJECTED, "code" => code.as_str()).increment(1);
+    protocol::timeout_frame(id, msg_id, message)
 }

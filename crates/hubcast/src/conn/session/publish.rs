@@ -11,8 +11,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 
-use super::{Reject, Session, record_error, rejected};
-use crate::protocol::{self, out};
+use super::{Reject, Session, record_error, rejected, timed_out};
+use crate::broker::BrokerError;
+use crate::protocol::{self, ErrorCode, out};
 use crate::publish::Publish;
 
 /// A reply still being computed.
@@ -63,6 +64,10 @@ impl Session {
                         epoch: &result.epoch,
                         duplicate: result.duplicate,
                     })
+                }
+                Err(BrokerError::Timeout { msg_id, message }) => {
+                    record_error(&app.recent, &conn, ErrorCode::Timeout, &message);
+                    timed_out(id, &msg_id, &message)
                 }
                 Err(e) => {
                     let r = Reject::from(e);
