@@ -116,7 +116,7 @@ async fn recovery_on_another_node_than_the_one_left() {
         .await;
     assert_eq!(j["recovered"], true, "{j}");
     let got = c2.messages("rec", 7).await;
-    let offs: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    let offs = common::offsets(&got);
     assert_eq!(offs, (6..=12).collect::<Vec<u64>>());
     // History reads the same from either node.
     let h0 = p
@@ -270,16 +270,12 @@ async fn an_http_publish_on_one_node_reaches_websockets_on_the_others() {
         c.join_quiet("api-x").await;
         subs.push(c);
     }
-    let http = reqwest::Client::new();
-    let ack: Value = http
-        .post(nodes[0].http("/api/publish"))
-        .json(&json!({"room":"api-x","event":"e","data":"from-http","msgId":"h-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ack = nodes[0]
+        .api_post(
+            "/api/publish",
+            &json!({"room":"api-x","event":"e","data":"from-http","msgId":"h-1"}),
+        )
+        .await;
     assert_eq!(ack["offset"], 1, "{ack}");
     for c in subs.iter_mut() {
         let m = c.messages("api-x", 1).await;
@@ -295,7 +291,7 @@ async fn an_http_publish_on_one_node_reaches_websockets_on_the_others() {
     assert_eq!(dup["duplicate"], true);
     assert_eq!(dup["offset"], 1);
     // And history over HTTP on a third node has it once.
-    let h: Value = http
+    let h: Value = reqwest::Client::new()
         .get(nodes[1].http("/api/rooms/api-x/history"))
         .send()
         .await

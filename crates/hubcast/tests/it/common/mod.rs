@@ -73,6 +73,23 @@ pub(crate) fn start_redis(socket: &Path) -> Child {
     child
 }
 
+/// Kills every pub/sub connection of the Redis server at `url` (`CLIENT
+/// KILL TYPE pubsub`); returns how many there were.
+pub(crate) async fn kill_pubsub(url: &str) -> i64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -338,17 +355,26 @@ impl Server {
         Server::start_on(engine, |_| {}).await
     }
 
-    /// `POST /api/publish` of `data` as event `e`; returns the reply.
-    pub(crate) async fn api_publish(&self, room: &str, data: Value) -> Value {
+    /// `POST` of the JSON `body` to the API at `path`; returns the reply.
+    pub(crate) async fn api_post(&self, path: &str, body: &Value) -> Value {
         reqwest::Client::new()
-            .post(self.http("/api/publish"))
-            .json(&json!({"room":room,"event":"e","data":data}))
+            .post(self.http(path))
+            .json(body)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// `POST /api/publish` of `data` as event `e`; returns the reply.
+    pub(crate) async fn api_publish(&self, room: &str, data: Value) -> Value {
+        self.api_post(
+            "/api/publish",
+            &json!({"room":room,"event":"e","data":data}),
+        )
+        .await
     }
 
     /// A barrier for "`c` receives nothing more": publishes a marker into
@@ -368,15 +394,12 @@ impl Server {
     /// room would change the offsets the test checks next.
     pub(crate) async fn barrier_personal(&self, c: &mut Client) {
         let marker = json!(format!("barrier-{}", uuid::Uuid::new_v4().simple()));
-        let ack: Value = reqwest::Client::new()
-            .post(self.http("/api/send"))
-            .json(&json!({"to":c.user(),"event":"e","data":marker}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ack = self
+            .api_post(
+                "/api/send",
+                &json!({"to":c.user(),"event":"e","data":marker}),
+            )
+            .await;
         assert!(ack["offset"].is_u64(), "the marker is sent: {ack}");
         c.expect_marker(&format!("@{}", c.user()), &marker).await;
     }
@@ -609,6 +632,19 @@ fn close_parts(f: Option<CloseFrame>) -> (Option<u16>, String) {
         Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
         None => (None, String::new()),
     }
+}
+
+/// The offsets of `message` frames, in order.
+pub(crate) fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect()
+}
+
+/// The offsets of a reply's `messages` (history, poll), in order.
+pub(crate) fn reply_offsets(reply: &Value) -> Vec<u64> {
+    offsets(reply["messages"].as_array().unwrap())
 }
 
 /// Polls `f` every 20 ms until it gives `Some`, for up to 10 s.
