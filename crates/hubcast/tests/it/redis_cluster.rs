@@ -280,28 +280,8 @@ async fn recovery_idempotency_history_and_presence_on_a_cluster() {
     let cluster = RedisCluster::start();
     let nodes = nodes(&cluster, 2).await;
     for room in rooms_on_every_master(&cluster, "x") {
-        // Recovery on the other node.
-        let mut p = nodes[0].client().await;
-        let mut c = nodes[0].client().await;
-        let j = c.join_quiet(&room).await;
-        let epoch = j["epoch"].clone();
-        for i in 1..=3 {
-            p.publish(&room, json!(i)).await;
-        }
-        let seen = c.messages(&room, 3).await;
-        let last = seen[2]["offset"].as_u64().unwrap();
-        c.close().await;
-        for i in 4..=9 {
-            p.publish(&room, json!(i)).await;
-        }
-        let mut c2 = nodes[1].client().await;
-        let (j, _) = c2
-            .request(json!({"type":"join","room":&room,"since":last,"epoch":epoch}))
-            .await;
-        assert_eq!(j["recovered"], true, "{room}: {j}");
-        let got = c2.messages(&room, 6).await;
-        let offs = common::offsets(&got);
-        assert_eq!(offs, (4..=9).collect::<Vec<u64>>(), "{room}");
+        let (mut p, mut c2) =
+            common::recover_on_another_node(&nodes[0], &nodes[1], &room, 3, 6).await;
 
         // Idempotency across nodes.
         let frame = json!({"type":"publish","room":&room,"event":"e","data":0,"msgId":"once"});

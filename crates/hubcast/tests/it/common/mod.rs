@@ -634,6 +634,44 @@ fn close_parts(f: Option<CloseFrame>) -> (Option<u16>, String) {
     }
 }
 
+/// Recovery on another node: a client on `a` reads `seen` messages of
+/// `room` and leaves, `missed` more are published, and a client joining on
+/// `b` with that `since` and `epoch` gets exactly the missed ones. Returns
+/// the publisher (on `a`) and that client.
+pub(crate) async fn recover_on_another_node(
+    a: &Server,
+    b: &Server,
+    room: &str,
+    seen: u64,
+    missed: u64,
+) -> (Client, Client) {
+    let mut p = a.client().await;
+    let mut c = a.client().await;
+    let j = c.join_quiet(room).await;
+    let epoch = j["epoch"].clone();
+    for i in 1..=seen {
+        p.publish(room, json!(i)).await;
+    }
+    let got = c.messages(room, seen as usize).await;
+    let last = got.last().unwrap()["offset"].as_u64().unwrap();
+    c.close().await;
+    for i in seen + 1..=seen + missed {
+        p.publish(room, json!(i)).await;
+    }
+    let mut c2 = b.client().await;
+    let (j, _) = c2
+        .request(json!({"type":"join","room":room,"since":last,"epoch":epoch}))
+        .await;
+    assert_eq!(j["recovered"], true, "{room}: {j}");
+    let got = c2.messages(room, missed as usize).await;
+    assert_eq!(
+        offsets(&got),
+        (seen + 1..=seen + missed).collect::<Vec<u64>>(),
+        "{room}"
+    );
+    (p, c2)
+}
+
 /// The offsets of `message` frames, in order.
 pub(crate) fn offsets(messages: &[Value]) -> Vec<u64> {
     messages
