@@ -697,18 +697,7 @@ mod redis_gaps {
         s.publish("r", "m1", false).await;
         s.wait_until("offset 1", |s| s.delivered("r").len() == 1)
             .await;
-        let mut c = ::redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let killed: i64 = ::redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let killed = common::kill_pubsub(&url).await;
         assert!(killed >= 1, "this engine's connection at least");
         for i in 2..=20 {
             s.publish("r", &format!("m{i}"), false).await;

@@ -97,27 +97,7 @@ async fn concurrent_publishers_on_every_node_give_one_gapless_order() {
 #[tokio::test]
 async fn recovery_on_another_node_than_the_one_left() {
     let nodes = cluster(2).await;
-    let mut p = nodes[0].client().await;
-    let mut c = nodes[0].client().await;
-    let j = c.join_quiet("rec").await;
-    let epoch = j["epoch"].clone();
-    for i in 1..=5 {
-        p.publish("rec", json!(i)).await;
-    }
-    let seen = c.messages("rec", 5).await;
-    let last = seen[4]["offset"].as_u64().unwrap();
-    c.close().await;
-    for i in 6..=12 {
-        p.publish("rec", json!(i)).await;
-    }
-    let mut c2 = nodes[1].client().await;
-    let (j, _) = c2
-        .request(json!({"type":"join","room":"rec","since":last,"epoch":epoch}))
-        .await;
-    assert_eq!(j["recovered"], true, "{j}");
-    let got = c2.messages("rec", 7).await;
-    let offs: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
-    assert_eq!(offs, (6..=12).collect::<Vec<u64>>());
+    let (mut p, mut c2) = common::recover_on_another_node(&nodes[0], &nodes[1], "rec", 5, 7).await;
     // History reads the same from either node.
     let h0 = p
         .call(json!({"type":"history","room":"rec","limit":3}))
@@ -270,16 +250,12 @@ async fn an_http_publish_on_one_node_reaches_websockets_on_the_others() {
         c.join_quiet("api-x").await;
         subs.push(c);
     }
-    let http = reqwest::Client::new();
-    let ack: Value = http
-        .post(nodes[0].http("/api/publish"))
-        .json(&json!({"room":"api-x","event":"e","data":"from-http","msgId":"h-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ack = nodes[0]
+        .api_post(
+            "/api/publish",
+            &json!({"room":"api-x","event":"e","data":"from-http","msgId":"h-1"}),
+        )
+        .await;
     assert_eq!(ack["offset"], 1, "{ack}");
     for c in subs.iter_mut() {
         let m = c.messages("api-x", 1).await;
@@ -295,7 +271,7 @@ async fn an_http_publish_on_one_node_reaches_websockets_on_the_others() {
     assert_eq!(dup["duplicate"], true);
     assert_eq!(dup["offset"], 1);
     // And history over HTTP on a third node has it once.
-    let h: Value = http
+    let h: Value = reqwest::Client::new()
         .get(nodes[1].http("/api/rooms/api-x/history"))
         .send()
         .await

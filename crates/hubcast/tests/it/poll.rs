@@ -18,15 +18,6 @@ async fn poll(s: &Server, query: &str) -> (u16, Value) {
     (st, r.json().await.unwrap())
 }
 
-fn offsets(v: &Value) -> Vec<u64> {
-    v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["offset"].as_u64().unwrap())
-        .collect()
-}
-
 both_engines! {
     #[tokio::test]
     async fn a_publish_wakes_a_waiting_poll_long_before_its_timeout(engine) {
@@ -45,7 +36,7 @@ both_engines! {
         let (v, waited) = waiting.await.unwrap();
         assert_eq!(v["room"], "lp");
         assert_eq!(v["epoch"], ws_pub["epoch"]);
-        assert_eq!(offsets(&v), vec![1]);
+        assert_eq!(common::reply_offsets(&v), vec![1]);
         assert_eq!(v["messages"][0]["data"], "woke");
         assert_eq!(v["messages"][0]["msgId"], ws_pub["msgId"]);
         // Not the timeout: the publish ended the wait (30 s asked).
@@ -62,13 +53,13 @@ both_engines! {
         }
         let (st, v) = poll(&s, "room=now&since=1&timeout=30").await;
         assert_eq!(st, 200);
-        assert_eq!(offsets(&v), vec![2, 3]);
+        assert_eq!(common::reply_offsets(&v), vec![2, 3]);
         assert_eq!(v["messages"][1]["data"], 3);
         // `limit` caps one answer; the next poll continues.
         let (_, v) = poll(&s, "room=now&since=0&limit=2").await;
-        assert_eq!(offsets(&v), vec![1, 2]);
+        assert_eq!(common::reply_offsets(&v), vec![1, 2]);
         let (_, v) = poll(&s, "room=now&since=2").await;
-        assert_eq!(offsets(&v), vec![3]);
+        assert_eq!(common::reply_offsets(&v), vec![3]);
     }
 }
 

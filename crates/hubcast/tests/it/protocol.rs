@@ -307,12 +307,7 @@ both_engines! {
         assert_eq!(h["type"], "history");
         assert_eq!(h["room"], "h");
         assert!(h["epoch"].is_string());
-        let offs: Vec<u64> = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["offset"].as_u64().unwrap())
-            .collect();
+        let offs = common::reply_offsets(&h);
         assert_eq!(offs, vec![4, 5, 6, 7, 8]);
         assert_eq!(h["complete"], false, "1..3 were trimmed");
         assert_eq!(h["messages"][0]["type"], "message");
@@ -321,12 +316,7 @@ both_engines! {
         let h = a
             .call(json!({"type":"history","room":"h","since":5,"limit":2}))
             .await;
-        let offs: Vec<u64> = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["offset"].as_u64().unwrap())
-            .collect();
+        let offs = common::reply_offsets(&h);
         assert_eq!(offs, vec![6, 7]);
         assert_eq!(h["complete"], true);
 

@@ -127,14 +127,11 @@ both_engines! {
             .request(json!({"type":"join","room":"small","since":3,"epoch":epoch}))
             .await;
         assert_eq!(j["recovered"], true);
-        let offs: Vec<u64> = [
+        let offs = common::offsets(&[
             c.expect("message").await,
             c.expect("message").await,
             c.expect("message").await,
-        ]
-        .iter()
-        .map(|m| m["offset"].as_u64().unwrap())
-        .collect();
+        ]);
         assert_eq!(offs, vec![4, 5, 6]);
         let _ = c.expect("presence").await;
 

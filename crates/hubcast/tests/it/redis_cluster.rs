@@ -146,25 +146,13 @@ impl RedisCluster {
             .unwrap()
     }
 
-    /// Sharded channels with subscribers, over all masters.
-    fn shard_channels(&self) -> BTreeSet<String> {
+    /// Channels with subscribers, over all masters: `SHARDCHANNELS`
+    /// (sharded pub/sub) or `CHANNELS` (classic).
+    fn channels(&self, kind: &str) -> BTreeSet<String> {
         let mut all = BTreeSet::new();
         for p in &self.ports {
             let chans: Vec<String> = redis::cmd("PUBSUB")
-                .arg("SHARDCHANNELS")
-                .query(&mut self.conn(*p))
-                .unwrap();
-            all.extend(chans);
-        }
-        all
-    }
-
-    /// Classic (unsharded) channels with subscribers, over all masters.
-    fn classic_channels(&self) -> BTreeSet<String> {
-        let mut all = BTreeSet::new();
-        for p in &self.ports {
-            let chans: Vec<String> = redis::cmd("PUBSUB")
-                .arg("CHANNELS")
+                .arg(kind)
                 .query(&mut self.conn(*p))
                 .unwrap();
             all.extend(chans);
@@ -238,12 +226,12 @@ async fn rooms_on_every_master_deliver_across_nodes_in_one_order() {
     // Sharded pub/sub, one channel per room, nothing on classic pub/sub.
     // (Each connection also joined its personal room `@user`.)
     let shard: BTreeSet<String> = cluster
-        .shard_channels()
+        .channels("SHARDCHANNELS")
         .into_iter()
         .filter(|c| !c.contains("{@"))
         .collect();
     assert_eq!(shard.len(), rooms.len(), "{shard:?}");
-    assert!(cluster.classic_channels().is_empty());
+    assert!(cluster.channels("CHANNELS").is_empty());
 
     // Publishers on both nodes at once, every room.
     const PER: u64 = 30;
@@ -292,28 +280,8 @@ async fn recovery_idempotency_history_and_presence_on_a_cluster() {
     let cluster = RedisCluster::start();
     let nodes = nodes(&cluster, 2).await;
     for room in rooms_on_every_master(&cluster, "x") {
-        // Recovery on the other node.
-        let mut p = nodes[0].client().await;
-        let mut c = nodes[0].client().await;
-        let j = c.join_quiet(&room).await;
-        let epoch = j["epoch"].clone();
-        for i in 1..=3 {
-            p.publish(&room, json!(i)).await;
-        }
-        let seen = c.messages(&room, 3).await;
-        let last = seen[2]["offset"].as_u64().unwrap();
-        c.close().await;
-        for i in 4..=9 {
-            p.publish(&room, json!(i)).await;
-        }
-        let mut c2 = nodes[1].client().await;
-        let (j, _) = c2
-            .request(json!({"type":"join","room":&room,"since":last,"epoch":epoch}))
-            .await;
-        assert_eq!(j["recovered"], true, "{room}: {j}");
-        let got = c2.messages(&room, 6).await;
-        let offs: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
-        assert_eq!(offs, (4..=9).collect::<Vec<u64>>(), "{room}");
+        let (mut p, mut c2) =
+            common::recover_on_another_node(&nodes[0], &nodes[1], &room, 3, 6).await;
 
         // Idempotency across nodes.
         let frame = json!({"type":"publish","room":&room,"event":"e","data":0,"msgId":"once"});
@@ -327,12 +295,7 @@ async fn recovery_idempotency_history_and_presence_on_a_cluster() {
         let (h, _) = c2
             .request(json!({"type":"history","room":&room,"limit":2}))
             .await;
-        let offs: Vec<u64> = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["offset"].as_u64().unwrap())
-            .collect();
+        let offs = common::reply_offsets(&h);
         assert_eq!(offs, vec![9, 10], "{room}");
 
         // Presence across nodes, with the join event.
@@ -398,16 +361,7 @@ async fn killing_every_shards_pubsub_connection_loses_nothing() {
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(80)).await;
             for p in &ports {
-                let client = redis::Client::open(format!("redis://127.0.0.1:{p}")).unwrap();
-                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-                let n: i64 = redis::cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("TYPE")
-                    .arg("pubsub")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                killed += n;
+                killed += common::kill_pubsub(&format!("redis://127.0.0.1:{p}")).await;
             }
         }
         killed

@@ -48,17 +48,9 @@ async fn killing_the_pubsub_connection_loses_nothing() {
         }
     });
     let killer = tokio::spawn(async move {
-        let client = redis::Client::open(redis_url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(60)).await;
-            let _: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            common::kill_pubsub(&redis_url).await;
         }
     });
     let mut next = 1;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, RedisFuture, Value};
+use redis::{RedisFuture, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 use crate::broker::BrokerError;
 
 use super::keys::Keys;
+use super::link::Link;
 use super::nodes::{Registry, lease_task};
-use super::pubsub::{cluster_pubsub_task, pubsub_task};
+use super::pubsub::pubsub_task;
 use super::scripts::Scripts;
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, RedisBroker, Shared, unavailable};
 
@@ -75,15 +76,6 @@ pub struct RedisSettings {
     pub lease: Duration,
 }
 
-/// The node's pub/sub side, before its task starts.
-pub(super) enum PubSubSource {
-    /// A dedicated pub/sub connection, reopened by the task when it drops.
-    Single(redis::Client),
-    /// A cluster connection (one connection per master, resubscribed by the
-    /// client) and the pushes it receives.
-    Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
-}
-
 impl RedisBroker {
     /// Connects to Redis (fails when it cannot) and starts the node's
     /// pub/sub and lease tasks.
@@ -114,7 +106,10 @@ impl RedisBroker {
                 .map_err(unavailable)?;
             (
                 Conn::Cluster(conn),
-                PubSubSource::Cluster(sub, rx),
+                Link::Cluster {
+                    conn: sub,
+                    pushes: rx,
+                },
                 "spublish",
             )
         } else {
@@ -128,7 +123,11 @@ impl RedisBroker {
             let conn = ConnectionManager::new_with_config(client.clone(), config)
                 .await
                 .map_err(unavailable)?;
-            (Conn::Single(conn), PubSubSource::Single(client), "publish")
+            (
+                Conn::Single(conn),
+                Link::Plain { client, conn: None },
+                "publish",
+            )
         };
         let shared = Arc::new(Shared {
             conn,
@@ -149,20 +148,7 @@ impl RedisBroker {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        match pubsub {
-            PubSubSource::Single(client) => {
-                tasks.spawn(pubsub_task(shared.clone(), client, rx, cancel.clone()));
-            }
-            PubSubSource::Cluster(sub, pushes) => {
-                tasks.spawn(cluster_pubsub_task(
-                    shared.clone(),
-                    sub,
-                    pushes,
-                    rx,
-                    cancel.clone(),
-                ));
-            }
-        }
+        tasks.spawn(pubsub_task(shared.clone(), pubsub, rx, cancel.clone()));
         // Take the lease before serving anyone, then keep it and reap the
         // nodes whose lease ran out.
         shared.renew_lease().await?;

@@ -40,14 +40,18 @@
 //!
 //! Layout: `keys` (names), `scripts` (the Lua in `lua/`), `conn` (one
 //! server or a cluster; startup), `stream` (reading a room's stream),
-//! `pubsub` (the node's subscriptions), `codec` (channel messages and
-//! payloads), `catchup` (in-order delivery and gap filling), `presence` (presence and user status), `nodes` (leases and the
-//! reaper). This file holds the shared state and implements [`Broker`].
+//! `pubsub` (the node's subscriptions: one loop for both kinds of Redis),
+//! `link` (what differs between plain and sharded pub/sub), `rooms` (the
+//! subscribed rooms' bookkeeping), `codec` (channel messages and payloads),
+//! `catchup` (in-order delivery and gap filling), `presence` (presence and
+//! user status), `nodes` (leases and the reaper). This file holds the
+//! shared state and implements [`Broker`].
 
 mod catchup;
 mod codec;
 mod conn;
 mod keys;
+mod link;
 mod nodes;
 mod presence;
 mod pubsub;

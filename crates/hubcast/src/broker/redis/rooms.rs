@@ -1,48 +1,19 @@
 //! The rooms a node is subscribed to, with what was delivered last in each:
-//! the bookkeeping both pub/sub tasks share (plain and cluster), so a room
-//! is started, referenced, released, unsubscribed and delivered to the same
-//! way whichever connection carries it.
+//! the pub/sub task's bookkeeping, the same whichever link (plain or
+//! cluster) carries the rooms.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redis::RedisResult;
-use redis::aio::PubSubSink;
-use redis::cluster_async::ClusterConnection;
-
 use crate::broker::BrokerError;
 
 use super::catchup::{RoomPos, catch_up, on_message};
+use super::link::Link;
 use super::{Shared, UNSUBSCRIBE_DELAY, unavailable};
-
-/// Where rooms' channels are subscribed: a plain server's pub/sub
-/// connection, or a cluster's sharded pub/sub.
-pub(super) trait Channels {
-    async fn subscribe(&mut self, channel: String) -> RedisResult<()>;
-    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()>;
-}
-
-impl Channels for PubSubSink {
-    async fn subscribe(&mut self, channel: String) -> RedisResult<()> {
-        PubSubSink::subscribe(self, channel).await
-    }
-    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
-        PubSubSink::unsubscribe(self, channel).await
-    }
-}
-
-impl Channels for ClusterConnection {
-    async fn subscribe(&mut self, channel: String) -> RedisResult<()> {
-        self.ssubscribe(channel).await
-    }
-    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
-        self.sunsubscribe(channel).await
-    }
-}
 
 /// Why a room could not be subscribed.
 pub(super) enum SubscribeError {
-    /// The connection failed (the plain connection is then reopened).
+    /// The link failed (its subscriptions are then restored).
     Link(BrokerError),
     /// The room's position could not be read; its channel was unsubscribed
     /// again.
@@ -101,18 +72,18 @@ impl Rooms {
     /// One more local reference to `room`: only a room not followed yet
     /// costs a round trip, its channel subscribed first and its position
     /// read only then, so anything published from there on arrives over
-    /// pub/sub. The one subscription path of both pub/sub tasks.
+    /// pub/sub.
     pub(super) async fn subscribe(
         &mut self,
         shared: &Shared,
-        channels: &mut impl Channels,
+        link: &mut Link,
         room: Arc<str>,
     ) -> Result<(), SubscribeError> {
         if self.add_ref(&room) {
             return Ok(());
         }
         let channel = shared.keys.channel(&room);
-        if let Err(e) = channels.subscribe(channel.clone()).await {
+        if let Err(e) = link.subscribe(channel.clone()).await {
             return Err(SubscribeError::Link(unavailable(e)));
         }
         match shared.recover_raw(&room, -1).await {
@@ -129,7 +100,7 @@ impl Rooms {
                 Ok(())
             }
             Err(e) => {
-                let _ = channels.unsubscribe(channel).await;
+                let _ = link.unsubscribe(channel).await;
                 Err(SubscribeError::Room(e))
             }
         }

@@ -75,6 +75,23 @@ pub(crate) fn start_redis(socket: &Path) -> Child {
     child
 }
 
+/// Kills every pub/sub connection of the Redis server at `url` (`CLIENT
+/// KILL TYPE pubsub`); returns how many there were.
+pub(crate) async fn kill_pubsub(url: &str) -> i64 {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -340,17 +357,26 @@ impl Server {
         Server::start_on(engine, |_| {}).await
     }
 
-    /// `POST /api/publish` of `data` as event `e`; returns the reply.
-    pub(crate) async fn api_publish(&self, room: &str, data: Value) -> Value {
+    /// `POST` of the JSON `body` to the API at `path`; returns the reply.
+    pub(crate) async fn api_post(&self, path: &str, body: &Value) -> Value {
         reqwest::Client::new()
-            .post(self.http("/api/publish"))
-            .json(&json!({"room":room,"event":"e","data":data}))
+            .post(self.http(path))
+            .json(body)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// `POST /api/publish` of `data` as event `e`; returns the reply.
+    pub(crate) async fn api_publish(&self, room: &str, data: Value) -> Value {
+        self.api_post(
+            "/api/publish",
+            &json!({"room":room,"event":"e","data":data}),
+        )
+        .await
     }
 
     /// A barrier for "`c` receives nothing more": publishes a marker into
@@ -370,15 +396,12 @@ impl Server {
     /// room would change the offsets the test checks next.
     pub(crate) async fn barrier_personal(&self, c: &mut Client) {
         let marker = json!(format!("barrier-{}", uuid::Uuid::new_v4().simple()));
-        let ack: Value = reqwest::Client::new()
-            .post(self.http("/api/send"))
-            .json(&json!({"to":c.user(),"event":"e","data":marker}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ack = self
+            .api_post(
+                "/api/send",
+                &json!({"to":c.user(),"event":"e","data":marker}),
+            )
+            .await;
         assert!(ack["offset"].is_u64(), "the marker is sent: {ack}");
         c.expect_marker(&format!("@{}", c.user()), &marker).await;
     }
@@ -611,6 +634,57 @@ fn close_parts(f: Option<CloseFrame>) -> (Option<u16>, String) {
         Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
         None => (None, String::new()),
     }
+}
+
+/// Recovery on another node: a client on `a` reads `seen` messages of
+/// `room` and leaves, `missed` more are published, and a client joining on
+/// `b` with that `since` and `epoch` gets exactly the missed ones. Returns
+/// the publisher (on `a`) and that client.
+pub(crate) async fn recover_on_another_node(
+    a: &Server,
+    b: &Server,
+    room: &str,
+    seen: u64,
+    missed: u64,
+) -> (Client, Client) {
+    let mut p = a.client().await;
+    let mut c = a.client().await;
+    let j = c.join_quiet(room).await;
+    let epoch = j["epoch"].clone();
+    for i in 1..=seen {
+        p.publish(room, json!(i)).await;
+    }
+    let got = c.messages(room, seen as usize).await;
+    let last = got.last().unwrap()["offset"].as_u64().unwrap();
+    c.close().await;
+    for i in seen + 1..=seen + missed {
+        p.publish(room, json!(i)).await;
+    }
+    let mut c2 = b.client().await;
+    let (j, _) = c2
+        .request(json!({"type":"join","room":room,"since":last,"epoch":epoch}))
+        .await;
+    assert_eq!(j["recovered"], true, "{room}: {j}");
+    let got = c2.messages(room, missed as usize).await;
+    assert_eq!(
+        offsets(&got),
+        (seen + 1..=seen + missed).collect::<Vec<u64>>(),
+        "{room}"
+    );
+    (p, c2)
+}
+
+/// The offsets of `message` frames, in order.
+pub(crate) fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect()
+}
+
+/// The offsets of a reply's `messages` (history, poll), in order.
+pub(crate) fn reply_offsets(reply: &Value) -> Vec<u64> {
+    offsets(reply["messages"].as_array().unwrap())
 }
 
 /// Polls `f` every 20 ms until it gives `Some`, for up to 10 s.
