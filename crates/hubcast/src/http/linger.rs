@@ -40,11 +40,11 @@ pub(crate) struct Lingering {
     tcp: TcpStream,
     /// The socket's place under the per-address cap, given back on drop.
     _slot: Option<TcpSlot>,
-    /// What may still be discarded once shutting down.
-    budget: usize,
-    drain: Option<Drain>,
-    /// Why the lingering ended, once it has.
-    ended: Option<End>,
+    /// Bytes that may be discarded once shutting down.
+    budget: u32,
+    /// Boxed: every open socket holds this, only a closing one needs more
+    /// than a pointer's room.
+    drain: Option<Box<Drain>>,
 }
 
 /// Why a lingering close ended.
@@ -65,6 +65,8 @@ struct Drain {
     shut: bool,
     until: Pin<Box<Sleep>>,
     left: usize,
+    /// Why the lingering ended, once it has.
+    ended: Option<End>,
 }
 
 impl Lingering {
@@ -74,58 +76,63 @@ impl Lingering {
         Self {
             tcp,
             _slot: slot,
-            budget: LINGER_BYTES.max(max_message.saturating_mul(2)),
+            budget: u32::try_from(LINGER_BYTES.max(max_message.saturating_mul(2)))
+                .unwrap_or(u32::MAX),
             drain: None,
-            ended: None,
         }
     }
 
     /// Why the lingering close ended, once it has.
     #[cfg(test)]
     fn ended(&self) -> Option<End> {
-        self.ended
+        self.drain.as_ref().and_then(|d| d.ended)
     }
 
     /// Sends the FIN, then reads until the peer's FIN, an error, or a bound.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.ended.is_some() {
-            return Poll::Ready(Ok(()));
+        let budget = self.budget as usize;
+        let drain = self.drain.get_or_insert_with(|| {
+            Box::new(Drain {
+                shut: false,
+                until: Box::pin(sleep_until(Instant::now() + LINGER_TIME)),
+                left: budget,
+                ended: None,
+            })
+        });
+        if drain.ended.is_none() {
+            let end = ready!(poll_drain(&mut self.tcp, drain, cx));
+            drain.ended = Some(end);
         }
-        let end = ready!(self.poll_drain(cx));
-        self.ended = Some(end);
         Poll::Ready(Ok(()))
     }
+}
 
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        let drain = self.drain.get_or_insert_with(|| Drain {
-            shut: false,
-            until: Box::pin(sleep_until(Instant::now() + LINGER_TIME)),
-            left: self.budget,
-        });
-        if !drain.shut {
-            // A socket that cannot even send its FIN (reset by the peer)
-            // has nothing left to protect.
-            if ready!(Pin::new(&mut self.tcp).poll_shutdown(cx)).is_err() {
-                return Poll::Ready(End::Peer);
-            }
-            drain.shut = true;
+/// Sends the FIN once, then reads and discards until the peer's FIN, an
+/// error, or a bound.
+fn poll_drain(tcp: &mut TcpStream, drain: &mut Drain, cx: &mut Context<'_>) -> Poll<End> {
+    if !drain.shut {
+        // A socket that cannot even send its FIN (reset by the peer)
+        // has nothing left to protect.
+        if ready!(Pin::new(&mut *tcp).poll_shutdown(cx)).is_err() {
+            return Poll::Ready(End::Peer);
         }
-        let mut space = [0u8; 8192];
-        loop {
-            if drain.until.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(End::Time);
-            }
-            let mut buf = ReadBuf::new(&mut space);
-            match Pin::new(&mut self.tcp).poll_read(cx, &mut buf) {
-                Poll::Pending => return Poll::Pending,
-                // The peer's FIN, or a socket that failed: done either way.
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(End::Peer),
-                Poll::Ready(Err(_)) => return Poll::Ready(End::Peer),
-                Poll::Ready(Ok(())) => {
-                    drain.left = drain.left.saturating_sub(buf.filled().len());
-                    if drain.left == 0 {
-                        return Poll::Ready(End::Budget);
-                    }
+        drain.shut = true;
+    }
+    let mut space = [0u8; 8192];
+    loop {
+        if drain.until.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Time);
+        }
+        let mut buf = ReadBuf::new(&mut space);
+        match Pin::new(&mut *tcp).poll_read(cx, &mut buf) {
+            Poll::Pending => return Poll::Pending,
+            // The peer's FIN, or a socket that failed: done either way.
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(End::Peer),
+            Poll::Ready(Err(_)) => return Poll::Ready(End::Peer),
+            Poll::Ready(Ok(())) => {
+                drain.left = drain.left.saturating_sub(buf.filled().len());
+                if drain.left == 0 {
+                    return Poll::Ready(End::Budget);
                 }
             }
         }
