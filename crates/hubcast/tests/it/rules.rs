@@ -1,10 +1,11 @@
 //! Room rules (`[[rooms]]`, PROTOCOL.md section 7) at every entry point:
-//! WebSocket frames, the HTTP API and long polling, on both engines, and a
-//! bad table stopping the start.
+//! WebSocket frames, the HTTP API, long polling and SSE, on both engines,
+//! and a bad table stopping the start.
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
 
+use crate::sse::Sse;
 use common::{Server, offsets, reply_offsets};
 use hubcast::config::RoomTable;
 use hubcast::rules::{Joiners, Publishers};
@@ -161,6 +162,15 @@ both_engines! {
         // A long poll from a trimmed position gets what the rule kept.
         let (_, poll) = get(&s, "/api/poll?room=small.x&since=1&timeout=0").await;
         assert_eq!(reply_offsets(&poll), [4, 5], "{poll}");
+        // SSE resumes only from what the rule kept.
+        let mut sse = Sse::open(&s, "rooms=small.x&since=small.x:1", None).await;
+        let (_, joined) = sse.next().await;
+        assert_eq!(joined["recovered"], false, "{joined}");
+        let mut sse = Sse::open(&s, "rooms=small.x&since=small.x:3", None).await;
+        let (_, joined) = sse.next().await;
+        assert_eq!(joined["recovered"], true, "{joined}");
+        assert_eq!(sse.message().await.0, "small.x:4");
+        assert_eq!(sse.message().await.0, "small.x:5");
     }
 }
 
