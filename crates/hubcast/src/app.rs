@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{self, Broker, PresenceManager};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::rules::Rules;
 use crate::{auth, http, lock, metrics, protocol, recent};
 
 /// Rate samples kept: one a second, so the rates cover the last 10 s.
@@ -20,6 +21,8 @@ const SAMPLES: usize = 11;
 pub(crate) struct App {
     /// The validated settings.
     pub config: Config,
+    /// Every room's rule (`[[rooms]]`), compiled from `config`.
+    pub rules: Arc<Rules>,
     /// Node-local rooms and fan-out.
     pub hub: Arc<Hub>,
     /// The engine behind the hub.
@@ -52,17 +55,25 @@ pub(crate) struct App {
 
 impl App {
     /// A room's presence as every reply lists it: nobody for a personal
-    /// room, else the first `max_presence_members` and the total.
+    /// room or one whose rule keeps no presence, else the first
+    /// `max_presence_members` and the total.
     pub(crate) async fn presence_page(
         &self,
         room: &str,
     ) -> Result<broker::PresencePage, broker::BrokerError> {
-        if protocol::is_personal(room) {
+        if !self.keeps_presence(room) {
             return Ok(broker::PresencePage::default());
         }
         self.presence
             .list(room, self.config.max_presence_members)
             .await
+    }
+
+    /// Whether the room's members are recorded and listed: never for a
+    /// personal room, and not where the room's rule says `presence = false`
+    /// (its joins and leaves then cost the engine nothing).
+    pub(crate) fn keeps_presence(&self, room: &str) -> bool {
+        !protocol::is_personal(room) && self.rules.for_room(room).presence
     }
 
     /// Counts a message accepted for publishing (a duplicate is not one)

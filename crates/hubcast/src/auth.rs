@@ -82,7 +82,10 @@ struct Claims {
 impl Auth {
     /// Reads the key settings; fails naming the key.
     pub fn from_config(cfg: &Config) -> Result<Auth, ConfigError> {
-        let bad = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
         let secret = match (&cfg.jwt_secret, &cfg.jwt_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(bad(
@@ -254,26 +257,29 @@ impl RoomPattern {
         Ok(RoomPattern(segs))
     }
 
-    /// Whether `room` matches.
+    /// Whether `room` matches. Walks the name's segments without
+    /// allocating: it runs on every join and publish that a `[[rooms]]`
+    /// rule or a `rooms` claim governs.
     pub fn matches(&self, room: &str) -> bool {
-        let parts: Vec<&str> = room.split('.').collect();
-        let mut i = 0;
+        let mut parts = room.split('.');
         for (k, seg) in self.0.iter().enumerate() {
             if seg == "**" {
                 // One or more segments, none of them empty.
-                return k == self.0.len() - 1
-                    && i < parts.len()
-                    && parts[i..].iter().all(|p| !p.is_empty());
+                let mut any = false;
+                for part in parts.by_ref() {
+                    if part.is_empty() {
+                        return false;
+                    }
+                    any = true;
+                }
+                return any && k == self.0.len() - 1;
             }
-            let Some(part) = parts.get(i) else {
-                return false;
-            };
-            if part.is_empty() || (seg != "*" && seg != part) {
-                return false;
+            match parts.next() {
+                Some(part) if !part.is_empty() && (seg == "*" || seg == part) => {}
+                _ => return false,
             }
-            i += 1;
         }
-        i == parts.len()
+        parts.next().is_none()
     }
 }
 

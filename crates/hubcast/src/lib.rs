@@ -13,6 +13,8 @@
 //! - `app`: `App`, the state every handler and connection task shares
 //!   (config, hub, broker, presence, limits, counters, rate samples).
 //! - [`config`]: every setting, its default, validation naming the key.
+//! - [`rules`]: room rules (`[[rooms]]`): a room's effective publish, join,
+//!   history and presence rule, first match wins.
 //! - [`protocol`]: the `hubcast-protocol` crate's frames, codes and name
 //!   rules, re-exported, and the encode-once message envelope
 //!   (`protocol::envelope`).
@@ -69,6 +71,7 @@ mod pool;
 pub mod protocol;
 pub(crate) mod publish;
 pub(crate) mod recent;
+pub mod rules;
 pub(crate) mod server;
 mod small;
 pub(crate) mod trace;

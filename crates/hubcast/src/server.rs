@@ -16,6 +16,7 @@ use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{self, Broker, Engine, PresenceManager};
 use crate::config::{BrokerKind, Config};
 use crate::hub::Hub;
+use crate::rules::Rules;
 use crate::{auth, http, protocol};
 
 /// Serves on `listener` until `shutdown` fires, then closes every WebSocket
@@ -31,15 +32,15 @@ pub async fn run(
 
 /// The engine the config names, connected.
 pub(crate) async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn Engine>> {
+    let rules = Arc::new(Rules::from_config(config)?);
     Ok(match config.broker {
-        BrokerKind::Memory => MemoryBroker::new(config.history_size, config.history_ttl()),
+        BrokerKind::Memory => MemoryBroker::with_rules(rules),
         BrokerKind::Redis => RedisBroker::connect(RedisSettings {
             url: config.redis_url.clone(),
             cluster: config.redis_cluster,
             prefix: config.redis_prefix.clone(),
             node: config.node_id.clone(),
-            history_size: config.history_size,
-            ttl: config.history_ttl(),
+            rules,
             lease: Duration::from_secs(config.presence_lease),
         })
         .await
@@ -58,6 +59,7 @@ pub async fn run_with_broker(
     broker: Arc<dyn Engine>,
 ) -> anyhow::Result<()> {
     let auth = auth::Auth::from_config(&config)?;
+    let rules = Arc::new(Rules::from_config(&config)?);
     let metrics = crate::metrics::install();
     // Every engine's operations are timed the same way.
     let timed = broker::timed::Timed::new(broker);
@@ -68,6 +70,7 @@ pub async fn run_with_broker(
     let grace = Duration::from_secs(config.shutdown_timeout);
     let app = Arc::new(App {
         config,
+        rules,
         hub,
         broker: broker.clone(),
         presence,

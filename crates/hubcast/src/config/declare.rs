@@ -234,7 +234,10 @@ pub(super) fn check<T>(
     config: &Config,
     check: impl Fn(&T, &Config) -> Verdict,
 ) -> Result<(), ConfigError> {
-    check(value, config).map_err(|message| ConfigError::Invalid { key, message })
+    check(value, config).map_err(|message| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    })
 }
 
 /// The value lies in `range`.
@@ -293,6 +296,13 @@ pub(super) use given_or;
 ///
 /// and becomes [`Config`], its `Default`, `Config::validate` (the checks
 /// in row order), `ServeArgs` with its clap impls, and `settings()`.
+///
+/// After the rows, an optional `file_only { ... }` block declares settings
+/// that only the TOML file gives (lists of tables, such as `[[rooms]]`):
+/// rows with `default` and `check` only, the check returning the
+/// [`ConfigError`] itself so that it can name a key inside the value
+/// (`rooms[2].publish`). They are [`Config`] fields, checked after the
+/// rows, with no flag, variable, `--help` line or README row.
 macro_rules! declare_settings {
     (@setting $defaults:ident, $field:ident, [$($flag:literal)?], $value:literal, $help:literal,
         [$($shown:literal)?], [$($secret:literal)?]) => {{
@@ -326,17 +336,28 @@ macro_rules! declare_settings {
             $(secret: $secret:literal,)?
             $(check: $check:expr,)?
         }
-    )+) => {
+    )+
+    $(file_only {$(
+        $(#[doc = $fdoc:expr])+
+        $ffield:ident: $fty:ty {
+            default: $fdefault:expr,
+            check: $fcheck:expr,
+        }
+    )+})?) => {
         /// The server's settings after all layers are merged and validated.
         #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
         #[serde(default, deny_unknown_fields)]
         pub struct Config {
             $( $(#[doc = $doc])+ pub $field: $ty, )+
+            $($( $(#[doc = $fdoc])+ pub $ffield: $fty, )+)?
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Self { $( $field: $default, )+ }
+                Self {
+                    $( $field: $default, )+
+                    $($( $ffield: $fdefault, )+)?
+                }
             }
         }
 
@@ -346,6 +367,7 @@ macro_rules! declare_settings {
             pub fn validate(&self) -> Result<(), $crate::config::ConfigError> {
                 use $crate::config::declare::check;
                 $($( check(stringify!($field), &self.$field, self, $check)?; )?)+
+                $($( ($fcheck)(&self.$ffield, self)?; )+)?
                 Ok(())
             }
         }

@@ -20,11 +20,13 @@ use serde::{Deserialize, Serialize};
 mod declare;
 #[cfg(test)]
 mod readme;
+mod rooms;
 mod settings;
 #[cfg(test)]
 mod tests;
 
 pub use declare::Setting;
+pub use rooms::RoomTable;
 pub use settings::{Config, ServeArgs, settings};
 
 /// Which engine serves rooms.
@@ -56,8 +58,10 @@ pub enum ConfigError {
     /// A value was read but is out of range.
     #[error("config: {key}: {message}")]
     Invalid {
-        /// The TOML key (flag name with underscores).
-        key: &'static str,
+        /// The TOML key (flag name with underscores), or a `[[rooms]]`
+        /// table's key as `rooms[N].key` (N from 1: the first table is
+        /// `rooms[1]`).
+        key: String,
         /// What is wrong and what is allowed.
         message: String,
     },
@@ -79,9 +83,11 @@ impl Config {
         }
         fig = fig.merge(Serialized::defaults(args));
         let mut cfg: Config = fig.extract().map_err(|e| {
-            // figment prefixes keys with the profile ("default."); users never
-            // see profiles, so drop it.
-            ConfigError::Parse(e.to_string().replace("default.", ""))
+            rooms::named(&e).unwrap_or_else(|| {
+                // figment prefixes keys with the profile ("default."); users
+                // never see profiles, so drop it.
+                ConfigError::Parse(e.to_string().replace("default.", ""))
+            })
         })?;
         cfg.validate()?;
         if cfg.node_id.is_empty() {

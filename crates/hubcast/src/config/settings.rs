@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::declare::{Verdict, at_least, declare_settings, within};
-use super::{BrokerKind, LogFormat};
+use super::{BrokerKind, LogFormat, RoomTable};
 
 declare_settings! {
     /// Address the HTTP and WebSocket listener binds.
@@ -329,6 +329,15 @@ declare_settings! {
         default: 500,
         value: "N",
         help: "WebSocket handshakes per second from one IP address, 0 = unlimited; past it, 429",
+    }
+    file_only {
+        /// `[[rooms]]` tables (PROTOCOL.md section 7): rules for the rooms
+        /// their `match` pattern matches, the first match winning; other
+        /// rooms follow the global settings.
+        rooms: Vec<RoomTable> {
+            default: Vec::new(),
+            check: |_, config| crate::rules::Rules::from_config(config).map(drop),
+        }
     }
 }
 

@@ -46,7 +46,8 @@ fn otlp_endpoint_is_checked() {
 /// Every setting set to a value other than its default, as
 /// [`every_flag_reaches_its_field`] and [`every_key_reaches_its_field`]
 /// give it (`otlp_endpoint` aside: without the `otlp` feature it fails
-/// validation; `otlp_endpoint_is_checked` covers it).
+/// validation; `otlp_endpoint_is_checked` covers it). `rooms` has no flag:
+/// only the file gives it.
 fn all_changed() -> Config {
     Config {
         listen: SocketAddr::from(([127, 0, 0, 2], 9000)),
@@ -87,6 +88,14 @@ fn all_changed() -> Config {
         max_connections: 13,
         max_connections_per_ip: 14,
         handshakes_per_ip_per_sec: 15,
+        rooms: vec![RoomTable {
+            pattern: "news.**".into(),
+            publish: crate::rules::Publishers::Server,
+            join: crate::rules::Joiners::Open,
+            history_size: Some(50),
+            history_ttl: Some(3600),
+            presence: false,
+        }],
     }
 }
 
@@ -129,7 +138,13 @@ fn every_flag_reaches_its_field() {
         "--handshakes-per-ip-per-sec=15",
     ]))
     .unwrap();
-    assert_eq!(cfg, all_changed());
+    assert_eq!(
+        cfg,
+        Config {
+            rooms: Vec::new(),
+            ..all_changed()
+        }
+    );
     // A bool flag takes an explicit value too.
     let cfg = Config::load(&args(&["--web", "true", "--anonymous=false"])).unwrap();
     assert!(cfg.web);
@@ -189,6 +204,14 @@ tls_key = "/k2"
 max_connections = 13
 max_connections_per_ip = 14
 handshakes_per_ip_per_sec = 15
+
+[[rooms]]
+match = "news.**"
+publish = "server"
+join = "open"
+history_size = 50
+history_ttl = 3600
+presence = false
 "#,
     );
     let cfg = Config::load(&args(&["--config", file.to_str().unwrap()])).unwrap();
@@ -250,4 +273,62 @@ fn bad_values_name_the_key() {
         .to_string();
     assert!(err.contains("allowed_origins"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The error `Config::load` gives for a file holding `toml`.
+fn load_error(tag: &str, toml: &str) -> String {
+    let (dir, file) = config_file(tag, "rooms.toml", toml);
+    let err = Config::load(&args(&["--config", file.to_str().unwrap()]))
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&dir).ok();
+    err
+}
+
+#[test]
+fn bad_rooms_tables_name_their_key() {
+    let first = "[[rooms]]\nmatch = \"a.*\"\n\n";
+    let err = load_error(
+        "rooms-key-",
+        &format!("{first}[[rooms]]\nmatch = \"b\"\nhistory = 5\n"),
+    );
+    assert!(
+        err.contains("rooms[2].history") && err.contains("unknown key"),
+        "{err}"
+    );
+    let err = load_error(
+        "rooms-pat-",
+        &format!("{first}[[rooms]]\nmatch = \"b.**.c\"\n"),
+    );
+    assert!(err.contains("rooms[2].match"), "{err}");
+    let err = load_error(
+        "rooms-pub-",
+        &format!("{first}[[rooms]]\nmatch = \"b\"\npublish = \"anyone\"\n"),
+    );
+    assert!(
+        err.contains("rooms[2].publish") && err.contains("anyone"),
+        "{err}"
+    );
+    let err = load_error(
+        "rooms-size-",
+        "[[rooms]]\nmatch = \"b\"\nhistory_size = \"many\"\n",
+    );
+    assert!(err.contains("rooms[1].history_size"), "{err}");
+    let err = load_error("rooms-missing-", "[[rooms]]\npublish = \"server\"\n");
+    assert!(err.contains("rooms[1].match"), "{err}");
+    let err = load_error(
+        "rooms-hook-",
+        &format!("{first}[[rooms]]\nmatch = \"b\"\npublish = \"hook\"\n"),
+    );
+    assert!(
+        err.contains(
+            "rooms[2].publish: publish = \"hook\" needs backend hooks, which this version does not have yet"
+        ),
+        "{err}"
+    );
+    let err = load_error("rooms-join-", "[[rooms]]\nmatch = \"b\"\njoin = \"hook\"\n");
+    assert!(
+        err.contains("rooms[1].join: join = \"hook\" needs backend hooks"),
+        "{err}"
+    );
 }

@@ -216,6 +216,12 @@ pub(crate) async fn presence(
     Path(room): Path<String>,
 ) -> Result<Response, HttpError> {
     valid_room(&room)?;
+    if !app.rules.for_room(&room).presence {
+        return Err(HttpError::new(
+            ErrorCode::Forbidden,
+            format!("{room} keeps no presence (room rule)"),
+        ));
+    }
     let page = app.presence_page(&room).await?;
     Ok(Json(PresenceReply {
         room: &room,

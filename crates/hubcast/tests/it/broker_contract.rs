@@ -18,6 +18,7 @@ use hubcast::broker::{
     BrokerHandler, ClientInfo, Engine, PresenceEvent, Publication, PublishRequest, PublishResult,
 };
 use hubcast::protocol::{EnvelopeParts, PresenceAction, Status};
+use hubcast::rules::{History, Rules};
 
 /// Messages kept per room by every engine under test: small, so trimming
 /// is easy to reach.
@@ -187,8 +188,10 @@ fn redis_settings(url: String, prefix: &str, node: &str) -> RedisSettings {
         cluster: false,
         prefix: prefix.to_string(),
         node: node.to_string(),
-        history_size: HISTORY,
-        ttl: Duration::from_secs(60),
+        rules: Arc::new(Rules::uniform(History {
+            size: HISTORY,
+            ttl: Duration::from_secs(60),
+        })),
         lease: Duration::from_secs(30),
     }
 }

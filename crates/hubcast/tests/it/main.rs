@@ -36,6 +36,7 @@ mod redis_cluster;
 mod redis_ghosts;
 mod redis_outage;
 mod redis_timeout;
+mod rules;
 mod settings;
 mod sse;
 mod tls;

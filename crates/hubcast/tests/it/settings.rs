@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// `hubcast serve` with only the given variables, on an address already
 /// taken: a config that passes its checks fails at the bind instead of
 /// serving, so each case ends at once and says how far it got.
-fn serve(file: Option<&str>, vars: &[(&str, &str)], flags: &[&str]) -> String {
+pub(crate) fn serve(file: Option<&str>, vars: &[(&str, &str)], flags: &[&str]) -> String {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
     let addr = taken.local_addr().expect("its address").to_string();
     static CASES: AtomicUsize = AtomicUsize::new(0);
@@ -32,7 +32,7 @@ fn serve(file: Option<&str>, vars: &[(&str, &str)], flags: &[&str]) -> String {
     String::from_utf8_lossy(&stderr).into_owned()
 }
 
-const PASSED: &str = "cannot listen on";
+pub(crate) const PASSED: &str = "cannot listen on";
 
 #[test]
 fn file_then_variables_then_flags() {

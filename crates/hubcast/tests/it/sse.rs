@@ -20,13 +20,13 @@ enum Event {
 }
 
 /// A minimal EventSource: reads `\n\n`-separated events from the body.
-struct Sse {
+pub(crate) struct Sse {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
 }
 
 impl Sse {
-    async fn open(s: &Server, query: &str, last_id: Option<&str>) -> Sse {
+    pub(crate) async fn open(s: &Server, query: &str, last_id: Option<&str>) -> Sse {
         let mut req = reqwest::Client::new().get(s.http(&format!("/sse?{query}")));
         if let Some(id) = last_id {
             req = req.header("Last-Event-ID", id);
@@ -74,7 +74,7 @@ impl Sse {
     }
 
     /// The next data event (skipping heartbeats).
-    async fn next(&mut self) -> (Option<String>, Value) {
+    pub(crate) async fn next(&mut self) -> (Option<String>, Value) {
         loop {
             if let Event::Data(id, v) = self.next_event().await {
                 return (id, v);
@@ -83,7 +83,7 @@ impl Sse {
     }
 
     /// The next message event.
-    async fn message(&mut self) -> (String, Value) {
+    pub(crate) async fn message(&mut self) -> (String, Value) {
         loop {
             let (id, v) = self.next().await;
             if v["type"] == "message" {

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -11,6 +10,7 @@ use super::{MAX_IDEMPOTENCY_KEYS, MAX_TOMBSTONES, MemoryBroker};
 use crate::broker::{
     BrokerError, BrokerHandler, HistoryPage, Publication, PublishRequest, PublishResult, Recovery,
 };
+use crate::rules::History;
 
 /// One room's stream.
 pub(super) struct RoomLog {
@@ -29,6 +29,9 @@ pub(super) struct RoomLog {
     /// Removed from its shard: whoever still holds it takes the room's log
     /// anew (see [`MemoryBroker::with_log`]).
     pub(super) dropped: bool,
+    /// What the room's rule keeps (history size and ttl), looked up once
+    /// when the log is made: rules do not change while the server runs.
+    pub(super) keep: History,
 }
 
 /// Where dropped room logs stood, so that dropping an idle log (to keep
@@ -88,7 +91,7 @@ pub(super) fn rand_seed() -> u64 {
 }
 
 impl RoomLog {
-    pub(super) fn new(epoch: Arc<str>, top: u64) -> Self {
+    pub(super) fn new(epoch: Arc<str>, top: u64, keep: History) -> Self {
         Self {
             epoch,
             top,
@@ -97,11 +100,13 @@ impl RoomLog {
             id_order: VecDeque::new(),
             subscribed: 0,
             dropped: false,
+            keep,
         }
     }
 
     /// Drops what is past its time or over the bounds.
-    pub(super) fn trim(&mut self, now: Instant, ttl: Duration, size: usize) {
+    pub(super) fn trim(&mut self, now: Instant) {
+        let History { size, ttl } = self.keep;
         while self.history.len() > size {
             self.history.pop_front();
         }
@@ -129,8 +134,8 @@ impl RoomLog {
 
     /// Trims, then marks the log dropped if nothing is left in it; true
     /// when the caller (holding the shard's lock) must remove it.
-    pub(super) fn drop_if_idle(&mut self, now: Instant, ttl: Duration, size: usize) -> bool {
-        self.trim(now, ttl, size);
+    pub(super) fn drop_if_idle(&mut self, now: Instant) -> bool {
+        self.trim(now);
         self.dropped = self.is_idle();
         self.dropped
     }
@@ -145,7 +150,7 @@ impl MemoryBroker {
         handler: Option<Arc<dyn BrokerHandler>>,
         now: Instant,
     ) -> Result<PublishResult, BrokerError> {
-        log.trim(now, self.ttl, self.history_size);
+        log.trim(now);
         if req.idempotent
             && let Some(&offset) = log.ids.get(req.msg_id.as_str())
         {
@@ -163,9 +168,11 @@ impl MemoryBroker {
             skip: req.skip,
             envelope: req.parts.encode(offset, &log.epoch),
         });
-        if self.history_size > 0 {
+        // With a size of 0 nothing is kept, but the msgId below still is:
+        // deduplication does not depend on history.
+        if log.keep.size > 0 {
             log.history.push_back((now, publication.clone()));
-            if log.history.len() > self.history_size {
+            if log.history.len() > log.keep.size {
                 log.history.pop_front();
             }
         }
@@ -174,7 +181,7 @@ impl MemoryBroker {
             log.ids.insert(id.clone(), offset);
             log.id_order.push_back((now, id));
             if log.id_order.len() > MAX_IDEMPOTENCY_KEYS {
-                log.trim(now, self.ttl, self.history_size);
+                log.trim(now);
             }
         }
         let epoch = log.epoch.clone();
@@ -196,7 +203,7 @@ impl MemoryBroker {
         log: &mut RoomLog,
         since: Option<(u64, Option<&str>)>,
     ) -> Recovery {
-        log.trim(Instant::now(), self.ttl, self.history_size);
+        log.trim(Instant::now());
         let mut rec = Recovery {
             top: log.top,
             epoch: log.epoch.clone(),
@@ -225,7 +232,7 @@ impl MemoryBroker {
         since: Option<u64>,
         limit: usize,
     ) -> HistoryPage {
-        log.trim(Instant::now(), self.ttl, self.history_size);
+        log.trim(Instant::now());
         let oldest = log.oldest();
         let (publications, complete) = match since {
             Some(since) => (

@@ -37,6 +37,7 @@ use super::{
     Recovery,
 };
 use crate::lock;
+use crate::rules::{History, Rules};
 
 /// Room log shards: enough that unrelated rooms rarely share a lock.
 const SHARDS: usize = 64;
@@ -79,9 +80,10 @@ pub struct MemoryBroker {
     presence: Mutex<PresenceState>,
     /// Where publications and presence events go.
     handler: OnceLock<Weak<dyn BrokerHandler>>,
-    /// Messages kept per room.
-    history_size: usize,
-    /// How long messages and msgIds are kept.
+    /// What each room keeps (its rule's history size and ttl).
+    rules: Arc<Rules>,
+    /// How long an offline user's status is remembered: the global
+    /// `history_ttl`.
     ttl: Duration,
     /// Stops the sweeper.
     cancel: CancellationToken,
@@ -93,20 +95,33 @@ impl MemoryBroker {
     /// A broker keeping `history_size` messages per room for `ttl`; starts a
     /// sweeper task that stops on [`Broker::close`].
     pub fn new(history_size: usize, ttl: Duration) -> Arc<Self> {
+        Self::with_rules(Arc::new(Rules::uniform(History {
+            size: history_size,
+            ttl,
+        })))
+    }
+
+    /// A broker keeping what each room's rule says (`[[rooms]]`, else the
+    /// global settings); starts a sweeper task that stops on
+    /// [`Broker::close`].
+    pub fn with_rules(rules: Arc<Rules>) -> Arc<Self> {
+        let ttl = rules.global().history.ttl;
+        // Often enough for the room that expires soonest.
+        let period =
+            (rules.shortest_ttl() / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let broker = Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             tombs: Mutex::new(Tombs::new()),
             presence: Mutex::new(PresenceState::default()),
             handler: OnceLock::new(),
-            history_size,
+            rules,
             ttl,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         let weak = Arc::downgrade(&broker);
         let cancel = broker.cancel.clone();
-        let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         broker.tasks.spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
@@ -152,11 +167,12 @@ impl MemoryBroker {
                 match shard.get(room) {
                     Some(Room::Log(log)) => log.clone(),
                     Some(Room::Quiet { seed, .. }) => {
-                        return f(&mut RoomLog::new(self.fresh_epoch(*seed, room), 0));
+                        let epoch = self.fresh_epoch(*seed, room);
+                        return f(&mut RoomLog::new(epoch, 0, self.rules.history(room)));
                     }
                     None => {
                         let (epoch, top) = self.next_log_start(&lock(&self.tombs), room);
-                        return f(&mut RoomLog::new(epoch, top));
+                        return f(&mut RoomLog::new(epoch, top, self.rules.history(room)));
                     }
                 }
             };
@@ -191,7 +207,8 @@ impl MemoryBroker {
                 let Room::Quiet { subscribed, seed } = *entry else {
                     unreachable!("matched Quiet above")
                 };
-                let mut log = RoomLog::new(self.fresh_epoch(seed, room), 0);
+                let mut log =
+                    RoomLog::new(self.fresh_epoch(seed, room), 0, self.rules.history(room));
                 log.subscribed = subscribed as usize;
                 let log = Arc::new(Mutex::new(log));
                 *entry = Room::Log(log.clone());
@@ -206,7 +223,8 @@ impl MemoryBroker {
             t.by_room.remove(room);
             start
         };
-        let log = Arc::new(Mutex::new(RoomLog::new(epoch, top)));
+        let log = RoomLog::new(epoch, top, self.rules.history(room));
+        let log = Arc::new(Mutex::new(log));
         shard.insert(Arc::from(room), Room::Log(log.clone()));
         log
     }
@@ -229,7 +247,7 @@ impl MemoryBroker {
                     return true;
                 };
                 let mut log = lock(log);
-                let drop = log.drop_if_idle(now, self.ttl, self.history_size);
+                let drop = log.drop_if_idle(now);
                 if drop {
                     self.remember(room, &log);
                 }
@@ -317,7 +335,7 @@ impl Broker for MemoryBroker {
             let idle = {
                 let mut log = lock(log);
                 log.subscribed = log.subscribed.saturating_sub(1);
-                let idle = log.drop_if_idle(Instant::now(), self.ttl, self.history_size);
+                let idle = log.drop_if_idle(Instant::now());
                 if idle {
                     self.remember(name, &log);
                 }

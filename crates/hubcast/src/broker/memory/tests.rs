@@ -173,3 +173,40 @@ async fn offline_users_are_remembered_for_a_while_and_within_a_cap() {
     }
     b.close().await;
 }
+
+/// A `[[rooms]]` table keeping `size` messages (global size when `None`)
+/// for `ttl` seconds (global ttl when `None`).
+fn table(pattern: &str, size: Option<usize>, ttl: Option<u64>) -> crate::config::RoomTable {
+    crate::config::RoomTable {
+        pattern: pattern.into(),
+        publish: crate::rules::Publishers::Members,
+        join: crate::rules::Joiners::Open,
+        history_size: size,
+        history_ttl: ttl,
+        presence: true,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_room_keeps_what_its_rule_says() {
+    let cfg = crate::config::Config {
+        history_size: 10,
+        history_ttl: 60,
+        rooms: vec![table("short", None, Some(5)), table("none", Some(0), None)],
+        ..crate::config::Config::default()
+    };
+    let b = MemoryBroker::with_rules(Arc::new(Rules::from_config(&cfg).unwrap()));
+    for room in ["short", "none", "long"] {
+        assert_eq!(b.publish(req(room, "m", true)).await.unwrap().offset, 1);
+    }
+    let held = |page: HistoryPage| page.publications.len();
+    assert_eq!(held(b.history("none", None, 100).await.unwrap()), 0);
+    let dup = b.publish(req("none", "m", true)).await.unwrap();
+    assert!(dup.duplicate, "msgIds are kept without history");
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(held(b.history("short", None, 100).await.unwrap()), 0);
+    assert!(!b.publish(req("short", "m", true)).await.unwrap().duplicate);
+    assert_eq!(held(b.history("long", None, 100).await.unwrap()), 1);
+    assert!(b.publish(req("long", "m", true)).await.unwrap().duplicate);
+    b.close().await;
+}

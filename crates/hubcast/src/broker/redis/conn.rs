@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::BrokerError;
+use crate::rules::Rules;
 
 use super::keys::Keys;
 use super::link::Link;
@@ -68,10 +69,10 @@ pub struct RedisSettings {
     pub prefix: String,
     /// This node's id (presence entries, leases).
     pub node: String,
-    /// Messages kept per room.
-    pub history_size: usize,
-    /// How long messages and msgIds are kept.
-    pub ttl: Duration,
+    /// What each room keeps: its rule's history size and ttl (which is
+    /// also its msgIds' window). The global `history_ttl` (`rules.global()`)
+    /// is also how long an offline user's status is remembered.
+    pub rules: Arc<Rules>,
     /// How long a dead node's presence lingers.
     pub lease: Duration,
 }
@@ -138,8 +139,8 @@ impl RedisBroker {
             node: Arc::from(settings.node.as_str()),
             scripts: Scripts::load(),
             handler: OnceLock::new(),
-            history_size: settings.history_size,
-            ttl: settings.ttl,
+            ttl: settings.rules.global().history.ttl,
+            rules: settings.rules,
             pubsub_up: AtomicBool::new(false),
             lease: settings.lease,
             registry: std::sync::Mutex::new(Registry::default()),

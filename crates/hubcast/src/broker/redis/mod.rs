@@ -15,7 +15,7 @@
 //! | `P:ur:<user>` | set | rooms the user is present in |
 //!
 //! One Lua script per publish does the idempotency check, assigns the next
-//! offset, appends to the stream (bounded to `history_size`) and publishes
+//! offset, appends to the stream (bounded to the room's `history_size`) and publishes
 //! to the room's channel, atomically. A missing meta hash means Redis lost
 //! the room: the script starts a new epoch.
 //!
@@ -76,6 +76,7 @@ use crate::broker::{
     PublishResult, Recovery,
 };
 use crate::protocol::json_string;
+use crate::rules::Rules;
 
 use self::conn::Conn;
 use self::keys::Keys;
@@ -106,7 +107,11 @@ struct Shared {
     node: Arc<str>,
     scripts: Scripts,
     handler: OnceLock<Weak<dyn BrokerHandler>>,
-    history_size: usize,
+    /// What each room keeps (its rule's history size and ttl), looked up
+    /// on every publish, recover and history.
+    rules: Arc<Rules>,
+    /// How long an offline user's status is remembered: the global
+    /// `history_ttl`.
     ttl: Duration,
     /// The pub/sub connection is up.
     pubsub_up: AtomicBool,
@@ -273,6 +278,7 @@ impl Broker for RedisBroker {
         // only the resend can find it, and for the publisher that is still
         // the first publication.
         let check = req.idempotent || cluster;
+        let keep = s.rules.history(room);
         let (offset, epoch, dup): (u64, String, u8) = s
             .scripts
             .publish
@@ -282,8 +288,8 @@ impl Broker for RedisBroker {
             .key(s.keys.idem(room, &req.msg_id))
             // The payload is opaque to the script (see `codec`).
             .arg(req.parts.tail())
-            .arg(s.history_size)
-            .arg(s.ttl.as_secs().max(1))
+            .arg(keep.size)
+            .arg(keep.ttl.as_secs().max(1))
             .arg(META_TTL.as_secs())
             .arg(new_epoch())
             .arg(&*s.node)
@@ -337,12 +343,12 @@ impl Broker for RedisBroker {
         if let Some((since, want)) = since {
             let same_epoch = want.is_none_or(|e| *e == *epoch);
             if same_epoch && since <= top {
-                let cutoff = s.cutoff_ms();
+                let held = s.held(room, top);
                 let mut expect = since + 1;
                 let mut pubs = Vec::new();
                 let mut whole = true;
                 for e in entries {
-                    if e.offset != expect || e.time < cutoff {
+                    if e.offset != expect || !held.holds(&e) {
                         whole = false;
                         break;
                     }
@@ -378,14 +384,14 @@ impl Broker for RedisBroker {
         let (epoch, top, parts) = position(v, "history")?;
         let mut entries = parts.get(2).map(parse_entries).unwrap_or_default();
         let first = parts.get(3).map(parse_entries).unwrap_or_default();
-        let cutoff = s.cutoff_ms();
+        let held = s.held(room, top);
         if since.is_none() {
             entries.reverse();
         }
-        entries.retain(|e| e.time >= cutoff);
+        entries.retain(|e| held.holds(e));
         let oldest_held = first
             .first()
-            .filter(|e| e.time >= cutoff)
+            .filter(|e| held.holds(e))
             .map_or(top + 1, |e| e.offset)
             .min(entries.first().map_or(u64::MAX, |e| e.offset));
         let complete = match since {

@@ -44,6 +44,22 @@ pub(super) fn position(
     Ok((Arc::from(epoch), top, parts))
 }
 
+/// The entries of a room's stream that still count as history: those of
+/// its `history_ttl` and its last `history_size` offsets.
+pub(super) struct Held {
+    /// Oldest arrival time, Unix ms.
+    since_ms: i64,
+    /// Oldest offset.
+    from: u64,
+}
+
+impl Held {
+    /// Whether `entry` is still history.
+    pub(super) fn holds(&self, entry: &Entry) -> bool {
+        entry.time >= self.since_ms && entry.offset >= self.from
+    }
+}
+
 /// An offset as the scripts take it: -1 for none (Lua numbers are signed).
 pub(super) fn since_arg(since: Option<u64>) -> i64 {
     since.map_or(-1, |o| o.min(i64::MAX as u64) as i64)
@@ -85,9 +101,18 @@ pub(super) fn parse_entries(v: &Value) -> Vec<Entry> {
 }
 
 impl Shared {
-    /// Oldest time a message may have to still count as history.
-    pub(super) fn cutoff_ms(&self) -> i64 {
-        crate::unix_ms() - self.ttl.as_millis() as i64
+    /// What of `room`'s stream still counts as history when `top` is its
+    /// latest offset, by the room's rule.
+    pub(super) fn held(&self, room: &str, top: u64) -> Held {
+        let keep = self.rules.history(room);
+        Held {
+            since_ms: crate::unix_ms() - keep.ttl.as_millis() as i64,
+            // The stream is trimmed to `history_size` entries as it is
+            // written; this only matters for one written under a larger
+            // size (the rule changed since), which must not serve more than
+            // the rule keeps.
+            from: (top + 1).saturating_sub(keep.size as u64),
+        }
     }
 
     pub(super) async fn recover_raw(

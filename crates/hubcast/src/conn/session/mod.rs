@@ -181,6 +181,7 @@ impl Session {
         let started = match frame {
             ClientFrame::Publish(p) => self
                 .check_room(&p.room, "publish to")
+                .and_then(|()| self.check_publisher(&p.room))
                 .map(|()| self.publish(id, &p.room, &p.event, p.data, p.msg_id.as_deref(), p.echo)),
             ClientFrame::Send {
                 to,
@@ -225,6 +226,7 @@ impl Session {
             }
             ClientFrame::Presence { room } => {
                 self.check_room(&room, "see presence of")?;
+                self.check_presence(&room)?;
                 let page = self.app.presence_page(&room).await?;
                 self.push(protocol::encode(&out::PresenceReply {
                     ty: "presence",
@@ -278,7 +280,7 @@ impl Session {
         let info = client_info(&self.conn);
         for room in &self.rooms {
             hub.leave(&*self.conn, room, false).await;
-            if !protocol::is_personal(room)
+            if self.app.keeps_presence(room)
                 && let Err(e) = self.app.presence.leave(room, &info).await
             {
                 tracing::warn!(conn = %self.conn.id, room = %room, error = %e, "presence leave failed");

@@ -1,4 +1,5 @@
-//! `join` and `leave`, and the rooms a connection's token allows.
+//! `join` and `leave`, the rooms a connection's token allows, and what
+//! room rules (`[[rooms]]`) allow clients there.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use super::{Reject, Session, client_info};
 use crate::broker::{PresencePage, Recovery};
 use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
+use crate::rules::Publishers;
 
 impl Session {
     /// Whether the token (or anonymity) allows this room: personal rooms are
@@ -24,6 +26,32 @@ impl Session {
         Err(Reject::new(
             ErrorCode::Forbidden,
             format!("cannot {what} {room}: {why}"),
+        ))
+    }
+
+    /// Whether the room's rule lets clients publish there (`publish =
+    /// "server"`: only the server API does).
+    pub(super) fn check_publisher(&self, room: &str) -> Result<(), Reject> {
+        match self.app.rules.for_room(room).publish {
+            Publishers::Members => Ok(()),
+            // `Hook` is refused at start; should it get here, no client
+            // publishes without the hook's word.
+            Publishers::Server | Publishers::Hook => Err(Reject::new(
+                ErrorCode::Forbidden,
+                format!("cannot publish to {room}: only the server publishes there (room rule)"),
+            )),
+        }
+    }
+
+    /// Whether the room's rule keeps presence (`presence = false`: the
+    /// `presence` frame is refused).
+    pub(super) fn check_presence(&self, room: &str) -> Result<(), Reject> {
+        if self.app.rules.for_room(room).presence {
+            return Ok(());
+        }
+        Err(Reject::new(
+            ErrorCode::Forbidden,
+            format!("{room} keeps no presence (room rule)"),
         ))
     }
 
@@ -54,7 +82,7 @@ impl Session {
         let (app, conn) = (&self.app, &self.conn);
         let sub: Arc<dyn Subscriber> = conn.clone();
         let prepare = async {
-            if !personal && !already {
+            if !already && app.keeps_presence(room) {
                 app.presence.join(room, &client_info(conn)).await?;
             }
             app.presence_page(room).await
@@ -116,7 +144,7 @@ impl Session {
             id,
             room,
         }));
-        if !protocol::is_personal(room) {
+        if self.app.keeps_presence(room) {
             self.app
                 .presence
                 .leave(room, &client_info(&self.conn))
