@@ -8,79 +8,8 @@
 
 use crate::common;
 
-use std::path::PathBuf;
-use std::process::Child;
-
-use common::{Client, Server, redis_socket_url, socket_path, start_redis};
-use hubcast::config::{BrokerKind, Config};
+use common::{Client, OwnRedis, Server, redis_config};
 use serde_json::{Value, json};
-
-fn redis_config(url: String, node: &str) -> Config {
-    Config {
-        node_id: node.into(),
-        broker: BrokerKind::Redis,
-        redis_url: url,
-        redis_prefix: common::unique_prefix(),
-        ..Config::default()
-    }
-}
-
-/// A private Redis that is resumed, killed and removed however the test
-/// ends: a panicking test must not leave a stopped redis-server behind.
-struct OwnRedis {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl OwnRedis {
-    fn start() -> OwnRedis {
-        let socket = socket_path();
-        let child = start_redis(&socket);
-        OwnRedis { child, socket }
-    }
-
-    fn url(&self) -> String {
-        redis_socket_url(&self.socket)
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &self.child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    /// SIGSTOP: connections stay open, commands are accepted by the
-    /// kernel, nothing is answered.
-    fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        // A stopped process only dies of SIGKILL, but resume it anyway so
-        // that nothing is left stopped if the kill fails.
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(std::process::Stdio::null())
-            .status();
-        self.kill();
-        std::fs::remove_file(&self.socket).ok();
-    }
-}
 
 async fn api_publish(s: &Server, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
