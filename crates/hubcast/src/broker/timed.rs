@@ -30,7 +30,7 @@ impl Timed {
 fn record<T>(op: &'static str, start: Instant, r: &Result<T, BrokerError>) {
     let result = match r {
         Ok(_) => "ok",
-        Err(BrokerError::Unavailable(_)) => "unavailable",
+        Err(BrokerError::Unavailable { .. }) => "unavailable",
         Err(BrokerError::Timeout { .. }) => "timeout",
         Err(BrokerError::Internal(_)) => "internal",
     };

@@ -9,6 +9,7 @@
 use crate::common;
 
 use common::{Client, OwnRedis, Server, redis_config};
+use hubcast::broker::TIMEOUT_MESSAGE;
 use serde_json::{Value, json};
 
 async fn api_publish(s: &Server, body: Value) -> (u16, Value) {
@@ -75,6 +76,8 @@ async fn a_publish_redis_does_not_answer_is_a_timeout_with_its_msg_id() {
     assert_eq!(body["error"]["code"], "timeout", "{body}");
     let http_id = body["error"]["msgId"].as_str().unwrap().to_owned();
     assert!(!http_id.is_empty(), "{body}");
+    // The client reads a fixed sentence, not the redis client's error.
+    assert_eq!(body["error"]["message"], TIMEOUT_MESSAGE, "{body}");
     // WebSocket, with the client's msgId.
     let e = p
         .call(json!({"type":"publish","room":"r","event":"e","data":2,"msgId":"ws-1"}))
@@ -84,6 +87,7 @@ async fn a_publish_redis_does_not_answer_is_a_timeout_with_its_msg_id() {
         (json!("error"), json!("timeout"), json!("ws-1")),
         "{e}"
     );
+    assert_eq!(e["message"], TIMEOUT_MESSAGE, "{e}");
     redis.resume();
 
     // The retries are acked once: both first attempts were written before
@@ -130,6 +134,11 @@ async fn a_publish_without_redis_is_unavailable() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert!(body["error"].get("msgId").is_none(), "{body}");
+    // Neither the redis client's error nor the socket's path.
+    assert_eq!(
+        body["error"]["message"], "the message store is unavailable",
+        "{body}"
+    );
     let e = p
         .call(json!({"type":"publish","room":"r","event":"e","data":2,"msgId":"w-1"}))
         .await;
@@ -139,5 +148,6 @@ async fn a_publish_without_redis_is_unavailable() {
         "{e}"
     );
     assert!(e.get("msgId").is_none(), "{e}");
+    assert_eq!(e["message"], "the message store is unavailable", "{e}");
     s.stop().await;
 }

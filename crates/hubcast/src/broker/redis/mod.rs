@@ -73,7 +73,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{
     Broker, BrokerError, BrokerHandler, ConnKey, HistoryPage, Publication, PublishRequest,
-    PublishResult, Recovery,
+    PublishResult, Recovery, Unavailability,
 };
 use crate::protocol::json_string;
 
@@ -128,8 +128,50 @@ pub struct RedisBroker {
     tasks: TaskTracker,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(format!("redis: {e}"))
+/// A failed Redis command: the engine cannot serve, and why, as far as a
+/// client may be told (`why`); the raw error for the log.
+fn unavailable(e: redis::RedisError) -> BrokerError {
+    unavailable_ref(&e)
+}
+
+fn unavailable_ref(e: &redis::RedisError) -> BrokerError {
+    BrokerError::Unavailable {
+        why: why(e),
+        detail: format!("redis: {e}"),
+    }
+}
+
+/// The engine cannot serve for a reason of its own (no Redis error to
+/// classify: a bad URL, the pub/sub connection down, a timeout of ours).
+fn down(what: impl std::fmt::Display) -> BrokerError {
+    BrokerError::unavailable(format!("redis: {what}"))
+}
+
+/// Why Redis refused or failed a command. A store that refuses writes is
+/// told apart from one that is down, so that clients and `/readyz` can
+/// say which. Redis 7 passes a script's failed call on with the call's own
+/// error code; older versions wrap it in an `ERR` whose text holds the
+/// code after a dash, so that is looked for too.
+fn why(e: &redis::RedisError) -> Unavailability {
+    let refusal = |code: &str| match code {
+        "OOM" => Some(Unavailability::OutOfMemory),
+        "READONLY" | "MISCONF" => Some(Unavailability::ReadOnly),
+        _ => None,
+    };
+    if let Some(why) = e.code().and_then(refusal) {
+        return why;
+    }
+    if e.code() == Some("ERR") {
+        let text = e.detail().unwrap_or_default();
+        for code in ["OOM", "READONLY", "MISCONF"] {
+            if text.contains(&format!("-{code} "))
+                && let Some(why) = refusal(code)
+            {
+                return why;
+            }
+        }
+    }
+    Unavailability::Down
 }
 
 /// Whether a failed command certainly never ran: no connection could be
@@ -167,13 +209,11 @@ fn never_ran(e: &redis::RedisError) -> bool {
 fn publish_error(e: &redis::RedisError, msg_id: &str, retried: bool) -> BrokerError {
     let first_attempt = !retried || matches!(e.retry_method(), redis::RetryMethod::NoRetry);
     if first_attempt && never_ran(e) {
-        unavailable(e)
+        unavailable_ref(e)
     } else {
         BrokerError::Timeout {
             msg_id: msg_id.to_owned(),
-            message: format!(
-                "redis: {e}; the message may have been published: retry with its msgId"
-            ),
+            detail: format!("redis: {e}"),
         }
     }
 }
@@ -309,7 +349,7 @@ impl Broker for RedisBroker {
         match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(BrokerError::Internal("pub/sub task stopped".into())),
-            Err(_) => Err(unavailable("subscribe timed out")),
+            Err(_) => Err(down("subscribe timed out")),
         }
     }
 
@@ -448,7 +488,10 @@ mod tests {
         let client = RedisError::from((ErrorKind::Client, "bad command"));
         for e in [refused.clone(), script_failed.clone(), client] {
             assert!(
-                matches!(publish_error(&e, "m", false), BrokerError::Unavailable(_)),
+                matches!(
+                    publish_error(&e, "m", false),
+                    BrokerError::Unavailable { .. }
+                ),
                 "{e}"
             );
         }
@@ -461,7 +504,7 @@ mod tests {
         // A script error is not retried: the only attempt failed.
         assert!(matches!(
             publish_error(&script_failed, "m", true),
-            BrokerError::Unavailable(_)
+            BrokerError::Unavailable { .. }
         ));
         let timed_out = RedisError::from(io::Error::from(io::ErrorKind::TimedOut));
         let dropped = RedisError::from(io::Error::from(io::ErrorKind::BrokenPipe));
@@ -473,5 +516,44 @@ mod tests {
                 other => panic!("{e}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_store_refusing_writes_is_told_apart_from_one_down() {
+        let oom = redis::make_extension_error(
+            "OOM".into(),
+            Some("command not allowed when used memory > 'maxmemory'.".into()),
+        );
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        let misconf = redis::make_extension_error(
+            "MISCONF".into(),
+            Some("Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.".into()),
+        );
+        // Before Redis 7, a script's failed call came wrapped in an ERR.
+        let wrapped = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "Error running script",
+            "@user_script:1: -OOM command not allowed when used memory > 'maxmemory'.".into(),
+        ));
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let other = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR user_script:1: oom",
+        ));
+        assert_eq!(why(&oom), Unavailability::OutOfMemory);
+        assert_eq!(why(&wrapped), Unavailability::OutOfMemory);
+        assert_eq!(why(&readonly), Unavailability::ReadOnly);
+        assert_eq!(why(&misconf), Unavailability::ReadOnly);
+        assert_eq!(why(&refused), Unavailability::Down);
+        assert_eq!(why(&other), Unavailability::Down);
+        // The raw text stays for the log; the client's sentence is fixed.
+        let e = publish_error(&oom, "m", false);
+        assert!(e.to_string().contains("maxmemory"), "{e}");
+        assert_eq!(e.client_message(), "the message store is out of memory");
+        let e = publish_error(&refused, "m", true);
+        assert!(!e.client_message().contains("redis"), "{e}");
     }
 }
