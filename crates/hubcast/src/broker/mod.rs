@@ -310,8 +310,10 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError>;
 
-    /// Whether the engine can serve requests now.
-    async fn ready(&self) -> bool;
+    /// Whether the engine can serve requests now, writes included (a store
+    /// that answers reads but refuses writes cannot take a publish), and
+    /// why not.
+    async fn ready(&self) -> Result<(), Unavailability>;
 
     /// Stops the engine's background tasks.
     async fn close(&self);

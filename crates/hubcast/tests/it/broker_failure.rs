@@ -73,8 +73,12 @@ impl Broker for Flaky {
         self.check()?;
         self.inner.history(room, since, limit).await
     }
-    async fn ready(&self) -> bool {
-        !self.down.load(Ordering::SeqCst)
+    async fn ready(&self) -> Result<(), Unavailability> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(Unavailability::Down)
+        } else {
+            Ok(())
+        }
     }
     async fn close(&self) {
         self.inner.close().await
@@ -136,6 +140,11 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(
+        (&body["status"], &body["reason"]),
+        (&json!("unready"), &json!("unreachable")),
+        "{body}"
+    );
     for frame in [
         json!({"type":"publish","room":"r","event":"e","data":1,"id":1}),
         json!({"type":"join","room":"r","id":2}),

@@ -1,7 +1,8 @@
 //! A Redis that refuses writes (out of memory under `noeviction`, or a
-//! read-only replica) while it still answers PING and reads: clients are
-//! told so in a fixed sentence, never Redis' own error text, over WebSocket
-//! and every HTTP route that reaches the engine. Each test runs its own Redis: a Redis out of memory would
+//! read-only replica) while it still answers PING and reads: `/readyz` says
+//! so (503, reason `out_of_memory` or `read_only`), and clients are told so
+//! in a fixed sentence, never Redis' own error text, over WebSocket and
+//! every HTTP route that reaches the engine. Each test runs its own Redis: a Redis out of memory would
 //! fail every other test using it.
 #![allow(clippy::unwrap_used)]
 
@@ -61,6 +62,39 @@ async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_redis_refuses_writes() {
+    let redis = OwnRedis::start();
+    let s = Server::with_config(redis_config(redis.url(), "oom-ready"), None).await;
+    let (status, body) = get(&s, "/readyz").await;
+    assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
+    // The room exists before: see `clients_read_a_fixed_sentence...`.
+    let (status, body) = post(&s, "/api/publish", json!({"room":"r","event":"e","data":0})).await;
+    assert_eq!(status, 200, "{body}");
+
+    out_of_memory(&redis).await;
+    let (status, body) = get(&s, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unready", "{body}");
+    assert_eq!(body["reason"], "out_of_memory", "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(body["error"]["message"], OUT_OF_MEMORY, "{body}");
+    assert_eq!(
+        (&body["node"], &body["broker"]),
+        (&json!("oom-ready"), &json!("redis"))
+    );
+    // What readiness said: a publish cannot be taken.
+    let (status, body) = post(&s, "/api/publish", json!({"room":"r","event":"e","data":1})).await;
+    assert_eq!(status, 503, "{body}");
+
+    memory_back(&redis).await;
+    let (status, body) = get(&s, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&s, "/api/publish", json!({"room":"r","event":"e","data":2})).await;
+    assert_eq!(status, 200, "{body}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_read_a_fixed_sentence_not_the_redis_error() {
     let redis = OwnRedis::start();
     let s = Server::with_config(redis_config(redis.url(), "oom-errors"), None).await;
@@ -103,6 +137,7 @@ async fn clients_read_a_fixed_sentence_not_the_redis_error() {
     let master = common::free_port().to_string();
     redis_cmd(&redis, &["REPLICAOF", "127.0.0.1", &master]).await;
     let replies = [
+        get(&s, "/readyz").await,
         get(&s, "/api/poll?room=new-poll&timeout=0").await,
         get(&s, "/sse?rooms=new-sse").await,
     ];

@@ -13,6 +13,7 @@
 //! | `P:{room}:pu` | hash | user → connections in the room |
 //! | `P:u:<user>` | hash | `c` connections, `s` status, `n` name, `l` last seen |
 //! | `P:ur:<user>` | set | rooms the user is present in |
+//! | `P:ready:<node>` | string | the node's last readiness probe write (Unix ms), for 10 s |
 //!
 //! One Lua script per publish does the idempotency check, assigns the next
 //! offset, appends to the stream (bounded to `history_size`) and publishes
@@ -90,6 +91,9 @@ const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Timeout for one Redis command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the readiness probe's key outlives the probe.
+const READY_PROBE_TTL: Duration = Duration::from_secs(10);
 
 /// How long a room stays subscribed after its last local member left.
 const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -443,19 +447,35 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Result<(), Unavailability> {
         if !self.shared.pubsub_up.load(Ordering::SeqCst) {
-            return false;
+            return Err(Unavailability::Down);
         }
-        let mut conn = self.shared.conn.clone();
-        matches!(
-            tokio::time::timeout(
-                COMMAND_TIMEOUT,
-                redis::cmd("PING").query_async::<String>(&mut conn)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+        // A write, not a PING: a Redis out of memory (noeviction), a
+        // read-only replica or one whose persistence fails answers PING
+        // and every read, yet refuses each publish. A small key of this
+        // node's with a short expiry is such a write and leaves nothing
+        // behind; its value (when it was written) helps whoever reads it.
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(s.keys.ready_probe(&s.node))
+            .arg(crate::unix_ms())
+            .arg("PX")
+            .arg(READY_PROBE_TTL.as_millis() as u64);
+        let probe = set.query_async::<()>(&mut conn);
+        match tokio::time::timeout(COMMAND_TIMEOUT, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let why = why(&e);
+                tracing::warn!(error = %e, reason = why.reason(), "readiness probe write failed");
+                Err(why)
+            }
+            Err(_) => {
+                tracing::warn!("readiness probe write timed out");
+                Err(Unavailability::Down)
+            }
+        }
     }
 
     async fn close(&self) {
