@@ -2,7 +2,8 @@
 //!
 //! - `fanout`: subscribers over rooms, publishers at a rate or as fast as
 //!   acks allow; deliveries per second, latency percentiles, messages lost
-//!   (with order and duplicate checks), server CPU per delivery and memory
+//!   (with order and duplicate checks; deliveries of publishes whose ack
+//!   was lost counted apart), server CPU per delivery and memory
 //!   per connection, Redis CPU per delivery when given its pid.
 //! - `idle`: hold joined connections; memory per connection.
 //! - `churn`: connect/join/publish/leave/disconnect loops; memory over time.
@@ -202,6 +203,8 @@ fn print_comparison(a: &Map<String, Value>, b: &Map<String, Value>) {
     let keys = [
         "deliveries_per_s",
         "lost",
+        "duplicates",
+        "unacked_deliveries",
         "p50_ms",
         "p90_ms",
         "p99_ms",

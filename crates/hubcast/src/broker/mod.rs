@@ -161,28 +161,95 @@ pub struct UserStatus {
     pub last_seen: Option<i64>,
 }
 
-/// A broker failure, as seen by clients.
+/// Why an engine cannot serve, in the words a client is told: a stable
+/// sentence per cause, never the engine's own error text, which may name
+/// internal addresses or configuration and changes with the engine's
+/// version. The raw error stays in [`BrokerError`] for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailability {
+    /// Unreachable, or failing for a reason a client cannot act on.
+    Down,
+    /// The store refuses writes because it is out of memory (Redis `OOM`
+    /// under `maxmemory-policy noeviction`).
+    OutOfMemory,
+    /// The store refuses writes for another reason: a read-only replica
+    /// (`READONLY`), or persistence failing (`MISCONF`).
+    ReadOnly,
+}
+
+impl Unavailability {
+    /// What a client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Down => "the message store is unavailable",
+            Self::OutOfMemory => "the message store is out of memory",
+            Self::ReadOnly => "the message store refuses writes",
+        }
+    }
+
+    /// A short name for `/readyz` and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Down => "unreachable",
+            Self::OutOfMemory => "out_of_memory",
+            Self::ReadOnly => "read_only",
+        }
+    }
+}
+
+/// What a client is told of a `publish` whose outcome is unknown
+/// ([`BrokerError::Timeout`]).
+pub const TIMEOUT_MESSAGE: &str = "the message store did not answer in time; \
+the message may have been published: retry with its msgId";
+
+/// A broker failure. Its `Display` is the raw error, for the log;
+/// [`BrokerError::client_message`] is what a client may read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The engine cannot serve now (e.g. Redis down): retry later. From
     /// `publish`, a promise that the message was not published.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    #[error("broker unavailable ({}): {detail}", why.reason())]
+    Unavailable {
+        /// Why, as a client is told.
+        why: Unavailability,
+        /// The engine's own error, for the log.
+        detail: String,
+    },
     /// `publish` only: the command may have reached the engine, but its
     /// answer did not come (a timeout, a connection lost after sending), so
     /// whether the message was published is unknown. A retry with `msg_id`
     /// is safe: the engine remembers every published msgId for the
     /// idempotency window, so the message is stored once.
-    #[error("broker timed out: {message}")]
+    #[error("broker timed out: {detail}")]
     Timeout {
         /// The message's id, the one a retry must carry.
         msg_id: String,
-        /// What went wrong, for the client and the log.
-        message: String,
+        /// What went wrong, for the log.
+        detail: String,
     },
     /// A bug or a broken invariant.
     #[error("broker error: {0}")]
     Internal(String),
+}
+
+impl BrokerError {
+    /// The engine is down or unreachable; `detail` is for the log.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::Unavailable {
+            why: Unavailability::Down,
+            detail: detail.into(),
+        }
+    }
+
+    /// What a client (WebSocket error frame, HTTP error body) is told: a
+    /// stable sentence per kind of failure, never the engine's error text.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            Self::Unavailable { why, .. } => why.message(),
+            Self::Timeout { .. } => TIMEOUT_MESSAGE,
+            Self::Internal(_) => "internal error",
+        }
+    }
 }
 
 /// Where an engine delivers what happens in rooms this node subscribed to.
@@ -243,8 +310,10 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError>;
 
-    /// Whether the engine can serve requests now.
-    async fn ready(&self) -> bool;
+    /// Whether the engine can serve requests now, writes included (a store
+    /// that answers reads but refuses writes cannot take a publish), and
+    /// why not.
+    async fn ready(&self) -> Result<(), Unavailability>;
 
     /// Stops the engine's background tasks.
     async fn close(&self);

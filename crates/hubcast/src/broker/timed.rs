@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, Engine, HistoryPage, PresenceManager,
-    PresencePage, PublishRequest, PublishResult, Recovery, UserStatus,
+    PresencePage, PublishRequest, PublishResult, Recovery, Unavailability, UserStatus,
 };
 use crate::metrics::BROKER_LATENCY;
 use crate::protocol::Status;
@@ -30,7 +30,7 @@ impl Timed {
 fn record<T>(op: &'static str, start: Instant, r: &Result<T, BrokerError>) {
     let result = match r {
         Ok(_) => "ok",
-        Err(BrokerError::Unavailable(_)) => "unavailable",
+        Err(BrokerError::Unavailable { .. }) => "unavailable",
         Err(BrokerError::Timeout { .. }) => "timeout",
         Err(BrokerError::Internal(_)) => "internal",
     };
@@ -87,7 +87,7 @@ impl Broker for Timed {
     ) -> Result<HistoryPage, BrokerError> {
         timed!("history", self.inner.history(room, since, limit))
     }
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Result<(), Unavailability> {
         self.inner.ready().await
     }
     async fn close(&self) {

@@ -68,16 +68,25 @@ pub(crate) async fn require_key(
     }
 }
 
+/// Every HTTP route's broker failure (the API, SSE, long polls). The
+/// caller reads a fixed sentence ([`BrokerError::client_message`]): the
+/// engine's own error text can name internal addresses and settings. The
+/// log keeps it, for the operator.
 impl From<BrokerError> for HttpError {
     fn from(e: BrokerError) -> Self {
+        let message = e.client_message();
         match e {
-            BrokerError::Unavailable(m) => HttpError::new(ErrorCode::Unavailable, m).retry_after(1),
-            BrokerError::Timeout { msg_id, message } => {
-                HttpError::new(ErrorCode::Timeout, message).with_msg_id(msg_id)
+            BrokerError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "broker unavailable");
+                HttpError::new(ErrorCode::Unavailable, message).retry_after(1)
             }
-            BrokerError::Internal(m) => {
-                tracing::error!(error = %m, "broker error on the API");
-                HttpError::new(ErrorCode::Internal, "internal error")
+            BrokerError::Timeout { ref msg_id, .. } => {
+                tracing::warn!(error = %e, "broker timed out");
+                HttpError::new(ErrorCode::Timeout, message).with_msg_id(msg_id.clone())
+            }
+            BrokerError::Internal(_) => {
+                tracing::error!(error = %e, "broker error on the API");
+                HttpError::new(ErrorCode::Internal, message)
             }
         }
     }

@@ -116,21 +116,42 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready: not shutting down, and the broker can serve.
-async fn readyz(State(app): State<Arc<App>>) -> Result<impl IntoResponse, HttpError> {
-    if app.shutdown.is_cancelled() {
-        return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
-    }
-    if !app.broker.ready().await {
-        return Err(HttpError::new(
-            ErrorCode::Unavailable,
-            format!("broker {} unreachable", app.broker.name()),
-        )
-        .retry_after(1));
-    }
-    Ok(Json(
-        json!({"status": "ready", "node": app.config.node_id, "broker": app.broker.name()}),
-    ))
+/// Ready: not shutting down, and the broker can serve, writes included.
+/// Not ready is 503 with section 6's error body plus what a probe or an
+/// operator reads: `status`, `reason` (`shutting_down`, or the engine's:
+/// `unreachable`, `out_of_memory`, `read_only`), `node` and `broker`.
+async fn readyz(State(app): State<Arc<App>>) -> axum::response::Response {
+    let (reason, message) = if app.shutdown.is_cancelled() {
+        ("shutting_down", "server shutting down")
+    } else {
+        match app.broker.ready().await {
+            Ok(()) => {
+                return Json(json!({
+                    "status": "ready",
+                    "node": app.config.node_id,
+                    "broker": app.broker.name(),
+                }))
+                .into_response();
+            }
+            Err(why) => (why.reason(), why.message()),
+        }
+    };
+    let mut resp = (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": {"code": ErrorCode::Unavailable.as_str(), "message": message},
+            "status": "unready",
+            "reason": reason,
+            "node": app.config.node_id,
+            "broker": app.broker.name(),
+        })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(1u64),
+    );
+    resp
 }
 
 /// Prometheus text format.

@@ -399,7 +399,7 @@ mod tests {
             .join(
                 &m,
                 at("r"),
-                std::future::ready(Err::<(), _>(BrokerError::Unavailable("down".into()))),
+                std::future::ready(Err::<(), _>(BrokerError::unavailable("down"))),
                 |_, ()| Some(Bytes::from_static(b"joined")),
             )
             .await;

@@ -41,6 +41,7 @@ fn assert_complete(r: &Value, subs: f64) {
     assert_eq!(num(r, "received"), num(r, "expected"), "{r}");
     assert_eq!(num(r, "lost"), 0.0, "{r}");
     assert_eq!(num(r, "duplicates"), 0.0, "{r}");
+    assert_eq!(num(r, "unacked_deliveries"), 0.0, "{r}");
     assert_eq!(num(r, "out_of_order"), 0.0, "{r}");
     assert!(
         num(r, "p50_ms") > 0.0 && num(r, "p99_ms") >= num(r, "p50_ms"),

@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+/// What a client is told while the engine is down.
+const UNAVAILABLE: &str = "the message store is unavailable";
+
 /// The memory engine, with a switch that makes every call fail.
 struct Flaky {
     inner: Arc<MemoryBroker>,
@@ -27,7 +30,7 @@ struct Flaky {
 impl Flaky {
     fn check(&self) -> Result<(), BrokerError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(BrokerError::Unavailable("engine down (test)".into()))
+            Err(BrokerError::unavailable("engine down (test)"))
         } else {
             Ok(())
         }
@@ -70,8 +73,12 @@ impl Broker for Flaky {
         self.check()?;
         self.inner.history(room, since, limit).await
     }
-    async fn ready(&self) -> bool {
-        !self.down.load(Ordering::SeqCst)
+    async fn ready(&self) -> Result<(), Unavailability> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(Unavailability::Down)
+        } else {
+            Ok(())
+        }
     }
     async fn close(&self) {
         self.inner.close().await
@@ -133,6 +140,11 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(
+        (&body["status"], &body["reason"]),
+        (&json!("unready"), &json!("unreachable")),
+        "{body}"
+    );
     for frame in [
         json!({"type":"publish","room":"r","event":"e","data":1,"id":1}),
         json!({"type":"join","room":"r","id":2}),
@@ -144,6 +156,9 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
         let e = common::recv_json(&mut ws).await;
         assert_eq!(e["type"], "error", "{frame} → {e}");
         assert_eq!(e["code"], "unavailable", "{frame} → {e}");
+        // The engine's own error text ("engine down (test)") stays in
+        // the log.
+        assert_eq!(e["message"], UNAVAILABLE, "{frame} → {e}");
         assert_eq!(e["id"], frame["id"]);
     }
     // The HTTP API answers 503 with Retry-After, never a 500 or a drop.
@@ -162,6 +177,7 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
         assert_eq!(r.headers()["retry-after"], "1");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unavailable");
+        assert_eq!(body["error"]["message"], UNAVAILABLE, "{body}");
     }
     // A connection that cannot be registered is closed with 1011.
     let (mut late, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))

@@ -34,6 +34,7 @@ mod protocol;
 mod recovery;
 mod redis_cluster;
 mod redis_ghosts;
+mod redis_oom;
 mod redis_outage;
 mod redis_timeout;
 mod rules;

@@ -8,79 +8,9 @@
 
 use crate::common;
 
-use std::path::PathBuf;
-use std::process::Child;
-
-use common::{Client, Server, redis_socket_url, socket_path, start_redis};
-use hubcast::config::{BrokerKind, Config};
+use common::{Client, OwnRedis, Server, redis_config};
+use hubcast::broker::TIMEOUT_MESSAGE;
 use serde_json::{Value, json};
-
-fn redis_config(url: String, node: &str) -> Config {
-    Config {
-        node_id: node.into(),
-        broker: BrokerKind::Redis,
-        redis_url: url,
-        redis_prefix: common::unique_prefix(),
-        ..Config::default()
-    }
-}
-
-/// A private Redis that is resumed, killed and removed however the test
-/// ends: a panicking test must not leave a stopped redis-server behind.
-struct OwnRedis {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl OwnRedis {
-    fn start() -> OwnRedis {
-        let socket = socket_path();
-        let child = start_redis(&socket);
-        OwnRedis { child, socket }
-    }
-
-    fn url(&self) -> String {
-        redis_socket_url(&self.socket)
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &self.child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    /// SIGSTOP: connections stay open, commands are accepted by the
-    /// kernel, nothing is answered.
-    fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        // A stopped process only dies of SIGKILL, but resume it anyway so
-        // that nothing is left stopped if the kill fails.
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(std::process::Stdio::null())
-            .status();
-        self.kill();
-        std::fs::remove_file(&self.socket).ok();
-    }
-}
 
 async fn api_publish(s: &Server, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -146,6 +76,8 @@ async fn a_publish_redis_does_not_answer_is_a_timeout_with_its_msg_id() {
     assert_eq!(body["error"]["code"], "timeout", "{body}");
     let http_id = body["error"]["msgId"].as_str().unwrap().to_owned();
     assert!(!http_id.is_empty(), "{body}");
+    // The client reads a fixed sentence, not the redis client's error.
+    assert_eq!(body["error"]["message"], TIMEOUT_MESSAGE, "{body}");
     // WebSocket, with the client's msgId.
     let e = p
         .call(json!({"type":"publish","room":"r","event":"e","data":2,"msgId":"ws-1"}))
@@ -155,6 +87,7 @@ async fn a_publish_redis_does_not_answer_is_a_timeout_with_its_msg_id() {
         (json!("error"), json!("timeout"), json!("ws-1")),
         "{e}"
     );
+    assert_eq!(e["message"], TIMEOUT_MESSAGE, "{e}");
     redis.resume();
 
     // The retries are acked once: both first attempts were written before
@@ -201,6 +134,11 @@ async fn a_publish_without_redis_is_unavailable() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert!(body["error"].get("msgId").is_none(), "{body}");
+    // Neither the redis client's error nor the socket's path.
+    assert_eq!(
+        body["error"]["message"], "the message store is unavailable",
+        "{body}"
+    );
     let e = p
         .call(json!({"type":"publish","room":"r","event":"e","data":2,"msgId":"w-1"}))
         .await;
@@ -210,5 +148,6 @@ async fn a_publish_without_redis_is_unavailable() {
         "{e}"
     );
     assert!(e.get("msgId").is_none(), "{e}");
+    assert_eq!(e["message"], "the message store is unavailable", "{e}");
     s.stop().await;
 }

@@ -19,6 +19,7 @@ use super::net::Dialer;
 use super::nodes::Nodes;
 use super::{procfs, round};
 
+mod offsets;
 mod publish;
 mod report;
 mod subscribe;
@@ -103,9 +104,31 @@ struct Tally {
     publisher_errors: AtomicU64,
     /// Acknowledged publishes, per room.
     acked: Vec<AtomicU64>,
+    /// Their offsets, per room: a delivery of any other offset is of a
+    /// publish whose acknowledgement never came (its publisher closed
+    /// first, or it was answered with an error such as `timeout`).
+    acked_offsets: Vec<std::sync::Mutex<offsets::Offsets>>,
 }
 
 impl Tally {
+    /// A tally for `rooms` rooms.
+    fn new(rooms: usize) -> Tally {
+        Tally {
+            acked: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
+            acked_offsets: (0..rooms).map(|_| Default::default()).collect(),
+            ..Tally::default()
+        }
+    }
+
+    /// A publish into `room` was acknowledged, at `offset` when the ack
+    /// said.
+    fn ack(&self, room: usize, offset: Option<u64>) {
+        self.acked[room].fetch_add(1, Ordering::Relaxed);
+        if let (Some(o), Some(set)) = (offset, self.acked_offsets.get(room)) {
+            crate::lock(set).insert(o);
+        }
+    }
+
     /// Deliveries due: every acknowledged publish to each of its room's members.
     fn expected(&self, members: &[u64]) -> u64 {
         self.acked
@@ -153,10 +176,7 @@ pub(crate) async fn run(
 
     // Subscribers read until the end.
     let rooms = spec.rooms.max(1);
-    let tally = Arc::new(Tally {
-        acked: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
-        ..Tally::default()
-    });
+    let tally = Arc::new(Tally::new(rooms));
     let stop = CancellationToken::new();
     let Joined {
         subs,

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_websockets::Message;
 
-use super::super::net::{Http, Wire, Ws};
+use super::super::net::{Http, Wire, Ws, number_after};
 use super::{FanoutArgs, PubVia, Tally, Target, unix_ns};
 
 /// Spaces one publisher's sends to its share of the rate.
@@ -66,6 +66,7 @@ async fn ws_publisher(
                 #[serde(rename = "type")]
                 kind: &'a str,
                 id: Option<u64>,
+                offset: Option<u64>,
             }
             while let Some(Ok(m)) = stream.next().await {
                 let Ok(r) = serde_json::from_slice::<Reply>(m.as_payload()) else {
@@ -73,10 +74,7 @@ async fn ws_publisher(
                 };
                 let Some(id) = r.id else { continue };
                 match r.kind {
-                    "ack" => {
-                        tally.acked[room_of(p, id, spec.pubs, rooms)]
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
+                    "ack" => tally.ack(room_of(p, id, spec.pubs, rooms), r.offset),
                     "error" => {
                         tally.rejected.fetch_add(1, Ordering::Relaxed);
                     }
@@ -143,8 +141,8 @@ async fn http_publisher(
             .request(hyper::Method::POST, "/api/publish", Some(body.into()))
             .await
         {
-            Ok((s, _)) if s.is_success() => {
-                tally.acked[room].fetch_add(1, Ordering::Relaxed);
+            Ok((s, b)) if s.is_success() => {
+                tally.ack(room, number_after(&b, br#""offset":"#));
             }
             Ok((s, b)) => {
                 if tally.rejected.fetch_add(1, Ordering::Relaxed) < 3 {

@@ -1,6 +1,7 @@
 //! A fan-out run's result: the run's shape, then the subscribers' accounts
-//! summed against what was acknowledged (lost, duplicated, out of order,
-//! closed by the server), latency percentiles and cost per delivery.
+//! held against what was acknowledged (lost, received twice, delivered
+//! without an acknowledgement, out of order, closed by the server), latency
+//! percentiles and cost per delivery.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::hist::Hist;
 use super::super::round;
+use super::offsets::Offsets;
 use super::subscribe::SubStats;
 use super::{FanoutArgs, SubVia, Tally, Target};
 
@@ -46,6 +48,37 @@ pub(super) struct Readings {
     pub(super) sub_written: u64,
 }
 
+/// The subscribers' deliveries held against the acknowledged offsets of
+/// their rooms.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Account {
+    /// Acknowledged offsets an open subscriber never received. A
+    /// subscriber the server closed (4000 for a slow consumer) is not
+    /// silent loss: it is counted in `closed_by_server` instead.
+    lost: u64,
+    /// Offsets a subscriber received more than once: the server sent a
+    /// message twice.
+    duplicates: u64,
+    /// Offsets received that no acknowledgement named: publishes that went
+    /// through while their acknowledgement was lost (the publisher closed
+    /// before it came, or was answered with an error such as `timeout`).
+    /// Not the server's fault, and no duplicate: each arrived once.
+    unacked: u64,
+}
+
+impl Account {
+    /// Adds one subscriber's deliveries; `acked` is its room's.
+    fn add(&mut self, s: &SubStats, acked: Option<&Offsets>) {
+        let none = Offsets::default();
+        let acked = acked.unwrap_or(&none);
+        self.duplicates += s.repeats;
+        self.unacked += s.offsets.count_not_in(acked);
+        if s.closed.is_none() {
+            self.lost += acked.count_not_in(&s.offsets);
+        }
+    }
+}
+
 /// Adds the outcome to `res`: deliveries against what was due, latency,
 /// and costs per delivery.
 pub(super) fn results(
@@ -57,23 +90,23 @@ pub(super) fn results(
     r: &Readings,
 ) {
     let mut all = Hist::default();
-    let (mut lost, mut extra, mut disorder, mut requests, mut http_errors) = (0, 0, 0, 0, 0);
+    let (mut disorder, mut requests, mut http_errors) = (0, 0, 0);
     let mut closed: BTreeMap<u16, u64> = BTreeMap::new();
+    let acked: Vec<Offsets> = tally
+        .acked_offsets
+        .iter()
+        .map(|set| crate::lock(set).clone())
+        .collect();
+    let mut account = Account::default();
     for s in subs {
         all.merge(&s.hist);
         disorder += s.disorder;
         requests += s.requests;
         http_errors += s.http_errors;
-        let want = tally.acked[s.room].load(Ordering::Relaxed);
-        match s.closed {
-            // Closed by the server (4000 for a slow consumer): not silent
-            // loss, counted apart.
-            Some(code) => *closed.entry(code).or_default() += 1,
-            None => {
-                lost += want.saturating_sub(s.received);
-                extra += s.received.saturating_sub(want);
-            }
+        if let Some(code) = s.closed {
+            *closed.entry(code).or_default() += 1;
         }
+        account.add(s, acked.get(s.room));
     }
     let rcv = tally.received.load(Ordering::Relaxed);
     let published = tally.published.load(Ordering::Relaxed);
@@ -84,8 +117,9 @@ pub(super) fn results(
     );
     res.insert("expected".into(), json!(tally.expected(members)));
     res.insert("received".into(), json!(rcv));
-    res.insert("lost".into(), json!(lost));
-    res.insert("duplicates".into(), json!(extra));
+    res.insert("lost".into(), json!(account.lost));
+    res.insert("duplicates".into(), json!(account.duplicates));
+    res.insert("unacked_deliveries".into(), json!(account.unacked));
     res.insert("out_of_order".into(), json!(disorder));
     res.insert(
         "closed_by_server".into(),
@@ -144,4 +178,134 @@ pub(super) fn results(
         "publisher_errors".into(),
         json!(tally.publisher_errors.load(Ordering::Relaxed)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{PubVia, SubVia};
+    use super::*;
+
+    fn offsets(of: impl IntoIterator<Item = u64>) -> Offsets {
+        let mut set = Offsets::default();
+        for o in of {
+            set.insert(o);
+        }
+        set
+    }
+
+    /// A subscriber of room 0 that received `received`, in that order.
+    fn sub(received: &[u64], closed: Option<u16>) -> SubStats {
+        let tally = Tally::default();
+        let mut s = SubStats::new(0);
+        for o in received {
+            let frame = format!(r#"{{"type":"message","room":"r","offset":{o},"data":{{}}}}"#);
+            s.on_frame(frame.as_bytes(), &tally);
+        }
+        s.closed = closed;
+        s
+    }
+
+    fn account(acked: &Offsets, subs: &[SubStats]) -> Account {
+        let mut a = Account::default();
+        for s in subs {
+            a.add(s, Some(acked));
+        }
+        a
+    }
+
+    #[test]
+    fn a_delivery_whose_ack_was_lost_is_no_duplicate() {
+        // 6 and 7 went through, but their publisher closed before the
+        // acks came: each arrived once.
+        let acked = offsets(1..=5);
+        let a = account(&acked, &[sub(&[1, 2, 3, 4, 5, 6, 7], None)]);
+        assert_eq!(
+            a,
+            Account {
+                lost: 0,
+                duplicates: 0,
+                unacked: 2
+            }
+        );
+    }
+
+    #[test]
+    fn an_offset_received_twice_is_a_duplicate() {
+        let acked = offsets(1..=3);
+        let a = account(&acked, &[sub(&[1, 2, 2, 3, 1], None)]);
+        assert_eq!(
+            a,
+            Account {
+                lost: 0,
+                duplicates: 2,
+                unacked: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_loss_and_an_unacked_delivery_do_not_cancel_out() {
+        // 3 was acknowledged and never came; 4 came without an ack. Equal
+        // counts, so comparing numbers alone saw neither.
+        let acked = offsets([1, 2, 3]);
+        let a = account(&acked, &[sub(&[1, 2, 4], None)]);
+        assert_eq!(
+            a,
+            Account {
+                lost: 1,
+                duplicates: 0,
+                unacked: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_subscriber_the_server_closed_loses_nothing_silently() {
+        let acked = offsets(1..=4);
+        let a = account(&acked, &[sub(&[1, 1, 5], Some(4000)), sub(&[1, 2], None)]);
+        assert_eq!(
+            a,
+            Account {
+                lost: 2,
+                duplicates: 1,
+                unacked: 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_report_names_both_counts() {
+        let spec = FanoutArgs {
+            subs: 2,
+            rooms: 1,
+            pubs: 1,
+            rate: 0,
+            seconds: 1.0,
+            size: 1,
+            window: 1,
+            subscribe_via: SubVia::Ws,
+            publish_via: PubVia::Ws,
+        };
+        let tally = Tally::new(1);
+        for o in 1..=3 {
+            tally.ack(0, Some(o));
+        }
+        // One subscriber got 1 twice, the other 4, whose ack was lost.
+        let subs = [sub(&[1, 1, 2, 3], None), sub(&[1, 2, 3, 4], None)];
+        let readings = Readings {
+            pub_secs: 1.0,
+            elapsed: 1.0,
+            server_cpu_s: None,
+            redis_cpu_s: None,
+            sub_read: 0,
+            sub_written: 0,
+        };
+        let mut res = Map::new();
+        results(&mut res, &spec, &tally, &[2], &subs, &readings);
+        assert_eq!(res["expected"], 6);
+        assert_eq!(res["lost"], 0);
+        assert_eq!(res["duplicates"], 1);
+        assert_eq!(res["unacked_deliveries"], 1);
+        assert_eq!(res["out_of_order"], 0);
+    }
 }

@@ -14,14 +14,22 @@ use tokio_util::sync::CancellationToken;
 use super::super::hist::Hist;
 use super::super::net::{Frame, Http, Wire, Ws, number_after};
 use super::super::procfs;
+use super::offsets::Offsets;
 use super::{SubVia, Tally, Target, fresh_prefix, unix_ns};
 
 /// One subscriber's account.
 pub(super) struct SubStats {
     pub(super) room: usize,
+    /// Message frames, repeats included.
     pub(super) received: u64,
     pub(super) hist: Hist,
-    /// Offsets that were not above the previous one (duplicates or reordering).
+    /// The offsets received (each once).
+    pub(super) offsets: Offsets,
+    /// Offsets received again: true duplicates (the server sent the same
+    /// message twice), told apart from the delivery of a publish whose
+    /// acknowledgement never came, which is no fault of the server.
+    pub(super) repeats: u64,
+    /// Offsets received after a higher one, the first time (reordering).
     pub(super) disorder: u64,
     last: Option<u64>,
     /// The close code when the server (or the network) ended it.
@@ -31,11 +39,13 @@ pub(super) struct SubStats {
 }
 
 impl SubStats {
-    fn new(room: usize) -> SubStats {
+    pub(super) fn new(room: usize) -> SubStats {
         SubStats {
             room,
             received: 0,
             hist: Hist::default(),
+            offsets: Offsets::default(),
+            repeats: 0,
             disorder: 0,
             last: None,
             closed: None,
@@ -45,7 +55,7 @@ impl SubStats {
     }
 
     /// Counts one frame if it is a message envelope; returns its offset.
-    fn on_frame(&mut self, frame: &[u8], tally: &Tally) -> Option<u64> {
+    pub(super) fn on_frame(&mut self, frame: &[u8], tally: &Tally) -> Option<u64> {
         if !frame.starts_with(br#"{"type":"message""#) {
             return None;
         }
@@ -53,10 +63,12 @@ impl SubStats {
         tally.received.fetch_add(1, Ordering::Relaxed);
         let offset = number_after(frame, br#""offset":"#);
         if let Some(o) = offset {
-            if self.last.is_some_and(|l| o <= l) {
+            if !self.offsets.insert(o) {
+                self.repeats += 1;
+            } else if self.last.is_some_and(|l| o < l) {
                 self.disorder += 1;
             }
-            self.last = Some(o);
+            self.last = Some(self.last.map_or(o, |l| l.max(o)));
         }
         let data = frame
             .windows(7)
@@ -312,9 +324,14 @@ mod tests {
             st.on_frame(br#"{"type":"presence","room":"r"}"#, &tally),
             None
         );
-        assert_eq!(st.received, 3);
-        assert_eq!(st.disorder, 1);
-        assert_eq!(tally.received.load(Ordering::Relaxed), 3);
+        assert_eq!(st.on_frame(m(4).as_bytes(), &tally), Some(4));
+        assert_eq!(st.on_frame(m(3).as_bytes(), &tally), Some(3));
+        assert_eq!(st.on_frame(m(1).as_bytes(), &tally), Some(1));
+        // 2 and then 1 again are repeats; 3 after 4 is out of order.
+        assert_eq!(st.received, 6);
+        assert_eq!((st.repeats, st.disorder), (2, 1));
+        assert_eq!(st.offsets.len(), 4);
+        assert_eq!(tally.received.load(Ordering::Relaxed), 6);
         let p50 = st.hist.pct_ms(0.5);
         assert!((2.0..60_000.0).contains(&p50), "{p50}");
     }

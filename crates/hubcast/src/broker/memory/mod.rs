@@ -34,7 +34,7 @@ use self::log::{RoomLog, Tombs};
 use self::presence::PresenceState;
 use super::{
     Broker, BrokerError, BrokerHandler, HistoryPage, PresenceEvent, PublishRequest, PublishResult,
-    Recovery,
+    Recovery, Unavailability,
 };
 use crate::lock;
 use crate::rules::{History, Rules};
@@ -364,8 +364,8 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryPage, BrokerError> {
         Ok(self.read_log(room, |log| self.history_locked(log, since, limit)))
     }
-    async fn ready(&self) -> bool {
-        true
+    async fn ready(&self) -> Result<(), Unavailability> {
+        Ok(())
     }
 
     async fn close(&self) {

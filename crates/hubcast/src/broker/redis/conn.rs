@@ -20,7 +20,7 @@ use super::link::Link;
 use super::nodes::{Registry, lease_task};
 use super::pubsub::pubsub_task;
 use super::scripts::Scripts;
-use super::{COMMAND_TIMEOUT, MAX_BACKOFF, RedisBroker, Shared, unavailable};
+use super::{COMMAND_TIMEOUT, MAX_BACKOFF, RedisBroker, Shared, down, unavailable};
 
 /// The command connection: one Redis server, or a Redis Cluster (commands
 /// routed by key slot).
@@ -92,7 +92,7 @@ impl RedisBroker {
             };
             let client = builder()
                 .build()
-                .map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
+                .map_err(|e| down(format!("bad redis_url: {e}")))?;
             let conn = client.get_async_connection().await.map_err(unavailable)?;
             // Sharded subscriptions need RESP3: the messages arrive as pushes.
             let (tx, rx) = mpsc::unbounded_channel();
@@ -100,7 +100,7 @@ impl RedisBroker {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(tx)
                 .build()
-                .map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
+                .map_err(|e| down(format!("bad redis_url: {e}")))?;
             let sub = sub_client
                 .get_async_connection()
                 .await
@@ -115,7 +115,7 @@ impl RedisBroker {
             )
         } else {
             let client = redis::Client::open(settings.url.as_str())
-                .map_err(|e| unavailable(format!("bad redis_url: {e}")))?;
+                .map_err(|e| down(format!("bad redis_url: {e}")))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(COMMAND_TIMEOUT))
                 .set_response_timeout(Some(COMMAND_TIMEOUT))
@@ -161,7 +161,7 @@ impl RedisBroker {
             if t0.elapsed() > COMMAND_TIMEOUT {
                 cancel.cancel();
                 tasks.wait().await;
-                return Err(unavailable("cannot open the pub/sub connection"));
+                return Err(down("cannot open the pub/sub connection"));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -37,6 +37,10 @@ impl Keys {
     pub(super) fn node_rooms(&self, node: &str) -> String {
         format!("{}:np:{}", self.prefix, node)
     }
+    /// String: what a node's readiness probe writes (see `ready`).
+    pub(super) fn ready_probe(&self, node: &str) -> String {
+        format!("{}:ready:{}", self.prefix, node)
+    }
     /// A node's reaping claim.
     pub(super) fn reap_lock(&self, node: &str) -> String {
         format!("{}:reap:{}", self.prefix, node)

@@ -13,6 +13,7 @@
 //! | `P:{room}:pu` | hash | user → connections in the room |
 //! | `P:u:<user>` | hash | `c` connections, `s` status, `n` name, `l` last seen |
 //! | `P:ur:<user>` | set | rooms the user is present in |
+//! | `P:ready:<node>` | string | the node's last readiness probe write (Unix ms), for 10 s |
 //!
 //! One Lua script per publish does the idempotency check, assigns the next
 //! offset, appends to the stream (bounded to the room's `history_size`) and publishes
@@ -73,7 +74,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{
     Broker, BrokerError, BrokerHandler, ConnKey, HistoryPage, Publication, PublishRequest,
-    PublishResult, Recovery,
+    PublishResult, Recovery, Unavailability,
 };
 use crate::protocol::json_string;
 use crate::rules::Rules;
@@ -91,6 +92,9 @@ const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Timeout for one Redis command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the readiness probe's key outlives the probe.
+const READY_PROBE_TTL: Duration = Duration::from_secs(10);
 
 /// How long a room stays subscribed after its last local member left.
 const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -133,8 +137,50 @@ pub struct RedisBroker {
     tasks: TaskTracker,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(format!("redis: {e}"))
+/// A failed Redis command: the engine cannot serve, and why, as far as a
+/// client may be told (`why`); the raw error for the log.
+fn unavailable(e: redis::RedisError) -> BrokerError {
+    unavailable_ref(&e)
+}
+
+fn unavailable_ref(e: &redis::RedisError) -> BrokerError {
+    BrokerError::Unavailable {
+        why: why(e),
+        detail: format!("redis: {e}"),
+    }
+}
+
+/// The engine cannot serve for a reason of its own (no Redis error to
+/// classify: a bad URL, the pub/sub connection down, a timeout of ours).
+fn down(what: impl std::fmt::Display) -> BrokerError {
+    BrokerError::unavailable(format!("redis: {what}"))
+}
+
+/// Why Redis refused or failed a command. A store that refuses writes is
+/// told apart from one that is down, so that clients and `/readyz` can
+/// say which. Redis 7 passes a script's failed call on with the call's own
+/// error code; older versions wrap it in an `ERR` whose text holds the
+/// code after a dash, so that is looked for too.
+fn why(e: &redis::RedisError) -> Unavailability {
+    let refusal = |code: &str| match code {
+        "OOM" => Some(Unavailability::OutOfMemory),
+        "READONLY" | "MISCONF" => Some(Unavailability::ReadOnly),
+        _ => None,
+    };
+    if let Some(why) = e.code().and_then(refusal) {
+        return why;
+    }
+    if e.code() == Some("ERR") {
+        let text = e.detail().unwrap_or_default();
+        for code in ["OOM", "READONLY", "MISCONF"] {
+            if text.contains(&format!("-{code} "))
+                && let Some(why) = refusal(code)
+            {
+                return why;
+            }
+        }
+    }
+    Unavailability::Down
 }
 
 /// Whether a failed command certainly never ran: no connection could be
@@ -172,13 +218,11 @@ fn never_ran(e: &redis::RedisError) -> bool {
 fn publish_error(e: &redis::RedisError, msg_id: &str, retried: bool) -> BrokerError {
     let first_attempt = !retried || matches!(e.retry_method(), redis::RetryMethod::NoRetry);
     if first_attempt && never_ran(e) {
-        unavailable(e)
+        unavailable_ref(e)
     } else {
         BrokerError::Timeout {
             msg_id: msg_id.to_owned(),
-            message: format!(
-                "redis: {e}; the message may have been published: retry with its msgId"
-            ),
+            detail: format!("redis: {e}"),
         }
     }
 }
@@ -315,7 +359,7 @@ impl Broker for RedisBroker {
         match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(BrokerError::Internal("pub/sub task stopped".into())),
-            Err(_) => Err(unavailable("subscribe timed out")),
+            Err(_) => Err(down("subscribe timed out")),
         }
     }
 
@@ -409,19 +453,35 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Result<(), Unavailability> {
         if !self.shared.pubsub_up.load(Ordering::SeqCst) {
-            return false;
+            return Err(Unavailability::Down);
         }
-        let mut conn = self.shared.conn.clone();
-        matches!(
-            tokio::time::timeout(
-                COMMAND_TIMEOUT,
-                redis::cmd("PING").query_async::<String>(&mut conn)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+        // A write, not a PING: a Redis out of memory (noeviction), a
+        // read-only replica or one whose persistence fails answers PING
+        // and every read, yet refuses each publish. A small key of this
+        // node's with a short expiry is such a write and leaves nothing
+        // behind; its value (when it was written) helps whoever reads it.
+        let s = &self.shared;
+        let mut conn = s.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(s.keys.ready_probe(&s.node))
+            .arg(crate::unix_ms())
+            .arg("PX")
+            .arg(READY_PROBE_TTL.as_millis() as u64);
+        let probe = set.query_async::<()>(&mut conn);
+        match tokio::time::timeout(COMMAND_TIMEOUT, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let why = why(&e);
+                tracing::warn!(error = %e, reason = why.reason(), "readiness probe write failed");
+                Err(why)
+            }
+            Err(_) => {
+                tracing::warn!("readiness probe write timed out");
+                Err(Unavailability::Down)
+            }
+        }
     }
 
     async fn close(&self) {
@@ -454,7 +514,10 @@ mod tests {
         let client = RedisError::from((ErrorKind::Client, "bad command"));
         for e in [refused.clone(), script_failed.clone(), client] {
             assert!(
-                matches!(publish_error(&e, "m", false), BrokerError::Unavailable(_)),
+                matches!(
+                    publish_error(&e, "m", false),
+                    BrokerError::Unavailable { .. }
+                ),
                 "{e}"
             );
         }
@@ -467,7 +530,7 @@ mod tests {
         // A script error is not retried: the only attempt failed.
         assert!(matches!(
             publish_error(&script_failed, "m", true),
-            BrokerError::Unavailable(_)
+            BrokerError::Unavailable { .. }
         ));
         let timed_out = RedisError::from(io::Error::from(io::ErrorKind::TimedOut));
         let dropped = RedisError::from(io::Error::from(io::ErrorKind::BrokenPipe));
@@ -479,5 +542,44 @@ mod tests {
                 other => panic!("{e}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_store_refusing_writes_is_told_apart_from_one_down() {
+        let oom = redis::make_extension_error(
+            "OOM".into(),
+            Some("command not allowed when used memory > 'maxmemory'.".into()),
+        );
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        let misconf = redis::make_extension_error(
+            "MISCONF".into(),
+            Some("Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.".into()),
+        );
+        // Before Redis 7, a script's failed call came wrapped in an ERR.
+        let wrapped = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "Error running script",
+            "@user_script:1: -OOM command not allowed when used memory > 'maxmemory'.".into(),
+        ));
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let other = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR user_script:1: oom",
+        ));
+        assert_eq!(why(&oom), Unavailability::OutOfMemory);
+        assert_eq!(why(&wrapped), Unavailability::OutOfMemory);
+        assert_eq!(why(&readonly), Unavailability::ReadOnly);
+        assert_eq!(why(&misconf), Unavailability::ReadOnly);
+        assert_eq!(why(&refused), Unavailability::Down);
+        assert_eq!(why(&other), Unavailability::Down);
+        // The raw text stays for the log; the client's sentence is fixed.
+        let e = publish_error(&oom, "m", false);
+        assert!(e.to_string().contains("maxmemory"), "{e}");
+        assert_eq!(e.client_message(), "the message store is out of memory");
+        let e = publish_error(&refused, "m", true);
+        assert!(!e.client_message().contains("redis"), "{e}");
     }
 }

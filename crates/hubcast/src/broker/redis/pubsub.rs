@@ -15,7 +15,7 @@ use crate::broker::BrokerError;
 
 use super::link::{Event, Link};
 use super::rooms::{Rooms, SubscribeError};
-use super::{MAX_BACKOFF, Shared, UNSUBSCRIBE_DELAY, unavailable};
+use super::{MAX_BACKOFF, Shared, UNSUBSCRIBE_DELAY, down};
 
 /// What the pub/sub task is asked to do.
 pub(super) enum SubCmd {
@@ -125,7 +125,7 @@ impl Task {
             return if self.rooms.add_live_ref(&room) {
                 Ok(())
             } else {
-                Err(unavailable("pub/sub connection down"))
+                Err(down("pub/sub connection down"))
             };
         }
         match self.rooms.subscribe(&self.shared, link, room).await {

@@ -64,18 +64,28 @@ impl Reject {
     }
 }
 
+/// The client reads a fixed sentence ([`BrokerError::client_message`]):
+/// the engine's own error text can name internal addresses and settings.
+/// The log keeps it, for the operator.
 impl From<BrokerError> for Reject {
     fn from(e: BrokerError) -> Self {
-        match e {
-            BrokerError::Unavailable(m) => Reject::new(ErrorCode::Unavailable, m),
+        let code = match e {
+            BrokerError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "broker unavailable");
+                ErrorCode::Unavailable
+            }
             // Only a publish times out, and its reply names the msgId
             // (`publish::timed_out`); elsewhere the code is enough.
-            BrokerError::Timeout { message, .. } => Reject::new(ErrorCode::Timeout, message),
-            BrokerError::Internal(m) => {
-                tracing::error!(error = %m, "broker error");
-                Reject::new(ErrorCode::Internal, "internal error")
+            BrokerError::Timeout { .. } => {
+                tracing::warn!(error = %e, "broker timed out");
+                ErrorCode::Timeout
             }
-        }
+            BrokerError::Internal(_) => {
+                tracing::error!(error = %e, "broker error");
+                ErrorCode::Internal
+            }
+        };
+        Reject::new(code, e.client_message())
     }
 }
 

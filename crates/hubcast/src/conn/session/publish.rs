@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 
 use super::{Reject, Session, record_error, rejected, timed_out};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, TIMEOUT_MESSAGE};
 use crate::protocol::{self, ErrorCode, out};
 use crate::publish::Publish;
 
@@ -65,9 +65,13 @@ impl Session {
                         duplicate: result.duplicate,
                     })
                 }
-                Err(BrokerError::Timeout { msg_id, message }) => {
-                    record_error(&app.recent, &conn, ErrorCode::Timeout, &message);
-                    timed_out(id, &msg_id, &message)
+                Err(BrokerError::Timeout { msg_id, detail }) => {
+                    // The client reads a fixed sentence; the engine's own
+                    // error is for the log (see `Reject::from`).
+                    tracing::warn!(error = %detail, msg_id = %msg_id, "publish timed out");
+                    let message = TIMEOUT_MESSAGE;
+                    record_error(&app.recent, &conn, ErrorCode::Timeout, message);
+                    timed_out(id, &msg_id, message)
                 }
                 Err(e) => {
                     let r = Reject::from(e);

@@ -75,6 +75,74 @@ pub(crate) fn start_redis(socket: &Path) -> Child {
     child
 }
 
+/// A Redis-engine config on `url` with a fresh key prefix.
+pub(crate) fn redis_config(url: String, node: &str) -> Config {
+    Config {
+        node_id: node.into(),
+        broker: hubcast::config::BrokerKind::Redis,
+        redis_url: url,
+        redis_prefix: unique_prefix(),
+        ..Config::default()
+    }
+}
+
+/// A private Redis that is resumed, killed and removed however the test
+/// ends: a panicking test must not leave a stopped redis-server behind.
+pub(crate) struct OwnRedis {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl OwnRedis {
+    pub(crate) fn start() -> OwnRedis {
+        let socket = socket_path();
+        let child = start_redis(&socket);
+        OwnRedis { child, socket }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        redis_socket_url(&self.socket)
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// SIGSTOP: connections stay open, commands are accepted by the
+    /// kernel, nothing is answered.
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        // A stopped process only dies of SIGKILL, but resume it anyway so
+        // that nothing is left stopped if the kill fails.
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+        self.kill();
+        std::fs::remove_file(&self.socket).ok();
+    }
+}
+
 /// Kills every pub/sub connection of the Redis server at `url` (`CLIENT
 /// KILL TYPE pubsub`); returns how many there were.
 pub(crate) async fn kill_pubsub(url: &str) -> i64 {
