@@ -40,6 +40,19 @@ both_engines! {
             }
             fast
         });
+        // The slow client reads again after 300 messages (18 MiB, more than
+        // the socket buffers hold, so the server has decided to close it by
+        // then), as a client that was only slow would: it must get an
+        // unbroken run of messages, then 4000. (A client that reads nothing
+        // for the close grace after the decision is dropped without its
+        // close frame: not this case.)
+        let slow_user = slow.user();
+        let (overflowed, reads) = tokio::sync::oneshot::channel::<()>();
+        let slow_reader = tokio::spawn(async move {
+            let _ = reads.await;
+            slow.until_close().await
+        });
+        let mut overflowed = Some(overflowed);
         for i in 1..=600u64 {
             let ack = publisher
                 .call(json!({"type":"publish","room":"firehose","event":"big","data":payload}))
@@ -48,10 +61,11 @@ both_engines! {
                 ack["offset"], i,
                 "the publisher is never refused or blocked"
             );
+            if i == 300 {
+                overflowed.take().map(|t| t.send(()));
+            }
         }
-        // The slow client now reads: an unbroken run of messages, then 4000.
-        let slow_user = slow.user();
-        let (code, reason, frames) = slow.until_close().await;
+        let (code, reason, frames) = slow_reader.await.unwrap();
         assert_eq!(code, Some(4000), "reason {reason:?}");
         // The dashboard's recent events list it.
         let ev: serde_json::Value = common::wait_until(|| async {
