@@ -170,8 +170,11 @@ proptest! {
     }
 }
 
+/// A fuzz target's name and entry point.
+type Target = (&'static str, fn(&[u8]));
+
 /// The fuzz targets (`fuzz/fuzz_targets/`) and their entry points.
-const TARGETS: [(&str, fn(&[u8])); 6] = [
+const TARGETS: [Target; 6] = [
     ("frame_reader", hubcast::fuzzing::frame_reader),
     ("client_frame", hubcast::fuzzing::client_frame),
     ("server_frame", hubcast::fuzzing::server_frame),
