@@ -60,6 +60,10 @@ pub mod broker;
 mod clock;
 pub mod config;
 pub mod conn;
+// The fuzz targets' entry points (fuzz/, replayed by tests/it/fuzz.rs):
+// here because they reach crate-private parsers; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub(crate) mod hub;
 mod lock;

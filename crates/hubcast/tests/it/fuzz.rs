@@ -1,7 +1,13 @@
 //! Property tests over the parsers that take untrusted input: WebSocket
 //! framing, client frames and connection tokens. Arbitrary bytes never panic, and what
 //! parses is checked; the bounds keep each case small.
+//!
+//! The cargo-fuzz targets' kept corpus (`fuzz/corpus/`) and any crash kept
+//! from them (`fuzz/artifacts/`) are replayed here through the same entry
+//! points (`hubcast::fuzzing`), so CI checks them on stable Rust.
 #![allow(clippy::unwrap_used)]
+
+use std::path::Path;
 
 use bytes::Bytes;
 use hubcast::auth::Auth;
@@ -162,4 +168,51 @@ proptest! {
         let token = [h, p, s].join(".");
         prop_assert!(a.authenticate(Some(&token)).is_err());
     }
+}
+
+/// A fuzz target's name and entry point.
+type Target = (&'static str, fn(&[u8]));
+
+/// The fuzz targets (`fuzz/fuzz_targets/`) and their entry points.
+const TARGETS: [Target; 6] = [
+    ("frame_reader", hubcast::fuzzing::frame_reader),
+    ("client_frame", hubcast::fuzzing::client_frame),
+    ("server_frame", hubcast::fuzzing::server_frame),
+    ("token", hubcast::fuzzing::token),
+    ("api_body", hubcast::fuzzing::api_body),
+    ("pubsub_codec", hubcast::fuzzing::pubsub_codec),
+];
+
+#[test]
+fn the_fuzz_corpus_and_artifacts_replay_without_a_failure() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    // A corpus of a target this list lacks would go unchecked.
+    for entry in std::fs::read_dir(fuzz.join("corpus")).unwrap() {
+        let name = entry.unwrap().file_name();
+        let name = name.to_string_lossy();
+        assert!(
+            TARGETS.iter().any(|(t, _)| *t == name),
+            "fuzz/corpus/{name} has no replay here"
+        );
+    }
+    let mut failed = Vec::new();
+    for (target, run) in TARGETS {
+        let mut replayed = 0;
+        for kind in ["corpus", "artifacts"] {
+            // Artifacts exist only for targets that once crashed.
+            let Ok(files) = std::fs::read_dir(fuzz.join(kind).join(target)) else {
+                continue;
+            };
+            for file in files {
+                let path = file.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                if std::panic::catch_unwind(|| run(&bytes)).is_err() {
+                    failed.push(path.display().to_string());
+                }
+                replayed += 1;
+            }
+        }
+        assert!(replayed > 0, "no corpus for {target}");
+    }
+    assert!(failed.is_empty(), "failing inputs: {failed:#?}");
 }

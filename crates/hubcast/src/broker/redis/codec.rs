@@ -18,7 +18,7 @@ use crate::protocol::{EnvelopeParts, PresenceAction, Status};
 
 /// A message received on a room's channel.
 #[derive(Debug, PartialEq)]
-pub(super) enum ChannelMessage<'a> {
+pub(crate) enum ChannelMessage<'a> {
     /// A new message in the room.
     Publication {
         offset: u64,
@@ -36,7 +36,7 @@ pub(super) enum ChannelMessage<'a> {
 
 /// Decodes a channel message; `None` for anything malformed (dropped: it
 /// is not ours to deliver).
-pub(super) fn decode(message: &[u8]) -> Option<ChannelMessage<'_>> {
+pub(crate) fn decode(message: &[u8]) -> Option<ChannelMessage<'_>> {
     if let Some(rest) = message.strip_prefix(b"p\n") {
         let text = String::from_utf8_lossy(rest);
         let mut it = text.split('\n');
@@ -79,7 +79,7 @@ pub(super) fn decode(message: &[u8]) -> Option<ChannelMessage<'_>> {
 
 /// The channel message of a status change (join and leave are written by
 /// their scripts in the same form).
-pub(super) fn encode_status(user: &str, name: &str, status: Status) -> String {
+pub(crate) fn encode_status(user: &str, name: &str, status: Status) -> String {
     format!("p\nstatus\n{user}\n{name}\n{}", status.as_str())
 }
 
@@ -89,7 +89,7 @@ pub(super) fn encode_status(user: &str, name: &str, status: Status) -> String {
 /// A payload that is a whole envelope (it starts with `{`, a tail never
 /// does) was written by a node from before the payload became opaque: it is
 /// used as it is, so history written then still reads.
-pub(super) fn envelope(room_json: &str, offset: u64, epoch: &str, payload: &[u8]) -> Bytes {
+pub(crate) fn envelope(room_json: &str, offset: u64, epoch: &str, payload: &[u8]) -> Bytes {
     if payload.first() == Some(&b'{') {
         return Bytes::copy_from_slice(payload);
     }
@@ -98,7 +98,7 @@ pub(super) fn envelope(room_json: &str, offset: u64, epoch: &str, payload: &[u8]
 
 /// A stored or broadcast status as the engine reads it (online when
 /// missing or unknown).
-pub(super) fn parse_status(s: Option<&str>) -> Status {
+pub(crate) fn parse_status(s: Option<&str>) -> Status {
     match s {
         Some("away") => Status::Away,
         Some("busy") => Status::Busy,

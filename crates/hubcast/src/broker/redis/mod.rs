@@ -49,7 +49,8 @@
 //! shared state and implements [`Broker`].
 
 mod catchup;
-mod codec;
+// Crate-visible for the `pubsub_codec` fuzz target (`crate::fuzzing`).
+pub(crate) mod codec;
 mod conn;
 mod keys;
 mod link;
