@@ -183,14 +183,9 @@ impl Node {
                 && let Ok(Some(status)) = c.try_wait()
             {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: String = log
-                    .chars()
-                    .rev()
-                    .take(2000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                // The end of its log: why it stopped.
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
                 bail!("node {} exited ({status}):\n{tail}", self.k);
             }
             if self.ready().await == Some(true) {

@@ -101,25 +101,25 @@ impl Accept {
             let target = self.target;
             let link = self.link.subscribe();
             self.tasks.spawn(async move {
-                let Ok(outbound) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let (ir, iw) = inbound.into_split();
-                let (or, ow) = outbound.into_split();
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = async {
-                        tokio::join!(
-                            pump(ir, ow, link.clone()),
-                            pump(or, iw, link),
-                        )
-                    } => {}
+                    _ = forward(inbound, target, link) => {}
                 }
             });
         }
     }
+}
+
+/// One connection: to the target, then both directions until both end.
+async fn forward(inbound: TcpStream, target: SocketAddr, link: watch::Receiver<Link>) {
+    let Ok(outbound) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let (ir, iw) = inbound.into_split();
+    let (or, ow) = outbound.into_split();
+    tokio::join!(pump(ir, ow, link.clone()), pump(or, iw, link));
 }
 
 /// One direction: read chunks as they come, write each once the link lets
