@@ -11,6 +11,11 @@
 //!   they can; latency of the well-behaved ones against the baseline.
 //! - `poll-vs-ws`: the same publish stream to WebSocket and to long-polling
 //!   subscribers.
+//! - `faults`: nodes on a private Redis, clients on the Rust client, and a
+//!   schedule of faults (kills, stops, Redis restarts, cut and slow links);
+//!   a verdict on delivery, presence, readiness and memory (exit 1 when it
+//!   fails). It starts its own nodes and Redis: `--url`/`--spawn` do not
+//!   apply.
 //!
 //! Nodes are given (`--url`, `--pid`, repeatable) or started from this
 //! binary (`--spawn N --serve-args "..."`), so one command reproduces a
@@ -19,6 +24,7 @@
 //! `--json`.
 
 pub(crate) mod fanout;
+pub(crate) mod faults;
 pub(crate) mod hist;
 pub(crate) mod net;
 pub(crate) mod nodes;
@@ -55,6 +61,8 @@ enum Scenario {
     Flood(scenarios::FloodArgs),
     /// The same publish stream to WebSocket, then to long-polling subscribers.
     PollVsWs(FanoutArgs),
+    /// Nodes on a private Redis under a schedule of faults; a verdict.
+    Faults(faults::FaultsArgs),
 }
 
 /// Where the load goes and how results are shown.
@@ -132,6 +140,21 @@ pub fn main(args: BenchArgs) -> ExitCode {
 
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let c = &args.common;
+    if let Scenario::Faults(a) = &args.scenario {
+        let label = if c.label.is_empty() {
+            "faults".to_string()
+        } else {
+            format!("{}/faults", c.label)
+        };
+        let (r, passed) = faults::run(a, &label).await?;
+        if c.json {
+            println!("{}", Value::Object(r));
+        } else {
+            print_summary(&r);
+        }
+        anyhow::ensure!(passed, "the fault run failed its checks (see `failures`)");
+        return Ok(());
+    }
     let nodes = match c.spawn {
         Some(n) => {
             let serve_args: Vec<String> = c
@@ -167,6 +190,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Churn(a) => vec![scenarios::churn(&target, a, &format!("{label}churn")).await],
         Scenario::Flood(a) => scenarios::flood(&target, a, &label).await?,
         Scenario::PollVsWs(a) => scenarios::poll_vs_ws(&target, a, &label).await?,
+        Scenario::Faults(_) => Vec::new(),
     };
     drop(target);
     for r in &results {

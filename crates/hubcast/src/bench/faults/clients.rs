@@ -1,0 +1,321 @@
+//! The run's clients, all on the Rust client (`hubcast-client`): it
+//! reconnects, rejoins with `since`, dedupes, and sends a publish whose ack
+//! was lost again with the same msgId. Subscribers record every delivery
+//! and every gap they were told of; publishers record every ack.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hubcast_client::{Client, Event, Options, Publish};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::lock::lock;
+
+/// What a subscriber saw in one room, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A message, delivered.
+    Msg {
+        epoch: String,
+        offset: u64,
+        msg_id: String,
+    },
+    /// Told that messages were missed: the room is at `offset` of `epoch`
+    /// now (`recovered: false`, or a new epoch).
+    Told { epoch: String, offset: u64 },
+}
+
+/// One room of one subscriber.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RoomLog {
+    /// The room's position when the subscriber first joined.
+    pub start: Option<(String, u64)>,
+    pub entries: Vec<Entry>,
+    /// Where the subscriber is now.
+    pub pos: Option<(String, u64)>,
+}
+
+/// Everything one subscriber saw.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SubLog {
+    pub rooms: HashMap<String, RoomLog>,
+    /// Connections made (the first and each reconnect).
+    pub welcomes: u64,
+    /// Frames the client could not decode.
+    pub unreadable: u64,
+}
+
+/// One acknowledged publish.
+#[derive(Debug, Clone)]
+pub(crate) struct AckRec {
+    pub room: String,
+    pub offset: u64,
+    pub epoch: String,
+    pub msg_id: String,
+    /// The ack said the msgId had been published already (a retry).
+    pub duplicate: bool,
+    /// Calls of `publish` it took (the client's own resends not counted).
+    pub attempts: u32,
+}
+
+/// What the publishers did.
+#[derive(Debug, Default)]
+pub(crate) struct PubLog {
+    pub acks: Vec<AckRec>,
+    /// Publish calls that failed (and were retried with the same msgId).
+    pub errors: u64,
+    /// Messages given up on after publishing stopped (never acked).
+    pub abandoned: u64,
+    /// Publishers done since publishing stopped.
+    pub finished: usize,
+}
+
+/// A subscriber: its client and what it saw.
+pub(crate) struct Subscriber {
+    pub client: Client,
+    pub log: Arc<Mutex<SubLog>>,
+}
+
+/// The client settings of the run: quick to notice a dead link and to
+/// come back, so faults of seconds show as reconnects.
+fn options(name: String) -> Options {
+    Options {
+        name: Some(name),
+        min_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+        stable_after: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(3),
+        ping_interval: Duration::from_secs(1),
+        ping_timeout: Duration::from_secs(2),
+        publish_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(5),
+        ..Options::default()
+    }
+}
+
+/// The clients; their tasks stop when this is dropped.
+pub(crate) struct Clients {
+    pub subscribers: Vec<Subscriber>,
+    publishers: Vec<Arc<Client>>,
+    pub publog: Arc<Mutex<PubLog>>,
+    /// Publishers stop starting new messages.
+    stop_publishing: CancellationToken,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.tasks.close();
+    }
+}
+
+impl Clients {
+    /// Subscriber `i` connects to `urls[i % n]` and joins every room.
+    pub(crate) async fn subscribe(
+        urls: &[String],
+        count: usize,
+        rooms: &[String],
+    ) -> anyhow::Result<Clients> {
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mut subscribers = Vec::new();
+        for i in 0..count {
+            let url = &urls[i % urls.len()];
+            let (client, mut events) = Client::connect(url, options(format!("sub{i}")));
+            let log = Arc::new(Mutex::new(SubLog::default()));
+            let (l, c) = (log.clone(), cancel.clone());
+            tasks.spawn(async move {
+                loop {
+                    let ev = tokio::select! {
+                        _ = c.cancelled() => return,
+                        ev = events.recv() => ev,
+                    };
+                    let Some(ev) = ev else { return };
+                    record(&mut lock(&l), ev);
+                }
+            });
+            for room in rooms {
+                let j = tokio::time::timeout(Duration::from_secs(20), client.join(room))
+                    .await
+                    .with_context(|| format!("subscriber {i}: join {room}: timeout"))?
+                    .with_context(|| format!("subscriber {i}: join {room}"))?;
+                let mut g = lock(&log);
+                let r = g.rooms.entry(room.clone()).or_default();
+                r.start = Some((j.epoch.clone(), j.offset));
+                r.pos.get_or_insert((j.epoch, j.offset));
+            }
+            subscribers.push(Subscriber { client, log });
+        }
+        Ok(Clients {
+            subscribers,
+            publishers: Vec::new(),
+            publog: Arc::new(Mutex::new(PubLog::default())),
+            stop_publishing: CancellationToken::new(),
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Starts `count` publishers, publisher `j` on `urls[(j + 1) % n]`, each
+    /// publishing `rate` messages a second round the rooms.
+    pub(crate) fn publish(
+        &mut self,
+        urls: &[String],
+        count: usize,
+        rooms: &[String],
+        rate: f64,
+        run: &str,
+    ) {
+        let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+        for j in 0..count {
+            let url = &urls[(j + 1) % urls.len()];
+            let (client, mut events) = Client::connect(url, options(format!("pub{j}")));
+            let client = Arc::new(client);
+            self.publishers.push(client.clone());
+            // Nobody reads a publisher's events; they are drained so the
+            // channel does not grow.
+            let c = self.cancel.clone();
+            self.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = c.cancelled() => return,
+                        ev = events.recv() => if ev.is_none() { return },
+                    }
+                }
+            });
+            let p = Publisher {
+                j,
+                client,
+                rooms: rooms.to_vec(),
+                interval,
+                run: run.to_string(),
+                log: self.publog.clone(),
+                stop: self.stop_publishing.clone(),
+            };
+            let c = self.cancel.clone();
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = c.cancelled() => {}
+                    _ = p.run() => {}
+                }
+            });
+        }
+    }
+
+    /// Stops publishing and waits (at most `within`) until every message
+    /// begun is acked or given up on.
+    pub(crate) async fn stop_publishing(&self, within: Duration) {
+        self.stop_publishing.cancel();
+        let publishers = self.publishers.len();
+        let _ = tokio::time::timeout(within, async {
+            while lock(&self.publog).finished < publishers {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+}
+
+fn record(log: &mut SubLog, ev: Event) {
+    match ev {
+        Event::Message(m) => {
+            let r = log.rooms.entry(m.room).or_default();
+            r.pos = Some((m.epoch.clone(), m.offset));
+            r.entries.push(Entry::Msg {
+                epoch: m.epoch,
+                offset: m.offset,
+                msg_id: m.msg_id,
+            });
+        }
+        Event::Unrecovered {
+            room,
+            epoch,
+            offset,
+        } => {
+            let r = log.rooms.entry(room).or_default();
+            r.pos = Some((epoch.clone(), offset));
+            r.entries.push(Entry::Told { epoch, offset });
+        }
+        Event::Welcome { .. } => log.welcomes += 1,
+        Event::Unreadable(_) => log.unreadable += 1,
+        _ => {}
+    }
+}
+
+/// One publisher's loop.
+struct Publisher {
+    j: usize,
+    client: Arc<Client>,
+    rooms: Vec<String>,
+    interval: Duration,
+    run: String,
+    log: Arc<Mutex<PubLog>>,
+    stop: CancellationToken,
+}
+
+/// After publishing stops, how long a message already begun is retried.
+const FINISH_WITHIN: Duration = Duration::from_secs(30);
+
+impl Publisher {
+    async fn run(self) {
+        let mut seq: u64 = 0;
+        while !self.stop.is_cancelled() {
+            let room = &self.rooms[(self.j + seq as usize) % self.rooms.len()];
+            self.one(room, seq).await;
+            seq += 1;
+            tokio::select! {
+                _ = self.stop.cancelled() => {}
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+        lock(&self.log).finished += 1;
+    }
+
+    /// Publishes one message until it is acked: every call with the same
+    /// msgId, so however many attempts went through, it is one message.
+    async fn one(&self, room: &str, seq: u64) {
+        let msg_id = format!("{}-p{}-{seq}", self.run, self.j);
+        let mut attempts = 0;
+        let mut give_up = None;
+        loop {
+            attempts += 1;
+            let p = Publish {
+                msg_id: Some(msg_id.clone()),
+                echo: false,
+                timeout: Some(Duration::from_secs(10)),
+            };
+            let data = json!({"p": self.j, "seq": seq});
+            match self.client.publish_with(room, "fault.test", data, p).await {
+                Ok(ack) => {
+                    lock(&self.log).acks.push(AckRec {
+                        room: ack.room,
+                        offset: ack.offset,
+                        epoch: ack.epoch,
+                        msg_id: ack.msg_id,
+                        duplicate: ack.duplicate,
+                        attempts,
+                    });
+                    return;
+                }
+                Err(_) => {
+                    lock(&self.log).errors += 1;
+                    if self.stop.is_cancelled() {
+                        let end = *give_up
+                            .get_or_insert_with(|| tokio::time::Instant::now() + FINISH_WITHIN);
+                        if tokio::time::Instant::now() >= end {
+                            lock(&self.log).abandoned += 1;
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! `hubcast bench faults`: several nodes on a private Redis, clients on the
+//! Rust client, and a schedule of faults; then a verdict.
+//!
+//! - `redis`: the private `redis-server` (append-only file, fsync always);
+//! - `proxy`: the userspace TCP proxy that cuts and delays links (`tc
+//!   netem` needs `sch_netem`, which not every kernel has);
+//! - `nodes`: `hubcast serve` children, each behind a proxy to Redis and a
+//!   proxy from its clients;
+//! - `schedule`: the faults, injected, held, healed and logged;
+//! - `clients`: subscribers recording every delivery and every gap they
+//!   were told of, publishers recording every ack (one msgId per message,
+//!   however often it is sent);
+//! - `check`: the delivery verdict; presence and memory are judged here;
+//! - `report`: one JSON line or a summary.
+//!
+//! The run fails (exit 1) when an acked message was lost or duplicated, a
+//! gap went untold, presence kept a ghost past the lease, a node cut off
+//! from Redis stayed ready, or (long runs) a node's memory kept growing.
+//! A live connection missing from presence is reported as a warning.
+
+mod check;
+mod clients;
+mod nodes;
+mod proxy;
+mod redis;
+mod report;
+mod schedule;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::lock::lock;
+use clients::Clients;
+use schedule::{ALL, Cluster, Injected, Rng, Schedule};
+
+/// `hubcast bench faults`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct FaultsArgs {
+    /// Nodes (at least 2).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// `short`: one of each fault, about a minute; `long`: random faults
+    /// for --seconds.
+    #[arg(long, value_enum, default_value = "short")]
+    schedule: Schedule,
+    /// Length of a long schedule, seconds (a short one takes what it takes).
+    #[arg(long, default_value_t = 300)]
+    seconds: u64,
+    /// Rooms; every subscriber joins all of them.
+    #[arg(long, default_value_t = 4)]
+    rooms: usize,
+    /// Publishing clients.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Subscribing clients.
+    #[arg(long, default_value_t = 6)]
+    subscribers: usize,
+    /// Messages per second per publisher.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Seed of the long schedule's draws (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Presence lease of the nodes, seconds (SIGSTOP holds a node past it).
+    #[arg(long, default_value_t = 5)]
+    lease: u64,
+}
+
+/// Runs the scenario: its report, and whether it passed.
+pub(crate) async fn run(a: &FaultsArgs, label: &str) -> anyhow::Result<(Map<String, Value>, bool)> {
+    anyhow::ensure!(a.nodes >= 2, "--nodes must be at least 2");
+    anyhow::ensure!(
+        a.rooms >= 1 && a.subscribers >= 1 && a.publishers >= 1,
+        "--rooms, --subscribers and --publishers must be at least 1"
+    );
+    let seed = a
+        .seed
+        .unwrap_or_else(|| crate::clock::unix_ms().unsigned_abs());
+    let run_id = format!("f{}", uuid::Uuid::new_v4().simple());
+    let dir = std::env::temp_dir().join(format!(
+        "hubcast-faults-{}-{}",
+        std::process::id(),
+        &run_id[..9]
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let result = scenario(a, label, seed, &run_id, &dir).await;
+    match &result {
+        Ok((_, true)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        _ => eprintln!(
+            "hubcast bench faults: logs of the nodes and Redis kept in {}",
+            dir.display()
+        ),
+    }
+    result
+}
+
+async fn scenario(
+    a: &FaultsArgs,
+    label: &str,
+    seed: u64,
+    run_id: &str,
+    dir: &Path,
+) -> anyhow::Result<(Map<String, Value>, bool)> {
+    let t0 = Instant::now();
+    let redis = redis::Redis::start(&dir.join("redis")).await?;
+    let mut nodes = Vec::new();
+    for k in 0..a.nodes {
+        nodes.push(nodes::Node::start(k, redis.addr, run_id, a.lease, dir).await?);
+    }
+    let pids = Arc::new(Mutex::new(
+        nodes.iter().map(nodes::Node::pid).collect::<Vec<_>>(),
+    ));
+    let mut cluster = Cluster {
+        redis,
+        nodes,
+        pids: pids.clone(),
+        lease: a.lease,
+        t0,
+    };
+    let memory = Memory::start(pids, t0);
+    let urls: Vec<String> = cluster.nodes.iter().map(nodes::Node::ws_url).collect();
+    let rooms: Vec<String> = (0..a.rooms)
+        .map(|r| format!("faults.{run_id}.r{r}"))
+        .collect();
+    let mut clients = Clients::subscribe(&urls, a.subscribers, &rooms).await?;
+    clients.publish(&urls, a.publishers, &rooms, a.rate, run_id);
+    eprintln!(
+        "[{:7.1}s] {} nodes, {} subscribers, {} publishers over {} rooms; seed {seed}",
+        t0.elapsed().as_secs_f64(),
+        a.nodes,
+        a.subscribers,
+        a.publishers,
+        a.rooms
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut rng = Rng::new(seed);
+    let mut injected: Vec<Injected> = Vec::new();
+    match a.schedule {
+        Schedule::Short => {
+            for (i, kind) in ALL.iter().enumerate() {
+                let k = i % a.nodes;
+                injected.push(cluster.inject(*kind, k, a.schedule, &mut rng).await?);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }
+        Schedule::Long => {
+            // Room for the last fault to heal before the end.
+            let end = t0 + Duration::from_secs(a.seconds.saturating_sub(40).max(10));
+            while Instant::now() < end {
+                let kind = ALL[rng.range(0, ALL.len() as u64 - 1) as usize];
+                let k = rng.range(0, a.nodes as u64 - 1) as usize;
+                injected.push(cluster.inject(kind, k, a.schedule, &mut rng).await?);
+                tokio::time::sleep(Duration::from_secs(rng.range(3, 10))).await;
+            }
+        }
+    }
+    let last_heal = Instant::now();
+    let publishing_s = t0.elapsed().as_secs_f64();
+    eprintln!("[{publishing_s:7.1}s] publishing stops");
+    clients.stop_publishing(Duration::from_secs(45)).await;
+    let drained = drain(&clients, Duration::from_secs(30)).await;
+    eprintln!(
+        "[{:7.1}s] subscribers caught up: {drained}",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Presence: after a lease past the last fault, each room lists exactly
+    // the connected subscribers, on every node.
+    let lease_end = last_heal + Duration::from_secs(a.lease + 2);
+    tokio::time::sleep_until(lease_end).await;
+    let presence = presence(&cluster, &clients, &rooms, Duration::from_secs(20)).await;
+    eprintln!(
+        "[{:7.1}s] presence: {} ghosts, {} missing",
+        t0.elapsed().as_secs_f64(),
+        presence.ghosts,
+        presence.missing
+    );
+    let rss = memory.stop().await;
+
+    let logs: Vec<_> = clients
+        .subscribers
+        .iter()
+        .map(|s| lock(&s.log).clone())
+        .collect();
+    let publog = {
+        let p = lock(&clients.publog);
+        (p.acks.clone(), p.errors, p.abandoned)
+    };
+    let subs: Vec<&clients::SubLog> = logs.iter().collect();
+    let tally = check::check(&subs, &publog.0);
+    let reconnects: u64 = logs.iter().map(|l| l.welcomes.saturating_sub(1)).sum();
+    let unreadable: u64 = logs.iter().map(|l| l.unreadable).sum();
+    drop(clients);
+    drop(cluster);
+
+    let judge_memory = a.schedule == Schedule::Long && a.seconds >= 300;
+    let r = report::Report {
+        label,
+        args: a,
+        seed,
+        seconds: t0.elapsed().as_secs_f64(),
+        publishing_s,
+        injected: &injected,
+        tally: &tally,
+        publish_errors: publog.1,
+        abandoned: publog.2,
+        reconnects,
+        unreadable,
+        drained,
+        presence: &presence,
+        rss: &rss,
+        judge_memory,
+    };
+    Ok(r.build())
+}
+
+/// Waits until every subscriber is at (or was told past) the last acked
+/// offset of each room; whether they all got there within `within`.
+async fn drain(clients: &Clients, within: Duration) -> bool {
+    let mut last: HashMap<String, (String, u64)> = HashMap::new();
+    for a in &lock(&clients.publog).acks {
+        let e = last.entry(a.room.clone()).or_insert((a.epoch.clone(), 0));
+        if a.epoch == e.0 {
+            e.1 = e.1.max(a.offset);
+        } else {
+            *e = (a.epoch.clone(), a.offset);
+        }
+    }
+    let end = Instant::now() + within;
+    loop {
+        let done = clients.subscribers.iter().all(|s| {
+            let log = lock(&s.log);
+            last.iter().all(|(room, (epoch, offset))| {
+                log.rooms
+                    .get(room)
+                    .and_then(|r| r.pos.as_ref())
+                    .is_some_and(|(e, o)| e != epoch || o >= offset)
+            })
+        });
+        if done {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What presence listed at the end.
+#[derive(Debug, Default)]
+pub(crate) struct Presence {
+    /// Members (user and connection counted per node and room) listed
+    /// beyond the connected subscribers.
+    pub ghosts: u64,
+    /// Connected subscribers not listed.
+    pub missing: u64,
+    /// Rooms x nodes that could not be asked.
+    pub unanswered: u64,
+    /// Seconds after the lease until presence was exact.
+    pub exact_after_s: Option<f64>,
+    /// The first few differences, to start looking from.
+    pub examples: Vec<String>,
+}
+
+/// Asks every node for every room's presence until it lists exactly the
+/// connected subscribers, or `within` passes.
+async fn presence(
+    cluster: &Cluster,
+    clients: &Clients,
+    rooms: &[String],
+    within: Duration,
+) -> Presence {
+    let start = Instant::now();
+    loop {
+        let mut p = Presence::default();
+        let mut expected: HashMap<String, u64> = HashMap::new();
+        for s in &clients.subscribers {
+            if s.client.state() == hubcast_client::State::Connected
+                && let Some(u) = s.client.user()
+            {
+                *expected.entry(u).or_default() += 1;
+            }
+        }
+        for node in &cluster.nodes {
+            for room in rooms {
+                let Some((200, body)) = nodes::get(
+                    node.listen,
+                    &format!("/api/rooms/{room}/presence"),
+                    Duration::from_secs(5),
+                )
+                .await
+                else {
+                    p.unanswered += 1;
+                    continue;
+                };
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let mut listed: HashMap<String, u64> = HashMap::new();
+                for m in v["members"].as_array().into_iter().flatten() {
+                    if let Some(u) = m["user"].as_str() {
+                        listed.insert(u.to_string(), m["connections"].as_u64().unwrap_or(1));
+                    }
+                }
+                for (u, n) in &listed {
+                    let extra = n.saturating_sub(expected.get(u).copied().unwrap_or(0));
+                    p.ghosts += extra;
+                    if extra > 0 && p.examples.len() < 6 {
+                        p.examples
+                            .push(format!("node {} lists {u} in {room} {n} times", node.k));
+                    }
+                }
+                for (u, n) in &expected {
+                    let short = n.saturating_sub(listed.get(u).copied().unwrap_or(0));
+                    p.missing += short;
+                    if short > 0 && p.examples.len() < 6 {
+                        p.examples
+                            .push(format!("node {} does not list {u} in {room}", node.k));
+                    }
+                }
+            }
+        }
+        if p.ghosts == 0 && p.missing == 0 && p.unanswered == 0 {
+            p.exact_after_s = Some(crate::bench::round(start.elapsed().as_secs_f64(), 1));
+            return p;
+        }
+        if start.elapsed() >= within {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One node's resident memory over the run: `(seconds, pid, KiB)`.
+pub(crate) type Series = Vec<(f64, u32, u64)>;
+
+/// Samples each node's RSS every 2 s, in a task it owns.
+struct Memory {
+    series: Arc<Mutex<Vec<Series>>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.tasks.close();
+    }
+}
+
+impl Memory {
+    fn start(pids: Arc<Mutex<Vec<Option<u32>>>>, t0: Instant) -> Memory {
+        let n = lock(&pids).len();
+        let series = Arc::new(Mutex::new(vec![Series::new(); n]));
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (s, c) = (series.clone(), cancel.clone());
+        tasks.spawn(async move {
+            loop {
+                let now: Vec<Option<u32>> = lock(&pids).clone();
+                for (k, pid) in now.iter().enumerate() {
+                    if let Some(pid) = pid
+                        && let Some(sample) = crate::bench::procfs::sample(*pid)
+                        && let Some(v) = lock(&s).get_mut(k)
+                    {
+                        v.push((t0.elapsed().as_secs_f64(), *pid, sample.rss_kib));
+                    }
+                }
+                tokio::select! {
+                    _ = c.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+        Memory {
+            series,
+            cancel,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> Vec<Series> {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        std::mem::take(&mut *lock(&self.series))
+    }
+}

@@ -1,0 +1,198 @@
+//! The nodes under test: `hubcast serve` children of this binary on the
+//! Redis engine, each reaching Redis through its own proxy (to cut or slow
+//! that link) and reached by its clients through another (to cut theirs).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+
+use super::proxy::Proxy;
+use crate::bench::net::{Dialer, Node as NetNode, Wire};
+
+/// A free loopback port (the listener is closed again before it is used).
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// One GET to `addr` within `within`: status and body; `None` when there
+/// is no answer (a stopped or dead node).
+pub(crate) async fn get(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16, Bytes)> {
+    let node = NetNode {
+        addr,
+        ws_url: format!("ws://{addr}/ws"),
+    };
+    let dialer = Dialer {
+        src_ips: 1,
+        token: None,
+        api_key: None,
+    };
+    let wire = Arc::new(Wire::default());
+    tokio::time::timeout(within, async {
+        let mut h = dialer.http(&node, 0, &wire).await.ok()?;
+        let (s, body) = h.request(hyper::Method::GET, path, None).await.ok()?;
+        Some((s.as_u16(), body))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// One node.
+pub(crate) struct Node {
+    /// Its index in the run.
+    pub k: usize,
+    /// Where it listens (the clients' proxy forwards here).
+    pub listen: SocketAddr,
+    /// Its link to Redis.
+    pub redis_link: Proxy,
+    /// Its clients' link to it.
+    pub client_link: Proxy,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Node {
+    /// Starts node `k` on Redis at `redis` (through a proxy), keys under
+    /// `prefix`, its log in `dir`.
+    pub(crate) async fn start(
+        k: usize,
+        redis: SocketAddr,
+        prefix: &str,
+        lease: u64,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Node> {
+        let listen = free_port()?;
+        let redis_link = Proxy::start(redis).await?;
+        let client_link = Proxy::start(listen).await?;
+        let args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--broker".into(),
+            "redis".into(),
+            "--redis-url".into(),
+            format!("redis://{}/", redis_link.addr),
+            "--redis-prefix".into(),
+            prefix.into(),
+            "--presence-lease".into(),
+            lease.to_string(),
+        ];
+        let mut node = Node {
+            k,
+            listen,
+            redis_link,
+            client_link,
+            args,
+            log: dir.join(format!("node{k}.log")),
+            child: None,
+        };
+        node.spawn()?;
+        node.wait_ready(Duration::from_secs(20)).await?;
+        Ok(node)
+    }
+
+    /// The clients' URL (through their proxy).
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.client_link.addr)
+    }
+
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("find the hubcast binary")?;
+        // Appended to: a restarted node's log follows its predecessor's.
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let child = Command::new(&exe)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {}", exe.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A stopped process dies of SIGKILL too.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port after [`Node::kill`].
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) with kill(1).
+    pub(crate) fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let Some(pid) = self.pid() else {
+            bail!("node {} is not running", self.k);
+        };
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .context("run kill")?
+            .success();
+        if !ok {
+            bail!("kill -{sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// `/readyz`: `Some(true)` ready, `Some(false)` answered not ready,
+    /// `None` no answer within 5 s (longer than the node's own Redis
+    /// timeout, so a cut link shows as an answer, not a silence).
+    pub(crate) async fn ready(&self) -> Option<bool> {
+        get(self.listen, "/readyz", Duration::from_secs(5))
+            .await
+            .map(|(s, _)| s == 200)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub(crate) async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let end = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < end {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                // The end of its log: why it stopped.
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                bail!("node {} exited ({status}):\n{tail}", self.k);
+            }
+            if self.ready().await == Some(true) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("node {} was not ready within {within:?}", self.k)
+    }
+}

@@ -1,0 +1,136 @@
+//! The run's private Redis: its own port and directory, the append-only
+//! file on and fsynced on every write, so a SIGKILL loses nothing that was
+//! acknowledged and a restart brings the rooms' streams and epochs back.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+/// A `redis-server` this run started; killed when dropped.
+pub(crate) struct Redis {
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free loopback port, its files in `dir`.
+    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Redis> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let addr = super::nodes::free_port()?;
+        let mut redis = Redis {
+            addr,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        redis.restart().await?;
+        Ok(redis)
+    }
+
+    /// SIGKILL: no shutdown, no last save; what survives is what the
+    /// append-only file holds.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and directory, and waits until it
+    /// answers PING (with the append-only file loaded).
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let log = self.dir.join("redis.log");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.addr.port().to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+                "--logfile",
+            ])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server (is it installed?)")?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.ping().await {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("redis-server exited ({status}):\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("redis-server on {} did not answer in 10 s", self.addr)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    async fn conn(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .context("connect to redis: timeout")??;
+        Ok(conn)
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(mut c) = self.conn().await else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                redis::cmd("PING").query_async::<String>(&mut c)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// `CLIENT KILL TYPE pubsub`: every node loses its subscriptions'
+    /// connection at once; how many were killed.
+    pub(crate) async fn kill_pubsub(&self) -> anyhow::Result<i64> {
+        let mut c = self.conn().await?;
+        let n = tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async::<i64>(&mut c),
+        )
+        .await
+        .context("CLIENT KILL: timeout")??;
+        Ok(n)
+    }
+}
