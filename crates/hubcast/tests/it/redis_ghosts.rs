@@ -73,3 +73,97 @@ async fn a_killed_node_leaves_no_ghost_presence() {
     drop(ghost);
     survivor.stop().await;
 }
+
+/// A node cut off past its lease is reaped by another; a renewal it had
+/// sent before the cut, held in the network, lands after the reap and puts
+/// its lease back. The node must still notice that its entries are gone
+/// and register them again (found by `hubcast bench faults`).
+#[tokio::test]
+async fn a_reaped_node_whose_late_renewal_lands_registers_again() {
+    let prefix = common::unique_prefix();
+    let mut stalled = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--broker", "redis"])
+        .args([
+            "--redis-url",
+            &common::redis_url(),
+            "--redis-prefix",
+            &prefix,
+        ])
+        .args(["--presence-lease", "2", "--node-id", "stalled"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = common::listening_port(&mut stalled).await;
+    common::wait_for(port, "/readyz").await;
+    let survivor = Server::with_config(
+        Config {
+            node_id: "survivor".into(),
+            broker: BrokerKind::Redis,
+            redis_url: common::redis_url(),
+            redis_prefix: prefix.clone(),
+            presence_lease: 2,
+            ..Config::default()
+        },
+        Some(prefix.clone()),
+    )
+    .await;
+    let mut alive = Client::connect(&format!("ws://127.0.0.1:{port}/ws?name=Alive")).await;
+    alive.join("lobby").await;
+    let mut watcher = survivor.named("Watcher").await;
+    let j = watcher.join("lobby").await;
+    assert_eq!(j["members"].as_array().unwrap().len(), 2, "{j}");
+
+    // The cut: the node renews nothing, and its lease runs out.
+    let pid = stalled.id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let ev = watcher.expect("presence").await;
+    assert_eq!(
+        (ev["action"].as_str(), ev["name"].as_str()),
+        (Some("leave"), Some("Alive"))
+    );
+    // The held renewal lands after the reap (which removes the lease last).
+    let mut redis = redis::Client::open(common::redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let nodes = format!("{prefix}:nodes");
+    common::wait_until(|| {
+        let gone = redis::cmd("ZSCORE")
+            .arg(&nodes)
+            .arg("stalled")
+            .query::<Option<f64>>(&mut redis)
+            .unwrap()
+            .is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let until = hubcast::unix_ms() + 60_000;
+    let _: i64 = redis::cmd("ZADD")
+        .arg(&nodes)
+        .arg(until)
+        .arg("stalled")
+        .query(&mut redis)
+        .unwrap();
+    signal("-CONT");
+    // The node registers its entries again: the watcher sees Alive come back.
+    let ev = watcher.expect("presence").await;
+    assert_eq!(
+        (ev["action"].as_str(), ev["name"].as_str()),
+        (Some("join"), Some("Alive")),
+        "{ev}"
+    );
+    drop(alive);
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    survivor.stop().await;
+}

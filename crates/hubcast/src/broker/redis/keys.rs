@@ -41,6 +41,11 @@ impl Keys {
     pub(super) fn ready_probe(&self, node: &str) -> String {
         format!("{}:ready:{}", self.prefix, node)
     }
+    /// String: set by the node that reaped `node`, kept until `node`
+    /// registers its entries again (see `renew_lease`).
+    pub(super) fn reaped(&self, node: &str) -> String {
+        format!("{}:reaped:{}", self.prefix, node)
+    }
     /// A node's reaping claim.
     pub(super) fn reap_lock(&self, node: &str) -> String {
         format!("{}:reap:{}", self.prefix, node)

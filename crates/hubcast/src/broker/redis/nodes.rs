@@ -14,6 +14,10 @@ use crate::protocol::Status;
 
 use super::{Shared, unavailable};
 
+/// How long a reaped node's mark lives: longer than any partition a node
+/// comes back from with its connections still open.
+const REAPED_MARK_SECS: u64 = 24 * 3600;
+
 /// This node's connections and presence entries, as registered in Redis.
 #[derive(Default)]
 pub(super) struct Registry {
@@ -36,6 +40,12 @@ impl Shared {
     /// taken before but Redis no longer had it: Redis lost this node's
     /// entries (a restart without persistence, a flush) or another node
     /// reaped them after a long partition.
+    ///
+    /// The lease coming back is not enough to tell: a renewal held in a
+    /// partition can land after another node reaped this one, and put the
+    /// lease back with the entries gone. So the reaper also leaves a mark,
+    /// which only this node removes, once it has registered again; a late
+    /// command cannot bring back what the mark says was lost.
     pub(super) async fn renew_lease(&self) -> Result<bool, BrokerError> {
         let mut conn = self.conn.clone();
         let until = crate::unix_ms() + self.lease.as_millis() as i64;
@@ -43,8 +53,12 @@ impl Shared {
             .zadd(self.keys.nodes(), &*self.node, until)
             .await
             .map_err(unavailable)?;
+        let reaped: bool = conn
+            .exists(self.keys.reaped(&self.node))
+            .await
+            .map_err(unavailable)?;
         let before = self.leased.swap(true, Ordering::SeqCst);
-        Ok(added == 1 && before)
+        Ok((added == 1 && before) || reaped)
     }
 
     pub(super) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -90,6 +104,13 @@ impl Shared {
                     .await?;
             }
         }
+        // Registered again: a reaper's mark is answered.
+        let _: () = self
+            .conn
+            .clone()
+            .del(self.keys.reaped(&self.node))
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -168,6 +189,12 @@ impl Shared {
                 .map_err(unavailable)?;
             let _: () = conn
                 .zrem(self.keys.nodes(), &node)
+                .await
+                .map_err(unavailable)?;
+            // The mark `renew_lease` looks for, should the node still be
+            // alive behind a partition; a dead node's mark expires.
+            let _: () = conn
+                .set_ex(self.keys.reaped(&node), &*self.node, REAPED_MARK_SECS)
                 .await
                 .map_err(unavailable)?;
         }
