@@ -60,6 +60,7 @@ pub mod broker;
 mod clock;
 pub mod config;
 pub mod conn;
+pub(crate) mod controls;
 pub mod http;
 pub(crate) mod hub;
 mod lock;

@@ -16,7 +16,7 @@ use crate::protocol::ErrorCode;
 
 /// The longest a token can keep a connection open (its `exp` may be any
 /// u64; beyond this it counts as "never").
-const MAX_TOKEN_LIFE_SECS: u64 = 100 * 365 * 24 * 3600;
+pub(crate) const MAX_TOKEN_LIFE_SECS: u64 = 100 * 365 * 24 * 3600;
 
 /// The first check of every long-lived connection (WebSocket, SSE): not
 /// shutting down (503), then the handshake rate and the connection limits
@@ -106,6 +106,14 @@ pub(crate) fn authenticate(
     })?;
     Ok(match identity {
         Some(id) => {
+            // A node-local lookup: the controls are kept current by the
+            // engine, not asked for on every handshake.
+            app.controls
+                .admits(&id.user, &id.token)
+                .map_err(|refusal| {
+                    tracing::info!(remote = %remote, user = %id.user, reason = refusal.message(), "handshake refused");
+                    refusal.into_http()
+                })?;
             // Capped, so that a far `exp` (up to u64::MAX) cannot overflow
             // the clock; a century is "never" for a connection.
             let remaining = id
@@ -119,6 +127,7 @@ pub(crate) fn authenticate(
                 grants: crate::auth::Grants {
                     admin: id.admin,
                     rooms: id.rooms,
+                    token: id.token,
                 },
                 expires: Some(
                     tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),

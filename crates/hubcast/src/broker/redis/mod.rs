@@ -51,6 +51,7 @@
 mod catchup;
 mod codec;
 mod conn;
+mod controls;
 mod keys;
 mod link;
 mod nodes;
