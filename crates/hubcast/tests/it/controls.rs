@@ -267,3 +267,67 @@ async fn bad_control_requests_get_400_with_a_reason() {
     // Nothing was blocked by the refused calls.
     assert_eq!(handshake(&s, &token("alice", json!({}))).await, 101);
 }
+
+/// The next state change of a Rust client, within 10 s.
+async fn next_state(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<hubcast_client::Event>,
+) -> (hubcast_client::State, Option<u16>) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(hubcast_client::Event::State { state, code, .. }) => return (state, code),
+                Some(_) => {}
+                None => panic!("the client's events ended"),
+            }
+        }
+    })
+    .await
+    .expect("a state change in time")
+}
+
+#[tokio::test]
+async fn the_rust_client_reconnects_after_4005_and_stops_after_4004() {
+    use hubcast_client::{Client as RustClient, Options, State};
+    let s = Server::start(|c| c.jwt_secret = Some(SECRET.into())).await;
+    let mut opts = Options::with_token(&token("alice", json!({})));
+    opts.min_delay = std::time::Duration::from_millis(20);
+    opts.max_delay = std::time::Duration::from_millis(100);
+    let (client, mut events) = RustClient::connect(&s.ws_url(), opts);
+    assert_eq!(next_state(&mut events).await, (State::Connected, None));
+
+    assert_eq!(
+        call(&s, "POST", "/api/disconnect", Some(json!({"user":"alice"})))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        next_state(&mut events).await,
+        (State::Reconnecting, Some(4005))
+    );
+    loop {
+        if next_state(&mut events).await.0 == State::Connected {
+            break;
+        }
+    }
+
+    assert_eq!(call(&s, "PUT", "/api/users/alice/block", None).await.0, 200);
+    assert_eq!(next_state(&mut events).await, (State::Closed, Some(4004)));
+    // It stopped: its driver ended without another attempt.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut rest = vec![];
+        while let Some(e) = events.recv().await {
+            rest.push(e);
+        }
+        rest
+    })
+    .await
+    .expect("the client's events end");
+    assert!(
+        rest.iter().all(
+            |e| !matches!(e, hubcast_client::Event::State { state, .. } if *state != State::Closed)
+        ),
+        "no reconnect after 4004: {rest:?}"
+    );
+    assert_eq!(client.state(), State::Closed);
+}
