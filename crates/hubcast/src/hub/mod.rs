@@ -9,7 +9,7 @@
 //! - `join`: the one way into a room, without a gap or a duplicate
 //!   ([`Hub::join`]).
 //! - `registry`: the table of open connections, which a shutdown walks
-//!   ([`Hub::close_all`]).
+//!   ([`Hub::close_all`]), and user controls ([`Hub::close_where`]).
 
 mod join;
 mod registry;

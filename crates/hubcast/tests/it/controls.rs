@@ -331,3 +331,25 @@ async fn the_rust_client_reconnects_after_4005_and_stops_after_4004() {
     );
     assert_eq!(client.state(), State::Closed);
 }
+
+both_engines! {
+    #[tokio::test]
+    async fn a_block_ends_the_users_sse_streams_and_refuses_new_ones(engine) {
+        use futures_util::StreamExt;
+        let n = nodes(engine).await;
+        let last = n.len() - 1;
+        let tok = token("alice", json!({}));
+        let sse = |s: &Server| reqwest::Client::new().get(s.http(&format!("/sse?rooms=r&token={tok}"))).send();
+        let r = sse(&n[last]).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let mut body = r.bytes_stream();
+        assert_eq!(call(&n[0], "PUT", "/api/users/alice/block", None).await.0, 200);
+        // The stream ends (its chunks so far are `retry:` and heartbeats).
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(Ok(_)) = body.next().await {}
+        })
+        .await
+        .expect("the stream ends");
+        assert_eq!(sse(&n[last]).await.unwrap().status(), 403);
+    }
+}
