@@ -155,3 +155,25 @@ pub(crate) fn authenticate(
         }
     })
 }
+
+/// `max_connections_per_user` (PROTOCOL.md section 8): the user's open
+/// WebSocket connections over every node, as the engine's presence counts
+/// them (a dead node's are dropped when its presence lease runs out), must
+/// stay under the cap: 429 `too_many_connections` otherwise. One engine
+/// read per handshake, and only with a cap; handshakes racing each other
+/// may each see room for one more.
+pub(crate) async fn check_user_cap(app: &App, caller: &Caller) -> Result<(), HttpError> {
+    let cap = app.config.max_connections_per_user;
+    if cap == 0 || caller.anonymous {
+        return Ok(());
+    }
+    let open = app.presence.user_status(&caller.user).await?.connections;
+    if open >= cap {
+        tracing::info!(user = %caller.user, open, "handshake refused: max_connections_per_user");
+        return Err(HttpError::new(
+            ErrorCode::TooManyConnections,
+            format!("this user has {open} connections open (max_connections_per_user = {cap})"),
+        ));
+    }
+    Ok(())
+}

@@ -27,10 +27,23 @@ fn token(user: &str, extra: Value) -> String {
 /// One node on memory; two on one Redis prefix (the second does not clean
 /// the prefix up: the first does).
 async fn nodes(engine: Engine) -> Vec<Server> {
-    let first = Server::start_on(engine, |c| c.jwt_secret = Some(SECRET.into())).await;
+    nodes_with(engine, |_| {}).await
+}
+
+/// [`nodes`] with settings changed by `f` on each.
+async fn nodes_with(engine: Engine, f: impl Fn(&mut Config)) -> Vec<Server> {
+    let first = Server::start_on(engine, |c| {
+        c.jwt_secret = Some(SECRET.into());
+        f(c);
+    })
+    .await;
     let mut nodes = vec![];
     if let Some(prefix) = first.redis_prefix() {
-        nodes.push(another_node(&prefix, "node-b").await);
+        let mut config = common::redis_config(common::redis_url(), "node-b");
+        config.redis_prefix = prefix;
+        config.jwt_secret = Some(SECRET.into());
+        f(&mut config);
+        nodes.push(Server::with_config(config, None).await);
     }
     nodes.insert(0, first);
     nodes
@@ -352,4 +365,66 @@ both_engines! {
         .expect("the stream ends");
         assert_eq!(sse(&n[last]).await.unwrap().status(), 403);
     }
+}
+
+both_engines! {
+    #[tokio::test]
+    async fn max_connections_per_user_counts_every_node(engine) {
+        let n = nodes_with(engine, |c| c.max_connections_per_user = 2).await;
+        let last = n.len() - 1;
+        let tok = token("alice", json!({}));
+        let a0 = Client::connect(&url(&n[0], &tok)).await;
+        let _a1 = Client::connect(&url(&n[last], &tok)).await;
+        for s in &n {
+            let r = tokio_tungstenite::connect_async(url(s, &tok)).await;
+            let Err(tokio_tungstenite::tungstenite::Error::Http(r)) = r else {
+                panic!("a third connection is refused");
+            };
+            assert_eq!(r.status(), 429);
+            let body: Value = serde_json::from_slice(r.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_connections");
+        }
+        // Other users are not counted with alice.
+        assert_eq!(handshake(&n[0], &token("bob", json!({}))).await, 101);
+        a0.close().await;
+        common::wait_until(|| async { (handshake(&n[last], &tok).await == 101).then_some(()) }).await;
+    }
+}
+
+/// A node killed with SIGKILL holds its user's place under the cap only
+/// until its presence lease runs out.
+#[tokio::test]
+async fn a_killed_nodes_connections_stop_counting_after_its_lease() {
+    use std::process::{Command, Stdio};
+    let prefix = common::unique_prefix();
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--broker", "redis"])
+        .args([
+            "--redis-url",
+            &common::redis_url(),
+            "--redis-prefix",
+            &prefix,
+        ])
+        .args(["--presence-lease", "2", "--node-id", "doomed"])
+        .args(["--jwt-secret", SECRET])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = common::listening_port(&mut doomed).await;
+    common::wait_for(port, "/readyz").await;
+    let mut config = common::redis_config(common::redis_url(), "survivor");
+    config.redis_prefix = prefix.clone();
+    config.presence_lease = 2;
+    config.jwt_secret = Some(SECRET.into());
+    config.max_connections_per_user = 1;
+    let survivor = Server::with_config(config, Some(prefix)).await;
+
+    let tok = token("alice", json!({}));
+    let _ghost = Client::connect(&format!("ws://127.0.0.1:{port}/ws?token={tok}")).await;
+    assert_eq!(handshake(&survivor, &tok).await, 429);
+    doomed.kill().unwrap(); // SIGKILL: no cleanup on that node
+    doomed.wait().unwrap();
+    common::wait_until(|| async { (handshake(&survivor, &tok).await == 101).then_some(()) }).await;
+    survivor.stop().await;
 }
