@@ -37,7 +37,7 @@ async fn object(
     }
 }
 
-/// A checked user id from `field` of the body.
+/// The body's `user`, checked.
 fn user_field(m: &Map<String, Value>) -> Result<Arc<str>, HttpError> {
     match m.get("user") {
         None => Err(bad("`user` is required")),
