@@ -15,8 +15,9 @@ pub enum State {
     Connected,
     /// Lost; trying again.
     Reconnecting,
-    /// Closed: by [`Client::close`](crate::Client::close), a 1008, or a
-    /// 4001 awaiting a new token.
+    /// Closed: by [`Client::close`](crate::Client::close), a 1008, a 4004
+    /// (token revoked or user blocked: the event carries the code, and the
+    /// client does not reconnect), or a 4001 awaiting a new token.
     Closed,
 }
 

@@ -2,8 +2,10 @@
 //! semantics:
 //!
 //! - reconnects by itself, with exponential backoff and full jitter
-//!   (capped, reset after a stable connection); not after a policy close
-//!   ([`close::POLICY`]), nor after an expired token
+//!   (capped, reset after a stable connection; also after
+//!   [`close::DISCONNECTED`]); not after a policy close
+//!   ([`close::POLICY`]) or a revocation ([`close::REVOKED`]: a token
+//!   revoked or a user blocked), nor after an expired token
 //!   ([`close::TOKEN_EXPIRED`]) until [`Client::set_token`] (a
 //!   [`Options::token_fn`] is asked again on every connect, so it
 //!   reconnects at once);

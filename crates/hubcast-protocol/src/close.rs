@@ -28,3 +28,8 @@ pub const TOKEN_EXPIRED: u16 = 4001;
 pub const HEARTBEAT_TIMEOUT: u16 = 4002;
 /// Rate limit exceeded repeatedly.
 pub const FLOODING: u16 = 4003;
+/// Token revoked or user blocked: reconnecting with the same credentials
+/// would be refused, so a client stops.
+pub const REVOKED: u16 = 4004;
+/// Disconnected by the server API: reconnecting is allowed.
+pub const DISCONNECTED: u16 = 4005;

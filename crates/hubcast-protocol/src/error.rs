@@ -18,6 +18,8 @@ pub enum ErrorCode {
     NotJoined,
     /// More rooms than `max_rooms_per_conn`.
     TooManyRooms,
+    /// HTTP only (429): the user has `max_connections_per_user` open.
+    TooManyConnections,
     /// Too many frames.
     RateLimited,
     /// A body or frame over the size limit.
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
@@ -70,6 +73,7 @@ mod tests {
             ErrorCode::Forbidden,
             ErrorCode::NotJoined,
             ErrorCode::TooManyRooms,
+            ErrorCode::TooManyConnections,
             ErrorCode::RateLimited,
             ErrorCode::TooLarge,
             ErrorCode::Unavailable,

@@ -29,6 +29,10 @@ pub(crate) struct App {
     pub broker: Arc<dyn Broker>,
     /// The same engine's presence and user status.
     pub presence: Arc<dyn PresenceManager>,
+    /// The same engine's cluster-wide user controls.
+    pub user_controls: Arc<dyn broker::UserControls>,
+    /// This node's blocks and revocations, checked at every handshake.
+    pub controls: Arc<crate::controls::Controls>,
     /// Fires on SIGTERM/SIGINT (or when a test says so).
     pub shutdown: CancellationToken,
     /// Owns every connection task, so shutdown can wait for them.

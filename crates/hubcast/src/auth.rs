@@ -39,6 +39,18 @@ pub struct Identity {
     pub admin: bool,
     /// `exp`, Unix seconds.
     pub exp: u64,
+    /// `jti` and `iat`: what a revocation names.
+    pub token: TokenId,
+}
+
+/// What names a token for revocation (PROTOCOL.md section 8): its `jti`,
+/// and its `iat` (Unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenId {
+    /// `jti`, if any.
+    pub jti: Option<Arc<str>>,
+    /// `iat`, if any.
+    pub iat: Option<u64>,
 }
 
 /// Why a handshake's token was refused (HTTP 401).
@@ -77,6 +89,10 @@ struct Claims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 impl Auth {
@@ -228,6 +244,10 @@ impl Auth {
             rooms,
             admin: c.admin,
             exp: c.exp,
+            token: TokenId {
+                jti: c.jti.map(Arc::from),
+                iat: c.iat,
+            },
         }))
     }
 }
@@ -290,6 +310,9 @@ pub struct Grants {
     pub admin: bool,
     /// Allowed non-personal rooms; `None`: all.
     pub rooms: Option<Arc<[RoomPattern]>>,
+    /// The token's `jti` and `iat`, matched by revocations (none for an
+    /// anonymous connection).
+    pub token: TokenId,
 }
 
 impl Grants {
@@ -385,6 +408,7 @@ mod tests {
         let g = Grants {
             admin: false,
             rooms: Some(Arc::from(vec![RoomPattern::parse("chat.*").unwrap()])),
+            token: TokenId::default(),
         };
         assert!(g.allows("alice", "chat.x"));
         assert!(!g.allows("alice", "other"));
@@ -393,6 +417,7 @@ mod tests {
         let admin = Grants {
             admin: true,
             rooms: None,
+            token: TokenId::default(),
         };
         assert!(admin.allows("root", "@bob"));
         assert!(Grants::default().allows("x", "anything"));

@@ -60,6 +60,7 @@ pub mod broker;
 mod clock;
 pub mod config;
 pub mod conn;
+pub(crate) mod controls;
 // The fuzz targets' entry points (fuzz/, replayed by tests/it/fuzz.rs):
 // here because they reach crate-private parsers; not an API.
 #[doc(hidden)]

@@ -63,17 +63,28 @@ pub async fn run_with_broker(
     let metrics = crate::metrics::install();
     // Every engine's operations are timed the same way.
     let timed = broker::timed::Timed::new(broker);
-    let (broker, presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) = (timed.clone(), timed);
+    let (broker, presence, user_controls): (
+        Arc<dyn Broker>,
+        Arc<dyn PresenceManager>,
+        Arc<dyn broker::UserControls>,
+    ) = (timed.clone(), timed.clone(), timed);
     let limits = http::limits::ConnLimits::new(&config);
     let tasks = TaskTracker::new();
     let hub = Hub::new(broker.clone(), config.queue_size, tasks.clone());
     let grace = Duration::from_secs(config.shutdown_timeout);
+    let controls = crate::controls::Controls::new(hub.clone());
+    // Before serving: a node started after a block or a revocation
+    // refuses from its first handshake.
+    let sink: std::sync::Weak<dyn broker::ControlSink> = Arc::downgrade(&controls) as _;
+    user_controls.follow(sink).await?;
     let app = Arc::new(App {
         config,
         rules,
         hub,
         broker: broker.clone(),
         presence,
+        user_controls,
+        controls,
         shutdown: shutdown.clone(),
         tasks,
         next_conn: AtomicU64::new(1),

@@ -113,7 +113,8 @@ impl Driver {
     }
 
     /// Connects until closed: reconnects after each lost connection with
-    /// backoff, not after 1008, and after 4001 only with a new token.
+    /// backoff (4005, disconnected by the server API, included), not after
+    /// 1008 or 4004 (revoked), and after 4001 only with a new token.
     pub(crate) async fn run(mut self) {
         let mut first = true;
         while !self.closed {
@@ -139,6 +140,13 @@ impl Driver {
             }
             match end.code {
                 Some(close::POLICY) => {
+                    self.closed = true;
+                    break;
+                }
+                // Revoked or blocked: the same credentials would be
+                // refused, so the client stops, saying why.
+                Some(close::REVOKED) => {
+                    self.set_state(State::Closed, end.code, &end.reason);
                     self.closed = true;
                     break;
                 }

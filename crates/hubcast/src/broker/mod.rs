@@ -21,6 +21,7 @@
 //! against every engine; a new engine implements both traits and adds its
 //! name there.
 
+pub mod controls;
 pub mod memory;
 pub mod redis;
 pub(crate) mod timed;
@@ -31,6 +32,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::protocol::{EnvelopeParts, Member, PresenceAction, Status};
+pub use controls::{ControlSink, UserCommand, UserControls};
 
 /// A connection's node-local key: cheap to compare on the fan-out path.
 pub type ConnKey = u64;
@@ -353,6 +355,6 @@ pub trait PresenceManager: Send + Sync + 'static {
 
 /// One engine object serving both sides; what the server is started with.
 /// The server then holds each side as its own `Arc<dyn ...>`.
-pub trait Engine: Broker + PresenceManager {}
+pub trait Engine: Broker + PresenceManager + UserControls {}
 
-impl<T: Broker + PresenceManager> Engine for T {}
+impl<T: Broker + PresenceManager + UserControls> Engine for T {}

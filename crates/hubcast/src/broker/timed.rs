@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, Engine, HistoryPage, PresenceManager,
     PresencePage, PublishRequest, PublishResult, Recovery, Unavailability, UserStatus,
+    controls::{ControlSink, UserCommand, UserControls},
 };
 use crate::metrics::BROKER_LATENCY;
 use crate::protocol::Status;
@@ -120,5 +121,19 @@ impl PresenceManager for Timed {
     }
     async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
         timed!("user_status", self.inner.user_status(user))
+    }
+}
+
+#[async_trait]
+impl UserControls for Timed {
+    async fn command(&self, cmd: UserCommand) -> Result<(), BrokerError> {
+        let start = Instant::now();
+        let r = self.inner.command(cmd).await;
+        record("user_command", start, &r);
+        r
+    }
+
+    async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError> {
+        self.inner.follow(sink).await
     }
 }

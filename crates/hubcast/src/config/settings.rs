@@ -323,6 +323,14 @@ declare_settings! {
         help: "Connections from one IP address (TCP sockets from accept, and real-time connections); past it, 429",
         check: at_least(1, "must be at least 1"),
     }
+    /// WebSocket connections one user may have open over every node (the
+    /// engine's presence count); past it, 429 `too_many_connections`. 0:
+    /// no cap.
+    max_connections_per_user: u32 {
+        default: 0,
+        value: "N",
+        help: "WebSocket connections one user may have open over every node, 0 = no cap; past it, 429",
+    }
     /// WebSocket handshakes one IP address may make per second (bursts of
     /// twice that); past it, 429 with `Retry-After`. 0 turns it off.
     handshakes_per_ip_per_sec: u32 {

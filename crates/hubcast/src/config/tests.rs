@@ -87,6 +87,7 @@ fn all_changed() -> Config {
         otlp_endpoint: None,
         max_connections: 13,
         max_connections_per_ip: 14,
+        max_connections_per_user: 16,
         handshakes_per_ip_per_sec: 15,
         rooms: vec![RoomTable {
             pattern: "news.**".into(),
@@ -135,6 +136,7 @@ fn every_flag_reaches_its_field() {
         "--tls-key=/k2",
         "--max-connections=13",
         "--max-connections-per-ip=14",
+        "--max-connections-per-user=16",
         "--handshakes-per-ip-per-sec=15",
     ]))
     .unwrap();
@@ -203,6 +205,7 @@ tls_cert = "/c"
 tls_key = "/k2"
 max_connections = 13
 max_connections_per_ip = 14
+max_connections_per_user = 16
 handshakes_per_ip_per_sec = 15
 
 [[rooms]]

@@ -127,6 +127,10 @@ impl Subscriber for Conn {
     fn outbound(&self) -> &Outbound {
         &self.out
     }
+
+    fn holder(&self) -> Option<(&str, &crate::auth::TokenId)> {
+        Some((&self.user, &self.grants.token))
+    }
 }
 
 /// Serves one upgraded connection until it closes: frames are read from

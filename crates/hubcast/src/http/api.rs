@@ -94,7 +94,11 @@ impl From<BrokerError> for HttpError {
 
 /// Reads a JSON request body of at most `max_message_bytes`: 400 for a
 /// wrong content type, 413 past the limit.
-async fn json_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
+pub(super) async fn json_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, HttpError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -16,7 +16,7 @@ use crate::protocol::ErrorCode;
 
 /// The longest a token can keep a connection open (its `exp` may be any
 /// u64; beyond this it counts as "never").
-const MAX_TOKEN_LIFE_SECS: u64 = 100 * 365 * 24 * 3600;
+pub(crate) const MAX_TOKEN_LIFE_SECS: u64 = 100 * 365 * 24 * 3600;
 
 /// The first check of every long-lived connection (WebSocket, SSE): not
 /// shutting down (503), then the handshake rate and the connection limits
@@ -106,6 +106,14 @@ pub(crate) fn authenticate(
     })?;
     Ok(match identity {
         Some(id) => {
+            // A node-local lookup: the controls are kept current by the
+            // engine, not asked for on every handshake.
+            app.controls
+                .admits(&id.user, &id.token)
+                .map_err(|refusal| {
+                    tracing::info!(remote = %remote, user = %id.user, reason = refusal.message(), "handshake refused");
+                    refusal.into_http()
+                })?;
             // Capped, so that a far `exp` (up to u64::MAX) cannot overflow
             // the clock; a century is "never" for a connection.
             let remaining = id
@@ -119,6 +127,7 @@ pub(crate) fn authenticate(
                 grants: crate::auth::Grants {
                     admin: id.admin,
                     rooms: id.rooms,
+                    token: id.token,
                 },
                 expires: Some(
                     tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
@@ -145,4 +154,26 @@ pub(crate) fn authenticate(
             }
         }
     })
+}
+
+/// `max_connections_per_user` (PROTOCOL.md section 8): the user's open
+/// WebSocket connections over every node, as the engine's presence counts
+/// them (a dead node's are dropped when its presence lease runs out), must
+/// stay under the cap: 429 `too_many_connections` otherwise. One engine
+/// read per handshake, and only with a cap; handshakes racing each other
+/// may each see room for one more.
+pub(crate) async fn check_user_cap(app: &App, caller: &Caller) -> Result<(), HttpError> {
+    let cap = app.config.max_connections_per_user;
+    if cap == 0 || caller.anonymous {
+        return Ok(());
+    }
+    let open = app.presence.user_status(&caller.user).await?.connections;
+    if open >= cap {
+        tracing::info!(user = %caller.user, open, "handshake refused: max_connections_per_user");
+        return Err(HttpError::new(
+            ErrorCode::TooManyConnections,
+            format!("this user has {open} connections open (max_connections_per_user = {cap})"),
+        ));
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ pub(crate) mod serve;
 pub(crate) mod sse;
 pub(crate) mod tap;
 pub(crate) mod tls;
+pub(crate) mod users;
 pub(crate) mod web;
 pub(crate) mod ws;
 
@@ -48,6 +49,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/stats"),
     ("GET", "/api/rooms"),
     ("GET", "/api/events"),
+    ("POST", "/api/disconnect"),
+    ("PUT", "/api/users/{user}/block"),
+    ("DELETE", "/api/users/{user}/block"),
+    ("POST", "/api/tokens/revoke"),
+    ("POST", "/api/users/{user}/tokens/revoke"),
 ];
 
 /// The OpenAPI document of [`ROUTES`].
@@ -73,6 +79,11 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
         ("GET", "/api/stats") => (get(api::stats), true),
         ("GET", "/api/rooms") => (get(api::rooms), true),
         ("GET", "/api/events") => (get(api::events), true),
+        ("POST", "/api/disconnect") => (post(users::disconnect), true),
+        ("PUT", "/api/users/{user}/block") => (axum::routing::put(users::block), true),
+        ("DELETE", "/api/users/{user}/block") => (axum::routing::delete(users::unblock), true),
+        ("POST", "/api/tokens/revoke") => (post(users::revoke_jti), true),
+        ("POST", "/api/users/{user}/tokens/revoke") => (post(users::revoke_user_tokens), true),
         _ => return None,
     })
 }

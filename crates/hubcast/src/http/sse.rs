@@ -95,7 +95,8 @@ struct Stream {
 
 impl Stream {
     /// The next chunk: queued frames as events, or a heartbeat comment;
-    /// `None` ends the stream (shutdown, token expiry, slow consumer).
+    /// `None` ends the stream (shutdown, token expiry, slow consumer, a
+    /// user control).
     async fn next(&mut self) -> Option<Bytes> {
         loop {
             let closing = self.tap.outbound().take(&mut self.queue).close;
@@ -185,13 +186,20 @@ pub(crate) async fn sse(
         }
     }
 
-    let tap = Tap::new(&app);
+    // Anonymous streams too: a disconnect may name an `anon-` user.
+    let tap = Tap::held(
+        &app,
+        Some((Arc::from(caller.user.as_str()), caller.grants.token.clone())),
+    );
     let sub: Arc<dyn Subscriber> = tap.clone();
     let mut guard = TapGuard {
         app: app.clone(),
         tap: tap.clone(),
         rooms: Vec::new(),
     };
+    // In the table user controls walk: a block, a revocation or a
+    // disconnect ends the stream.
+    app.hub.register(sub.clone());
     for room in &rooms {
         let from = since.get(room).copied();
         let join = Join {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::App;
+use crate::auth::TokenId;
 use crate::broker::ConnKey;
 use crate::hub::Subscriber;
 use crate::outbound::Outbound;
@@ -15,14 +16,23 @@ use crate::outbound::Outbound;
 pub(crate) struct Tap {
     key: ConnKey,
     out: Outbound,
+    /// The user and token of an SSE stream, which user controls close; a
+    /// long poll is the API's, no user's.
+    holder: Option<(Arc<str>, TokenId)>,
 }
 
 impl Tap {
     /// A new member with its own node-local key.
     pub(crate) fn new(app: &App) -> Arc<Tap> {
+        Self::held(app, None)
+    }
+
+    /// A new member held by a user with a token.
+    pub(crate) fn held(app: &App, holder: Option<(Arc<str>, TokenId)>) -> Arc<Tap> {
         Arc::new(Tap {
             key: app.next_conn.fetch_add(1, Ordering::Relaxed),
             out: Outbound::new(app.config.queue_size),
+            holder,
         })
     }
 }
@@ -33,6 +43,9 @@ impl Subscriber for Tap {
     }
     fn outbound(&self) -> &Outbound {
         &self.out
+    }
+    fn holder(&self) -> Option<(&str, &TokenId)> {
+        self.holder.as_ref().map(|(u, t)| (&**u, t))
     }
 }
 
@@ -46,6 +59,9 @@ pub(crate) struct TapGuard {
 
 impl Drop for TapGuard {
     fn drop(&mut self) {
+        // Out of the table user controls walk (a no-op for a long poll,
+        // which is not in it).
+        self.app.hub.unregister(&*self.tap);
         let app = self.app.clone();
         let tap = self.tap.clone();
         let rooms = std::mem::take(&mut self.rooms);

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper_util::rt::TokioIo;
 
 use super::error::HttpError;
-use super::handshake::{admit, authenticate, check_origin};
+use super::handshake::{admit, authenticate, check_origin, check_user_cap};
 use crate::App;
 use crate::conn::frame::Reader;
 use crate::conn::{self, Conn};
@@ -128,6 +128,7 @@ pub(crate) async fn upgrade(
 
     let conn_id = format!("c-{}", uuid::Uuid::now_v7());
     let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name)?;
+    check_user_cap(&app, &caller).await?;
     let user: Arc<str> = Arc::from(caller.user);
     // Usually the display name is the user id: one string for both.
     let name = if caller.display == *user {

@@ -9,7 +9,7 @@
 //! - `join`: the one way into a room, without a gap or a duplicate
 //!   ([`Hub::join`]).
 //! - `registry`: the table of open connections, which a shutdown walks
-//!   ([`Hub::close_all`]).
+//!   ([`Hub::close_all`]), and user controls ([`Hub::close_where`]).
 
 mod join;
 mod registry;
@@ -39,6 +39,11 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
     fn key(&self) -> ConnKey;
     /// The connection's outbound queue.
     fn outbound(&self) -> &Outbound;
+    /// Its user and token, for the user controls to match; `None` for
+    /// what they do not reach (a test's stand-in).
+    fn holder(&self) -> Option<(&str, &crate::auth::TokenId)> {
+        None
+    }
 }
 
 /// One shard of rooms.
@@ -229,6 +234,24 @@ impl Hub {
     pub(crate) fn close_all(&self, code: u16, reason: &'static str) {
         self.conns
             .for_each(|conn| conn.outbound().close(code, reason));
+    }
+
+    /// Decides the close of every registered connection `pick` chooses;
+    /// how many it chose.
+    pub(crate) fn close_where(
+        &self,
+        code: u16,
+        reason: &'static str,
+        pick: impl Fn(&dyn Subscriber) -> bool,
+    ) -> usize {
+        let mut n = 0;
+        self.conns.for_each(|conn| {
+            if pick(conn) {
+                conn.outbound().close(code, reason);
+                n += 1;
+            }
+        });
+        n
     }
 
     /// Local members of a room.

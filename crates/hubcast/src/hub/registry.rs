@@ -1,6 +1,7 @@
-//! The table of open connections, sharded by key: how a shutdown reaches
-//! every connection (rooms are the wrong table for it: a connection may be
-//! in none, or in many).
+//! The table of open connections (WebSocket connections and SSE streams),
+//! sharded by key: how a shutdown, and a user control, reach every
+//! connection (rooms are the wrong table for it: a connection may be in
+//! none, or in many).
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};

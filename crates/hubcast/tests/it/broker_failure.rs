@@ -115,6 +115,17 @@ impl PresenceManager for Flaky {
     }
 }
 
+#[async_trait]
+impl UserControls for Flaky {
+    async fn command(&self, cmd: UserCommand) -> Result<(), BrokerError> {
+        self.check()?;
+        self.inner.command(cmd).await
+    }
+    async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError> {
+        self.inner.follow(sink).await
+    }
+}
+
 #[tokio::test]
 async fn broker_down_means_unavailable_errors_and_not_ready() {
     let flaky = Arc::new(Flaky {

@@ -20,6 +20,7 @@ mod broker_contract;
 mod broker_failure;
 mod client;
 mod closing;
+mod controls;
 mod faults;
 mod framing;
 mod fuzz;

@@ -404,3 +404,19 @@ async fn killing_every_shards_pubsub_connection_loses_nothing() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_controls_reach_every_node_of_a_cluster() {
+    let cluster = RedisCluster::start();
+    let nodes = nodes(&cluster, 2).await;
+    let mut c = nodes[1].client().await;
+    let user = c.user();
+    let r = reqwest::Client::new()
+        .put(nodes[0].http(&format!("/api/users/{user}/block")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, _, _) = c.until_close().await;
+    assert_eq!(code, Some(4004));
+}

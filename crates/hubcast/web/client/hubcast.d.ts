@@ -5,7 +5,9 @@ export type Status = 'online' | 'away' | 'busy';
 
 export interface StateInfo {
   /** Close code of the connection that ended (1006 when the client dropped
-   * a dead one: no pong, browser offline). */
+   * a dead one: no pong, browser offline). `closed` with 4004: the token was
+   * revoked or the user blocked, and the client does not reconnect; 4005
+   * (disconnected by the server API) is reconnected. */
   code?: number;
   reason?: string;
   /** Milliseconds until the next attempt (null: waiting for `online`). */

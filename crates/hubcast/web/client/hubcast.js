@@ -3,8 +3,10 @@
 //
 // What it takes care of, so the app does not have to:
 // - reconnecting with exponential backoff and full jitter (capped, reset
-//   after a stable connection); never after 1008, nor after 4001 until a
-//   new token (a token callback is asked again on every connect);
+//   after a stable connection; 4005, a disconnect by the server API,
+//   included); never after 1008 or 4004 (token revoked or user blocked:
+//   the same credentials would be refused), nor after 4001 until a new
+//   token (a token callback is asked again on every connect);
 // - rejoining rooms after a reconnect with `since`/`epoch`, so missed
 //   messages arrive once and in order; `unrecovered` when the server could
 //   not fill the gap (the app reloads, e.g. with `history`);
@@ -40,6 +42,7 @@ const DEFAULTS = {
 /** Close codes after which the client does not reconnect by itself. */
 const CLOSE_POLICY = 1008;
 const CLOSE_TOKEN_EXPIRED = 4001;
+const CLOSE_REVOKED = 4004;
 /** Error codes worth retrying a publish for (the condition passes). The
  * server's `timeout` means the outcome is unknown; the retry carries the
  * same msgId, which the server acks once. */
@@ -751,9 +754,10 @@ export class Hubcast extends Emitter {
     if (this.#stopped) return;
     const info = { code, reason };
     this.#failAll(new HubcastError('disconnected', `connection closed (${code}${reason ? `: ${reason}` : ''})`), false);
-    if (code === CLOSE_POLICY) {
+    if (code === CLOSE_POLICY || code === CLOSE_REVOKED) {
       this.#stopped = true;
-      this.#failAll(new HubcastError('closed', `refused by policy: ${reason}`), true);
+      const why = code === CLOSE_REVOKED ? 'revoked' : 'refused by policy';
+      this.#failAll(new HubcastError('closed', `${why}: ${reason}`), true);
       this.#setState('closed', info);
       return;
     }

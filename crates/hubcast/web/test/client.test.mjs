@@ -233,6 +233,23 @@ test('no reconnect after 4001 until a new token; a token callback is asked again
   await waitFor(() => asked === 2 && cb.state === 'connected' && cb.connId !== firstConn, 'reconnected with a fresh token', 5000);
 });
 
+test('no reconnect after a 4004 close (revoked); a 4005 reconnects', async () => {
+  const fake = await closingServer(4004, 'user blocked');
+  cleanup.push(() => fake.close());
+  const hc = client(fake.ws);
+  const states = collect(hc, 'state');
+  await waitFor(() => states.some((x) => x[0] === 'closed'), 'closed');
+  assert.equal(states.at(-1)[1].code, 4004);
+  await sleep(600);
+  assert.equal(fake.handshakes, 1);
+  await assert.rejects(hc.publish('r', 'e', 1), { code: 'closed' });
+
+  const other = await closingServer(4005, 'disconnected by the server');
+  cleanup.push(() => other.close());
+  client(other.ws);
+  await waitFor(() => other.handshakes >= 2, 'reconnected after 4005');
+});
+
 test('no reconnect after a 1008 close', async () => {
   const fake = await closingServer(1008, 'forbidden');
   cleanup.push(() => fake.close());

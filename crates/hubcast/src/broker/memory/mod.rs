@@ -33,8 +33,8 @@ use tokio_util::task::TaskTracker;
 use self::log::{RoomLog, Tombs};
 use self::presence::PresenceState;
 use super::{
-    Broker, BrokerError, BrokerHandler, HistoryPage, PresenceEvent, PublishRequest, PublishResult,
-    Recovery, Unavailability,
+    Broker, BrokerError, BrokerHandler, ControlSink, HistoryPage, PresenceEvent, PublishRequest,
+    PublishResult, Recovery, Unavailability, UserCommand, UserControls,
 };
 use crate::lock;
 use crate::rules::{History, Rules};
@@ -80,6 +80,8 @@ pub struct MemoryBroker {
     presence: Mutex<PresenceState>,
     /// Where publications and presence events go.
     handler: OnceLock<Weak<dyn BrokerHandler>>,
+    /// Where user controls go: one node, so only here.
+    controls: OnceLock<Weak<dyn ControlSink>>,
     /// What each room keeps (its rule's history size and ttl).
     rules: Arc<Rules>,
     /// How long an offline user's status is remembered: the global
@@ -115,6 +117,7 @@ impl MemoryBroker {
             tombs: Mutex::new(Tombs::new()),
             presence: Mutex::new(PresenceState::default()),
             handler: OnceLock::new(),
+            controls: OnceLock::new(),
             rules,
             ttl,
             cancel: CancellationToken::new(),
@@ -371,5 +374,22 @@ impl Broker for MemoryBroker {
     async fn close(&self) {
         self.cancel.cancel();
         self.tasks.wait().await;
+    }
+}
+
+// One node: a command is applied here and now, and nothing outlives the
+// process, so there is nothing to keep or load.
+#[async_trait]
+impl UserControls for MemoryBroker {
+    async fn command(&self, cmd: UserCommand) -> Result<(), BrokerError> {
+        if let Some(sink) = self.controls.get().and_then(Weak::upgrade) {
+            sink.apply(&cmd);
+        }
+        Ok(())
+    }
+
+    async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError> {
+        let _ = self.controls.set(sink);
+        Ok(())
     }
 }

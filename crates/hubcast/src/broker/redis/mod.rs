@@ -52,6 +52,7 @@ mod catchup;
 // Crate-visible for the `pubsub_codec` fuzz target (`crate::fuzzing`).
 pub(crate) mod codec;
 mod conn;
+mod controls;
 mod keys;
 mod link;
 mod nodes;

@@ -1,0 +1,202 @@
+//! The user controls of the server API (PROTOCOL.md section 8):
+//! disconnect, block and unblock, token revocation. Each call sends one
+//! command through the engine, which brings it to every node
+//! (`crate::controls` applies it there).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::api::json_body;
+use super::error::HttpError;
+use super::handshake::MAX_TOKEN_LIFE_SECS;
+use crate::App;
+use crate::broker::UserCommand;
+use crate::protocol::{self, ErrorCode};
+
+fn bad(message: impl Into<String>) -> HttpError {
+    HttpError::new(ErrorCode::BadRequest, message)
+}
+
+/// The body as a JSON object.
+async fn object(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Map<String, Value>, HttpError> {
+    let bytes = json_body(app, headers, body).await?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad("the body must be a JSON object")),
+        Err(e) => Err(bad(format!("malformed JSON: {e}"))),
+    }
+}
+
+/// The body's `user`, checked.
+fn user_field(m: &Map<String, Value>) -> Result<Arc<str>, HttpError> {
+    match m.get("user") {
+        None => Err(bad("`user` is required")),
+        Some(Value::String(u)) => checked_user(u),
+        Some(_) => Err(bad("`user` must be a string")),
+    }
+}
+
+fn checked_user(user: &str) -> Result<Arc<str>, HttpError> {
+    protocol::check_user(user).map_err(|m| bad(format!("`user`: {m}")))?;
+    Ok(Arc::from(user))
+}
+
+/// An optional positive whole number of seconds from `field`, at most
+/// `max`.
+fn seconds(m: &Map<String, Value>, field: &str, max: u64) -> Result<Option<u64>, HttpError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(bad(format!(
+                "`{field}` must be a whole number of seconds from 1 to {max}"
+            ))),
+        },
+    }
+}
+
+fn now_secs() -> u64 {
+    (crate::unix_ms() / 1000).max(0) as u64
+}
+
+/// `POST /api/disconnect`: `{"user", "reason"?}`; every connection of the
+/// user closes with 4005. `connections` is how many the user had open on
+/// every node just before.
+pub(crate) async fn disconnect(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let m = object(&app, &headers, body).await?;
+    let user = user_field(&m)?;
+    match m.get("reason") {
+        None | Some(Value::Null | Value::String(_)) => {}
+        Some(_) => return Err(bad("`reason` must be a string")),
+    }
+    let connections = app.presence.user_status(&user).await?.connections;
+    if let Some(Value::String(reason)) = m.get("reason") {
+        // The close frame carries a fixed reason; the caller's is logged.
+        tracing::info!(user = %user, reason = %reason.chars().take(200).collect::<String>(), "disconnect requested");
+    }
+    app.user_controls
+        .command(UserCommand::Disconnect { user: user.clone() })
+        .await?;
+    Ok(Json(json!({"user": &*user, "connections": connections})).into_response())
+}
+
+/// `PUT /api/users/{user}/block`: an optional body `{"ttl"}` (seconds).
+pub(crate) async fn block(
+    State(app): State<Arc<App>>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let user = checked_user(&user)?;
+    // The body is optional: none (or an empty one) blocks until unblocked.
+    let empty = headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0")
+        || (headers.get(header::CONTENT_TYPE).is_none()
+            && headers.get(header::CONTENT_LENGTH).is_none());
+    let ttl = if empty {
+        None
+    } else {
+        seconds(
+            &object(&app, &headers, body).await?,
+            "ttl",
+            MAX_TOKEN_LIFE_SECS,
+        )?
+    };
+    let until = ttl.map(|t| crate::unix_ms().max(0) as u64 + t * 1000);
+    app.user_controls
+        .command(UserCommand::Block {
+            user: user.clone(),
+            until,
+        })
+        .await?;
+    Ok(Json(json!({"user": &*user, "blocked": true})).into_response())
+}
+
+/// `DELETE /api/users/{user}/block`.
+pub(crate) async fn unblock(
+    State(app): State<Arc<App>>,
+    Path(user): Path<String>,
+) -> Result<Response, HttpError> {
+    let user = checked_user(&user)?;
+    app.user_controls
+        .command(UserCommand::Unblock { user: user.clone() })
+        .await?;
+    Ok(Json(json!({"user": &*user, "blocked": false})).into_response())
+}
+
+/// `POST /api/tokens/revoke`: `{"jti", "until"?}`. Without `until` the
+/// revocation lasts as long as a token can (`MAX_TOKEN_LIFE_SECS`): the
+/// server does not know when the token named expires.
+pub(crate) async fn revoke_jti(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let m = object(&app, &headers, body).await?;
+    let jti: Arc<str> = match m.get("jti") {
+        None => return Err(bad("`jti` is required")),
+        Some(Value::String(j)) if !j.is_empty() && j.len() <= 256 => Arc::from(j.as_str()),
+        Some(_) => return Err(bad("`jti` must be a string of 1 to 256 bytes")),
+    };
+    let now = now_secs();
+    let until = match m.get("until") {
+        None | Some(Value::Null) => now + MAX_TOKEN_LIFE_SECS,
+        Some(v) => match v.as_u64() {
+            Some(u) if u > now && u <= now + MAX_TOKEN_LIFE_SECS => u,
+            _ => {
+                return Err(bad(
+                    "`until` must be a Unix time in seconds in the future (within a century)",
+                ));
+            }
+        },
+    };
+    app.user_controls
+        .command(UserCommand::RevokeJti {
+            jti: jti.clone(),
+            until: until * 1000,
+        })
+        .await?;
+    Ok(Json(json!({"jti": &*jti, "until": until})).into_response())
+}
+
+/// `POST /api/users/{user}/tokens/revoke`: `{"issuedBefore"}` (Unix s).
+/// The revocation lasts until every token issued before it has expired.
+pub(crate) async fn revoke_user_tokens(
+    State(app): State<Arc<App>>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let user = checked_user(&user)?;
+    let m = object(&app, &headers, body).await?;
+    let before = match m.get("issuedBefore") {
+        None => return Err(bad("`issuedBefore` is required")),
+        Some(v) => v
+            .as_u64()
+            .filter(|b| *b <= now_secs() + MAX_TOKEN_LIFE_SECS)
+            .ok_or_else(|| bad("`issuedBefore` must be a Unix time in seconds"))?,
+    };
+    app.user_controls
+        .command(UserCommand::RevokeIssuedBefore {
+            user: user.clone(),
+            before,
+            until: (before + MAX_TOKEN_LIFE_SECS) * 1000,
+        })
+        .await?;
+    Ok(Json(json!({"user": &*user, "issuedBefore": before})).into_response())
+}
