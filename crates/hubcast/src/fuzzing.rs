@@ -368,6 +368,7 @@ pub fn token(data: &[u8]) {
     let grants = Grants {
         admin: false,
         rooms: id.rooms.clone(),
+        token: Default::default(),
     };
     for room in ["lobby", "a.b", "a.b.c", "a..b", "", ".", "@x", &id.user] {
         let _ = grants.allows(&id.user, room);
