@@ -39,6 +39,9 @@ pub struct Identity {
     pub admin: bool,
     /// `exp`, Unix seconds.
     pub exp: u64,
+    /// `subs`: rooms the connection joins at connect, as the token lists
+    /// them (each is checked like a `join` when the connection opens).
+    pub subs: Vec<String>,
 }
 
 /// Why a handshake's token was refused (HTTP 401).
@@ -77,6 +80,8 @@ struct Claims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    subs: Vec<String>,
 }
 
 impl Auth {
@@ -228,6 +233,7 @@ impl Auth {
             rooms,
             admin: c.admin,
             exp: c.exp,
+            subs: c.subs,
         }))
     }
 }

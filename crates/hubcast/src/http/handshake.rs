@@ -79,6 +79,8 @@ pub(crate) struct Caller {
     pub expires: Option<tokio::time::Instant>,
     /// No token: a user id of its own for this one connection.
     pub anonymous: bool,
+    /// The token's `subs`: rooms joined at connect.
+    pub subs: Vec<String>,
 }
 
 /// Checks the credentials of a handshake (WebSocket or SSE): the
@@ -124,6 +126,7 @@ pub(crate) fn authenticate(
                     tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
                 ),
                 anonymous: false,
+                subs: id.subs,
             }
         }
         None => {
@@ -142,6 +145,7 @@ pub(crate) fn authenticate(
                 grants: crate::auth::Grants::default(),
                 expires: None,
                 anonymous: true,
+                subs: Vec::new(),
             }
         }
     })

@@ -40,6 +40,7 @@ mod redis_timeout;
 mod rules;
 mod settings;
 mod sse;
+mod subs;
 mod tls;
 mod tracing;
 mod validation;
