@@ -62,6 +62,7 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub(crate) mod hub;
+pub mod jwks;
 mod lock;
 pub(crate) mod metrics;
 #[cfg(feature = "otlp")]

@@ -75,6 +75,7 @@ fn all_changed() -> Config {
         jwt_secret: Some("0123456789abcdef0123".into()),
         jwt_secret_file: Some("/s".into()),
         jwt_public_key: Some("/k".into()),
+        jwt_jwks_url: None,
         anonymous: Some(true),
         api_keys: vec![
             "aaaaaaaaaaaaaaaa".into(),

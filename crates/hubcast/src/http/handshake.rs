@@ -12,6 +12,7 @@ use super::error::HttpError;
 use super::limits::{ConnLimits, ConnSlot};
 use super::origin;
 use crate::App;
+use crate::auth::AuthError;
 use crate::protocol::ErrorCode;
 
 /// The longest a token can keep a connection open (its `exp` may be any
@@ -85,7 +86,7 @@ pub(crate) struct Caller {
 
 /// Checks the credentials of a handshake (WebSocket or SSE): the
 /// `Authorization: Bearer` header first, then `?token=`; 401 when refused.
-pub(crate) fn authenticate(
+pub(crate) async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -102,7 +103,16 @@ pub(crate) fn authenticate(
         })
         .map(str::trim);
     let token = bearer.or_else(|| query.get("token").map(String::as_str));
-    let identity = app.auth.authenticate(token).map_err(|e| {
+    let mut identity = app.auth.authenticate(token);
+    // A `kid` the JWKS cache does not hold: the provider may have rotated
+    // its keys. Fetch (rate-limited, bounded wait) and try once more.
+    if matches!(identity, Err(AuthError::UnknownKey(_)))
+        && let Some(jwks) = &app.auth.jwks
+    {
+        jwks.refetch().await;
+        identity = app.auth.authenticate(token);
+    }
+    let identity = identity.map_err(|e| {
         tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
         HttpError::new(ErrorCode::Unauthorized, e.to_string())
     })?;

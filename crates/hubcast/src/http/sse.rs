@@ -155,7 +155,7 @@ pub(crate) async fn sse(
     let slot = admit(&app, remote)?;
     check_origin(&app, &headers, remote)?;
     let conn_id = format!("s-{}", uuid::Uuid::now_v7());
-    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None)?;
+    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None).await?;
     let rooms: Vec<String> = query
         .get("rooms")
         .map(|r| {

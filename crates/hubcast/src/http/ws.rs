@@ -127,7 +127,7 @@ pub(crate) async fn upgrade(
     };
 
     let conn_id = format!("c-{}", uuid::Uuid::now_v7());
-    let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name)?;
+    let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name).await?;
     let subs = caller.subs;
     let user: Arc<str> = Arc::from(caller.user);
     // Usually the display name is the user id: one string for both.

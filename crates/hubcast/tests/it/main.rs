@@ -22,6 +22,7 @@ mod client;
 mod closing;
 mod framing;
 mod fuzz;
+mod jwks;
 mod lifecycle;
 mod limits;
 mod metrics;
