@@ -38,7 +38,10 @@ fn jwt_jwks_url_is_checked() {
     c.validate().unwrap();
     // One source of keys.
     c.jwt_secret = Some("0123456789abcdef0123".into());
-    let e = crate::auth::Auth::from_config(&c).err().unwrap().to_string();
+    let e = crate::auth::Auth::from_config(&c)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("jwt_jwks_url"), "{e}");
 }
 
