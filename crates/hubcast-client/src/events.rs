@@ -42,6 +42,12 @@ pub enum Event {
     },
     /// A message of a joined room or a direct message; each once, in order.
     Message(Envelope),
+    /// A room the server joined this connection to by itself (a `joined`
+    /// without `id`: the token's `subs`), now tracked like a room joined
+    /// with [`Client::join`](crate::Client::join): its messages come as
+    /// [`Event::Message`] and it is rejoined with recovery after a
+    /// reconnect. Reported once, when it first appears.
+    Joined(Joined),
     /// A presence event (`join`, `leave`, `status`).
     Presence(Value),
     /// Messages of `room` were missed and could not be replayed: reload.

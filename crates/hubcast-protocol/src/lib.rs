@@ -42,5 +42,5 @@ pub use names::{
     check_event, check_msg_id, check_room, check_user, is_bidi_control, is_personal, personal_room,
 };
 pub use presence::{Member, PresenceAction, Status};
-pub use server::{encode, error_frame, out, timeout_frame};
+pub use server::{encode, error_frame, out, room_error_frame, timeout_frame};
 pub use version::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, PROTOCOL_VERSION, SUBPROTOCOL};

@@ -4,7 +4,9 @@
 //! A token is a JWT signed with HS256 (`jwt_secret`) or with RS256/ES256
 //! (`jwt_public_key`, a PEM file; the key type picks the algorithm). Only
 //! that one algorithm is accepted: `alg: none`, other algorithms and other
-//! keys are refused. `sub` and `exp` are required.
+//! keys are refused. `sub` and `exp` are required. With `jwt_jwks_url`,
+//! RS256/ES256 keys come from a JWKS endpoint instead, chosen by the
+//! token's `kid` (`crate::jwks`).
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use crate::protocol;
 pub struct Auth {
     /// The verification key and its one algorithm, when tokens are on.
     key: Option<(DecodingKey, Algorithm)>,
+    /// Keys from `jwt_jwks_url`, by `kid` (instead of `key`).
+    pub jwks: Option<Arc<crate::jwks::Jwks>>,
     /// Whether connections without a token are let in.
     pub anonymous: bool,
     /// Anonymity was not chosen but granted because the server listens on
@@ -41,6 +45,9 @@ pub struct Identity {
     pub exp: u64,
     /// `jti` and `iat`: what a revocation names.
     pub token: TokenId,
+    /// `subs`: rooms the connection joins at connect, as the token lists
+    /// them (each is checked like a `join` when the connection opens).
+    pub subs: Vec<String>,
 }
 
 /// What names a token for revocation (PROTOCOL.md section 8): its `jti`,
@@ -60,7 +67,9 @@ pub enum AuthError {
     #[error("a token is required (Authorization: Bearer <JWT> or ?token=)")]
     Missing,
     /// A token was sent but tokens are not configured.
-    #[error("this server does not accept tokens (no jwt_secret or jwt_public_key configured)")]
+    #[error(
+        "this server does not accept tokens (no jwt_secret, jwt_public_key or jwt_jwks_url configured)"
+    )]
     NotConfigured,
     /// Expired.
     #[error("token expired")]
@@ -68,6 +77,10 @@ pub enum AuthError {
     /// `nbf` is still in the future (past the leeway).
     #[error("token not valid yet (nbf)")]
     NotYetValid,
+    /// The token's `kid` is not among the JWKS keys held (the handshake
+    /// asks for a fetch and tries once more before refusing).
+    #[error("unknown key id (kid) {0:?}")]
+    UnknownKey(String),
     /// Anything else: bad signature, algorithm, claims, format.
     #[error("invalid token: {0}")]
     Invalid(String),
@@ -93,6 +106,8 @@ struct Claims {
     jti: Option<String>,
     #[serde(default)]
     iat: Option<u64>,
+    #[serde(default)]
+    subs: Vec<String>,
 }
 
 impl Auth {
@@ -163,10 +178,23 @@ impl Auth {
             }
             (None, None) => None,
         };
+        let jwks = match &cfg.jwt_jwks_url {
+            None => None,
+            Some(_) if key.is_some() => {
+                return Err(bad(
+                    "jwt_jwks_url",
+                    "set a JWT secret, a public key or a JWKS URL, only one".into(),
+                ));
+            }
+            Some(url) => Some(Arc::new(
+                crate::jwks::Jwks::new(url).map_err(|m| bad("jwt_jwks_url", m))?,
+            )),
+        };
         let loopback_trust = cfg.anonymous.is_none() && cfg.listen.ip().is_loopback();
         let anonymous = cfg.anonymous.unwrap_or(loopback_trust);
         Ok(Auth {
             key,
+            jwks,
             anonymous,
             loopback_trust,
         })
@@ -181,10 +209,25 @@ impl Auth {
                 Err(AuthError::Missing)
             };
         };
+        if let Some(jwks) = &self.jwks {
+            let key = jwks.key_for(token)?;
+            return self.verify(token, &key.0, key.1).map(Some);
+        }
         let Some((key, alg)) = &self.key else {
             return Err(AuthError::NotConfigured);
         };
-        let mut validation = Validation::new(*alg);
+        self.verify(token, key, *alg).map(Some)
+    }
+
+    /// Checks `token`'s signature with `key` (its one algorithm `alg`) and
+    /// its claims.
+    fn verify(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        alg: Algorithm,
+    ) -> Result<Identity, AuthError> {
+        let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
         // Checked below with its own leeway: `exp` has none (a token is
@@ -238,7 +281,7 @@ impl Auth {
                     .map_err(|m| AuthError::Invalid(format!("claim `rooms`: {m}")))?,
             ),
         };
-        Ok(Some(Identity {
+        Ok(Identity {
             user: c.sub,
             name,
             rooms,
@@ -248,7 +291,8 @@ impl Auth {
                 jti: c.jti.map(Arc::from),
                 iat: c.iat,
             },
-        }))
+            subs: c.subs,
+        })
     }
 }
 
@@ -351,6 +395,7 @@ mod tests {
         let secret = b"unit-test-secret-0123456789";
         let auth = Auth {
             key: Some((DecodingKey::from_secret(secret), Algorithm::HS256)),
+            jwks: None,
             anonymous: false,
             loopback_trust: false,
         };

@@ -67,6 +67,7 @@ pub(crate) mod controls;
 pub mod fuzzing;
 pub mod http;
 pub(crate) mod hub;
+pub mod jwks;
 mod lock;
 pub(crate) mod metrics;
 #[cfg(feature = "otlp")]

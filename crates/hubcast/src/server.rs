@@ -99,6 +99,10 @@ pub async fn run_with_broker(
     });
     app.tasks.spawn(sample_rates(app.clone()));
     app.tasks.spawn(close_on_shutdown(app.clone()));
+    // The JWKS fetches (at start, then for unknown `kid`s) end at shutdown.
+    if let Some(jwks) = &app.auth.jwks {
+        app.tasks.spawn(jwks.clone().run(app.shutdown.clone()));
+    }
     let router = http::router(app.clone());
     let tls = match (&app.config.tls_cert, &app.config.tls_key) {
         (Some(cert), Some(key)) => {

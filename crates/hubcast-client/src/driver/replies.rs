@@ -65,6 +65,21 @@ impl Driver {
                     r.accept(i, &mut out, cap, now);
                 }
             }
+            (Some("joined"), false) => match serde_json::from_slice::<Joined>(text) {
+                // A room the server joined for us (a token's `subs`). One
+                // already tracked is being rejoined by our own `join`
+                // (after a reconnect, with `since`), whose reply says what
+                // was recovered: this one would only move its position.
+                Ok(j) if !self.rooms.contains_key(&j.room) => {
+                    out.push(Event::Joined(j.clone()));
+                    self.rooms
+                        .entry(j.room.clone())
+                        .or_default()
+                        .on_joined(&j, &mut out, cap, now);
+                }
+                Ok(_) => {}
+                Err(e) => out.push(unreadable(e.to_string(), text)),
+            },
             (Some("presence"), false) => match serde_json::from_slice::<Value>(text) {
                 Ok(v) => out.push(Event::Presence(v)),
                 Err(e) => out.push(unreadable(e.to_string(), text)),

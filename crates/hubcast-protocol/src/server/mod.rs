@@ -30,6 +30,20 @@ pub fn error_frame(id: Option<&RawValue>, code: ErrorCode, message: &str) -> Byt
         code,
         message,
         msg_id: None,
+        room: None,
+    })
+}
+
+/// Encodes the `error` frame of a join the server made for the client (a
+/// token's `subs` room refused): no `id`, and `room` names the room.
+pub fn room_error_frame(room: &str, code: ErrorCode, message: &str) -> Bytes {
+    encode(&out::Error {
+        ty: "error",
+        id: None,
+        code,
+        message,
+        msg_id: None,
+        room: Some(room),
     })
 }
 
@@ -42,5 +56,6 @@ pub fn timeout_frame(id: Option<&RawValue>, msg_id: &str, message: &str) -> Byte
         code: ErrorCode::Timeout,
         message,
         msg_id: Some(msg_id),
+        room: None,
     })
 }

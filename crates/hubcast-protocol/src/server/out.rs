@@ -140,4 +140,8 @@ pub struct Error<'a> {
     /// retry with.
     #[serde(rename = "msgId", skip_serializing_if = "Option::is_none")]
     pub msg_id: Option<&'a str>,
+    /// The room, on the error of a join the server made for the client (a
+    /// token's `subs`): it has no `id` to match a request by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
 }

@@ -228,6 +228,24 @@ declare_settings! {
         value: "FILE",
         help: "PEM public key for RS256 or ES256 connection tokens",
     }
+    /// JWKS endpoint for RS256 or ES256 connection tokens, keys chosen by
+    /// the token's `kid` (fetched at start and again for an unknown `kid`,
+    /// at most once every 10 s).
+    jwt_jwks_url: Option<String> {
+        default: None,
+        value: "URL",
+        help: "JWKS endpoint (http://) for RS256 or ES256 connection tokens, keys chosen by kid",
+        check: |url, _c| match url {
+            // This build's HTTP client has no TLS (no new dependency for
+            // it yet): an https URL is refused at start, not at the first
+            // token.
+            Some(u) if !u.starts_with("http://") => Err(format!(
+                "{u:?}: must be an http:// URL (https is not supported by this build; \
+                 serve the set through a local proxy)"
+            )),
+            _ => Ok(()),
+        },
+    }
     /// Whether connections without a token are allowed. Unset: only when
     /// listening on loopback.
     anonymous: Option<bool> {
@@ -237,7 +255,7 @@ declare_settings! {
         shown: "only when listening on loopback",
         check: |anonymous, c| {
             let has_key =
-                c.jwt_secret.is_some() || c.jwt_secret_file.is_some() || c.jwt_public_key.is_some();
+                c.jwt_secret.is_some() || c.jwt_secret_file.is_some() || c.jwt_public_key.is_some() || c.jwt_jwks_url.is_some();
             if !c.listen.ip().is_loopback() && !has_key && *anonymous != Some(true) {
                 return Err(format!(
                     "refusing to listen on {} without authentication: set jwt_secret \

@@ -27,6 +27,25 @@ fn defaults_need_nothing() {
 }
 
 #[test]
+fn jwt_jwks_url_is_checked() {
+    let mut c = Config {
+        jwt_jwks_url: Some("https://idp.example/jwks.json".into()),
+        ..Config::default()
+    };
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("jwt_jwks_url") && e.contains("http://"), "{e}");
+    c.jwt_jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
+    c.validate().unwrap();
+    // One source of keys.
+    c.jwt_secret = Some("0123456789abcdef0123".into());
+    let e = crate::auth::Auth::from_config(&c)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("jwt_jwks_url"), "{e}");
+}
+
+#[test]
 fn otlp_endpoint_is_checked() {
     let mut c = Config {
         otlp_endpoint: Some("127.0.0.1:4318".into()),
@@ -75,6 +94,7 @@ fn all_changed() -> Config {
         jwt_secret: Some("0123456789abcdef0123".into()),
         jwt_secret_file: Some("/s".into()),
         jwt_public_key: Some("/k".into()),
+        jwt_jwks_url: None,
         anonymous: Some(true),
         api_keys: vec![
             "aaaaaaaaaaaaaaaa".into(),

@@ -142,6 +142,7 @@ pub(crate) async fn serve<R, W>(
     mut reader: Reader<R>,
     mut writer: W,
     conn: Arc<Conn>,
+    subs: Vec<String>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -162,7 +163,7 @@ pub(crate) async fn serve<R, W>(
     // task for the task's whole life, and an idle connection should hold
     // only what it waits on.
     let mut session = match Box::pin(
-        Session::open(app.clone(), conn.clone()).instrument(conn.span()),
+        Session::open(app.clone(), conn.clone(), subs).instrument(conn.span()),
     )
     .await
     {

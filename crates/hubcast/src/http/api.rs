@@ -325,16 +325,10 @@ pub(crate) async fn user_status(
     Path(user): Path<String>,
 ) -> Result<Response, HttpError> {
     protocol::check_user(&user).map_err(|m| HttpError::new(ErrorCode::BadRequest, m))?;
+    // A user never seen (or forgotten after history_ttl) is simply offline
+    // with no last-seen time (PROTOCOL.md section 8): a backend asking about
+    // a user who has not connected yet must not have to special-case a 404.
     let st = app.presence.user_status(&user).await?;
-    if st.connections == 0 && st.last_seen.is_none() {
-        return Err(HttpError::new(
-            ErrorCode::NotFound,
-            format!(
-                "unknown user {:?}: never connected within history_ttl",
-                user.chars().take(128).collect::<String>()
-            ),
-        ));
-    }
     Ok(Json(StatusReply {
         user: &user,
         status: st.status,

@@ -12,6 +12,7 @@ use super::error::HttpError;
 use super::limits::{ConnLimits, ConnSlot};
 use super::origin;
 use crate::App;
+use crate::auth::AuthError;
 use crate::protocol::ErrorCode;
 
 /// The longest a token can keep a connection open (its `exp` may be any
@@ -79,11 +80,13 @@ pub(crate) struct Caller {
     pub expires: Option<tokio::time::Instant>,
     /// No token: a user id of its own for this one connection.
     pub anonymous: bool,
+    /// The token's `subs`: rooms joined at connect.
+    pub subs: Vec<String>,
 }
 
 /// Checks the credentials of a handshake (WebSocket or SSE): the
 /// `Authorization: Bearer` header first, then `?token=`; 401 when refused.
-pub(crate) fn authenticate(
+pub(crate) async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -100,7 +103,16 @@ pub(crate) fn authenticate(
         })
         .map(str::trim);
     let token = bearer.or_else(|| query.get("token").map(String::as_str));
-    let identity = app.auth.authenticate(token).map_err(|e| {
+    let mut identity = app.auth.authenticate(token);
+    // A `kid` the JWKS cache does not hold: the provider may have rotated
+    // its keys. Fetch (rate-limited, bounded wait) and try once more.
+    if matches!(identity, Err(AuthError::UnknownKey(_)))
+        && let Some(jwks) = &app.auth.jwks
+    {
+        jwks.refetch().await;
+        identity = app.auth.authenticate(token);
+    }
+    let identity = identity.map_err(|e| {
         tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
         HttpError::new(ErrorCode::Unauthorized, e.to_string())
     })?;
@@ -133,6 +145,7 @@ pub(crate) fn authenticate(
                     tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
                 ),
                 anonymous: false,
+                subs: id.subs,
             }
         }
         None => {
@@ -151,6 +164,7 @@ pub(crate) fn authenticate(
                 grants: crate::auth::Grants::default(),
                 expires: None,
                 anonymous: true,
+                subs: Vec::new(),
             }
         }
     })

@@ -6,7 +6,8 @@
 //! `id: room:offset` and `data: <envelope>`, so a browser's `EventSource`
 //! reconnects with `Last-Event-ID` and resumes that room without a gap or a
 //! duplicate. Each room first gets a `joined` frame (as on WebSocket) that
-//! says whether its recovery succeeded. Comment lines keep proxies from
+//! says whether its recovery succeeded; it and every other non-message
+//! frame are named events, so `onmessage` sees envelopes only. Comment lines keep proxies from
 //! closing an idle stream. Credentials, origins and connection limits are
 //! those of `/ws`.
 
@@ -59,16 +60,34 @@ fn parse_positions(list: &str, what: &str) -> Result<HashMap<String, u64>, HttpE
     Ok(out)
 }
 
-/// One SSE event carrying a frame; messages get `id: room:offset`.
+/// The `type` of a frame the server encoded (`{"type":"joined",...}`): its
+/// frames always start with the type, and types are plain ASCII words.
+fn frame_type(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&c| c == b'"')?;
+    let ty = &rest[..end];
+    ty.iter()
+        .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        .then_some(ty)
+}
+
+/// One SSE event carrying a frame. Messages are unnamed events with
+/// `id: room:offset`, so an `EventSource`'s `onmessage` sees envelopes
+/// only; every other frame (`joined`, `presence`, `error`) is a named event
+/// (`event: joined`) that a client reads with `addEventListener`.
 fn event(frame: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(frame.len() + 64);
-    if is_message(frame)
-        && let Ok(p) = serde_json::from_slice::<Position>(frame)
-    {
-        b.put_slice(b"id: ");
-        b.put_slice(p.room.as_bytes());
-        b.put_slice(b":");
-        b.put_slice(p.offset.to_string().as_bytes());
+    if is_message(frame) {
+        if let Ok(p) = serde_json::from_slice::<Position>(frame) {
+            b.put_slice(b"id: ");
+            b.put_slice(p.room.as_bytes());
+            b.put_slice(b":");
+            b.put_slice(p.offset.to_string().as_bytes());
+            b.put_slice(b"\n");
+        }
+    } else if let Some(ty) = frame_type(frame) {
+        b.put_slice(b"event: ");
+        b.put_slice(ty);
         b.put_slice(b"\n");
     }
     // Envelopes are single-line JSON: one data line.
@@ -136,6 +155,8 @@ pub(crate) async fn sse(
 ) -> Result<Response, HttpError> {
     let slot = admit(&app, remote)?;
     check_origin(&app, &headers, remote)?;
+    let conn_id = format!("s-{}", uuid::Uuid::now_v7());
+    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None).await?;
     let rooms: Vec<String> = query
         .get("rooms")
         .map(|r| {
@@ -146,7 +167,7 @@ pub(crate) async fn sse(
                 .collect()
         })
         .unwrap_or_default();
-    if rooms.is_empty() {
+    if rooms.is_empty() && caller.subs.is_empty() {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
             "query `rooms` is required: a comma-separated list of rooms",
@@ -175,8 +196,6 @@ pub(crate) async fn sse(
         })?;
         since.extend(parse_positions(last, "Last-Event-ID")?);
     }
-    let conn_id = format!("s-{}", uuid::Uuid::now_v7());
-    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None)?;
     for room in &rooms {
         if !caller.grants.allows(&caller.user, room) {
             return Err(HttpError::new(
@@ -200,7 +219,47 @@ pub(crate) async fn sse(
     // In the table user controls walk: a block, a revocation or a
     // disconnect ends the stream.
     app.hub.register(sub.clone());
-    for room in &rooms {
+    // The token's `subs` join too, after the named rooms, as on WebSocket:
+    // each is checked like a room of `rooms`, but a refused one is an
+    // `error` event naming it rather than a refused stream (the client did
+    // not ask for it).
+    let mut all = rooms;
+    for room in caller.subs {
+        if all.contains(&room) {
+            continue;
+        }
+        let refused = protocol::check_room(&room)
+            .map_err(|m| (ErrorCode::BadRequest, m.to_string()))
+            .and_then(|()| {
+                if !caller.grants.allows(&caller.user, &room) {
+                    Err((
+                        ErrorCode::Forbidden,
+                        format!("cannot join {room}: not allowed by this token"),
+                    ))
+                } else if all.len() >= app.config.max_rooms_per_conn {
+                    Err((
+                        ErrorCode::TooManyRooms,
+                        format!(
+                            "a stream may join at most {} rooms",
+                            app.config.max_rooms_per_conn
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+        match refused {
+            Ok(()) => all.push(room),
+            Err((code, m)) => {
+                tap.outbound().push(protocol::room_error_frame(
+                    &room,
+                    code,
+                    &format!("subs {room:?}: {m}"),
+                ));
+            }
+        }
+    }
+    for room in &all {
         let from = since.get(room).copied();
         let join = Join {
             room,
@@ -226,7 +285,7 @@ pub(crate) async fn sse(
             .await?;
         guard.rooms.push(joined.room);
     }
-    tracing::info!(conn = %conn_id, user = %caller.user, rooms = rooms.len(), "sse stream opened");
+    tracing::info!(conn = %conn_id, user = %caller.user, rooms = all.len(), "sse stream opened");
 
     let period = Duration::from_secs(app.config.heartbeat.max(1));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -281,6 +340,13 @@ mod tests {
             &b"id: ns:r:7\ndata: {\"type\":\"message\",\"room\":\"ns:r\",\"offset\":7,\"epoch\":\"e\",\"data\":1}\n\n"[..]
         );
         let j = event(br#"{"type":"joined","room":"r"}"#);
-        assert!(j.starts_with(b"data: "));
+        assert_eq!(
+            &j[..],
+            &b"event: joined\ndata: {\"type\":\"joined\",\"room\":\"r\"}\n\n"[..]
+        );
+        let p = event(br#"{"type":"presence","room":"r","action":"join"}"#);
+        assert!(p.starts_with(b"event: presence\ndata: "));
+        // Not a frame of ours: never a broken event line.
+        assert!(event(br#"{"type":"a\nb"}"#).starts_with(b"data: "));
     }
 }

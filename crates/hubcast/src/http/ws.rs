@@ -127,8 +127,9 @@ pub(crate) async fn upgrade(
     };
 
     let conn_id = format!("c-{}", uuid::Uuid::now_v7());
-    let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name)?;
+    let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name).await?;
     check_user_cap(&app, &caller).await?;
+    let subs = caller.subs;
     let user: Arc<str> = Arc::from(caller.user);
     // Usually the display name is the user id: one string for both.
     let name = if caller.display == *user {
@@ -177,7 +178,7 @@ pub(crate) async fn upgrade(
         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
         let reader = Reader::new(r, max);
         tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, trace_id = %conn.trace_id, "connection opened");
-        conn::serve(task_app, reader, w, conn).await;
+        conn::serve(task_app, reader, w, conn, subs).await;
     });
 
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();

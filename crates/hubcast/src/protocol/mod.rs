@@ -6,7 +6,7 @@
 pub(crate) use hubcast_protocol::{
     ApiPublish, DEFAULT_HISTORY_LIMIT, ErrorCode, FrameError, MAX_HISTORY_LIMIT, Member,
     PROTOCOL_VERSION, SUBPROTOCOL, check_user, close, encode, error_frame, is_bidi_control,
-    is_personal, out, parse_api_publish, personal_room, timeout_frame,
+    is_personal, out, parse_api_publish, personal_room, room_error_frame, timeout_frame,
 };
 pub use hubcast_protocol::{ClientFrame, PresenceAction, Status, check_room, parse_client_frame};
 

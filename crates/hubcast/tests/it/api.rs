@@ -134,20 +134,26 @@ both_engines! {
         let (st, u) = get(&s, &format!("/api/users/{user}/status")).await;
         assert_eq!(st, 200);
         assert_eq!(u, json!({"user":user,"status":"online","connections":1,"lastSeen":null}));
-        // An anonymous user lives as long as its one connection.
+        // An anonymous user lives as long as its one connection: once it
+        // closes, it reads as never seen.
         ada.close().await;
-        let mut st = StatusCode::OK;
+        let never = json!({"user":user,"status":"offline","connections":0,"lastSeen":null});
+        let mut u = Value::Null;
         for _ in 0..50 {
-            st = get(&s, &format!("/api/users/{user}/status")).await.0;
-            if st == 404 {
+            u = get(&s, &format!("/api/users/{user}/status")).await.1;
+            if u == never {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        assert_eq!(st, 404);
-        let (st, e) = get(&s, "/api/users/nobody-ever/status").await;
-        assert_eq!(st, 404);
-        assert_eq!(error_code(&e), "not_found");
+        assert_eq!(u, never);
+        // A user never seen is offline, not 404 (PROTOCOL.md section 8).
+        let (st, u) = get(&s, "/api/users/nobody-ever/status").await;
+        assert_eq!(st, 200, "{u}");
+        assert_eq!(
+            u,
+            json!({"user":"nobody-ever","status":"offline","connections":0,"lastSeen":null})
+        );
     }
 }
 

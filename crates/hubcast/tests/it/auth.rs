@@ -32,7 +32,7 @@ fn b64(v: &Value) -> String {
 }
 
 /// Expects the handshake to fail with 401 and a JSON `unauthorized` body.
-async fn refused(s: &Server, token: Option<&str>, why: &str) -> String {
+pub(crate) async fn refused(s: &Server, token: Option<&str>, why: &str) -> String {
     let url = match token {
         Some(t) => format!("{}?token={t}", s.ws_url()),
         None => s.ws_url(),
@@ -184,7 +184,7 @@ async fn a_token_expiring_while_connected_closes_with_4001() {
 }
 
 /// Makes a key pair with openssl; returns (private PEM, public key path).
-fn keypair(dir: &Path, kind: &str) -> (Vec<u8>, PathBuf) {
+pub(crate) fn keypair(dir: &Path, kind: &str) -> (Vec<u8>, PathBuf) {
     let private = dir.join(format!("{kind}.pem"));
     let public = dir.join(format!("{kind}.pub.pem"));
     let args: &[&str] = match kind {

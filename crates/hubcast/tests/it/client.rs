@@ -257,3 +257,43 @@ async fn after_4001_it_waits_for_a_new_token() {
     c.wait_for(State::Connected, WAIT).await.unwrap();
     c.close().await;
 }
+
+#[tokio::test]
+async fn a_room_of_the_tokens_subs_appears_without_join_and_recovers_after_a_reconnect() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let s = Server::start(|c| c.jwt_secret = Some(secret.into())).await;
+    let proxy = Proxy::start(s.addr).await;
+    let exp = hubcast::unix_ms() as u64 / 1000 + 600;
+    let token = common::hs256(
+        secret,
+        &json!({"sub": "sub-reader", "exp": exp, "subs": ["feed"]}),
+    );
+    let (reader, mut ev) = Client::connect(&proxy.ws_url(), fast(Options::with_token(&token)));
+    // The room is reported joined, with no join() called.
+    let joined = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Event::Joined(j)) = ev.recv().await {
+                break j;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(joined.room, "feed");
+    s.api_publish("feed", json!(0)).await;
+    assert_eq!(messages(&mut ev, 1).await[0].data, json!(0));
+
+    // Messages published while it is away arrive once, in order.
+    proxy.refuse(true);
+    proxy.cut();
+    reader.wait_for(State::Reconnecting, WAIT).await.unwrap();
+    for i in 1..=5 {
+        s.api_publish("feed", json!(i)).await;
+    }
+    proxy.refuse(false);
+    let got = messages(&mut ev, 5).await;
+    let want: Vec<Value> = (1..=5).map(|i| json!(i)).collect();
+    assert_eq!(got.iter().map(|m| m.data.clone()).collect::<Vec<_>>(), want);
+    no_message(&mut ev, &s, "feed").await;
+    reader.close().await;
+}

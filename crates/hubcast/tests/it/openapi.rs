@@ -109,3 +109,74 @@ async fn the_document_matches_the_routes_and_their_answers() {
         }
     }
 }
+
+/// The document's name schemas state the server's own rules: every sample
+/// that the server's check accepts matches the schema (pattern and length)
+/// and every one it refuses does not.
+#[tokio::test]
+async fn the_name_schemas_agree_with_the_servers_checks() {
+    use regex_automata::meta::Regex;
+    let s = Server::default().await;
+    let doc: Value = reqwest::get(s.http("/api/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let fits = |schema: &str, v: &str| {
+        let sc = &schemas[schema];
+        let re = Regex::new(sc["pattern"].as_str().unwrap()).unwrap();
+        let n = v.chars().count() as u64;
+        re.is_match(v)
+            && n >= sc["minLength"].as_u64().unwrap()
+            && n <= sc["maxLength"].as_u64().unwrap()
+    };
+    let long = |c: char, n: usize| c.to_string().repeat(n);
+    let names = [
+        "lobby".to_string(),
+        "a.b:c-d_e".into(),
+        "".into(),
+        "has space".into(),
+        "tab\t".into(),
+        "é".into(),
+        "@bob".into(),
+        "@".into(),
+        "@bob smith".into(),
+        "@bo\u{7}b".into(),
+        "@bo\u{85}b".into(),
+        "@émile".into(),
+        "a/b".into(),
+        long('x', 64),
+        long('x', 65),
+        long('x', 128),
+        long('x', 129),
+        format!("@{}", long('é', 128)),
+        format!("@{}", long('é', 129)),
+        "ns:@x".into(),
+    ];
+    for n in &names {
+        let server = hubcast_protocol::check_room(n).is_ok();
+        assert_eq!(fits("RoomName", n), server, "room {n:?}");
+        let server = hubcast_protocol::check_event(n).is_ok();
+        assert_eq!(fits("EventType", n), server, "event {n:?}");
+        let user = n.trim_start_matches('@');
+        let server = hubcast_protocol::check_user(user).is_ok();
+        assert_eq!(fits("UserId", user), server, "user {user:?}");
+        let server = hubcast_protocol::check_msg_id(user).is_ok();
+        assert_eq!(fits("MsgId", user), server, "msgId {user:?}");
+    }
+    // And the server answers as its document says, over HTTP.
+    let http = reqwest::Client::new();
+    for room in ["lobby", "has space", "@bob", &long('x', 129)] {
+        let r = http
+            .post(s.http("/api/publish"))
+            .json(&json!({"room": room, "event": "e", "data": 1}))
+            .send()
+            .await
+            .unwrap();
+        let want = if fits("RoomName", room) { 200 } else { 400 };
+        assert_eq!(r.status(), want, "publish to {room:?}");
+    }
+    s.stop().await;
+}

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 /// One SSE event: its id (if any) and its data as JSON, or a comment.
 #[derive(Debug)]
 enum Event {
-    Data(Option<String>, Value),
+    Data(Option<String>, Option<String>, Value),
     Comment(String),
 }
 
@@ -45,11 +45,14 @@ impl Sse {
             if let Some(end) = self.buf.find("\n\n") {
                 let raw: String = self.buf.drain(..end + 2).collect();
                 let mut id = None;
+                let mut name = None;
                 let mut data = None;
                 let mut comment = None;
                 for line in raw.lines() {
                     if let Some(v) = line.strip_prefix("id: ") {
                         id = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        name = Some(v.to_string());
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         data = Some(serde_json::from_str(v).unwrap());
                     } else if let Some(v) = line.strip_prefix(':') {
@@ -57,7 +60,7 @@ impl Sse {
                     }
                 }
                 if let Some(d) = data {
-                    return Event::Data(id, d);
+                    return Event::Data(id, name, d);
                 }
                 if let Some(c) = comment {
                     return Event::Comment(c);
@@ -73,10 +76,18 @@ impl Sse {
         }
     }
 
-    /// The next data event (skipping heartbeats).
+    /// The next data event (skipping heartbeats). Every one is checked
+    /// against the naming rule: envelopes are unnamed (an `EventSource`'s
+    /// `onmessage` sees them and nothing else), every other frame is an
+    /// event named by its type.
     pub(crate) async fn next(&mut self) -> (Option<String>, Value) {
         loop {
-            if let Event::Data(id, v) = self.next_event().await {
+            if let Event::Data(id, name, v) = self.next_event().await {
+                if v["type"] == "message" {
+                    assert_eq!(name, None, "{v}");
+                } else {
+                    assert_eq!(name.as_deref(), v["type"].as_str(), "{v}");
+                }
                 return (id, v);
             }
         }
@@ -265,4 +276,24 @@ async fn bad_streams_are_refused_before_they_start() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn non_message_frames_are_named_events_so_onmessage_sees_envelopes_only() {
+    let s = Server::start(|_| {}).await;
+    let mut sse = Sse::open(&s, "rooms=a", None).await;
+    // `next` checks the naming of every event it reads.
+    let (_, j) = sse.next().await;
+    assert_eq!(j["type"], "joined");
+    // A WebSocket member joining makes a presence event for the stream.
+    let mut ws = s.client().await;
+    ws.join("a").await;
+    let (id, p) = sse.next().await;
+    assert_eq!(id, None);
+    assert_eq!(p["type"], "presence");
+    assert_eq!(p["action"], "join");
+    ws.publish("a", json!("hi")).await;
+    let (id, m) = sse.message().await;
+    assert_eq!(id, "a:1");
+    assert_eq!(m["data"], "hi");
 }

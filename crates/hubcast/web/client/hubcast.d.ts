@@ -148,6 +148,8 @@ export class HubcastError extends Error {
    * `queue_full`, `left`. */
   code: string;
   reason: string;
+  /** On the error of a refused room of the token's `subs`: that room. */
+  room?: string;
 }
 
 declare class Emitter<E extends { [K in keyof E]: (...args: any[]) => void }> {
@@ -186,6 +188,9 @@ export interface HubcastEvents {
   message: (envelope: Envelope) => void;
   direct: (envelope: Envelope) => void;
   unrecovered: (room: Room, info: UnrecoveredInfo) => void;
+  /** A room the server joined this connection to by itself (the token's
+   * `subs`): it is in `rooms` from now on, as if `join()` had been called. */
+  room: (room: Room) => void;
   error: (error: HubcastError) => void;
 }
 

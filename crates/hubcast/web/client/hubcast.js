@@ -648,7 +648,10 @@ export class Hubcast extends Emitter {
         break;
       case 'error':
         if (f.id === undefined) {
-          this.emit('error', new HubcastError(f.code, f.message));
+          const err = new HubcastError(f.code, f.message);
+          // A refused room of the token's `subs` is named.
+          if (f.room !== undefined) err.room = f.room;
+          this.emit('error', err);
           return;
         }
         break;
@@ -699,12 +702,29 @@ export class Hubcast extends Emitter {
   }
 
   #onJoined(f) {
+    if (f.id === undefined) return this.#onSubscribed(f);
     const room = this.#joining.get(f.id);
     if (!room) return;
     this.#joining.delete(f.id);
     if (room.left) return;
     room._onJoined(f);
     room._resolve?.(room);
+  }
+
+  /** A `joined` without `id`: the server joined this connection to a room
+   * by itself (the token's `subs`). A new room appears in `rooms` as if
+   * `join()` had been called (and is rejoined with recovery after a
+   * reconnect); the client's `room` event hands it over. A room already
+   * tracked is being rejoined by our own `join` (with `since` after a
+   * reconnect), whose reply says what was recovered: this one is ignored. */
+  #onSubscribed(f) {
+    const known = this.#rooms.get(f.room);
+    if (known && !known.left) return;
+    const room = new Room(this, f.room, { dedupeWindow: this.options.dedupeWindow });
+    this.#rooms.set(f.room, room);
+    room._onJoined(f);
+    room._ready = Promise.resolve(room);
+    this.emit('room', room);
   }
 
   #onReply(f) {

@@ -148,6 +148,42 @@ test('reconnects after the server restarts; rooms are rejoined and the app told 
   assert.deepEqual(got.map((m) => m.data.n), [1, 2, 3]);
 });
 
+test('rooms of the token\'s subs appear without join() and recover after a reconnect', async () => {
+  const secret = 'a-secret-of-at-least-16-bytes';
+  const s = await server({ args: ['--jwt-secret', secret] });
+  const proxy = await startProxy(s.addr);
+  cleanup.push(() => proxy.close());
+  const token = jwt(secret, { sub: 'subber', exp: Math.floor(Date.now() / 1000) + 600, rooms: ['feed'], subs: ['feed', 'secret'] });
+  const reader = client(proxy.ws, { token });
+  const appeared = collect(reader, 'room');
+  const errors = collect(reader, 'error');
+  await waitFor(() => appeared.length === 1, 'the subs room appears');
+  const room = appeared[0];
+  assert.equal(room.name, 'feed');
+  assert.equal(room.joined, true);
+  assert.equal(reader.rooms.get('feed'), room);
+  assert.equal(await reader.join('feed'), room, 'join() finds the same room');
+  await waitFor(() => errors.length === 1, 'the refused subs room is named');
+  assert.equal(errors[0].code, 'forbidden');
+  assert.equal(errors[0].room, 'secret');
+  const got = collect(room, 'message');
+  const writer = client(s.ws, { name: 'Writer' });
+  await writer.publish('feed', 'n', { i: 0 });
+  await waitFor(() => got.length === 1, 'first message');
+
+  proxy.refuse = true;
+  proxy.cut();
+  await waitFor(() => reader.state === 'reconnecting', 'reader reconnecting');
+  for (let i = 1; i <= 5; i++) await writer.publish('feed', 'n', { i });
+  proxy.refuse = false;
+  await waitFor(() => got.length >= 6, 'all 6 messages');
+  // A marker after the missed ones: nothing arrives twice before it.
+  await writer.publish('feed', 'n', { i: 6 });
+  await waitFor(() => got.length >= 7, 'the marker');
+  assert.deepEqual(got.map((m) => m.data.i), [0, 1, 2, 3, 4, 5, 6]);
+  assert.equal(appeared.length, 1, 'the same room across the reconnect');
+});
+
 test('a publish whose ack was lost is retried with the same msgId and delivered once', async () => {
   const s = await server();
   const proxy = await startProxy(s.addr);

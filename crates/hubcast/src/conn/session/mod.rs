@@ -90,9 +90,14 @@ impl From<BrokerError> for Reject {
 }
 
 impl Session {
-    /// Registers the connection with the broker and subscribes it to its
-    /// personal room.
-    pub(crate) async fn open(app: Arc<App>, conn: Arc<Conn>) -> Result<Session, BrokerError> {
+    /// Registers the connection with the broker, subscribes it to its
+    /// personal room, and joins the token's `subs` (after `welcome`, which
+    /// the caller queued first).
+    pub(crate) async fn open(
+        app: Arc<App>,
+        conn: Arc<Conn>,
+        subs: Vec<String>,
+    ) -> Result<Session, BrokerError> {
         let info = client_info(&conn);
         let personal = protocol::personal_room(&conn.user);
         let sub: Arc<dyn Subscriber> = conn.clone();
@@ -113,14 +118,16 @@ impl Session {
         let limiter =
             FrameLimiter::new(app.config.rate_limit_per_conn, app.config.rate_limit_burst);
         let joins = JoinLimiter::new(app.config.join_rate_per_conn, app.config.max_rooms_per_conn);
-        Ok(Session {
+        let mut session = Session {
             app,
             conn,
             rooms: Vec::new(),
             limiter,
             joins,
             pending: None,
-        })
+        };
+        session.join_subs(subs).await;
+        Ok(session)
     }
 
     fn push(&self, frame: Bytes) {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::{Reject, Session, client_info};
+use super::{Reject, Session, client_info, record_error};
 use crate::broker::{PresencePage, Recovery};
 use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
-use crate::rules::Publishers;
+use crate::rules::{Joiners, Publishers};
 
 impl Session {
     /// Whether the token (or anonymity) allows this room: personal rooms are
@@ -55,6 +55,44 @@ impl Session {
         ))
     }
 
+    /// The token's `subs`, joined at connect: each is a `join` without
+    /// `id` and with every check of one (name, the token's grants, room
+    /// rules, `max_rooms_per_conn`) except the join rate, which paces the
+    /// client's own joins and which `max_rooms_per_conn` bounds here. A
+    /// refused room is an `error` frame without `id` naming it in `room`;
+    /// the others are joined all the same.
+    pub(super) async fn join_subs(&mut self, subs: Vec<String>) {
+        for room in subs {
+            let checked = protocol::check_room(&room)
+                .map_err(|m| Reject::new(ErrorCode::BadRequest, m))
+                .and_then(|()| self.check_join_rule(&room));
+            let joined = match checked {
+                Ok(()) => self.join_checked(None, &room, None).await,
+                Err(r) => Err(r),
+            };
+            if let Err(r) = joined {
+                let message = format!("subs {room:?}: {}", r.message);
+                record_error(&self.app.recent, &self.conn, r.code, &message);
+                metrics::counter!(crate::metrics::FRAMES_REJECTED, "code" => r.code.as_str())
+                    .increment(1);
+                self.push(protocol::room_error_frame(&room, r.code, &message));
+            }
+        }
+    }
+
+    /// Whether the room's rule lets clients join (`join = "hook"` is
+    /// refused at start; should it get here, nobody joins without the
+    /// hook's word).
+    fn check_join_rule(&self, room: &str) -> Result<(), Reject> {
+        match self.app.rules.for_room(room).join {
+            Joiners::Open => Ok(()),
+            Joiners::Hook => Err(Reject::new(
+                ErrorCode::Forbidden,
+                format!("cannot join {room}: the join hook decides (room rule)"),
+            )),
+        }
+    }
+
     pub(super) async fn join(
         &mut self,
         id: Option<&RawValue>,
@@ -67,6 +105,18 @@ impl Session {
                 "too many joins; slow down",
             ));
         }
+        self.check_join_rule(room)?;
+        self.join_checked(id, room, since).await
+    }
+
+    /// A join past the rate limit and the room rule: the token's grants,
+    /// `max_rooms_per_conn`, then the hub's gap-free join.
+    async fn join_checked(
+        &mut self,
+        id: Option<&RawValue>,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<(), Reject> {
         self.check_room(room, "join")?;
         let personal = protocol::is_personal(room);
         let already = self.joined(room);
