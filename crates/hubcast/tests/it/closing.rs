@@ -343,3 +343,46 @@ async fn an_http_error_before_the_body_was_read_arrives() {
         assert!(answer.contains("too_large"), "{answer}");
     }
 }
+
+/// The server API's disconnect (4005) and block (4004) reach a client
+/// that keeps sending, after the messages queued before them.
+#[tokio::test]
+async fn user_control_closes_arrive_4005_and_4004() {
+    const SECRET: &str = "a-secret-for-the-closing-tests-0123456789";
+    let s = Server::start(|c| {
+        quiet(c);
+        c.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let exp = hubcast::unix_ms() as u64 / 1000 + 3600;
+    let http = reqwest::Client::new();
+    for run in 0..RUNS / 4 {
+        for want in [4005u16, 4004] {
+            let user = format!("u{run}-{want}");
+            let token = common::hs256(SECRET, &json!({"sub":user,"exp":exp}));
+            let room = format!("control-{want}-{run}");
+            let trigger = async {
+                let sent = if want == 4005 {
+                    http.post(s.http("/api/disconnect"))
+                        .json(&json!({"user":user}))
+                        .send()
+                        .await
+                } else {
+                    http.put(s.http(&format!("/api/users/{user}/block")))
+                        .send()
+                        .await
+                };
+                assert_eq!(sent.unwrap().status(), 200);
+            };
+            one_run(
+                &s,
+                &format!("/ws?token={token}"),
+                &room,
+                Vec::new(),
+                trigger,
+                want,
+            )
+            .await;
+        }
+    }
+}
