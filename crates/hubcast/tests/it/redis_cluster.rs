@@ -34,32 +34,9 @@ impl RedisCluster {
             dir,
         };
         for _ in 0..3 {
-            let port = common::free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", "2000"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed");
+            let (port, child) = cluster_node(&cluster.dir);
             cluster.ports.push(port);
             cluster.children.push(child);
-        }
-        for port in &cluster.ports {
-            let mut up = false;
-            for _ in 0..200 {
-                if std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok() {
-                    up = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            assert!(up, "redis-server on port {port} did not start");
         }
         let nodes: Vec<String> = cluster
             .ports
@@ -419,4 +396,42 @@ async fn user_controls_reach_every_node_of_a_cluster() {
     assert_eq!(r.status(), 200);
     let (code, _, _) = c.until_close().await;
     assert_eq!(code, Some(4004));
+}
+
+/// A cluster-enabled redis-server on a free port, up and answering. A port
+/// found free can be taken before redis-server binds it (or its cluster bus
+/// port, 10,000 higher, can be busy): a server that exits is started again
+/// on another port.
+fn cluster_node(dir: &std::path::Path) -> (u16, Child) {
+    for _ in 0..10 {
+        let port = common::free_port();
+        // The cluster bus listens on port + 10000.
+        if port > 55_000 {
+            continue;
+        }
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (port, child);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("no cluster-enabled redis-server started in 10 attempts");
 }
