@@ -35,7 +35,7 @@ impl Drop for Nodes {
 }
 
 /// A free loopback port (the listener is closed again before the node binds it).
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }

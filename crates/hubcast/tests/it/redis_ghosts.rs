@@ -14,35 +14,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_killed_node_leaves_no_ghost_presence() {
-    let prefix = common::unique_prefix();
-    let mut doomed = Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--broker", "redis"])
-        .args([
-            "--redis-url",
-            &common::redis_url(),
-            "--redis-prefix",
-            &prefix,
-        ])
-        .args(["--presence-lease", "2", "--node-id", "doomed"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = common::listening_port(&mut doomed).await;
-    common::wait_for(port, "/readyz").await;
-    let survivor = Server::with_config(
-        Config {
-            node_id: "survivor".into(),
-            broker: BrokerKind::Redis,
-            redis_url: common::redis_url(),
-            redis_prefix: prefix.clone(),
-            presence_lease: 2,
-            ..Config::default()
-        },
-        Some(prefix.clone()),
-    )
-    .await;
-
+    let (_, mut doomed, port, survivor) = child_and_survivor("doomed").await;
     let mut ghost = Client::connect(&format!("ws://127.0.0.1:{port}/ws?name=Ghost")).await;
     ghost.join("lobby").await;
     let mut watcher = survivor.named("Watcher").await;
@@ -80,34 +52,7 @@ async fn a_killed_node_leaves_no_ghost_presence() {
 /// and register them again (found by `hubcast bench faults`).
 #[tokio::test]
 async fn a_reaped_node_whose_late_renewal_lands_registers_again() {
-    let prefix = common::unique_prefix();
-    let mut stalled = Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--broker", "redis"])
-        .args([
-            "--redis-url",
-            &common::redis_url(),
-            "--redis-prefix",
-            &prefix,
-        ])
-        .args(["--presence-lease", "2", "--node-id", "stalled"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = common::listening_port(&mut stalled).await;
-    common::wait_for(port, "/readyz").await;
-    let survivor = Server::with_config(
-        Config {
-            node_id: "survivor".into(),
-            broker: BrokerKind::Redis,
-            redis_url: common::redis_url(),
-            redis_prefix: prefix.clone(),
-            presence_lease: 2,
-            ..Config::default()
-        },
-        Some(prefix.clone()),
-    )
-    .await;
+    let (prefix, mut stalled, port, survivor) = child_and_survivor("stalled").await;
     let mut alive = Client::connect(&format!("ws://127.0.0.1:{port}/ws?name=Alive")).await;
     alive.join("lobby").await;
     let mut watcher = survivor.named("Watcher").await;
@@ -166,4 +111,39 @@ async fn a_reaped_node_whose_late_renewal_lands_registers_again() {
     let _ = stalled.kill();
     let _ = stalled.wait();
     survivor.stop().await;
+}
+
+/// A `hubcast serve` child named `node` on a fresh Redis prefix (presence
+/// lease 2 s), ready, and an in-process node "survivor" on the same
+/// prefix: the prefix, the child, its port and the survivor.
+async fn child_and_survivor(node: &str) -> (String, std::process::Child, u16, Server) {
+    let prefix = common::unique_prefix();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--broker", "redis"])
+        .args([
+            "--redis-url",
+            &common::redis_url(),
+            "--redis-prefix",
+            &prefix,
+        ])
+        .args(["--presence-lease", "2", "--node-id", node])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = common::listening_port(&mut child).await;
+    common::wait_for(port, "/readyz").await;
+    let survivor = Server::with_config(
+        Config {
+            node_id: "survivor".into(),
+            broker: BrokerKind::Redis,
+            redis_url: common::redis_url(),
+            redis_prefix: prefix.clone(),
+            presence_lease: 2,
+            ..Config::default()
+        },
+        Some(prefix.clone()),
+    )
+    .await;
+    (prefix, child, port, survivor)
 }

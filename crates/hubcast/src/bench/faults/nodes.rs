@@ -2,7 +2,7 @@
 //! Redis engine, each reaching Redis through its own proxy (to cut or slow
 //! that link) and reached by its clients through another (to cut theirs).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,12 +13,7 @@ use bytes::Bytes;
 
 use super::proxy::Proxy;
 use crate::bench::net::{Dialer, Node as NetNode, Wire};
-
-/// A free loopback port (the listener is closed again before it is used).
-pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
+use crate::bench::nodes::free_port;
 
 /// One GET to `addr` within `within`: status and body; `None` when there
 /// is no answer (a stopped or dead node).

@@ -26,7 +26,7 @@ impl Redis {
     /// Starts `redis-server` on a free loopback port, its files in `dir`.
     pub(crate) async fn start(dir: &Path) -> anyhow::Result<Redis> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let addr = super::nodes::free_port()?;
+        let addr = crate::bench::nodes::free_port()?;
         let mut redis = Redis {
             addr,
             dir: dir.to_path_buf(),
