@@ -5,24 +5,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, Broker, PresenceManager};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::rules::Rules;
-use crate::{auth, http, lock, metrics, protocol, recent};
+use crate::reload::Live;
+use crate::{http, lock, metrics, protocol, recent};
 
 /// Rate samples kept: one a second, so the rates cover the last 10 s.
 const SAMPLES: usize = 11;
 
 /// Shared server state.
 pub(crate) struct App {
-    /// The validated settings.
+    /// The settings the server started with: what the keys that need a
+    /// restart say. The reloadable ones are read from [`App::live`].
     pub config: Config,
-    /// Every room's rule (`[[rooms]]`), compiled from `config`.
-    pub rules: Arc<Rules>,
+    /// The settings a SIGHUP reloads, with the token keys and room rules
+    /// built from them (`crate::reload`).
+    pub live: ArcSwap<Live>,
     /// Node-local rooms and fan-out.
     pub hub: Arc<Hub>,
     /// The engine behind the hub.
@@ -33,16 +37,21 @@ pub(crate) struct App {
     pub user_controls: Arc<dyn broker::UserControls>,
     /// This node's blocks and revocations, checked at every handshake.
     pub controls: Arc<crate::controls::Controls>,
-    /// Fires on SIGTERM/SIGINT (or when a test says so).
+    /// Fires on SIGTERM/SIGINT (or when a test says so): `/readyz`
+    /// answers 503 from then on (`crate::drain`).
+    pub draining: CancellationToken,
+    /// Fires `drain_delay` after `draining`: new handshakes get 503 and
+    /// the open connections are being closed.
     pub shutdown: CancellationToken,
+    /// Fires once every close is decided: the accept loop and the
+    /// background tasks end.
+    pub stop: CancellationToken,
     /// Owns every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Next node-local connection key.
     pub next_conn: AtomicU64,
     /// Connections open now, by transport.
     pub open: Arc<metrics::OpenCounts>,
-    /// Token verification and the anonymous switch.
-    pub auth: auth::Auth,
     /// Connection caps and handshake rates.
     pub limits: Arc<http::limits::ConnLimits>,
     /// Renders `/metrics` (none when another recorder was installed).
@@ -68,16 +77,20 @@ impl App {
         if !self.keeps_presence(room) {
             return Ok(broker::PresencePage::default());
         }
-        self.presence
-            .list(room, self.config.max_presence_members)
-            .await
+        let max = self.live().config.max_presence_members;
+        self.presence.list(room, max).await
     }
 
     /// Whether the room's members are recorded and listed: never for a
     /// personal room, and not where the room's rule says `presence = false`
     /// (its joins and leaves then cost the engine nothing).
     pub(crate) fn keeps_presence(&self, room: &str) -> bool {
-        !protocol::is_personal(room) && self.rules.for_room(room).presence
+        !protocol::is_personal(room) && self.live().rules.for_room(room).presence
+    }
+
+    /// The settings in force now: one atomic load, no lock.
+    pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
     }
 
     /// Counts a message accepted for publishing (a duplicate is not one)

@@ -16,10 +16,16 @@ use serde::Deserialize;
 use crate::config::{Config, ConfigError};
 use crate::protocol;
 
+/// What a token signed with no key this server holds is told.
+const BAD_SIGNATURE: &str = "bad signature";
+
 /// How a handshake's credentials are checked.
 pub struct Auth {
     /// The verification key and its one algorithm, when tokens are on.
     key: Option<(DecodingKey, Algorithm)>,
+    /// `jwt_secret_previous`: a second HS256 key, tried when `key` finds
+    /// a bad signature, so that a secret rotates without a restart.
+    previous: Option<DecodingKey>,
     /// Keys from `jwt_jwks_url`, by `kid` (instead of `key`).
     pub jwks: Option<Arc<crate::jwks::Jwks>>,
     /// Whether connections without a token are let in.
@@ -178,6 +184,25 @@ impl Auth {
             }
             (None, None) => None,
         };
+        let previous = match (&cfg.jwt_secret_previous, &key) {
+            (None, _) => None,
+            (Some(old), Some((_, Algorithm::HS256))) => {
+                if old.len() < 16 {
+                    return Err(bad(
+                        "jwt_secret_previous",
+                        "must be at least 16 bytes".into(),
+                    ));
+                }
+                Some(DecodingKey::from_secret(old.as_bytes()))
+            }
+            (Some(_), _) => {
+                return Err(bad(
+                    "jwt_secret_previous",
+                    "is for rotating an HS256 secret: set jwt_secret (or jwt_secret_file) too"
+                        .into(),
+                ));
+            }
+        };
         let jwks = match &cfg.jwt_jwks_url {
             None => None,
             Some(_) if key.is_some() => {
@@ -194,6 +219,7 @@ impl Auth {
         let anonymous = cfg.anonymous.unwrap_or(loopback_trust);
         Ok(Auth {
             key,
+            previous,
             jwks,
             anonymous,
             loopback_trust,
@@ -216,7 +242,12 @@ impl Auth {
         let Some((key, alg)) = &self.key else {
             return Err(AuthError::NotConfigured);
         };
-        self.verify(token, key, *alg).map(Some)
+        match (self.verify(token, key, *alg), &self.previous) {
+            (Err(AuthError::Invalid(m)), Some(old)) if m == BAD_SIGNATURE => {
+                self.verify(token, old, *alg).map(Some)
+            }
+            (r, _) => r.map(Some),
+        }
     }
 
     /// Checks `token`'s signature with `key` (its one algorithm `alg`) and
@@ -237,7 +268,7 @@ impl Auth {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::InvalidSignature => AuthError::Invalid(BAD_SIGNATURE.into()),
                 ErrorKind::InvalidAlgorithm => {
                     AuthError::Invalid(format!("only {alg:?} tokens are accepted"))
                 }
@@ -391,10 +422,59 @@ fn strip_bidi(name: String) -> String {
 mod tests {
     use super::*;
 
+    fn signed(secret: &str, sub: &str) -> String {
+        let claims = serde_json::json!({"sub": sub, "exp": crate::unix_ms() / 1000 + 60});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_rotated_secret_accepts_the_new_and_the_previous_one_only() {
+        let (new, old, other) = (
+            "new-secret-0123456789",
+            "old-secret-0123456789",
+            "else-secret-0123456789",
+        );
+        let cfg = Config {
+            jwt_secret: Some(new.into()),
+            jwt_secret_previous: Some(old.into()),
+            ..Config::default()
+        };
+        let auth = Auth::from_config(&cfg).unwrap();
+        let user = |t: &str| auth.authenticate(Some(t)).map(|id| id.map(|i| i.user));
+        assert_eq!(user(&signed(new, "a")).unwrap(), Some("a".into()));
+        assert_eq!(user(&signed(old, "b")).unwrap(), Some("b".into()));
+        assert!(matches!(
+            user(&signed(other, "c")),
+            Err(AuthError::Invalid(_))
+        ));
+        // Without the previous secret, its tokens are refused.
+        let auth = Auth::from_config(&Config {
+            jwt_secret_previous: None,
+            ..cfg.clone()
+        })
+        .unwrap();
+        assert!(auth.authenticate(Some(&signed(old, "b"))).is_err());
+        // A previous secret alone rotates nothing: refused, named.
+        let e = Auth::from_config(&Config {
+            jwt_secret: None,
+            ..cfg
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("jwt_secret_previous"), "{e}");
+    }
+
     fn hs256(claims: serde_json::Value) -> (Auth, String) {
         let secret = b"unit-test-secret-0123456789";
         let auth = Auth {
             key: Some((DecodingKey::from_secret(secret), Algorithm::HS256)),
+            previous: None,
             jwks: None,
             anonymous: false,
             loopback_trust: false,

@@ -61,6 +61,7 @@ mod clock;
 pub mod config;
 pub mod conn;
 pub(crate) mod controls;
+pub(crate) mod drain;
 // The fuzz targets' entry points (fuzz/, replayed by tests/it/fuzz.rs):
 // here because they reach crate-private parsers; not an API.
 #[doc(hidden)]
@@ -77,6 +78,7 @@ mod pool;
 pub mod protocol;
 pub(crate) mod publish;
 pub(crate) mod recent;
+pub(crate) mod reload;
 pub mod rules;
 pub(crate) mod server;
 mod small;
@@ -85,4 +87,4 @@ pub(crate) mod trace;
 pub(crate) use app::App;
 pub use clock::unix_ms;
 pub(crate) use lock::lock;
-pub use server::{run, run_with_broker};
+pub use server::{run, run_reloadable, run_with_broker};

@@ -1,5 +1,7 @@
-//! The `hubcast` command: `hubcast serve` runs the server, `hubcast bench`
-//! loads it, `hubcast token` mints a test token.
+//! The `hubcast` command: `hubcast serve` runs the server (SIGHUP reloads
+//! its settings, SIGTERM drains it), `hubcast config` checks and writes
+//! settings files, `hubcast bench` loads a server, `hubcast token` mints a
+//! test token.
 
 use std::process::ExitCode;
 
@@ -25,6 +27,21 @@ enum Command {
     Token(TokenArgs),
     /// Load scenarios against hubcast nodes (fan-out, idle, churn, flood, poll-vs-ws).
     Bench(hubcast::bench::BenchArgs),
+    /// Check a settings file and the HUBCAST_* environment, or write a file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the file and the HUBCAST_* variables: exit 0, or 2 naming every bad key.
+    Check {
+        /// TOML file with settings.
+        #[arg(long, env = "HUBCAST_CONFIG", value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Print a TOML file with every key, its default and what it does.
+    Init,
 }
 
 #[derive(clap::Args)]
@@ -49,11 +66,12 @@ struct TokenArgs {
     ttl: u64,
 }
 
-/// What has to be flushed when the server stops (the OTLP exporter).
-#[derive(Default)]
+/// What has to be flushed when the server stops (the OTLP exporter), and
+/// the log filter a reload changes.
 struct Logging {
     #[cfg(feature = "otlp")]
     otlp: Option<hubcast::otel::Otlp>,
+    filter: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
 }
 
 impl Logging {
@@ -69,10 +87,16 @@ fn init_logging(config: &Config) -> anyhow::Result<Logging> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    type Base = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+    type Base = tracing_subscriber::layer::Layered<
+        tracing_subscriber::reload::Layer<EnvFilter, tracing_subscriber::Registry>,
+        tracing_subscriber::Registry,
+    >;
 
-    // RUST_LOG overrides the default level, e.g. RUST_LOG=hubcast=debug.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG overrides log_level at start, e.g. RUST_LOG=hubcast=debug;
+    // a reload that changes log_level applies it.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     #[allow(unused_mut)]
     let mut layers: Vec<Box<dyn Layer<Base> + Send + Sync>> = vec![match config.log_format {
@@ -80,7 +104,11 @@ fn init_logging(config: &Config) -> anyhow::Result<Logging> {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     }];
     #[allow(unused_mut)]
-    let mut logging = Logging::default();
+    let mut logging = Logging {
+        #[cfg(feature = "otlp")]
+        otlp: None,
+        filter: handle,
+    };
     #[cfg(feature = "otlp")]
     if let Some(url) = &config.otlp_endpoint {
         let (layer, otlp) = hubcast::otel::layer(url, &config.node_id)?;
@@ -100,6 +128,24 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
         Command::Bench(args) => hubcast::bench::main(args),
+        Command::Config(ConfigCommand::Init) => {
+            print!("{}", hubcast::config::init_file());
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Check { config }) => {
+            match hubcast::config::check_file_and_env(config.as_deref()) {
+                Ok(_) => {
+                    println!("hubcast: settings ok");
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("hubcast: {p}");
+                    }
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
@@ -153,6 +199,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let filter = logging.filter.clone();
     let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
@@ -179,10 +226,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         let signals = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutdown signal received: closing connections");
+            tracing::info!("shutdown signal received: draining");
             signals.cancel();
         });
-        match hubcast::run(config, listener, shutdown).await {
+        let (reloads, reloaded) = tokio::sync::watch::channel(config.clone());
+        // Ends with the runtime, when `run` returned.
+        tokio::spawn(reload_on_hangup(args, config.clone(), reloads, filter));
+        match hubcast::run_reloadable(config, listener, shutdown, reloaded).await {
             Ok(()) => {
                 tracing::info!("hubcast stopped");
                 ExitCode::SUCCESS
@@ -195,6 +245,55 @@ fn serve(args: ServeArgs) -> ExitCode {
     });
     logging.shutdown();
     code
+}
+
+/// On every SIGHUP: reads the file again under the flags and variables the
+/// server started with (a running process's environment does not change),
+/// and hands a config that passed every check to the server; a bad one
+/// changes nothing, and each problem is logged.
+async fn reload_on_hangup(
+    args: ServeArgs,
+    mut running: Config,
+    reloads: tokio::sync::watch::Sender<Config>,
+    filter: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reloads are off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!(file = ?args.config, "SIGHUP: reloading settings");
+            let mut config = match hubcast::config::check_all(args.config.as_deref(), &args) {
+                Ok(c) => c,
+                Err(problems) => {
+                    for p in &problems {
+                        tracing::error!(error = %p, "reload refused, nothing changed");
+                    }
+                    continue;
+                }
+            };
+            if config.node_id.is_empty() {
+                config.node_id = running.node_id.clone();
+            }
+            if config.log_level != running.log_level {
+                match filter.reload(EnvFilter::new(&config.log_level)) {
+                    Ok(()) => tracing::info!(log_level = %config.log_level, "log level changed"),
+                    Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
+                }
+            }
+            running = config.clone();
+            if reloads.send(config).is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (args, running, reloads, filter);
+    }
 }
 
 async fn wait_for_signal() {

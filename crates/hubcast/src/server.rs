@@ -1,11 +1,13 @@
 //! Wiring: builds the [`App`] from a config, serves HTTP (plain or TLS)
-//! until the shutdown token fires, then closes every connection and waits
-//! for their tasks.
+//! until the shutdown token fires and `crate::drain` has closed every
+//! connection, then waits for their tasks. Reloaded configs, when the
+//! caller sends them, are applied by `crate::reload`.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,19 +17,35 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{self, Broker, Engine, PresenceManager};
 use crate::config::{BrokerKind, Config};
+use crate::http;
 use crate::hub::Hub;
+use crate::reload::Live;
 use crate::rules::Rules;
-use crate::{auth, http, protocol};
 
-/// Serves on `listener` until `shutdown` fires, then closes every WebSocket
-/// with 1001 and waits (up to `shutdown_timeout`) for connections to end.
+/// Serves on `listener` until `shutdown` fires, then drains: `/readyz`
+/// answers 503, and after `drain_delay` every connection is closed with
+/// 1001, the closes spread over `shutdown_timeout`; returns once they
+/// ended (or the timeout passed).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = connect_broker(&config).await?;
-    run_with_broker(config, listener, shutdown, broker).await
+    serve_app(config, listener, shutdown, broker, None).await
+}
+
+/// [`run`], applying each config `reloads` sees (a SIGHUP's): the
+/// reloadable keys change, the others keep their value with a warning.
+/// The configs must have passed [`crate::config::check_all`].
+pub async fn run_reloadable(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    reloads: tokio::sync::watch::Receiver<Config>,
+) -> anyhow::Result<()> {
+    let broker = connect_broker(&config).await?;
+    serve_app(config, listener, shutdown, broker, Some(reloads)).await
 }
 
 /// The engine the config names, connected.
@@ -58,8 +76,17 @@ pub async fn run_with_broker(
     shutdown: CancellationToken,
     broker: Arc<dyn Engine>,
 ) -> anyhow::Result<()> {
-    let auth = auth::Auth::from_config(&config)?;
-    let rules = Arc::new(Rules::from_config(&config)?);
+    serve_app(config, listener, shutdown, broker, None).await
+}
+
+async fn serve_app(
+    config: Config,
+    listener: TcpListener,
+    signal: CancellationToken,
+    broker: Arc<dyn Engine>,
+    reloads: Option<tokio::sync::watch::Receiver<Config>>,
+) -> anyhow::Result<()> {
+    let live = Live::new(config.clone())?;
     let metrics = crate::metrics::install();
     // Every engine's operations are timed the same way.
     let timed = broker::timed::Timed::new(broker);
@@ -79,17 +106,18 @@ pub async fn run_with_broker(
     user_controls.follow(sink).await?;
     let app = Arc::new(App {
         config,
-        rules,
+        live: ArcSwap::from_pointee(live),
         hub,
         broker: broker.clone(),
         presence,
         user_controls,
         controls,
-        shutdown: shutdown.clone(),
+        draining: signal.clone(),
+        shutdown: CancellationToken::new(),
+        stop: CancellationToken::new(),
         tasks,
         next_conn: AtomicU64::new(1),
         open: Arc::default(),
-        auth,
         limits,
         metrics,
         started: std::time::Instant::now(),
@@ -98,10 +126,12 @@ pub async fn run_with_broker(
         recent: Arc::default(),
     });
     app.tasks.spawn(sample_rates(app.clone()));
-    app.tasks.spawn(close_on_shutdown(app.clone()));
-    // The JWKS fetches (at start, then for unknown `kid`s) end at shutdown.
-    if let Some(jwks) = &app.auth.jwks {
-        app.tasks.spawn(jwks.clone().run(app.shutdown.clone()));
+    app.tasks.spawn(crate::drain::run(app.clone(), signal));
+    // The JWKS fetches (at start, then for unknown `kid`s) end at stop or
+    // when a reload replaces the keys.
+    app.live().start(&app);
+    if let Some(reloads) = reloads {
+        app.tasks.spawn(apply_reloads(app.clone(), reloads));
     }
     let router = http::router(app.clone());
     let tls = match (&app.config.tls_cert, &app.config.tls_key) {
@@ -137,7 +167,7 @@ async fn sample_rates(app: Arc<App>) {
     let mut n: u64 = 0;
     loop {
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = app.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         app.sample();
@@ -150,10 +180,14 @@ async fn sample_rates(app: Arc<App>) {
     }
 }
 
-/// On shutdown, closes every connection with 1001 (their writers send it,
-/// then wait briefly for the client's reply).
-async fn close_on_shutdown(app: Arc<App>) {
-    app.shutdown.cancelled().await;
-    app.hub
-        .close_all(protocol::close::GOING_AWAY, "server shutting down");
+/// Applies each reloaded config until the server stops.
+async fn apply_reloads(app: Arc<App>, mut reloads: tokio::sync::watch::Receiver<Config>) {
+    loop {
+        tokio::select! {
+            _ = app.stop.cancelled() => return,
+            r = reloads.changed() => if r.is_err() { return },
+        }
+        let config = reloads.borrow_and_update().clone();
+        crate::reload::apply(&app, config);
+    }
 }

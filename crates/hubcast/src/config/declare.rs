@@ -268,6 +268,29 @@ pub(super) fn at_least<T: PartialOrd>(
     }
 }
 
+/// A file value that cannot be read as its key's type, named by the key
+/// (a `[[rooms]]` table's as `rooms[N].key`).
+pub(super) fn named(key: &str, e: &figment::Error) -> ConfigError {
+    // Read on its own, a key's error path is inside it, with the key
+    // appended last (figment's `extract_inner`): put it first.
+    let mut e = e.clone();
+    if e.path.last().map(String::as_str) == Some(key) {
+        e.path.pop();
+    }
+    e.path.insert(0, key.to_string());
+    super::rooms::named(&e).unwrap_or_else(|| ConfigError::Invalid {
+        key: key.into(),
+        message: e.kind.to_string(),
+    })
+}
+
+/// Clap's error without its `error: ` prefix and usage lines.
+pub(super) fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_string()
+}
+
 /// Picks a row's optional entry when given, else the fallback after it.
 macro_rules! given_or {
     (, $fallback:expr) => {
@@ -365,12 +388,61 @@ macro_rules! declare_settings {
             /// Checks the settings in declaration order; the first bad one
             /// is the error, naming its key.
             pub fn validate(&self) -> Result<(), $crate::config::ConfigError> {
+                match self.problems().into_iter().next() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            }
+
+            /// Every setting's check, in declaration order: all that fail.
+            pub fn problems(&self) -> Vec<$crate::config::ConfigError> {
                 use $crate::config::declare::check;
-                $($( check(stringify!($field), &self.$field, self, $check)?; )?)+
-                $($( ($fcheck)(&self.$ffield, self)?; )+)?
-                Ok(())
+                let mut bad = Vec::new();
+                $($( bad.extend(check(stringify!($field), &self.$field, self, $check).err()); )?)+
+                $($( bad.extend(($fcheck)(&self.$ffield, self).err()); )+)?
+                bad
+            }
+
+            /// Sets each key `file` gives, read on its own so that every
+            /// bad one is named in `bad`, not only the first.
+            pub(super) fn set_each(
+                &mut self,
+                file: &figment::Figment,
+                bad: &mut Vec<$crate::config::ConfigError>,
+            ) {
+                $(
+                    if file.find_value(stringify!($field)).is_ok() {
+                        match file.extract_inner::<$ty>(stringify!($field)) {
+                            Ok(v) => self.$field = v,
+                            Err(e) => bad.push($crate::config::declare::named(stringify!($field), &e)),
+                        }
+                    }
+                )+
+                $($(
+                    if file.find_value(stringify!($ffield)).is_ok() {
+                        match file.extract_inner::<$fty>(stringify!($ffield)) {
+                            Ok(v) => self.$ffield = v,
+                            Err(e) => bad.push($crate::config::declare::named(stringify!($ffield), &e)),
+                        }
+                    }
+                )+)?
+            }
+
+            /// Sets each setting `args` gives (flags and variables).
+            pub(super) fn set_given(&mut self, args: &ServeArgs) {
+                $(
+                    if let Some(v) = &args.$field {
+                        self.$field = v.clone();
+                    }
+                )+
             }
         }
+
+        /// Every TOML key, the file-only ones included.
+        pub(super) const KEYS: &[&str] = &[
+            $( stringify!($field), )+
+            $($( stringify!($ffield), )+)?
+        ];
 
         /// Every setting in declaration order, as `hubcast serve --help` and
         /// README.md present it.
@@ -420,6 +492,36 @@ macro_rules! declare_settings {
 
             fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
                 Self::augment_args(cmd)
+            }
+        }
+
+        impl ServeArgs {
+            /// The `HUBCAST_*` variables, each read on its own by its flag's
+            /// parser, so that every bad one is named in `bad`.
+            pub(crate) fn from_env_each(bad: &mut Vec<$crate::config::ConfigError>) -> ServeArgs {
+                use $crate::config::declare::FlagValue;
+                let defaults = Config::default();
+                let mut args = ServeArgs::default();
+                $(
+                    let setting = declare_settings!(@setting defaults, $field, [$($flag)?], $value,
+                        $help, [$($shown)?], [$($secret)?]);
+                    if std::env::var_os(setting.env).is_some() {
+                        let cmd = clap::Command::new("hubcast")
+                            .arg(<$ty as FlagValue>::arg(setting.arg()));
+                        match cmd.try_get_matches_from(["hubcast"]) {
+                            Ok(m) => args.$field = <$ty as FlagValue>::take(&m, stringify!($field)),
+                            Err(e) => bad.push($crate::config::ConfigError::Invalid {
+                                key: stringify!($field).into(),
+                                message: format!(
+                                    "{}: {}",
+                                    setting.env,
+                                    $crate::config::declare::clap_message(&e)
+                                ),
+                            }),
+                        }
+                    }
+                )+
+                args
             }
         }
 

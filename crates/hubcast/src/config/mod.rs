@@ -17,17 +17,21 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod check;
 mod declare;
 #[cfg(test)]
 mod readme;
 mod rooms;
 mod settings;
+mod template;
 #[cfg(test)]
 mod tests;
 
+pub use check::{check_all, check_file_and_env};
 pub use declare::Setting;
 pub use rooms::RoomTable;
 pub use settings::{Config, ServeArgs, settings};
+pub use template::init_file;
 
 /// Which engine serves rooms.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]

@@ -107,12 +107,33 @@ declare_settings! {
         value: "FORMAT",
         help: "Log format",
     }
-    /// Seconds shutdown waits for connections to close before exiting anyway.
+    /// Which log lines are written: a level (`info`) or `tracing` filter
+    /// directives (`info,hubcast::conn=debug`); reloaded on SIGHUP.
+    /// `RUST_LOG`, when set, wins at start.
+    log_level: String {
+        default: "info".into(),
+        value: "FILTER",
+        help: "Log level or filter directives (info, debug, info,hubcast::conn=debug); reloaded on SIGHUP",
+        check: |level, _| tracing_subscriber::EnvFilter::try_new(level)
+            .map(drop)
+            .map_err(|e| format!("{level:?}: {e}; e.g. info or info,hubcast=debug")),
+    }
+    /// Seconds over which shutdown closes connections with 1001 (spread,
+    /// not all at once) and waits for them before exiting anyway.
     shutdown_timeout: u64 {
         default: 5,
         value: "SECONDS",
-        help: "Seconds shutdown waits for connections to close",
+        help: "Seconds over which shutdown spreads its 1001 closes and waits for connections",
         check: within(1..=600, "must be between 1 and 600 seconds"),
+    }
+    /// Seconds between SIGTERM and the first close: `/readyz` answers 503
+    /// at once, everything else serves on, so that a load balancer stops
+    /// sending new clients before any is closed.
+    drain_delay: u64 {
+        default: 0,
+        value: "SECONDS",
+        help: "Seconds after SIGTERM with /readyz at 503 before connections are closed (match the readiness probe period)",
+        check: within(0..=3600, "must be at most 3600 seconds"),
     }
     /// Seconds a client has to send a request's headers after connecting
     /// (and to start the next request on a kept-alive connection); past
@@ -221,6 +242,14 @@ declare_settings! {
         default: None,
         value: "FILE",
         help: "File holding the HS256 secret",
+    }
+    /// The HS256 secret before the last rotation, still accepted so that
+    /// tokens signed with it stay valid while clients move to the new one.
+    jwt_secret_previous: Option<String> {
+        default: None,
+        value: "SECRET",
+        help: "Previous HS256 secret, still accepted while tokens move to jwt_secret (rotation)",
+        secret: true,
     }
     /// PEM public key for RS256 or ES256 connection tokens.
     jwt_public_key: Option<PathBuf> {

@@ -156,7 +156,7 @@ pub(crate) async fn serve<R, W>(
         name: &conn.name,
         node: &app.config.node_id,
         heartbeat: app.config.heartbeat,
-        max_message_bytes: app.config.max_message_bytes,
+        max_message_bytes: app.live().config.max_message_bytes,
     }));
     // Futures that run once or only for a moment are boxed (here and
     // below): a future awaited inline reserves its size in the connection's
@@ -175,7 +175,7 @@ pub(crate) async fn serve<R, W>(
         }
     };
     // A shutdown reaches connections through the hub's table of them
-    // (`Hub::close_all`); one that began before this connection was in the
+    // (`Hub::open_conns`); one that began before this connection was in the
     // table is seen here.
     app.hub.register(conn.clone());
     if app.shutdown.is_cancelled() {

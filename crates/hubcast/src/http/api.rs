@@ -38,7 +38,9 @@ pub(crate) async fn require_key(
     req: Request,
     next: Next,
 ) -> Response {
-    let keys = &app.config.api_keys;
+    // Held across the handler's await: a full Arc, not a guard.
+    let live = app.live.load_full();
+    let keys = &live.config.api_keys;
     if keys.is_empty() {
         // Loopback trust needs a loopback Host too: a DNS-rebound page's
         // request comes from 127.0.0.1 but names its own host.
@@ -117,7 +119,7 @@ pub(super) async fn json_body(
             ),
         ));
     }
-    let limit = app.config.max_message_bytes;
+    let limit = app.live().config.max_message_bytes;
     let too_large = || {
         HttpError::new(
             ErrorCode::TooLarge,
@@ -229,7 +231,7 @@ pub(crate) async fn presence(
     Path(room): Path<String>,
 ) -> Result<Response, HttpError> {
     valid_room(&room)?;
-    if !app.rules.for_room(&room).presence {
+    if !app.live().rules.for_room(&room).presence {
         return Err(HttpError::new(
             ErrorCode::Forbidden,
             format!("{room} keeps no presence (room rule)"),

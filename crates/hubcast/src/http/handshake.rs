@@ -57,7 +57,7 @@ pub(crate) fn check_origin(
     if let Some(o) = headers.get(header::ORIGIN) {
         let o = o.to_str().unwrap_or("null");
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !origin::allowed(o, host, &app.config.allowed_origins) {
+        if !origin::allowed(o, host, &app.live().config.allowed_origins) {
             tracing::info!(origin = o, remote = %remote, "handshake refused: origin not allowed");
             return Err(HttpError::new(
                 ErrorCode::Forbidden,
@@ -103,14 +103,16 @@ pub(crate) async fn authenticate(
         })
         .map(str::trim);
     let token = bearer.or_else(|| query.get("token").map(String::as_str));
-    let mut identity = app.auth.authenticate(token);
+    // The keys in force when the handshake began, for both tries.
+    let auth = app.live().auth.clone();
+    let mut identity = auth.authenticate(token);
     // A `kid` the JWKS cache does not hold: the provider may have rotated
     // its keys. Fetch (rate-limited, bounded wait) and try once more.
     if matches!(identity, Err(AuthError::UnknownKey(_)))
-        && let Some(jwks) = &app.auth.jwks
+        && let Some(jwks) = &auth.jwks
     {
         jwks.refetch().await;
-        identity = app.auth.authenticate(token);
+        identity = auth.authenticate(token);
     }
     let identity = identity.map_err(|e| {
         tracing::info!(remote = %remote, reason = %e, "handshake refused: bad credentials");
@@ -149,7 +151,7 @@ pub(crate) async fn authenticate(
             }
         }
         None => {
-            if app.auth.loopback_trust && !super::origin::host_is_loopback(headers) {
+            if auth.loopback_trust && !super::origin::host_is_loopback(headers) {
                 tracing::info!(remote = %remote, "handshake refused: anonymous needs a loopback Host");
                 return Err(HttpError::new(
                     ErrorCode::Forbidden,
@@ -177,7 +179,7 @@ pub(crate) async fn authenticate(
 /// read per handshake, and only with a cap; handshakes racing each other
 /// may each see room for one more.
 pub(crate) async fn check_user_cap(app: &App, caller: &Caller) -> Result<(), HttpError> {
-    let cap = app.config.max_connections_per_user;
+    let cap = app.live().config.max_connections_per_user;
     if cap == 0 || caller.anonymous {
         return Ok(());
     }

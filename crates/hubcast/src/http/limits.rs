@@ -12,29 +12,35 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwapOption;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::HttpError;
 use crate::config::Config;
 use crate::protocol::ErrorCode;
 
-/// Counts and limits of WebSocket connections.
+/// Counts and limits of WebSocket connections. The limits change on a
+/// reload ([`ConnLimits::set`]); connections already in keep their place.
 pub(crate) struct ConnLimits {
-    max_total: u32,
-    max_per_ip: u32,
-    /// Open connections in all and per address.
+    /// Open connections in all and per address, and their caps.
     counts: Mutex<Counts>,
     /// Handshake rate per address; None when off.
-    handshakes: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    handshakes: ArcSwapOption<DefaultKeyedRateLimiter<IpAddr>>,
+    /// `handshakes_per_ip_per_sec` that `handshakes` was made for.
+    handshake_rate: AtomicU32,
     /// Handshakes seen, to forget idle addresses now and then.
     seen: AtomicU64,
 }
 
 #[derive(Default)]
 struct Counts {
+    /// `max_connections`.
+    max_total: u32,
+    /// `max_connections_per_ip`.
+    max_per_ip: u32,
     total: u32,
     per_ip: HashMap<IpAddr, u32>,
     /// Open TCP connections per address.
@@ -62,17 +68,33 @@ pub(crate) struct ConnSlot {
 impl ConnLimits {
     /// Limits from the settings.
     pub(crate) fn new(cfg: &Config) -> Arc<Self> {
-        let handshakes = NonZeroU32::new(cfg.handshakes_per_ip_per_sec).map(|rate| {
-            let burst = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
-        Arc::new(Self {
-            max_total: cfg.max_connections,
-            max_per_ip: cfg.max_connections_per_ip,
+        let limits = Arc::new(Self {
             counts: Mutex::new(Counts::default()),
-            handshakes,
+            handshakes: ArcSwapOption::empty(),
+            handshake_rate: AtomicU32::new(0),
             seen: AtomicU64::new(0),
-        })
+        });
+        limits.set(cfg);
+        limits
+    }
+
+    /// Takes the caps and the handshake rate from `cfg`; a rate that
+    /// changed starts with full buckets.
+    pub(crate) fn set(&self, cfg: &Config) {
+        {
+            let mut c = self.lock();
+            c.max_total = cfg.max_connections;
+            c.max_per_ip = cfg.max_connections_per_ip;
+        }
+        let rate = cfg.handshakes_per_ip_per_sec;
+        if self.handshake_rate.swap(rate, Ordering::Relaxed) != rate {
+            self.handshakes.store(NonZeroU32::new(rate).map(|rate| {
+                let burst = NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
+                Arc::new(RateLimiter::keyed(
+                    Quota::per_second(rate).allow_burst(burst),
+                ))
+            }));
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
@@ -81,7 +103,7 @@ impl ConnLimits {
 
     /// Admits a handshake from `ip`, or says why not.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, HttpError> {
-        if let Some(rl) = &self.handshakes {
+        if let Some(rl) = &*self.handshakes.load() {
             if self.seen.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
                 rl.retain_recent();
             }
@@ -100,8 +122,9 @@ impl ConnLimits {
     /// the address holds `max_connections_per_ip` sockets already.
     pub(crate) fn accept(self: &Arc<Self>, ip: IpAddr) -> Option<TcpSlot> {
         let mut c = self.lock();
+        let max_per_ip = c.max_per_ip;
         let n = c.tcp_per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= max_per_ip {
             return None;
         }
         *n += 1;
@@ -116,14 +139,15 @@ impl ConnLimits {
     /// handshake (a long poll), or why not.
     pub(crate) fn hold(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, HttpError> {
         let mut c = self.lock();
-        if c.total >= self.max_total {
+        if c.total >= c.max_total {
             return Err(
                 HttpError::new(ErrorCode::Unavailable, "server at its connection limit")
                     .retry_after(5),
             );
         }
+        let max_per_ip = c.max_per_ip;
         let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= max_per_ip {
             return Err(HttpError::new(
                 ErrorCode::RateLimited,
                 "too many connections from this address",

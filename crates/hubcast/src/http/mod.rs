@@ -132,7 +132,7 @@ async fn healthz() -> impl IntoResponse {
 /// operator reads: `status`, `reason` (`shutting_down`, or the engine's:
 /// `unreachable`, `out_of_memory`, `read_only`), `node` and `broker`.
 async fn readyz(State(app): State<Arc<App>>) -> axum::response::Response {
-    let (reason, message) = if app.shutdown.is_cancelled() {
+    let (reason, message) = if app.draining.is_cancelled() {
         ("shutting_down", "server shutting down")
     } else {
         match app.broker.ready().await {

@@ -89,6 +89,9 @@ pub(crate) async fn poll(
     let _slot = super::handshake::hold_poll(&app, remote)?;
     let tap = Tap::new(&app);
     let sub: Arc<dyn Subscriber> = tap.clone();
+    // In the table a shutdown walks, so that its close answers the poll
+    // in its turn (`crate::drain`); `TapGuard` takes it out.
+    app.hub.register(sub.clone());
     let join = Join {
         room: &q.room,
         explicit: false,
@@ -148,7 +151,7 @@ pub(crate) async fn poll(
         tokio::select! {
             _ = tap.outbound().notified() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(reply(&[], &epoch)),
-            _ = app.shutdown.cancelled() => return Ok(reply(&[], &epoch)),
+            _ = app.stop.cancelled() => return Ok(reply(&[], &epoch)),
         }
     }
 }

@@ -12,9 +12,10 @@
 //!   socket that sends nothing, or headers a byte at a time, is closed.
 //! - Every socket is a [`Lingering`], so closing it never resets what the
 //!   client has not read yet.
-//! - On shutdown the loop stops accepting and every connection is asked to
-//!   finish (hyper's graceful shutdown); WebSockets are closed by their own
-//!   tasks with 1001.
+//! - On stop (`crate::drain`: after the connections were closed) the loop
+//!   stops accepting and every connection is asked to finish (hyper's
+//!   graceful shutdown); WebSockets were closed by their own tasks with
+//!   1001.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,7 +59,9 @@ pub(crate) async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(app.config.header_timeout));
     let http = Arc::new(http);
-    let shutdown = &app.shutdown;
+    // Accepting goes on while the connections are closed (new handshakes
+    // get 503 meanwhile, `super::handshake`); `stop` ends it.
+    let shutdown = &app.stop;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -78,7 +81,7 @@ pub(crate) async fn serve(
         };
         // Frames are small and latency matters: no Nagle delay.
         let _ = tcp.set_nodelay(true);
-        let max_message = app.config.max_message_bytes;
+        let max_message = app.live().config.max_message_bytes;
         let Some(slot) = app.limits.accept(remote.ip()) else {
             conns.spawn(refuse(Lingering::new(tcp, None, max_message), http.clone()));
             continue;

@@ -126,7 +126,9 @@ impl Stream {
                 }
                 return Some(chunk.freeze());
             }
-            if closing.is_some() || self.app.shutdown.is_cancelled() {
+            // A shutdown closes the stream through its queue, spread with
+            // the others (`crate::drain`); `stop` is the last word.
+            if closing.is_some() || self.app.stop.is_cancelled() {
                 // The client reconnects with Last-Event-ID and recovers.
                 return None;
             }
@@ -139,7 +141,7 @@ impl Stream {
             tokio::select! {
                 _ = self.tap.outbound().notified() => {}
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": ping\n\n")),
-                _ = self.app.shutdown.cancelled() => return None,
+                _ = self.app.stop.cancelled() => return None,
                 _ = expiry => return None,
             }
         }
@@ -173,12 +175,12 @@ pub(crate) async fn sse(
             "query `rooms` is required: a comma-separated list of rooms",
         ));
     }
-    if rooms.len() > app.config.max_rooms_per_conn {
+    if rooms.len() > app.live().config.max_rooms_per_conn {
         return Err(HttpError::new(
             ErrorCode::TooManyRooms,
             format!(
                 "a stream may join at most {} rooms",
-                app.config.max_rooms_per_conn
+                app.live().config.max_rooms_per_conn
             ),
         ));
     }
@@ -236,12 +238,12 @@ pub(crate) async fn sse(
                         ErrorCode::Forbidden,
                         format!("cannot join {room}: not allowed by this token"),
                     ))
-                } else if all.len() >= app.config.max_rooms_per_conn {
+                } else if all.len() >= app.live().config.max_rooms_per_conn {
                     Err((
                         ErrorCode::TooManyRooms,
                         format!(
                             "a stream may join at most {} rooms",
-                            app.config.max_rooms_per_conn
+                            app.live().config.max_rooms_per_conn
                         ),
                     ))
                 } else {

@@ -59,8 +59,7 @@ pub(crate) struct TapGuard {
 
 impl Drop for TapGuard {
     fn drop(&mut self) {
-        // Out of the table user controls walk (a no-op for a long poll,
-        // which is not in it).
+        // Out of the table shutdown and user controls walk.
         self.app.hub.unregister(&*self.tap);
         let app = self.app.clone();
         let tap = self.tap.clone();

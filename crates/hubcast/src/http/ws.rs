@@ -170,7 +170,7 @@ pub(crate) async fn upgrade(
                 return;
             }
         };
-        let max = task_app.config.max_message_bytes;
+        let max = task_app.live().config.max_message_bytes;
         // hyper-util's server wraps every connection in a private type
         // (HTTP version detection), so the upgraded stream cannot be taken
         // back as a TcpStream: tokio's split it is (a lock taken per read

@@ -9,7 +9,7 @@
 //! - `join`: the one way into a room, without a gap or a duplicate
 //!   ([`Hub::join`]).
 //! - `registry`: the table of open connections, which a shutdown walks
-//!   ([`Hub::close_all`]), and user controls ([`Hub::close_where`]).
+//!   ([`Hub::open_conns`], one at a time), and user controls ([`Hub::close_where`]).
 
 mod join;
 mod registry;
@@ -229,11 +229,10 @@ impl Hub {
         self.conns.remove(conn);
     }
 
-    /// Decides the close of every registered connection: how a shutdown
-    /// reaches them, rather than each one waiting on the shutdown token.
-    pub(crate) fn close_all(&self, code: u16, reason: &'static str) {
-        self.conns
-            .for_each(|conn| conn.outbound().close(code, reason));
+    /// Every registered connection now, for a shutdown that closes them
+    /// one at a time (`crate::drain`).
+    pub(crate) fn open_conns(&self) -> Vec<Arc<dyn Subscriber>> {
+        self.conns.snapshot()
     }
 
     /// Decides the close of every registered connection `pick` chooses;

@@ -57,6 +57,15 @@ impl Connections {
         lock(self.shard(conn.key())).remove(conn);
     }
 
+    /// Every open connection now, one shard locked at a time.
+    pub(super) fn snapshot(&self) -> Vec<Arc<dyn Subscriber>> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(lock(shard).iter().cloned());
+        }
+        all
+    }
+
     /// Calls `f` on every open connection, one shard locked at a time.
     pub(super) fn for_each(&self, mut f: impl FnMut(&dyn Subscriber)) {
         for shard in self.shards.iter() {

@@ -115,9 +115,14 @@ impl Session {
             let _ = app.presence.disconnect(&info).await;
             return Err(e);
         }
-        let limiter =
-            FrameLimiter::new(app.config.rate_limit_per_conn, app.config.rate_limit_burst);
-        let joins = JoinLimiter::new(app.config.join_rate_per_conn, app.config.max_rooms_per_conn);
+        // The limits in force when the connection opened hold for it.
+        let (limiter, joins) = {
+            let c = &app.live().config;
+            (
+                FrameLimiter::new(c.rate_limit_per_conn, c.rate_limit_burst),
+                JoinLimiter::new(c.join_rate_per_conn, c.max_rooms_per_conn),
+            )
+        };
         let mut session = Session {
             app,
             conn,

@@ -32,7 +32,7 @@ impl Session {
     /// Whether the room's rule lets clients publish there (`publish =
     /// "server"`: only the server API does).
     pub(super) fn check_publisher(&self, room: &str) -> Result<(), Reject> {
-        match self.app.rules.for_room(room).publish {
+        match self.app.live().rules.for_room(room).publish {
             Publishers::Members => Ok(()),
             // `Hook` is refused at start; should it get here, no client
             // publishes without the hook's word.
@@ -46,7 +46,7 @@ impl Session {
     /// Whether the room's rule keeps presence (`presence = false`: the
     /// `presence` frame is refused).
     pub(super) fn check_presence(&self, room: &str) -> Result<(), Reject> {
-        if self.app.rules.for_room(room).presence {
+        if self.app.live().rules.for_room(room).presence {
             return Ok(());
         }
         Err(Reject::new(
@@ -84,7 +84,7 @@ impl Session {
     /// refused at start; should it get here, nobody joins without the
     /// hook's word).
     fn check_join_rule(&self, room: &str) -> Result<(), Reject> {
-        match self.app.rules.for_room(room).join {
+        match self.app.live().rules.for_room(room).join {
             Joiners::Open => Ok(()),
             Joiners::Hook => Err(Reject::new(
                 ErrorCode::Forbidden,
@@ -120,12 +120,13 @@ impl Session {
         self.check_room(room, "join")?;
         let personal = protocol::is_personal(room);
         let already = self.joined(room);
-        if !personal && !already && self.joined_count() >= self.app.config.max_rooms_per_conn {
+        if !personal && !already && self.joined_count() >= self.app.live().config.max_rooms_per_conn
+        {
             return Err(Reject::new(
                 ErrorCode::TooManyRooms,
                 format!(
                     "a connection may join at most {} rooms",
-                    self.app.config.max_rooms_per_conn
+                    self.app.live().config.max_rooms_per_conn
                 ),
             ));
         }

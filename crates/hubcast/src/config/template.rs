@@ -1,0 +1,76 @@
+//! `hubcast config init`: a TOML file with every key, its default and its
+//! `--help` line as a comment, made from the declarations (`settings.rs`)
+//! so that it cannot miss a key or disagree on a default.
+
+use super::{Config, settings};
+
+/// The file `hubcast config init` prints; `hubcast config check` passes it
+/// as it is.
+pub fn init_file() -> String {
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut out = String::from(
+        "# hubcast settings: every key with its default. Keys are the flag names\n\
+         # with underscores; HUBCAST_<KEY> variables and flags win over this file.\n\
+         # Check a file with `hubcast config check --config FILE`.\n",
+    );
+    for s in settings() {
+        out.push('\n');
+        out.push_str(&format!("# {}\n", s.help));
+        match defaults.get(s.key).and_then(literal) {
+            Some(value) => out.push_str(&format!("{} = {value}\n", s.key)),
+            None => out.push_str(&format!(
+                "# {} = (unset: {})\n",
+                s.key,
+                s.default.as_deref().unwrap_or("none")
+            )),
+        }
+    }
+    out.push_str(
+        "\n# [[rooms]] tables (PROTOCOL.md section 7): rules for the rooms their `match`\n\
+         # pattern matches, the first match winning; none by default.\n\
+         # [[rooms]]\n\
+         # match = \"news.**\"\n\
+         # publish = \"server\"   # members (default) or server\n\
+         # history_size = 100\n\
+         # presence = false\n",
+    );
+    out
+}
+
+/// A default as a TOML value; `None` for an unset one.
+fn literal(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Object(_) => None,
+        // JSON's string escapes are TOML basic-string escapes.
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => Some(value.to_string()),
+        Value::Array(items) => {
+            let items: Option<Vec<String>> = items.iter().map(literal).collect();
+            Some(format!("[{}]", items?.join(", ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ServeArgs, check_all};
+
+    #[test]
+    fn init_names_every_key_and_parses_back_to_the_defaults() {
+        let text = init_file();
+        for s in settings() {
+            assert!(
+                text.contains(&format!("\n{} = ", s.key))
+                    || text.contains(&format!("# {} = (unset", s.key)),
+                "{}",
+                s.key
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("hubcast-init-{}", std::process::id()));
+        std::fs::write(&dir, &text).unwrap();
+        let read = check_all(Some(&dir), &ServeArgs::default());
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(read.map_err(|e| format!("{e:?}")), Ok(Config::default()));
+    }
+}
