@@ -80,7 +80,9 @@ fn all_changed() -> Config {
         allowed_origins: vec!["https://a.example".into(), "*.b.example".into()],
         node_id: "n1".into(),
         log_format: LogFormat::Json,
+        log_level: "debug".into(),
         shutdown_timeout: 9,
+        drain_delay: 4,
         header_timeout: 3,
         rate_limit_per_conn: 50,
         rate_limit_burst: 60,
@@ -93,6 +95,7 @@ fn all_changed() -> Config {
         presence_lease: 11,
         jwt_secret: Some("0123456789abcdef0123".into()),
         jwt_secret_file: Some("/s".into()),
+        jwt_secret_previous: Some("fedcba98765432100123".into()),
         jwt_public_key: Some("/k".into()),
         jwt_jwks_url: None,
         anonymous: Some(true),
@@ -134,7 +137,9 @@ fn every_flag_reaches_its_field() {
         "--allowed-origins=https://a.example,*.b.example",
         "--node-id=n1",
         "--log-format=json",
+        "--log-level=debug",
         "--shutdown-timeout=9",
+        "--drain-delay=4",
         "--header-timeout=3",
         "--rate-limit-per-conn=50",
         "--rate-limit-burst=60",
@@ -147,6 +152,7 @@ fn every_flag_reaches_its_field() {
         "--presence-lease=11",
         "--jwt-secret=0123456789abcdef0123",
         "--jwt-secret-file=/s",
+        "--jwt-secret-previous=fedcba98765432100123",
         "--jwt-public-key=/k",
         "--anonymous",
         "--api-key=aaaaaaaaaaaaaaaa",
@@ -204,7 +210,9 @@ max_rooms_per_conn = 3
 allowed_origins = ["https://a.example", "*.b.example"]
 node_id = "n1"
 log_format = "json"
+log_level = "debug"
 shutdown_timeout = 9
+drain_delay = 4
 header_timeout = 3
 rate_limit_per_conn = 50
 rate_limit_burst = 60
@@ -217,6 +225,7 @@ redis_prefix = "pfx"
 presence_lease = 11
 jwt_secret = "0123456789abcdef0123"
 jwt_secret_file = "/s"
+jwt_secret_previous = "fedcba98765432100123"
 jwt_public_key = "/k"
 anonymous = true
 api_keys = ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"]
@@ -354,4 +363,33 @@ fn bad_rooms_tables_name_their_key() {
         err.contains("rooms[1].join: join = \"hook\" needs backend hooks"),
         "{err}"
     );
+}
+
+#[test]
+fn check_all_names_every_bad_key_not_only_the_first() {
+    let (dir, file) = config_file(
+        "three-",
+        "bad.toml",
+        "heartbeat = \"soon\"\nno_such_key = 1\nmax_rooms_per_conn = 0\n\
+         [[rooms]]\nmatch = \"a.**\"\npublish = \"nobody\"\n",
+    );
+    let problems = check_all(Some(&file), &ServeArgs::default()).unwrap_err();
+    let _ = std::fs::remove_dir_all(dir);
+    let keys: Vec<&str> = problems.iter().filter_map(ConfigError::key).collect();
+    assert_eq!(
+        keys,
+        [
+            "no_such_key",
+            "heartbeat",
+            "rooms[1].publish",
+            "max_rooms_per_conn"
+        ],
+        "{problems:?}"
+    );
+    // A flag (or variable) over a bad file value does not hide the others.
+    let (dir, file) = config_file("flag-", "ok.toml", "heartbeat = 0\nqueue_size = 1\n");
+    let problems = check_all(Some(&file), &args(&["--heartbeat=5"])).unwrap_err();
+    let _ = std::fs::remove_dir_all(dir);
+    let keys: Vec<&str> = problems.iter().filter_map(ConfigError::key).collect();
+    assert_eq!(keys, ["queue_size"], "{problems:?}");
 }
