@@ -30,6 +30,7 @@ mod limits;
 mod metrics;
 mod multinode;
 mod openapi;
+mod operate;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod poll;
