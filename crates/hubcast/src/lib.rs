@@ -12,7 +12,12 @@
 //!   their tasks (`run`, `run_with_broker`, `connect_broker`).
 //! - `app`: `App`, the state every handler and connection task shares
 //!   (config, hub, broker, presence, limits, counters, rate samples).
-//! - [`config`]: every setting, its default, validation naming the key.
+//! - [`config`]: every setting, its default, validation naming the key;
+//!   `config check` (every bad key named) and `config init`.
+//! - `reload`: what a SIGHUP changes: the settings in force (`Live`),
+//!   swapped whole and read without a lock.
+//! - `drain`: SIGTERM for rolling deploys: readiness first, `drain_delay`,
+//!   then 1001 closes spread over `shutdown_timeout`.
 //! - [`rules`]: room rules (`[[rooms]]`): a room's effective publish, join,
 //!   history and presence rule, first match wins.
 //! - [`protocol`]: the `hubcast-protocol` crate's frames, codes and name
