@@ -259,6 +259,8 @@ async fn sighup_swaps_api_keys_and_jwt_secrets_and_open_connections_stay() {
     assert_eq!(c.expect("message").await["data"], 1);
     assert_eq!(node.publish(new_key, "r", json!(0)).await, 401);
     assert_eq!(refused(&node.ws(Some(&token(s2, "bob")))).await, Some(401));
+    let publish = json!({"type":"publish","room":"news.today","event":"e","data":0});
+    assert_eq!(c.call(publish.clone()).await["type"], "ack");
 
     // New keys, the secret rotated (the old one still valid), and a key
     // that needs a restart.
@@ -266,7 +268,8 @@ async fn sighup_swaps_api_keys_and_jwt_secrets_and_open_connections_stay() {
         &file,
         format!(
             "listen = \"127.0.0.1:0\"\napi_keys = [\"{new_key}\"]\njwt_secret = \"{s2}\"\n\
-             jwt_secret_previous = \"{s1}\"\nheartbeat = 7\n"
+             jwt_secret_previous = \"{s1}\"\nheartbeat = 7\n\
+             [[rooms]]\nmatch = \"news.**\"\npublish = \"server\"\n"
         ),
     )
     .unwrap();
@@ -278,6 +281,9 @@ async fn sighup_swaps_api_keys_and_jwt_secrets_and_open_connections_stay() {
         done.contains("api_keys") && done.contains("jwt_secret"),
         "{done}"
     );
+    // The room rule holds for the open connection from then on.
+    let refused_publish = c.call(publish).await;
+    assert_eq!(refused_publish["code"], "forbidden", "{refused_publish}");
 
     assert_eq!(node.publish(old_key, "r", json!(0)).await, 401);
     assert_eq!(node.publish(new_key, "r", json!(2)).await, 200);
@@ -419,4 +425,61 @@ async fn sigterm_drains_readyz_first_then_closes_over_the_window_and_exits_0() {
     let (status, log) = node.exit().await;
     assert!(status.success(), "{status:?}\n{log}");
     assert!(log.contains("closing connections with 1001"), "{log}");
+}
+
+#[tokio::test]
+async fn a_drain_ends_sse_streams_and_answers_waiting_long_polls() {
+    use futures_util::StreamExt;
+    let s = common::Server::start(|c| {
+        c.drain_delay = 1;
+        c.shutdown_timeout = 2;
+    })
+    .await;
+    let sse = reqwest::get(s.http("/sse?rooms=a")).await.unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut body = sse.bytes_stream();
+    let poll = tokio::spawn(reqwest::get(s.http("/api/poll?room=b&since=0&timeout=30")));
+    // The poll waits once its room has it as a member.
+    let t0 = Instant::now();
+    loop {
+        let rooms: Value = reqwest::get(s.http("/api/rooms"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room"] == "b")
+        {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "the long poll never waited: {rooms}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.shutdown.cancel();
+    let ready = reqwest::get(s.http("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    // The stream ends (after its `joined` event) and the poll is answered
+    // with nothing, rather than both waiting for the process to go.
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the SSE stream ended");
+    let answer = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("the long poll is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let v: Value = answer.json().await.unwrap();
+    assert_eq!(v["messages"], json!([]), "{v}");
+    s.stop().await;
 }
