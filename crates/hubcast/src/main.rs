@@ -230,8 +230,19 @@ fn serve(args: ServeArgs) -> ExitCode {
             signals.cancel();
         });
         let (reloads, reloaded) = tokio::sync::watch::channel(config.clone());
-        // Ends with the runtime, when `run` returned.
-        tokio::spawn(reload_on_hangup(args, config.clone(), reloads, filter));
+        // Listening for SIGHUP before the first request, so that none
+        // kills the process; the task ends with the runtime, after `run`.
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        #[cfg(not(unix))]
+        let hangups = ();
+        tokio::spawn(reload_on_hangup(
+            hangups,
+            args,
+            config.clone(),
+            reloads,
+            filter,
+        ));
         match hubcast::run_reloadable(config, listener, shutdown, reloaded).await {
             Ok(()) => {
                 tracing::info!("hubcast stopped");
@@ -252,6 +263,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// and hands a config that passed every check to the server; a bad one
 /// changes nothing, and each problem is logged.
 async fn reload_on_hangup(
+    #[cfg(unix)] hangups: std::io::Result<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] hangups: (),
     args: ServeArgs,
     mut running: Config,
     reloads: tokio::sync::watch::Sender<Config>,
@@ -259,8 +272,7 @@ async fn reload_on_hangup(
 ) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        let Ok(mut hangups) = hangups else {
             tracing::warn!("cannot listen for SIGHUP: reloads are off");
             return;
         };
@@ -292,7 +304,7 @@ async fn reload_on_hangup(
     }
     #[cfg(not(unix))]
     {
-        let _ = (args, running, reloads, filter);
+        let _ = (hangups, args, running, reloads, filter);
     }
 }
 
