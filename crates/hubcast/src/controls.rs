@@ -217,6 +217,72 @@ mod tests {
         }
     }
 
+    /// A connection of `user` that keeps the commands it is handed.
+    struct Member {
+        key: crate::broker::ConnKey,
+        user: &'static str,
+        token: TokenId,
+        out: crate::outbound::Outbound,
+        got: Mutex<Vec<RoomCommand>>,
+    }
+
+    impl Subscriber for Member {
+        fn key(&self) -> crate::broker::ConnKey {
+            self.key
+        }
+        fn outbound(&self) -> &crate::outbound::Outbound {
+            &self.out
+        }
+        fn holder(&self) -> Option<(&str, &TokenId)> {
+            Some((self.user, &self.token))
+        }
+        fn command(&self, cmd: RoomCommand) -> bool {
+            lock(&self.got).push(cmd);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_reaches_the_users_connections_only_and_closes_none() {
+        let broker =
+            crate::broker::memory::MemoryBroker::new(10, std::time::Duration::from_secs(60));
+        let hub = Hub::new(broker, 16, tokio_util::task::TaskTracker::new());
+        let controls = Controls::new(hub.clone());
+        let members: Vec<Arc<Member>> = [(1, "u"), (2, "u"), (3, "v")]
+            .into_iter()
+            .map(|(key, user)| {
+                Arc::new(Member {
+                    key,
+                    user,
+                    token: token(None, None),
+                    out: crate::outbound::Outbound::new(4),
+                    got: Mutex::default(),
+                })
+            })
+            .collect();
+        for m in &members {
+            hub.register(m.clone());
+        }
+        controls.apply(&UserCommand::Subscribe {
+            user: "u".into(),
+            room: "r".into(),
+        });
+        controls.apply(&UserCommand::Unsubscribe {
+            user: "u".into(),
+            room: "r".into(),
+        });
+        let want = vec![
+            RoomCommand::Join("r".into()),
+            RoomCommand::Leave("r".into()),
+        ];
+        assert_eq!(*lock(&members[0].got), want);
+        assert_eq!(*lock(&members[1].got), want);
+        assert!(lock(&members[2].got).is_empty());
+        assert!(members.iter().all(|m| m.out.closing().is_none()));
+        // Nothing is kept: a later handshake is not refused.
+        assert_eq!(controls.admits("u", &token(None, None)), Ok(()));
+    }
+
     #[test]
     fn blocks_end_when_lifted_or_expired() {
         let mut s = State::default();
