@@ -159,7 +159,7 @@ impl Stream {
         let out = self.tap.outbound();
         match cmd {
             RoomCommand::Join(room) => {
-                if self.guard.rooms.iter().any(|r| *r == room) {
+                if self.guard.rooms.contains(&room) {
                     return;
                 }
                 let refused = if self.guard.rooms.len() >= self.app.config.max_rooms_per_conn {
