@@ -51,7 +51,8 @@ pub enum Event {
     /// A room the server took this connection out of by itself (a `left`
     /// without `id`: `POST /api/unsubscribe`): no longer tracked, so not
     /// rejoined after a reconnect. Only for a tracked room with no `join`
-    /// of ours in flight (that join's reply puts it back).
+    /// of ours in flight (a caller's or a rejoin: its reply, which the
+    /// server sends after this, keeps the room).
     Left {
         /// The room.
         room: String,

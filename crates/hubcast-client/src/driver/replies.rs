@@ -86,7 +86,11 @@ impl Driver {
                 // handles that join after this leave, and its reply follows.
                 Ok(v) => {
                     if let Some(room) = v["room"].as_str()
-                        && self.rooms.get(room).is_some_and(|r| r.waiters.is_empty())
+                        && self.rooms.contains_key(room)
+                        && !self
+                            .waiting
+                            .values()
+                            .any(|w| matches!(w, Waiting::Join(r) if r == room))
                     {
                         self.rooms.remove(room);
                         out.push(Event::Left {
