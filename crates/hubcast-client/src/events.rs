@@ -48,6 +48,15 @@ pub enum Event {
     /// [`Event::Message`] and it is rejoined with recovery after a
     /// reconnect. Reported once, when it first appears.
     Joined(Joined),
+    /// A room the server took this connection out of by itself (a `left`
+    /// without `id`: `POST /api/unsubscribe`): no longer tracked, so not
+    /// rejoined after a reconnect. Only for a tracked room with no `join`
+    /// of ours in flight (a caller's or a rejoin: its reply, which the
+    /// server sends after this, keeps the room).
+    Left {
+        /// The room.
+        room: String,
+    },
     /// A presence event (`join`, `leave`, `status`).
     Presence(Value),
     /// Messages of `room` were missed and could not be replayed: reload.

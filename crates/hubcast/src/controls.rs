@@ -1,5 +1,6 @@
 //! What a node does with user controls (PROTOCOL.md section 8): it closes
-//! its own connections that a command names, and keeps the blocks and
+//! its own connections that a command names (or, for a subscribe, hands
+//! the command to their tasks), and keeps the blocks and
 //! revocations in force, so that a handshake checks them without asking
 //! the engine. The engine (`broker::UserControls`) brings every node the
 //! same commands, and the kept state at start.
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::auth::TokenId;
 use crate::broker::{ControlSink, UserCommand};
-use crate::hub::{Hub, Subscriber};
+use crate::hub::{Hub, RoomCommand, Subscriber};
 use crate::protocol::{ErrorCode, close};
 use crate::{http::error::HttpError, lock, unix_ms};
 
@@ -54,7 +55,9 @@ struct State {
 impl State {
     fn add(&mut self, cmd: &UserCommand) {
         match cmd {
-            UserCommand::Disconnect { .. } => {}
+            UserCommand::Disconnect { .. }
+            | UserCommand::Subscribe { .. }
+            | UserCommand::Unsubscribe { .. } => {}
             UserCommand::Block { user, until } => {
                 self.blocks.insert(user.clone(), *until);
             }
@@ -127,7 +130,9 @@ impl Controls {
     /// Closes this node's connections `cmd` names; how many.
     fn close(&self, cmd: &UserCommand) -> usize {
         let (code, reason): (u16, &'static str) = match cmd {
-            UserCommand::Unblock { .. } => return 0,
+            UserCommand::Unblock { .. }
+            | UserCommand::Subscribe { .. }
+            | UserCommand::Unsubscribe { .. } => return 0,
             UserCommand::Disconnect { .. } => (close::DISCONNECTED, "disconnected by the server"),
             UserCommand::Block { .. } => (close::REVOKED, "user blocked"),
             UserCommand::RevokeJti { .. } | UserCommand::RevokeIssuedBefore { .. } => {
@@ -135,6 +140,18 @@ impl Controls {
             }
         };
         self.hub.close_where(code, reason, |c| names(cmd, c))
+    }
+
+    /// Hands a subscribe or unsubscribe to the tasks of this node's
+    /// connections of its user; how many took it.
+    fn subscribe(&self, cmd: &UserCommand) -> usize {
+        let (user, room) = match cmd {
+            UserCommand::Subscribe { user, room } => (user, RoomCommand::Join(room.clone())),
+            UserCommand::Unsubscribe { user, room } => (user, RoomCommand::Leave(room.clone())),
+            _ => return 0,
+        };
+        self.hub
+            .command_where(&room, |c| c.holder().is_some_and(|(u, _)| *u == **user))
     }
 }
 
@@ -144,7 +161,9 @@ fn names(cmd: &UserCommand, c: &dyn Subscriber) -> bool {
         return false;
     };
     match cmd {
-        UserCommand::Unblock { .. } => false,
+        UserCommand::Unblock { .. }
+        | UserCommand::Subscribe { .. }
+        | UserCommand::Unsubscribe { .. } => false,
         UserCommand::Disconnect { user: u } | UserCommand::Block { user: u, .. } => **u == *user,
         UserCommand::RevokeJti { jti, .. } => token.jti.as_deref() == Some(&**jti),
         UserCommand::RevokeIssuedBefore {
@@ -159,6 +178,14 @@ impl ControlSink for Controls {
             let mut s = lock(&self.state);
             s.prune(unix_ms() as u64);
             s.add(cmd);
+        }
+        if matches!(
+            cmd,
+            UserCommand::Subscribe { .. } | UserCommand::Unsubscribe { .. }
+        ) {
+            let told = self.subscribe(cmd);
+            tracing::info!(?cmd, connections = told, "user control applied");
+            return;
         }
         let closed = self.close(cmd);
         tracing::info!(?cmd, closed, "user control applied");
@@ -188,6 +215,72 @@ mod tests {
             jti: jti.map(Arc::from),
             iat,
         }
+    }
+
+    /// A connection of `user` that keeps the commands it is handed.
+    struct Member {
+        key: crate::broker::ConnKey,
+        user: &'static str,
+        token: TokenId,
+        out: crate::outbound::Outbound,
+        got: Mutex<Vec<RoomCommand>>,
+    }
+
+    impl Subscriber for Member {
+        fn key(&self) -> crate::broker::ConnKey {
+            self.key
+        }
+        fn outbound(&self) -> &crate::outbound::Outbound {
+            &self.out
+        }
+        fn holder(&self) -> Option<(&str, &TokenId)> {
+            Some((self.user, &self.token))
+        }
+        fn command(&self, cmd: RoomCommand) -> bool {
+            lock(&self.got).push(cmd);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_reaches_the_users_connections_only_and_closes_none() {
+        let broker =
+            crate::broker::memory::MemoryBroker::new(10, std::time::Duration::from_secs(60));
+        let hub = Hub::new(broker, 16, tokio_util::task::TaskTracker::new());
+        let controls = Controls::new(hub.clone());
+        let members: Vec<Arc<Member>> = [(1, "u"), (2, "u"), (3, "v")]
+            .into_iter()
+            .map(|(key, user)| {
+                Arc::new(Member {
+                    key,
+                    user,
+                    token: token(None, None),
+                    out: crate::outbound::Outbound::new(4),
+                    got: Mutex::default(),
+                })
+            })
+            .collect();
+        for m in &members {
+            hub.register(m.clone());
+        }
+        controls.apply(&UserCommand::Subscribe {
+            user: "u".into(),
+            room: "r".into(),
+        });
+        controls.apply(&UserCommand::Unsubscribe {
+            user: "u".into(),
+            room: "r".into(),
+        });
+        let want = vec![
+            RoomCommand::Join("r".into()),
+            RoomCommand::Leave("r".into()),
+        ];
+        assert_eq!(*lock(&members[0].got), want);
+        assert_eq!(*lock(&members[1].got), want);
+        assert!(lock(&members[2].got).is_empty());
+        assert!(members.iter().all(|m| m.out.closing().is_none()));
+        // Nothing is kept: a later handshake is not refused.
+        assert_eq!(controls.admits("u", &token(None, None)), Ok(()));
     }
 
     #[test]

@@ -210,6 +210,13 @@ impl Outbound {
         self.waker.wake();
     }
 
+    /// Wakes the consumer with nothing queued: it has other work (an SSE
+    /// stream's server-side subscribes).
+    pub(crate) fn wake(&self) {
+        self.lock().woken = true;
+        self.waker.wake();
+    }
+
     /// Waits until something was pushed or a close decided since the last
     /// wake-up (a notification sent while nobody waits is kept).
     pub(crate) async fn notified(&self) {

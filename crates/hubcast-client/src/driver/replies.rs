@@ -80,6 +80,26 @@ impl Driver {
                 Ok(_) => {}
                 Err(e) => out.push(unreadable(e.to_string(), text)),
             },
+            (Some("left"), false) => match serde_json::from_slice::<Value>(text) {
+                // The server took us out of a room (`/api/unsubscribe`). A
+                // room with a `join` of ours in flight stays: the server
+                // handles that join after this leave, and its reply follows.
+                Ok(v) => {
+                    if let Some(room) = v["room"].as_str()
+                        && self.rooms.contains_key(room)
+                        && !self
+                            .waiting
+                            .values()
+                            .any(|w| matches!(w, Waiting::Join(r) if r == room))
+                    {
+                        self.rooms.remove(room);
+                        out.push(Event::Left {
+                            room: room.to_string(),
+                        });
+                    }
+                }
+                Err(e) => out.push(unreadable(e.to_string(), text)),
+            },
             (Some("presence"), false) => match serde_json::from_slice::<Value>(text) {
                 Ok(v) => out.push(Event::Presence(v)),
                 Err(e) => out.push(unreadable(e.to_string(), text)),

@@ -433,3 +433,61 @@ async fn a_request_that_is_not_an_object_is_answered_without_being_sent() {
     d.command(Cmd::Request(Value::Null, tx), true);
     assert_eq!(d.out, [r#"{"id":1}"#]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_server_side_left_drops_the_room_unless_a_join_of_ours_is_in_flight() {
+    let (mut d, _cmds, mut events) = driver_with_events(Options::default());
+    let (ws, mut server) = connection();
+    let server_side = async {
+        write_text(&mut server, &welcome("ada")).await;
+        let join = read_frame(&mut server).await.unwrap();
+        let Ok((Some(id), ClientFrame::Join { room, .. })) =
+            hubcast_protocol::parse_client_frame(&join)
+        else {
+            panic!("not a join: {}", String::from_utf8_lossy(&join));
+        };
+        assert_eq!(room, "@ada");
+        // The personal room's join is in flight: a `left` of it is older
+        // than the join's reply, and changes nothing.
+        write_text(&mut server, br#"{"type":"left","room":"@ada"}"#).await;
+        let joined = |room: &str, id: Option<&serde_json::value::RawValue>| {
+            encode(&out::Joined {
+                ty: "joined",
+                id,
+                room,
+                offset: 0,
+                epoch: "e1",
+                recovered: None,
+                members: &[],
+                total: 0,
+            })
+        };
+        write_text(&mut server, &joined("@ada", Some(&id))).await;
+        // A room the server joined us to, then took us out of.
+        write_text(&mut server, &joined("news", None)).await;
+        write_text(&mut server, br#"{"type":"left","room":"news"}"#).await;
+        // Unknown rooms are ignored.
+        write_text(&mut server, br#"{"type":"left","room":"other"}"#).await;
+        let message = br#"{"type":"message","room":"@ada","offset":1,"epoch":"e1","msgId":"m1","timestamp":1,"eventType":"dm","source":"bob","data":null}"#;
+        write_text(&mut server, message).await;
+        let mut got = Vec::new();
+        loop {
+            match events.recv().await {
+                Some(Event::Joined(j)) => got.push(format!("joined {}", j.room)),
+                Some(Event::Left { room }) => got.push(format!("left {room}")),
+                Some(Event::Message(m)) => {
+                    got.push(format!("message {}", m.room));
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+        drop(server);
+        got
+    };
+    let (got, _end) = tokio::join!(server_side, d.session(ws));
+    assert_eq!(got, ["joined news", "left news", "message @ada"]);
+    assert!(!d.rooms.contains_key("news"));
+    assert!(d.rooms.contains_key("@ada"));
+}

@@ -1,5 +1,5 @@
-//! User controls (PROTOCOL.md section 8): disconnects, blocks and token
-//! revocations, which every node must apply to its own connections and
+//! User controls (PROTOCOL.md section 8): disconnects, blocks, token
+//! revocations and server-side subscribes, which every node must apply to its own connections and
 //! handshakes. An engine carries them between nodes and, when it is shared
 //! (Redis), keeps blocks and revocations so that a node started later
 //! knows them; what a node does with them is `crate::controls`.
@@ -32,13 +32,21 @@ pub enum UserCommand {
         before: u64,
         until: u64,
     },
+    /// Join the user's open connections to `room`.
+    Subscribe { user: Arc<str>, room: Arc<str> },
+    /// Take the user's open connections out of `room`.
+    Unsubscribe { user: Arc<str>, room: Arc<str> },
 }
 
 impl UserCommand {
-    /// Whether the command leaves state behind (everything but a
-    /// disconnect), which a node started later must load.
+    /// Whether the command leaves state behind (blocks and revocations),
+    /// which a node started later must load. A disconnect or a subscribe
+    /// is about the connections open when it arrives.
     pub fn persists(&self) -> bool {
-        !matches!(self, Self::Disconnect { .. })
+        !matches!(
+            self,
+            Self::Disconnect { .. } | Self::Subscribe { .. } | Self::Unsubscribe { .. }
+        )
     }
 }
 

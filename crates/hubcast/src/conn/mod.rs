@@ -70,6 +70,9 @@ pub(crate) struct Conn {
     pub trace_id: crate::trace::TraceId,
     /// Tells the connection's task its reader was woken.
     pub read_gate: ReadGate,
+    /// Server-side subscribes and unsubscribes for the session, which the
+    /// read loop applies between client frames.
+    pub commands: crate::hub::Commands,
 }
 
 /// The reader's own wake-ups. One task runs a connection's reader and
@@ -94,14 +97,21 @@ impl Default for ReadGate {
     }
 }
 
+impl ReadGate {
+    /// Marks the reader woken and wakes the connection's task.
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 impl Wake for Conn {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.read_gate.woken.store(true, Ordering::Release);
-        self.read_gate.task.wake();
+        self.read_gate.wake();
     }
 }
 
@@ -130,6 +140,14 @@ impl Subscriber for Conn {
 
     fn holder(&self) -> Option<(&str, &crate::auth::TokenId)> {
         Some((&self.user, &self.grants.token))
+    }
+
+    // The read loop checks the queue whenever the reader is polled, and
+    // waking the read gate makes the task poll it.
+    fn command(&self, cmd: crate::hub::RoomCommand) -> bool {
+        self.commands.push(cmd);
+        self.read_gate.wake();
+        true
     }
 }
 
@@ -162,6 +180,20 @@ pub(crate) async fn serve<R, W>(
     // below): a future awaited inline reserves its size in the connection's
     // task for the task's whole life, and an idle connection should hold
     // only what it waits on.
+    // A shutdown and the user controls reach connections through the
+    // hub's table of them (`Hub::open_conns`, `Hub::close_where`,
+    // `Hub::command_where`), so the connection is in it before its session
+    // opens: a server-side subscribe made meanwhile waits in its queue.
+    app.hub.register(conn.clone());
+    // A shutdown, block or revocation that walked the table before this
+    // connection was in it (after the handshake checked) is seen here.
+    if app.shutdown.is_cancelled() {
+        conn.out.close(close::GOING_AWAY, "server shutting down");
+    } else if !conn.anonymous
+        && let Err(refusal) = app.controls.admits(&conn.user, &conn.grants.token)
+    {
+        conn.out.close(close::REVOKED, refusal.message());
+    }
     let mut session = match Box::pin(
         Session::open(app.clone(), conn.clone(), subs).instrument(conn.span()),
     )
@@ -174,13 +206,6 @@ pub(crate) async fn serve<R, W>(
             None
         }
     };
-    // A shutdown reaches connections through the hub's table of them
-    // (`Hub::open_conns`); one that began before this connection was in the
-    // table is seen here.
-    app.hub.register(conn.clone());
-    if app.shutdown.is_cancelled() {
-        conn.out.close(close::GOING_AWAY, "server shutting down");
-    }
     let mut frames_in: u64 = 0;
     // When the last frame arrived (the writer's timer closes a silent
     // connection); the reader and writer hold a reference each.

@@ -1,5 +1,8 @@
 //! The read loop: takes frames off the socket, marks the connection alive,
-//! answers pings through the queue and hands text to the session.
+//! answers pings through the queue and hands text to the session, and
+//! the server-side subscribes queued for the connection too.
+
+use std::task::Poll;
 
 use tokio::io::AsyncRead;
 use tracing::Instrument;
@@ -45,10 +48,31 @@ where
     let mut ignored = 0u32;
     loop {
         let pending = session.as_deref().is_some_and(Session::has_pending);
+        let commands = std::future::poll_fn(|_| {
+            // No waker kept: `Conn::command` wakes the read gate, which
+            // polls this loop again.
+            if conn.commands.waiting() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
         let next = tokio::select! {
             biased;
             // Replies of publishes under way, as they complete.
             _ = async { if let Some(s) = session.as_deref_mut() { s.next_reply().await } }, if pending => continue,
+            // Server-side subscribes, between client frames.
+            () = commands, if session.is_some() => {
+                for cmd in conn.commands.take() {
+                    if conn.out.closing().is_some() {
+                        break;
+                    }
+                    if let Some(s) = session.as_deref_mut() {
+                        Box::pin(s.on_command(cmd).instrument(conn.span())).await;
+                    }
+                }
+                continue;
+            }
             next = reader.next() => next,
         };
         let next = match next {

@@ -11,6 +11,7 @@ pub(crate) mod origin;
 pub(crate) mod poll;
 pub(crate) mod serve;
 pub(crate) mod sse;
+pub(crate) mod subscribe;
 pub(crate) mod tap;
 pub(crate) mod tls;
 pub(crate) mod users;
@@ -54,6 +55,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/users/{user}/block"),
     ("POST", "/api/tokens/revoke"),
     ("POST", "/api/users/{user}/tokens/revoke"),
+    ("POST", "/api/subscribe"),
+    ("POST", "/api/unsubscribe"),
 ];
 
 /// The OpenAPI document of [`ROUTES`].
@@ -84,6 +87,8 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
         ("DELETE", "/api/users/{user}/block") => (axum::routing::delete(users::unblock), true),
         ("POST", "/api/tokens/revoke") => (post(users::revoke_jti), true),
         ("POST", "/api/users/{user}/tokens/revoke") => (post(users::revoke_user_tokens), true),
+        ("POST", "/api/subscribe") => (post(subscribe::subscribe::<true>), true),
+        ("POST", "/api/unsubscribe") => (post(subscribe::subscribe::<false>), true),
         _ => return None,
     })
 }

@@ -28,8 +28,8 @@ use super::error::HttpError;
 use super::handshake::{admit, authenticate, check_origin};
 use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
-use crate::broker::Recovery;
-use crate::hub::{Join, Subscriber};
+use crate::broker::{BrokerError, Recovery};
+use crate::hub::{Join, RoomCommand, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
 
 /// The parts of an envelope that make its event id.
@@ -101,8 +101,8 @@ fn event(frame: &[u8]) -> Bytes {
 struct Stream {
     app: Arc<App>,
     tap: Arc<Tap>,
-    /// Leaves the rooms when the stream is dropped.
-    _guard: TapGuard,
+    /// Its rooms; leaves them when the stream is dropped.
+    guard: TapGuard,
     /// Holds the connection's place in the limits.
     _slot: super::limits::ConnSlot,
     /// Counts the stream as an open `sse` connection.
@@ -118,6 +118,9 @@ impl Stream {
     /// user control).
     async fn next(&mut self) -> Option<Bytes> {
         loop {
+            for cmd in self.tap.commands.take() {
+                self.command(cmd).await;
+            }
             let closing = self.tap.outbound().take(&mut self.queue).close;
             if !self.queue.is_empty() {
                 let mut chunk = BytesMut::new();
@@ -146,6 +149,99 @@ impl Stream {
             }
         }
     }
+}
+
+impl Stream {
+    /// A server-side subscribe or unsubscribe (PROTOCOL.md section 8), as
+    /// on WebSocket: the token's rooms are not asked, `max_rooms_per_conn`
+    /// holds, a room already joined (or not joined, for a leave) is left
+    /// as it is, and a refused or failed join is an `error` event naming
+    /// the room.
+    async fn command(&mut self, cmd: RoomCommand) {
+        let out = self.tap.outbound();
+        match cmd {
+            RoomCommand::Join(room) => {
+                if self.guard.rooms.contains(&room) {
+                    return;
+                }
+                let max = self.app.live().config.max_rooms_per_conn;
+                let refused = if self.guard.rooms.len() >= max {
+                    Some((
+                        ErrorCode::TooManyRooms,
+                        format!("a stream may join at most {max} rooms"),
+                    ))
+                } else {
+                    let sub: Arc<dyn Subscriber> = self.tap.clone();
+                    match join(&self.app, &sub, &room, None).await {
+                        Ok(name) => {
+                            self.guard.rooms.push(name);
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(room = %room, error = %e, "server subscribe of an sse stream failed");
+                            let code = match e {
+                                BrokerError::Unavailable { .. } => ErrorCode::Unavailable,
+                                BrokerError::Timeout { .. } => ErrorCode::Timeout,
+                                BrokerError::Internal(_) => ErrorCode::Internal,
+                            };
+                            Some((code, e.client_message().to_string()))
+                        }
+                    }
+                };
+                if let Some((code, m)) = refused {
+                    out.push(protocol::room_error_frame(
+                        &room,
+                        code,
+                        &format!("server subscribe {room:?}: {m}"),
+                    ));
+                }
+            }
+            RoomCommand::Leave(room) => {
+                let Some(i) = self.guard.rooms.iter().position(|r| *r == room) else {
+                    return;
+                };
+                self.guard.rooms.swap_remove(i);
+                self.app.hub.leave(&*self.tap, &room, false).await;
+                out.push(protocol::encode(&out::Left {
+                    ty: "left",
+                    id: None,
+                    room: &room,
+                }));
+            }
+        }
+    }
+}
+
+/// Joins an SSE stream's `sub` to `room` through the hub, its `joined`
+/// event first (recovering after `from` when given).
+async fn join(
+    app: &App,
+    sub: &Arc<dyn Subscriber>,
+    room: &str,
+    from: Option<u64>,
+) -> Result<Arc<str>, BrokerError> {
+    let join = Join {
+        room,
+        explicit: true,
+        since: from.map(|s| (s, None)),
+    };
+    let reply = |rec: &Recovery, ()| {
+        Some(protocol::encode(&out::Joined {
+            ty: "joined",
+            id: None,
+            room,
+            offset: rec.top,
+            epoch: &rec.epoch,
+            recovered: from.map(|_| rec.recovered),
+            members: &[],
+            total: 0,
+        }))
+    };
+    let joined = app
+        .hub
+        .join(sub, join, std::future::ready(Ok(())), reply)
+        .await?;
+    Ok(joined.room)
 }
 
 /// `GET /sse?rooms=a,b[&since=a:3,b:5][&token=…]`.
@@ -219,8 +315,15 @@ pub(crate) async fn sse(
         rooms: Vec::new(),
     };
     // In the table user controls walk: a block, a revocation or a
-    // disconnect ends the stream.
+    // disconnect ends the stream, a subscribe reaches it.
     app.hub.register(sub.clone());
+    // A block or revocation that walked the table between the handshake's
+    // check and this registration is seen here (the guard unregisters).
+    if !caller.anonymous {
+        app.controls
+            .admits(&caller.user, &caller.grants.token)
+            .map_err(crate::controls::Refusal::into_http)?;
+    }
     // The token's `subs` join too, after the named rooms, as on WebSocket:
     // each is checked like a room of `rooms`, but a refused one is an
     // `error` event naming it rather than a refused stream (the client did
@@ -262,30 +365,9 @@ pub(crate) async fn sse(
         }
     }
     for room in &all {
-        let from = since.get(room).copied();
-        let join = Join {
-            room,
-            explicit: true,
-            since: from.map(|s| (s, None)),
-        };
-        let reply = |rec: &Recovery, ()| {
-            Some(protocol::encode(&out::Joined {
-                ty: "joined",
-                id: None,
-                room,
-                offset: rec.top,
-                epoch: &rec.epoch,
-                recovered: from.map(|_| rec.recovered),
-                members: &[],
-                total: 0,
-            }))
-        };
         // On an error, `guard` leaves the rooms joined so far.
-        let joined = app
-            .hub
-            .join(&sub, join, std::future::ready(Ok(())), reply)
-            .await?;
-        guard.rooms.push(joined.room);
+        let joined = join(&app, &sub, room, since.get(room).copied()).await?;
+        guard.rooms.push(joined);
     }
     tracing::info!(conn = %conn_id, user = %caller.user, rooms = all.len(), "sse stream opened");
 
@@ -295,7 +377,7 @@ pub(crate) async fn sse(
     let state = Stream {
         app: app.clone(),
         tap,
-        _guard: guard,
+        guard,
         _slot: slot,
         _counted: crate::metrics::OpenConnection::new(crate::metrics::Transport::Sse, &app.open),
         queue: VecDeque::new(),

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::App;
 use crate::auth::TokenId;
 use crate::broker::ConnKey;
-use crate::hub::Subscriber;
+use crate::hub::{Commands, RoomCommand, Subscriber};
 use crate::outbound::Outbound;
 
 /// A hub member that is not a WebSocket: its queue is read by an HTTP
@@ -19,6 +19,9 @@ pub(crate) struct Tap {
     /// The user and token of an SSE stream, which user controls close; a
     /// long poll is the API's, no user's.
     holder: Option<(Arc<str>, TokenId)>,
+    /// An SSE stream's server-side subscribes, which the stream applies
+    /// before it sends its next chunk.
+    pub(crate) commands: Commands,
 }
 
 impl Tap {
@@ -33,6 +36,7 @@ impl Tap {
             key: app.next_conn.fetch_add(1, Ordering::Relaxed),
             out: Outbound::new(app.config.queue_size),
             holder,
+            commands: Commands::default(),
         })
     }
 }
@@ -46,6 +50,15 @@ impl Subscriber for Tap {
     }
     fn holder(&self) -> Option<(&str, &TokenId)> {
         self.holder.as_ref().map(|(u, t)| (&**u, t))
+    }
+    // A long poll (no holder) answers once and takes no command.
+    fn command(&self, cmd: RoomCommand) -> bool {
+        if self.holder.is_none() {
+            return false;
+        }
+        self.commands.push(cmd);
+        self.out.wake();
+        true
     }
 }
 

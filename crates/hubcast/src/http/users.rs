@@ -19,12 +19,12 @@ use crate::App;
 use crate::broker::UserCommand;
 use crate::protocol::{self, ErrorCode};
 
-fn bad(message: impl Into<String>) -> HttpError {
+pub(super) fn bad(message: impl Into<String>) -> HttpError {
     HttpError::new(ErrorCode::BadRequest, message)
 }
 
 /// The body as a JSON object.
-async fn object(
+pub(super) async fn object(
     app: &App,
     headers: &HeaderMap,
     body: Body,
@@ -38,7 +38,7 @@ async fn object(
 }
 
 /// The body's `user`, checked.
-fn user_field(m: &Map<String, Value>) -> Result<Arc<str>, HttpError> {
+pub(super) fn user_field(m: &Map<String, Value>) -> Result<Arc<str>, HttpError> {
     match m.get("user") {
         None => Err(bad("`user` is required")),
         Some(Value::String(u)) => checked_user(u),

@@ -153,6 +153,7 @@ pub(crate) async fn upgrade(
             .map(|t| crate::trace::TraceId::parse(&t.id))
             .unwrap_or_default(),
         read_gate: Default::default(),
+        commands: Default::default(),
     });
 
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -10,7 +10,10 @@
 //!   ([`Hub::join`]).
 //! - `registry`: the table of open connections, which a shutdown walks
 //!   ([`Hub::open_conns`], one at a time), and user controls ([`Hub::close_where`]).
+//! - `commands`: server-side subscribe and unsubscribe, queued for each
+//!   connection's own task ([`Hub::command_where`]).
 
+mod commands;
 mod join;
 mod registry;
 
@@ -28,6 +31,7 @@ use crate::outbound::{Outbound, Pushed};
 use crate::protocol::{self, out};
 use crate::small::SmallMap;
 
+pub(crate) use commands::{Commands, RoomCommand};
 pub(crate) use join::Join;
 use registry::Connections;
 
@@ -43,6 +47,12 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
     /// what they do not reach (a test's stand-in).
     fn holder(&self) -> Option<(&str, &crate::auth::TokenId)> {
         None
+    }
+    /// Queues a server-side subscribe or unsubscribe for the connection's
+    /// task and wakes it; false when the connection takes none (a long
+    /// poll, a test's stand-in).
+    fn command(&self, _cmd: RoomCommand) -> bool {
+        false
     }
 }
 
@@ -247,6 +257,22 @@ impl Hub {
         self.conns.for_each(|conn| {
             if pick(conn) {
                 conn.outbound().close(code, reason);
+                n += 1;
+            }
+        });
+        n
+    }
+
+    /// Queues `cmd` for every registered connection `pick` chooses; how
+    /// many took it.
+    pub(crate) fn command_where(
+        &self,
+        cmd: &RoomCommand,
+        pick: impl Fn(&dyn Subscriber) -> bool,
+    ) -> usize {
+        let mut n = 0;
+        self.conns.for_each(|conn| {
+            if pick(conn) && conn.command(cmd.clone()) {
                 n += 1;
             }
         });

@@ -297,3 +297,56 @@ async fn a_room_of_the_tokens_subs_appears_without_join_and_recovers_after_a_rec
     no_message(&mut ev, &s, "feed").await;
     reader.close().await;
 }
+
+#[tokio::test]
+async fn a_server_side_subscribe_and_unsubscribe_add_and_remove_the_room() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let s = Server::start(|c| c.jwt_secret = Some(secret.into())).await;
+    let proxy = Proxy::start(s.addr).await;
+    let exp = hubcast::unix_ms() as u64 / 1000 + 600;
+    let token = common::hs256(secret, &json!({"sub": "pushed-user", "exp": exp}));
+    let (c, mut ev) = Client::connect(&proxy.ws_url(), fast(Options::with_token(&token)));
+    c.wait_for(State::Connected, WAIT).await.unwrap();
+    let body = json!({"user": "pushed-user", "room": "pushed"});
+    assert_eq!(s.api_post("/api/subscribe", &body).await["connections"], 1);
+    let joined = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Event::Joined(j)) = ev.recv().await {
+                break j;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(joined.room, "pushed");
+    s.api_publish("pushed", json!(1)).await;
+    assert_eq!(messages(&mut ev, 1).await[0].data, json!(1));
+
+    s.api_post("/api/unsubscribe", &body).await;
+    let left = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Event::Left { room }) = ev.recv().await {
+                break room;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(left, "pushed");
+    // Not rejoined after a reconnect: a message of the room published then
+    // does not come before a direct message sent after it.
+    proxy.refuse(true);
+    proxy.cut();
+    c.wait_for(State::Reconnecting, WAIT).await.unwrap();
+    proxy.refuse(false);
+    c.wait_for(State::Connected, WAIT).await.unwrap();
+    s.api_publish("pushed", json!(2)).await;
+    let marker = json!("direct-after");
+    s.api_post(
+        "/api/send",
+        &json!({"to": "pushed-user", "event": "e", "data": marker}),
+    )
+    .await;
+    assert_eq!(messages(&mut ev, 1).await[0].data, marker);
+    c.close().await;
+}

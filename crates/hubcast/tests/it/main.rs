@@ -45,6 +45,7 @@ mod rules;
 mod settings;
 mod sse;
 mod subs;
+mod subscribe;
 mod tls;
 mod tracing;
 mod validation;

@@ -85,6 +85,9 @@ async fn the_document_matches_the_routes_and_their_answers() {
                 .json(&json!({"to":user,"event":"e","data":1})),
             ("GET", "/api/poll") => http.get(s.http("/api/poll?room=r&timeout=0")),
             ("GET", "/sse") => http.get(s.http("/sse?rooms=r")),
+            ("POST", "/api/subscribe" | "/api/unsubscribe") => http
+                .post(s.http(&concrete))
+                .json(&json!({"user":user,"room":"r2"})),
             _ => http.request(method.parse().unwrap(), s.http(&concrete)),
         };
         let st = good.send().await.unwrap().status().as_u16().to_string();

@@ -163,6 +163,9 @@ export interface RoomEvents {
   presence: (event: PresenceEvent) => void;
   members: (members: Member[]) => void;
   joined: (frame: JoinedFrame) => void;
+  /** The server took this connection out of the room (`POST
+   * /api/unsubscribe`): the room is `left` and no longer in `rooms`. */
+  left: () => void;
   unrecovered: (info: UnrecoveredInfo) => void;
   error: (error: HubcastError) => void;
 }
@@ -191,6 +194,9 @@ export interface HubcastEvents {
   /** A room the server joined this connection to by itself (the token's
    * `subs`): it is in `rooms` from now on, as if `join()` had been called. */
   room: (room: Room) => void;
+  /** A room the server took this connection out of by itself (`POST
+   * /api/unsubscribe`): gone from `rooms`, not rejoined after a reconnect. */
+  left: (room: Room) => void;
   error: (error: HubcastError) => void;
 }
 

@@ -132,7 +132,8 @@ class Seen {
  * One room this client joined. Events: `message` (envelope; each once, in
  * offset order), `presence` (event frame), `members` (the current list),
  * `unrecovered` (missed messages could not all be replayed: reload),
- * `joined` (every `joined` frame, the first and each rejoin), `error`.
+ * `joined` (every `joined` frame, the first and each rejoin), `left` (the
+ * server took this connection out of the room), `error`.
  */
 export class Room extends Emitter {
   #hc;
@@ -328,7 +329,9 @@ export class Room extends Emitter {
  * (`connecting`, `connected`, `reconnecting`, `closed`; with
  * `{code, reason, delay, attempt}`), `welcome`, `message` (every room),
  * `direct` (messages to this user's personal room), `unrecovered`
- * (room, info), `error` (server errors not tied to a request).
+ * (room, info), `room` (a room the server joined this connection to),
+ * `left` (a room it took it out of), `error` (server errors not tied to a
+ * request).
  */
 export class Hubcast extends Emitter {
   #ws = null;
@@ -643,6 +646,9 @@ export class Hubcast extends Emitter {
         return this.#rooms.get(f.room)?._accept(f);
       case 'joined':
         return this.#onJoined(f);
+      case 'left':
+        if (f.id === undefined) return this.#onUnsubscribed(f);
+        break;
       case 'presence':
         if (f.id === undefined) return this.#rooms.get(f.room)?._onPresence(f);
         break;
@@ -725,6 +731,22 @@ export class Hubcast extends Emitter {
     room._onJoined(f);
     room._ready = Promise.resolve(room);
     this.emit('room', room);
+  }
+
+  /** A `left` without `id`: the server took this connection out of a room
+   * by itself (`POST /api/unsubscribe`). The room leaves `rooms` (so it is
+   * not rejoined after a reconnect), becomes `left`, and emits `left`; the
+   * client emits `left` with it. A room with a `join` of ours in flight
+   * stays: the server handles that join after this leave, and its reply
+   * follows. */
+  #onUnsubscribed(f) {
+    const room = this.#rooms.get(f.room);
+    if (!room || room.left) return;
+    for (const r of this.#joining.values()) if (r === room) return;
+    this.#rooms.delete(f.room);
+    room._dispose();
+    room.emit('left');
+    this.emit('left', room);
   }
 
   #onReply(f) {

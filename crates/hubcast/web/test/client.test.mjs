@@ -184,6 +184,51 @@ test('rooms of the token\'s subs appear without join() and recover after a recon
   assert.equal(appeared.length, 1, 'the same room across the reconnect');
 });
 
+test('a server-side subscribe adds a room and an unsubscribe removes it, for good', async () => {
+  const secret = 'a-secret-of-at-least-16-bytes';
+  const s = await server({ args: ['--jwt-secret', secret] });
+  const proxy = await startProxy(s.addr);
+  cleanup.push(() => proxy.close());
+  const token = jwt(secret, { sub: 'pushed', exp: Math.floor(Date.now() / 1000) + 600 });
+  const hc = client(proxy.ws, { token });
+  await connected(hc);
+  const api = (path, body) =>
+    fetch(`${s.http}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }).then((r) => r.json());
+  const appeared = collect(hc, 'room');
+  const gone = collect(hc, 'left');
+  assert.equal((await api('/api/subscribe', { user: 'pushed', room: 'news' })).connections, 1);
+  await waitFor(() => appeared.length === 1, 'the subscribed room appears');
+  const room = appeared[0];
+  assert.equal(room.name, 'news');
+  assert.equal(hc.rooms.get('news'), room);
+  const got = collect(room, 'message');
+  await api('/api/publish', { room: 'news', event: 'e', data: 1 });
+  await waitFor(() => got.length === 1, 'a message of the room');
+  const roomLeft = collect(room, 'left');
+
+  await api('/api/unsubscribe', { user: 'pushed', room: 'news' });
+  await waitFor(() => gone.length === 1, 'the room is left');
+  assert.equal(gone[0], room);
+  assert.equal(roomLeft.length, 1);
+  assert.equal(room.left, true);
+  assert.equal(room.joined, false);
+  assert.equal(hc.rooms.has('news'), false);
+
+  // Not rejoined after a reconnect: a direct message sent after a message
+  // of the room is the only one that arrives.
+  proxy.refuse = true;
+  proxy.cut();
+  await waitFor(() => hc.state === 'reconnecting', 'reconnecting');
+  proxy.refuse = false;
+  await connected(hc);
+  const all = collect(hc, 'message');
+  await api('/api/publish', { room: 'news', event: 'e', data: 2 });
+  await api('/api/send', { to: 'pushed', event: 'e', data: 'marker' });
+  await waitFor(() => all.length >= 1, 'the direct message');
+  assert.deepEqual(all.map((m) => m.data), ['marker']);
+  assert.equal(got.length, 1);
+});
+
 test('a publish whose ack was lost is retried with the same msgId and delivered once', async () => {
   const s = await server();
   const proxy = await startProxy(s.addr);

@@ -77,7 +77,9 @@ impl UserControls for RedisBroker {
         let mut pipe = redis::pipe();
         pipe.atomic();
         match &cmd {
-            UserCommand::Disconnect { .. } => {}
+            UserCommand::Disconnect { .. }
+            | UserCommand::Subscribe { .. }
+            | UserCommand::Unsubscribe { .. } => {}
             UserCommand::Block { user, until } => {
                 pipe.cmd("ZADD")
                     .arg(&keys.blocks)

@@ -7,9 +7,11 @@
 //! - `rooms`: `join` and `leave`, and which rooms a token allows.
 //! - `publish`: `publish` and `send`, whose broker calls run together while
 //!   their replies leave in order.
+//! - `subscribe`: server-side subscribes and unsubscribes.
 
 mod publish;
 mod rooms;
+mod subscribe;
 
 use std::sync::Arc;
 

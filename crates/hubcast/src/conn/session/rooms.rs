@@ -110,7 +110,7 @@ impl Session {
     }
 
     /// A join past the rate limit and the room rule: the token's grants,
-    /// `max_rooms_per_conn`, then the hub's gap-free join.
+    /// then [`Session::join_room`].
     async fn join_checked(
         &mut self,
         id: Option<&RawValue>,
@@ -118,6 +118,17 @@ impl Session {
         since: Option<(u64, Option<&str>)>,
     ) -> Result<(), Reject> {
         self.check_room(room, "join")?;
+        self.join_room(id, room, since).await
+    }
+
+    /// A join past every check of who may join: `max_rooms_per_conn`,
+    /// presence, then the hub's gap-free join and its `joined` reply.
+    pub(super) async fn join_room(
+        &mut self,
+        id: Option<&RawValue>,
+        room: &str,
+        since: Option<(u64, Option<&str>)>,
+    ) -> Result<(), Reject> {
         let personal = protocol::is_personal(room);
         let already = self.joined(room);
         if !personal && !already && self.joined_count() >= self.app.live().config.max_rooms_per_conn
@@ -171,7 +182,7 @@ impl Session {
     }
 
     /// Whether `room` was joined with `join`.
-    fn joined(&self, room: &str) -> bool {
+    pub(super) fn joined(&self, room: &str) -> bool {
         self.position(room).is_some()
     }
 
