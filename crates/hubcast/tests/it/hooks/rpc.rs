@@ -72,6 +72,34 @@ async fn rpc_results_are_the_backends_data_or_its_error() {
 }
 
 #[tokio::test]
+async fn the_rust_client_calls_rpc() {
+    let backend = Backend::start(|b| match b["method"].as_str() {
+        Some("echo") => Answer::Json(json!({"data": {"got": b["data"]}})),
+        _ => Answer::Json(json!({"error": {"code": "nope", "message": "no such method"}})),
+    })
+    .await;
+    let s = backend.server(|c| c.hooks.rpc = true).await;
+    let (c, _events) =
+        hubcast_client::Client::connect(&s.ws_url(), hubcast_client::Options::default());
+    c.wait_for(hubcast_client::State::Connected, crate::common::WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.rpc("echo", json!([1])).await.unwrap(),
+        json!({"got": [1]})
+    );
+    let e = c.rpc("other", json!(null)).await.unwrap_err();
+    assert_eq!(
+        e,
+        hubcast_client::Error::Server {
+            code: "nope".into(),
+            message: "no such method".into()
+        }
+    );
+    c.close().await;
+}
+
+#[tokio::test]
 async fn rpc_off_is_a_clear_error() {
     let backend = Backend::start(|_| Answer::Json(json!({"data": 1}))).await;
     let s = backend.server(|_| {}).await;
