@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{Answer, Backend};
+use super::{Answer, Backend, Case};
 use crate::common::{Client, Server};
 
 /// A handshake with a session cookie; the refusal's status and JSON body
@@ -105,7 +105,7 @@ async fn refusals_carry_the_backends_status_and_message() {
 
 #[tokio::test]
 async fn a_backend_that_fails_lets_nobody_in() {
-    let cases: [(fn() -> Answer, &str); 6] = [
+    let cases: [Case; 6] = [
         (|| Answer::Hang, "timeout"),
         (|| Answer::Status(500), "status"),
         (|| Answer::Garbage, "unreadable"),

@@ -38,6 +38,9 @@ pub(crate) enum Answer {
     Hang,
 }
 
+/// A failing answer and the reason the client's message names.
+pub(crate) type Case = (fn() -> Answer, &'static str);
+
 type Decide = dyn Fn(&Value) -> Answer + Send + Sync;
 
 /// One request as the backend got it.

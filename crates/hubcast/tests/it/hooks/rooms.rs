@@ -6,7 +6,7 @@
 use hubcast::rules::{Joiners, Publishers};
 use serde_json::{Value, json};
 
-use super::{Answer, Backend, table};
+use super::{Answer, Backend, Case, table};
 use crate::common::Server;
 
 /// `h.*` joins and `p.*` publishes ask the hook.
@@ -135,7 +135,7 @@ async fn replies_keep_the_order_of_the_frames() {
 
 #[tokio::test]
 async fn a_backend_that_fails_allows_nothing() {
-    let cases: [(fn() -> Answer, &str); 4] = [
+    let cases: [Case; 4] = [
         (|| Answer::Hang, "timeout"),
         (|| Answer::Status(500), "status"),
         (|| Answer::Garbage, "unreadable"),

@@ -116,32 +116,30 @@ async fn hook_metrics_reach_metrics() {
     if crate::common::in_own_process("hooks::rpc::hook_metrics_reach_metrics") {
         return;
     }
-    {
-        let backend = Backend::start(|b| match b["method"].as_str() {
-            Some("hang") => Answer::Hang,
-            _ => Answer::Json(json!({"data": 1})),
-        })
-        .await;
-        let s = backend.server(|c| c.hooks.rpc = true).await;
-        let mut c = s.client().await;
-        c.call(json!({"type":"rpc","method":"ok","data":1})).await;
-        c.call(json!({"type":"rpc","method":"hang","data":1})).await;
-        let text = reqwest::get(s.http("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        for line in [
-            r#"hubcast_hook_requests_total{hook="rpc"} 2"#,
-            r#"hubcast_hook_failures_total{hook="rpc",reason="timeout"} 1"#,
-            r#"hubcast_hook_duration_seconds_count{hook="rpc"} 2"#,
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
-        }
-        assert!(
-            text.contains(r#"hubcast_hook_duration_seconds_bucket{hook="rpc",le="0.5"}"#),
-            "{text}"
-        );
+    let backend = Backend::start(|b| match b["method"].as_str() {
+        Some("hang") => Answer::Hang,
+        _ => Answer::Json(json!({"data": 1})),
+    })
+    .await;
+    let s = backend.server(|c| c.hooks.rpc = true).await;
+    let mut c = s.client().await;
+    c.call(json!({"type":"rpc","method":"ok","data":1})).await;
+    c.call(json!({"type":"rpc","method":"hang","data":1})).await;
+    let text = reqwest::get(s.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"hubcast_hook_requests_total{hook="rpc"} 2"#,
+        r#"hubcast_hook_failures_total{hook="rpc",reason="timeout"} 1"#,
+        r#"hubcast_hook_duration_seconds_count{hook="rpc"} 2"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
     }
+    assert!(
+        text.contains(r#"hubcast_hook_duration_seconds_bucket{hook="rpc",le="0.5"}"#),
+        "{text}"
+    );
 }
