@@ -229,3 +229,58 @@ pub(crate) fn table(pattern: &str, join: Joiners, publish: Publishers) -> RoomTa
         presence: true,
     }
 }
+
+#[tokio::test]
+async fn bodies_have_the_fields_the_openapi_document_gives_them() {
+    let backend = Backend::start(|b| match b["hook"].as_str() {
+        Some("connect") => Answer::Json(json!({"user": "u1"})),
+        Some("rpc") => Answer::Json(json!({"data": 1})),
+        _ => Answer::Json(json!({"allow": true})),
+    })
+    .await;
+    let s = backend
+        .server(|c| {
+            c.hooks.connect = true;
+            c.hooks.rpc = true;
+            c.rooms = vec![table("h.*", Joiners::Hook, Publishers::Hook)];
+        })
+        .await;
+    let mut c = s.client().await;
+    c.join("h.a").await;
+    c.publish("h.a", json!(1)).await;
+    c.call(json!({"type":"rpc","method":"m","data":1})).await;
+    let doc: Value = reqwest::get(s.http("/api/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = doc["webhooks"]["hook"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["oneOf"]
+        .as_array()
+        .unwrap();
+    for hook in ["connect", "join", "publish", "rpc"] {
+        let schema = schemas.iter().find(|s| s["title"] == hook).unwrap();
+        let documented: std::collections::BTreeSet<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let seen = &backend.seen_of(hook)[0].body;
+        let sent: std::collections::BTreeSet<&str> = seen
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(sent, documented, "{hook}: {seen}");
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(required.iter().all(|k| sent.contains(k)), "{hook}");
+    }
+}
