@@ -193,3 +193,19 @@ async fn past_the_in_flight_cap_a_hook_is_unavailable_at_once() {
         "the capped request was never sent"
     );
 }
+
+#[tokio::test]
+async fn replacement_data_over_the_frame_limit_is_unreadable_and_not_published() {
+    let backend =
+        Backend::start(|_| Answer::Json(json!({"allow": true, "data": "x".repeat(70_000)}))).await;
+    let s = server(&backend).await;
+    let mut sub = s.client().await;
+    sub.join("p.a").await;
+    let mut c = s.client().await;
+    let r = c
+        .call(json!({"type":"publish","room":"p.a","event":"e","data":1}))
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("unreadable"), "{r}");
+    s.barrier(&mut sub, "p.a").await;
+}
