@@ -18,6 +18,7 @@ use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod declare;
+mod hooks;
 #[cfg(test)]
 mod readme;
 mod rooms;
@@ -26,6 +27,7 @@ mod settings;
 mod tests;
 
 pub use declare::Setting;
+pub use hooks::HooksTable;
 pub use rooms::RoomTable;
 pub use settings::{Config, ServeArgs, settings};
 
