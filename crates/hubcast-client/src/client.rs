@@ -218,6 +218,39 @@ impl Client {
         rx.await.map_err(|_| Error::ClientClosed)?
     }
 
+    /// Calls `method` of the application's backend through the server
+    /// (`rpc`, PROTOCOL.md section 9); resolves with the backend's `data`.
+    /// The backend's own error, or `unavailable` when the server could not
+    /// ask it, is an [`Error::Server`] with that code and message.
+    pub async fn rpc(&self, method: &str, data: Value) -> Result<Value, Error> {
+        let frame = Request::Rpc {
+            id: None,
+            method,
+            data: &data,
+        };
+        let frame = serde_json::to_value(&frame).map_err(|e| Error::Server {
+            code: "bad_request".into(),
+            message: e.to_string(),
+        })?;
+        let mut reply = self.request(frame).await?;
+        if let Some(e) = reply.get("error") {
+            let text = |k: &str| {
+                e.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            return Err(Error::Server {
+                code: text("code"),
+                message: text("message"),
+            });
+        }
+        Ok(reply
+            .get_mut("data")
+            .map(Value::take)
+            .unwrap_or(Value::Null))
+    }
+
     /// Sets this user's status (`online`, `away`, `busy`), kept across
     /// reconnects.
     pub async fn set_status(&self, status: &str) -> Result<(), Error> {

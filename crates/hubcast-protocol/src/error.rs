@@ -36,6 +36,8 @@ pub enum ErrorCode {
     Internal,
     /// HTTP only: no such route or resource.
     NotFound,
+    /// Version 1.1: a backend hook refused (join, publish), with its message.
+    Rejected,
 }
 
 impl ErrorCode {
@@ -56,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }
@@ -80,6 +83,7 @@ mod tests {
             ErrorCode::Timeout,
             ErrorCode::Internal,
             ErrorCode::NotFound,
+            ErrorCode::Rejected,
         ] {
             let json = serde_json::to_string(&c).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", c.as_str()));

@@ -39,7 +39,8 @@ pub use client::{
 pub use error::ErrorCode;
 pub use json::MAX_DATA_DEPTH;
 pub use names::{
-    check_event, check_msg_id, check_room, check_user, is_bidi_control, is_personal, personal_room,
+    check_event, check_method, check_msg_id, check_room, check_user, is_bidi_control, is_personal,
+    personal_room,
 };
 pub use presence::{Member, PresenceAction, Status};
 pub use server::{encode, error_frame, out, room_error_frame, timeout_frame};

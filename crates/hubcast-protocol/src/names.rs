@@ -16,6 +16,11 @@ pub fn check_event(event: &str) -> Result<(), String> {
     check_name("event", event, 64, "", 80)
 }
 
+/// Checks an `rpc` frame's `method` (the same characters as an event).
+pub fn check_method(method: &str) -> Result<(), String> {
+    check_name("method", method, 64, "", 80)
+}
+
 /// Checks that `name` is 1 to `max` bytes of A-Z a-z 0-9 _ . : -; the error
 /// calls it `what`, adds `or` to what is allowed and shows at most `shown`
 /// characters of it.

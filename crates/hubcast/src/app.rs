@@ -64,6 +64,8 @@ pub(crate) struct App {
     pub samples: Mutex<VecDeque<(Instant, u64, u64)>>,
     /// Recent errors and notable closes, for the dashboard.
     pub recent: Arc<recent::Recent>,
+    /// The backend hooks' client (`[hooks]`); none without a `url`.
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 impl App {

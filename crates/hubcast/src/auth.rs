@@ -96,24 +96,26 @@ pub enum AuthError {
 /// issuer and this node), as identity providers commonly allow.
 const NBF_LEEWAY_SECS: u64 = 60;
 
+/// A token's claims; the connect hook's answer is read into the same
+/// claims (`crate::hooks`), so that both grant alike.
 #[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
+pub(crate) struct Claims {
+    pub(crate) sub: String,
+    pub(crate) exp: u64,
     #[serde(default)]
-    nbf: Option<u64>,
+    pub(crate) nbf: Option<u64>,
     #[serde(default)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    rooms: Option<Vec<String>>,
+    pub(crate) rooms: Option<Vec<String>>,
     #[serde(default)]
-    admin: bool,
+    pub(crate) admin: bool,
     #[serde(default)]
-    jti: Option<String>,
+    pub(crate) jti: Option<String>,
     #[serde(default)]
-    iat: Option<u64>,
+    pub(crate) iat: Option<u64>,
     #[serde(default)]
-    subs: Vec<String>,
+    pub(crate) subs: Vec<String>,
 }
 
 impl Auth {
@@ -226,6 +228,11 @@ impl Auth {
         })
     }
 
+    /// Whether tokens can be verified (a key or a JWKS is configured).
+    pub fn takes_tokens(&self) -> bool {
+        self.key.is_some() || self.jwks.is_some()
+    }
+
     /// Checks a handshake's token (if any). `Ok(None)`: anonymous.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Option<Identity>, AuthError> {
         let Some(token) = token else {
@@ -278,53 +285,57 @@ impl Auth {
                 _ => AuthError::Invalid(e.to_string()),
             }
         })?;
-        let c = data.claims;
-        if let Some(nbf) = c.nbf
-            && nbf > (crate::unix_ms() / 1000).max(0) as u64 + NBF_LEEWAY_SECS
-        {
-            return Err(AuthError::NotYetValid);
-        }
-        protocol::check_user(&c.sub)
-            .map_err(|m| AuthError::Invalid(format!("claim `sub`: {m}")))?;
-        // An id is shown as it is (and is the display name when the token
-        // has none), so one with direction controls is refused, not changed.
-        if c.sub.chars().any(protocol::is_bidi_control) {
-            return Err(AuthError::Invalid(
-                "claim `sub`: no bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)".into(),
-            ));
-        }
-        // A name is the user's choice, vouched for by the issuer: its
-        // direction controls are dropped rather than locking the user out.
-        let name = c.name.map(strip_bidi).filter(|n| !n.is_empty());
-        if let Some(name) = &name
-            && (name.chars().count() > 64 || name.chars().any(char::is_control))
-        {
-            return Err(AuthError::Invalid(
-                "claim `name`: at most 64 characters, no control characters".into(),
-            ));
-        }
-        let rooms = match c.rooms {
-            None => None,
-            Some(list) => Some(
-                list.iter()
-                    .map(|p| RoomPattern::parse(p))
-                    .collect::<Result<Arc<[RoomPattern]>, _>>()
-                    .map_err(|m| AuthError::Invalid(format!("claim `rooms`: {m}")))?,
-            ),
-        };
-        Ok(Identity {
-            user: c.sub,
-            name,
-            rooms,
-            admin: c.admin,
-            exp: c.exp,
-            token: TokenId {
-                jti: c.jti.map(Arc::from),
-                iat: c.iat,
-            },
-            subs: c.subs,
-        })
+        identity(data.claims)
     }
+}
+
+/// What verified claims grant: their checks (`sub`, `name`, `rooms`,
+/// `nbf`) and the [`Identity`] they make.
+pub(crate) fn identity(c: Claims) -> Result<Identity, AuthError> {
+    if let Some(nbf) = c.nbf
+        && nbf > (crate::unix_ms() / 1000).max(0) as u64 + NBF_LEEWAY_SECS
+    {
+        return Err(AuthError::NotYetValid);
+    }
+    protocol::check_user(&c.sub).map_err(|m| AuthError::Invalid(format!("claim `sub`: {m}")))?;
+    // An id is shown as it is (and is the display name when the token
+    // has none), so one with direction controls is refused, not changed.
+    if c.sub.chars().any(protocol::is_bidi_control) {
+        return Err(AuthError::Invalid(
+            "claim `sub`: no bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)".into(),
+        ));
+    }
+    // A name is the user's choice, vouched for by the issuer: its
+    // direction controls are dropped rather than locking the user out.
+    let name = c.name.map(strip_bidi).filter(|n| !n.is_empty());
+    if let Some(name) = &name
+        && (name.chars().count() > 64 || name.chars().any(char::is_control))
+    {
+        return Err(AuthError::Invalid(
+            "claim `name`: at most 64 characters, no control characters".into(),
+        ));
+    }
+    let rooms = match c.rooms {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .map(|p| RoomPattern::parse(p))
+                .collect::<Result<Arc<[RoomPattern]>, _>>()
+                .map_err(|m| AuthError::Invalid(format!("claim `rooms`: {m}")))?,
+        ),
+    };
+    Ok(Identity {
+        user: c.sub,
+        name,
+        rooms,
+        admin: c.admin,
+        exp: c.exp,
+        token: TokenId {
+            jti: c.jti.map(Arc::from),
+            iat: c.iat,
+        },
+        subs: c.subs,
+    })
 }
 
 /// A `rooms` claim entry: dot-separated segments, `*` matching one segment

@@ -179,6 +179,16 @@ pub fn client_frame(data: &[u8]) {
             );
         }
         ClientFrame::Ping => {}
+        ClientFrame::Rpc { method, data } => {
+            assert!(
+                protocol::check_method(&method).is_ok(),
+                "method {method:?} passed unchecked"
+            );
+            assert!(
+                serde_json::from_str::<serde_json::Value>(data.get()).is_ok(),
+                "rpc data unreadable"
+            );
+        }
     }
 }
 

@@ -44,6 +44,8 @@
 //!   health, metrics, static pages), the handshake checks WebSocket and SSE
 //!   share, origin checks, connection limits, JSON errors, TLS.
 //! - [`auth`]: tokens and what they grant.
+//! - [`hooks`]: backend hooks (connect, join, publish, rpc): the signed,
+//!   pooled, capped requests to the application's backend.
 //! - `metrics`, `trace`, `otel`: Prometheus metrics, trace ids, OTLP
 //!   export (feature `otlp`).
 //! - `recent`: recent errors and notable closes, for the dashboard.
@@ -71,6 +73,7 @@ pub(crate) mod drain;
 // here because they reach crate-private parsers; not an API.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hooks;
 pub mod http;
 pub(crate) mod hub;
 pub mod jwks;

@@ -40,6 +40,15 @@ pub(crate) const FRAMES_REJECTED: &str = "hubcast_frames_rejected_total";
 pub(crate) const DELIVERY_LATENCY: &str = "hubcast_publish_delivery_seconds";
 /// Broker operations (histogram, seconds), by `op` and `result`.
 pub(crate) const BROKER_LATENCY: &str = "hubcast_broker_operation_seconds";
+/// Backend hook requests (counter), by `hook` (`connect`, `join`,
+/// `publish`, `rpc`).
+pub(crate) const HOOK_REQUESTS: &str = "hubcast_hook_requests_total";
+/// Hook requests that did not get a readable answer (counter), by `hook`
+/// and `reason` (`timeout`, `status`, `unreadable`, `transport`, `busy`).
+pub(crate) const HOOK_FAILURES: &str = "hubcast_hook_failures_total";
+/// Hook requests from start to answer or failure (histogram, seconds), by
+/// `hook`.
+pub(crate) const HOOK_LATENCY: &str = "hubcast_hook_duration_seconds";
 /// Frames a connection's writer found waiting at once (histogram).
 pub(crate) const QUEUE_DEPTH: &str = "hubcast_outbound_queue_depth";
 
@@ -115,6 +124,16 @@ fn describe() {
         BROKER_LATENCY,
         Unit::Seconds,
         "Broker operations, by op and result"
+    );
+    describe_counter!(HOOK_REQUESTS, "Backend hook requests, by hook");
+    describe_counter!(
+        HOOK_FAILURES,
+        "Backend hook requests without a readable answer, by hook and reason"
+    );
+    describe_histogram!(
+        HOOK_LATENCY,
+        Unit::Seconds,
+        "Backend hook requests, start to answer or failure, by hook"
     );
     describe_histogram!(
         QUEUE_DEPTH,

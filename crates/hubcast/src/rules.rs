@@ -36,8 +36,8 @@ pub enum Publishers {
     Members,
     /// The server API only: a client's `publish` answers `forbidden`.
     Server,
-    /// The publish hook decides for clients (section 9; not in this
-    /// version, so refused at start).
+    /// The publish hook decides for clients (section 9; the server API is
+    /// not asked). Needs `[hooks]` with a `url`.
     Hook,
 }
 
@@ -48,8 +48,8 @@ pub enum Joiners {
     /// Everyone the token allows.
     #[default]
     Open,
-    /// The join hook decides (section 9; not in this version, so refused at
-    /// start).
+    /// The join hook decides, after the token allows the room (section 9).
+    /// Needs `[hooks]` with a `url`.
     Hook,
 }
 
@@ -110,7 +110,7 @@ impl Rules {
             .rooms
             .iter()
             .enumerate()
-            .map(|(i, table)| compile(i + 1, table, &global))
+            .map(|(i, table)| compile(i + 1, table, &global, cfg.hooks.url.is_some()))
             .collect::<Result<_, _>>()?;
         Ok(Rules { tables, global })
     }
@@ -148,19 +148,24 @@ impl Rules {
 }
 
 /// Table `n` (from 1) checked and compiled; errors name `rooms[n].key`.
-fn compile(n: usize, table: &RoomTable, global: &Rule) -> Result<(RoomPattern, Rule), ConfigError> {
+fn compile(
+    n: usize,
+    table: &RoomTable,
+    global: &Rule,
+    hooks: bool,
+) -> Result<(RoomPattern, Rule), ConfigError> {
     let bad = |key: &str, message: String| ConfigError::Invalid {
         key: format!("rooms[{n}].{key}"),
         message,
     };
     let pattern = RoomPattern::parse(&table.pattern).map_err(|m| bad("match", m))?;
-    if table.publish == Publishers::Hook {
+    if table.publish == Publishers::Hook && !hooks {
         return Err(bad(
             "publish",
             needs_hooks("publish", "\"members\" or \"server\""),
         ));
     }
-    if table.join == Joiners::Hook {
+    if table.join == Joiners::Hook && !hooks {
         return Err(bad("join", needs_hooks("join", "\"open\"")));
     }
     let size = table.history_size.unwrap_or(global.history.size);
@@ -189,11 +194,11 @@ fn compile(n: usize, table: &RoomTable, global: &Rule) -> Result<(RoomPattern, R
     Ok((pattern, rule))
 }
 
-/// Why `key = "hook"` cannot start this version.
+/// Why `key = "hook"` cannot start without `[hooks]`.
 fn needs_hooks(key: &str, instead: &str) -> String {
     format!(
-        "{key} = \"hook\" needs backend hooks, which this version does not have yet; \
-         use {instead}"
+        "{key} = \"hook\" needs backend hooks: set url and secret in [hooks], \
+         or use {instead}"
     )
 }
 
@@ -267,7 +272,7 @@ mod tests {
         assert!(
             err.contains("rooms[1].publish")
                 && err.contains(
-                    "publish = \"hook\" needs backend hooks, which this version does not have yet"
+                    "publish = \"hook\" needs backend hooks: set url and secret in [hooks]"
                 ),
             "{err}"
         );
@@ -292,5 +297,31 @@ mod tests {
         }])
         .unwrap_err();
         assert!(err.contains("rooms[1].history_ttl"), "{err}");
+    }
+
+    #[test]
+    fn hook_rules_are_allowed_once_hooks_have_a_url() {
+        let cfg = Config {
+            rooms: vec![
+                RoomTable {
+                    publish: Publishers::Hook,
+                    ..table("a.*")
+                },
+                RoomTable {
+                    join: Joiners::Hook,
+                    ..table("b.*")
+                },
+            ],
+            hooks: crate::config::HooksTable {
+                url: Some("http://127.0.0.1:3000/hooks".into()),
+                secret: Some("0123456789abcdef".into()),
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        let r = Rules::from_config(&cfg).unwrap();
+        assert_eq!(r.for_room("a.x").publish, Publishers::Hook);
+        assert_eq!(r.for_room("b.x").join, Joiners::Hook);
+        assert_eq!(r.for_room("c").join, Joiners::Open);
     }
 }

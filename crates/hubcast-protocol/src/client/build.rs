@@ -105,6 +105,16 @@ pub enum Request<'a, D: ?Sized = Value> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// `rpc` (version 1.1): replied with `result`, the backend's answer.
+    Rpc {
+        /// Request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The backend's method.
+        method: &'a str,
+        /// Arguments.
+        data: &'a D,
+    },
 }
 
 impl<D: ?Sized + Serialize> Request<'_, D> {
@@ -207,6 +217,14 @@ mod tests {
         assert_eq!(
             plain(Request::Ping { id: Some(7) }),
             json!({"type": "ping", "id": 7})
+        );
+        assert_eq!(
+            value(&Request::Rpc {
+                id: Some(8),
+                method: "m.x",
+                data: &json!({"a": 1})
+            }),
+            json!({"type": "rpc", "id": 8, "method": "m.x", "data": {"a": 1}})
         );
         assert_eq!(
             plain(Request::History {

@@ -85,6 +85,13 @@ pub enum ClientFrame<'a> {
     },
     /// `ping`
     Ping,
+    /// `rpc` (version 1.1): a call the application's backend answers.
+    Rpc {
+        /// The backend's method, `^[A-Za-z0-9_.:-]{1,64}$`.
+        method: Cow<'a, str>,
+        /// Arguments, any JSON, as received.
+        data: &'a RawValue,
+    },
 }
 
 /// A frame that could not be accepted: the reply is an `error` frame.

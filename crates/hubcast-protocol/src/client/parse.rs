@@ -11,7 +11,9 @@ use serde_json::value::RawValue;
 use super::{ClientFrame, FrameError, FrameId, PublishFrame};
 use crate::error::ErrorCode;
 use crate::json::{MAX_DATA_DEPTH, check_number, check_value};
-use crate::names::{check_event, check_msg_id, check_room, check_user, personal_room};
+use crate::names::{
+    check_event, check_method, check_msg_id, check_room, check_user, personal_room,
+};
 use crate::presence::Status;
 use crate::raw::present;
 use crate::version::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
@@ -46,6 +48,8 @@ struct RawFrame<'a> {
     status: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     source: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
 }
 
 /// Field checks for one frame, carrying its id for error replies.
@@ -257,6 +261,14 @@ pub fn parse_client_frame(text: &[u8]) -> Result<(Option<FrameId>, ClientFrame<'
             ClientFrame::Status { status }
         }
         "ping" => ClientFrame::Ping,
+        "rpc" => {
+            let method = f.required_string("method", raw.method)?;
+            check_method(&method).map_err(|m| f.err(m))?;
+            ClientFrame::Rpc {
+                method,
+                data: f.data()?,
+            }
+        }
         other => {
             let mut shown: String = other.chars().take(64).collect();
             if shown.len() < other.len() {
@@ -428,6 +440,35 @@ mod tests {
         let at = format!("{}1{}", "[".repeat(64), "]".repeat(64));
         let frame = format!(r#"{{"type":"publish","room":"r","event":"e","data":{at}}}"#);
         assert!(parse_client_frame(frame.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn rpc_frames_name_their_method_and_carry_data() {
+        let (id, frame) =
+            parse_client_frame(br#"{"type":"rpc","id":3,"method":"cart.add","data":{"n":1}}"#)
+                .unwrap();
+        assert_eq!(id.unwrap().get(), "3");
+        match frame {
+            ClientFrame::Rpc { method, data } => {
+                assert_eq!(method, "cart.add");
+                assert_eq!(data.get(), r#"{"n":1}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = err_of(r#"{"type":"rpc","id":1,"method":"a b","data":1}"#);
+        assert!(e.message.contains("invalid method"), "{}", e.message);
+        let e = err_of(r#"{"type":"rpc","id":1,"data":1}"#);
+        assert!(
+            e.message.contains("field `method` is required"),
+            "{}",
+            e.message
+        );
+        let e = err_of(r#"{"type":"rpc","id":1,"method":"m"}"#);
+        assert!(
+            e.message.contains("field `data` is required"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -145,3 +145,25 @@ pub struct Error<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room: Option<&'a str>,
 }
+
+/// `result` (version 1.1): the reply to an `rpc`, the backend's `data` or
+/// an `error` (the backend's own, or the server's when the backend could
+/// not be asked).
+#[derive(Serialize)]
+pub struct RpcResult<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError<'a>>,
+}
+
+/// The `error` of a `result`: a code and a message.
+#[derive(Serialize)]
+pub struct RpcError<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 mod check;
 mod declare;
+mod hooks;
 #[cfg(test)]
 mod readme;
 mod rooms;
@@ -29,6 +30,7 @@ mod tests;
 
 pub use check::{check_all, check_file_and_env};
 pub use declare::Setting;
+pub use hooks::HooksTable;
 pub use rooms::RoomTable;
 pub use settings::{Config, ServeArgs, settings};
 pub use template::init_file;

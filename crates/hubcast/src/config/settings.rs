@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::declare::{Verdict, at_least, declare_settings, within};
-use super::{BrokerKind, LogFormat, RoomTable};
+use super::{BrokerKind, HooksTable, LogFormat, RoomTable};
 
 declare_settings! {
     /// Address the HTTP and WebSocket listener binds.
@@ -392,6 +392,12 @@ declare_settings! {
         rooms: Vec<RoomTable> {
             default: Vec::new(),
             check: |_, config| crate::rules::Rules::from_config(config).map(drop),
+        }
+        /// `[hooks]` (PROTOCOL.md section 9): the application's backend,
+        /// asked before a connect, join or publish, and for `rpc` frames.
+        hooks: HooksTable {
+            default: HooksTable::default(),
+            check: super::hooks::check,
         }
     }
 }

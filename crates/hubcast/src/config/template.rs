@@ -25,12 +25,28 @@ pub fn init_file() -> String {
             )),
         }
     }
+    // The `[hooks]` table: its set defaults as the declarations serialize
+    // them; `url` and `secret` have none.
+    out.push_str(
+        "\n# [hooks] (PROTOCOL.md section 9): the application's backend; every hook is\n\
+         # a POST to url, signed with secret (16+ characters). No url: no hooks.\n\
+         [hooks]\n\
+         # url = (unset: none)\n\
+         # secret = (unset: none)\n",
+    );
+    if let Some(serde_json::Value::Object(hooks)) = defaults.get("hooks") {
+        for (key, value) in hooks {
+            if let Some(value) = literal(value) {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+    }
     out.push_str(
         "\n# [[rooms]] tables (PROTOCOL.md section 7): rules for the rooms their `match`\n\
          # pattern matches, the first match winning; none by default.\n\
          # [[rooms]]\n\
          # match = \"news.**\"\n\
-         # publish = \"server\"   # members (default) or server\n\
+         # publish = \"server\"   # members (default), server or hook\n\
          # history_size = 100\n\
          # presence = false\n",
     );

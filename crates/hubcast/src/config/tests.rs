@@ -120,6 +120,7 @@ fn all_changed() -> Config {
             history_ttl: Some(3600),
             presence: false,
         }],
+        hooks: HooksTable::default(),
     }
 }
 
@@ -354,7 +355,7 @@ fn bad_rooms_tables_name_their_key() {
     );
     assert!(
         err.contains(
-            "rooms[2].publish: publish = \"hook\" needs backend hooks, which this version does not have yet"
+            "rooms[2].publish: publish = \"hook\" needs backend hooks: set url and secret in [hooks]"
         ),
         "{err}"
     );
@@ -392,4 +393,58 @@ fn check_all_names_every_bad_key_not_only_the_first() {
     let _ = std::fs::remove_dir_all(dir);
     let keys: Vec<&str> = problems.iter().filter_map(ConfigError::key).collect();
     assert_eq!(keys, ["queue_size"], "{problems:?}");
+}
+
+#[test]
+fn hooks_table_errors_name_the_key() {
+    let url = "[hooks]\nurl = \"http://127.0.0.1:3000/h\"\n";
+    for (name, text, says) in [
+        (
+            "hooks-nosecret-",
+            url.to_string(),
+            "hooks.secret: is required",
+        ),
+        (
+            "hooks-short-",
+            format!("{url}secret = \"short\"\n"),
+            "hooks.secret: must be at least 16 characters",
+        ),
+        (
+            "hooks-https-",
+            "[hooks]\nurl = \"https://x\"\nsecret = \"0123456789abcdef\"\n".to_string(),
+            "hooks.url",
+        ),
+        (
+            "hooks-timeout-",
+            format!("{url}secret = \"0123456789abcdef\"\ntimeout_ms = 0\n"),
+            "hooks.timeout_ms: must be between 1 and 60000",
+        ),
+        (
+            "hooks-cap-",
+            format!("{url}secret = \"0123456789abcdef\"\nmax_in_flight = 0\n"),
+            "hooks.max_in_flight",
+        ),
+        (
+            "hooks-nourl-",
+            "[hooks]\nrpc = true\n".to_string(),
+            "hooks.rpc: rpc = true needs hooks.url",
+        ),
+        (
+            "hooks-unknown-",
+            format!("{url}secret = \"0123456789abcdef\"\ntimeuot_ms = 5\n"),
+            "timeuot_ms",
+        ),
+    ] {
+        let err = load_error(name, &text);
+        assert!(err.contains(says), "{name}: {err}");
+    }
+    let ok = format!(
+        "{url}secret = \"0123456789abcdef\"\nconnect = true\n\n[[rooms]]\nmatch = \"b\"\njoin = \"hook\"\n"
+    );
+    let (dir, file) = config_file("hooks-ok-", "hooks.toml", &ok);
+    let cfg = Config::load(&args(&["--config", file.to_str().unwrap()]));
+    std::fs::remove_dir_all(&dir).ok();
+    let cfg = cfg.unwrap();
+    assert!(cfg.hooks.connect);
+    assert_eq!(cfg.hooks.timeout_ms, 1000);
 }

@@ -42,7 +42,9 @@ impl HttpError {
         let status = match code {
             ErrorCode::BadRequest | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden | ErrorCode::NotJoined => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden | ErrorCode::NotJoined | ErrorCode::Rejected => {
+                StatusCode::FORBIDDEN
+            }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited | ErrorCode::TooManyRooms | ErrorCode::TooManyConnections => {

@@ -86,6 +86,9 @@ pub(crate) struct Caller {
 
 /// Checks the credentials of a handshake (WebSocket or SSE): the
 /// `Authorization: Bearer` header first, then `?token=`; 401 when refused.
+/// With `[hooks] connect = true`, a handshake without a token this server
+/// verifies (none sent, or no token keys configured) asks the connect hook
+/// instead (`super::connect_hook`).
 pub(crate) async fn authenticate(
     app: &App,
     headers: &HeaderMap,
@@ -93,6 +96,7 @@ pub(crate) async fn authenticate(
     remote: SocketAddr,
     conn_id: &str,
     name: Option<String>,
+    trace: crate::trace::TraceId,
 ) -> Result<Caller, HttpError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -103,8 +107,21 @@ pub(crate) async fn authenticate(
         })
         .map(str::trim);
     let token = bearer.or_else(|| query.get("token").map(String::as_str));
-    // The keys in force when the handshake began, for both tries.
+    // The keys in force when the handshake began, for every try.
     let auth = app.live().auth.clone();
+    if let Some(hooks) = app.hooks.as_ref().filter(|h| h.settings().connect)
+        && (token.is_none() || !auth.takes_tokens())
+    {
+        let hook = super::connect_hook::Handshake {
+            headers,
+            query,
+            remote,
+            conn_id,
+            trace,
+        };
+        let id = hook.ask(hooks).await?;
+        return admitted(app, id, remote);
+    }
     let mut identity = auth.authenticate(token);
     // A `kid` the JWKS cache does not hold: the provider may have rotated
     // its keys. Fetch (rate-limited, bounded wait) and try once more.
@@ -119,37 +136,7 @@ pub(crate) async fn authenticate(
         HttpError::new(ErrorCode::Unauthorized, e.to_string())
     })?;
     Ok(match identity {
-        Some(id) => {
-            // A node-local lookup: the controls are kept current by the
-            // engine, not asked for on every handshake.
-            app.controls
-                .admits(&id.user, &id.token)
-                .map_err(|refusal| {
-                    tracing::info!(remote = %remote, user = %id.user, reason = refusal.message(), "handshake refused");
-                    refusal.into_http()
-                })?;
-            // Capped, so that a far `exp` (up to u64::MAX) cannot overflow
-            // the clock; a century is "never" for a connection.
-            let remaining = id
-                .exp
-                .saturating_sub(crate::unix_ms() as u64 / 1000)
-                .min(MAX_TOKEN_LIFE_SECS);
-            let display = id.name.clone().unwrap_or_else(|| id.user.clone());
-            Caller {
-                user: id.user,
-                display,
-                grants: crate::auth::Grants {
-                    admin: id.admin,
-                    rooms: id.rooms,
-                    token: id.token,
-                },
-                expires: Some(
-                    tokio::time::Instant::now() + std::time::Duration::from_secs(remaining),
-                ),
-                anonymous: false,
-                subs: id.subs,
-            }
-        }
+        Some(id) => admitted(app, id, remote)?,
         None => {
             if auth.loopback_trust && !super::origin::host_is_loopback(headers) {
                 tracing::info!(remote = %remote, "handshake refused: anonymous needs a loopback Host");
@@ -169,6 +156,38 @@ pub(crate) async fn authenticate(
                 subs: Vec::new(),
             }
         }
+    })
+}
+
+/// The caller an identity (a token's, or the connect hook's) makes, if
+/// no block or revocation stands in its way.
+fn admitted(app: &App, id: crate::auth::Identity, remote: SocketAddr) -> Result<Caller, HttpError> {
+    // A node-local lookup: the controls are kept current by the engine,
+    // not asked for on every handshake.
+    app.controls
+        .admits(&id.user, &id.token)
+        .map_err(|refusal| {
+            tracing::info!(remote = %remote, user = %id.user, reason = refusal.message(), "handshake refused");
+            refusal.into_http()
+        })?;
+    // Capped, so that a far `exp` (up to u64::MAX) cannot overflow the
+    // clock; a century is "never" for a connection.
+    let remaining = id
+        .exp
+        .saturating_sub(crate::unix_ms() as u64 / 1000)
+        .min(MAX_TOKEN_LIFE_SECS);
+    let display = id.name.clone().unwrap_or_else(|| id.user.clone());
+    Ok(Caller {
+        user: id.user,
+        display,
+        grants: crate::auth::Grants {
+            admin: id.admin,
+            rooms: id.rooms,
+            token: id.token,
+        },
+        expires: Some(tokio::time::Instant::now() + std::time::Duration::from_secs(remaining)),
+        anonymous: false,
+        subs: id.subs,
     })
 }
 

@@ -3,6 +3,7 @@
 //! Every error reply is JSON (PROTOCOL.md section 6).
 
 pub(crate) mod api;
+pub(crate) mod connect_hook;
 pub(crate) mod error;
 pub(crate) mod handshake;
 pub(crate) mod limits;

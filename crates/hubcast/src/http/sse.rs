@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -31,6 +31,27 @@ use crate::App;
 use crate::broker::{BrokerError, Recovery};
 use crate::hub::{Join, RoomCommand, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
+
+/// The join hook's word on a room whose rule says `join = "hook"`;
+/// other rooms need none.
+async fn ask_join(
+    app: &App,
+    conn: &str,
+    user: &str,
+    room: &str,
+    trace: crate::trace::TraceId,
+) -> Result<(), (ErrorCode, String)> {
+    if app.live().rules.for_room(room).join != crate::rules::Joiners::Hook {
+        return Ok(());
+    }
+    match &app.hooks {
+        Some(hooks) => hooks.join(conn, user, room, trace).await,
+        None => Err((
+            ErrorCode::Forbidden,
+            format!("cannot join {room}: the join hook decides and no [hooks] url is set"),
+        )),
+    }
+}
 
 /// The parts of an envelope that make its event id.
 #[derive(Deserialize)]
@@ -249,12 +270,14 @@ pub(crate) async fn sse(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    trace: Option<Extension<crate::trace::RequestTrace>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
     let slot = admit(&app, remote)?;
     check_origin(&app, &headers, remote)?;
     let conn_id = format!("s-{}", uuid::Uuid::now_v7());
-    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None).await?;
+    let trace = trace.map_or_else(Default::default, |t| crate::trace::TraceId::parse(&t.id));
+    let caller = authenticate(&app, &headers, &query, remote, &conn_id, None, trace).await?;
     let rooms: Vec<String> = query
         .get("rooms")
         .map(|r| {
@@ -301,6 +324,13 @@ pub(crate) async fn sse(
                 format!("cannot join {room}: not allowed by this token"),
             ));
         }
+    }
+    // Then the join hook, for rooms whose rule says so: a refused room
+    // refuses the stream, as a room the token does not allow does.
+    for room in &rooms {
+        ask_join(&app, &conn_id, &caller.user, room, trace)
+            .await
+            .map_err(|(code, message)| HttpError::new(code, message))?;
     }
 
     // Anonymous streams too: a disconnect may name an `anon-` user.
@@ -353,6 +383,10 @@ pub(crate) async fn sse(
                     Ok(())
                 }
             });
+        let refused = match refused {
+            Ok(()) => ask_join(&app, &conn_id, &caller.user, &room, trace).await,
+            Err(e) => Err(e),
+        };
         match refused {
             Ok(()) => all.push(room),
             Err((code, m)) => {

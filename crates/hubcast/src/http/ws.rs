@@ -127,7 +127,23 @@ pub(crate) async fn upgrade(
     };
 
     let conn_id = format!("c-{}", uuid::Uuid::now_v7());
-    let caller = authenticate(&app, req.headers(), &query, remote, &conn_id, name).await?;
+    // The connection's log lines (and its hook requests) carry the upgrade
+    // request's trace id.
+    let trace_id = req
+        .extensions()
+        .get::<crate::trace::RequestTrace>()
+        .map(|t| crate::trace::TraceId::parse(&t.id))
+        .unwrap_or_default();
+    let caller = authenticate(
+        &app,
+        req.headers(),
+        &query,
+        remote,
+        &conn_id,
+        name,
+        trace_id,
+    )
+    .await?;
     check_user_cap(&app, &caller).await?;
     let subs = caller.subs;
     let user: Arc<str> = Arc::from(caller.user);
@@ -146,12 +162,7 @@ pub(crate) async fn upgrade(
         expires: caller.expires,
         anonymous: caller.anonymous,
         out: Outbound::new(app.config.queue_size),
-        // The connection's log lines carry the upgrade request's trace id.
-        trace_id: req
-            .extensions()
-            .get::<crate::trace::RequestTrace>()
-            .map(|t| crate::trace::TraceId::parse(&t.id))
-            .unwrap_or_default(),
+        trace_id,
         read_gate: Default::default(),
         commands: Default::default(),
     });

@@ -3,10 +3,12 @@
 //! server has always used; plus the server's own message envelopes, written
 //! by hand from pre-escaped parts so the broker encodes each once.
 
+pub(crate) use hubcast_protocol::json::{MAX_DATA_DEPTH, check_value};
 pub(crate) use hubcast_protocol::{
     ApiPublish, DEFAULT_HISTORY_LIMIT, ErrorCode, FrameError, MAX_HISTORY_LIMIT, Member,
-    PROTOCOL_VERSION, SUBPROTOCOL, check_user, close, encode, error_frame, is_bidi_control,
-    is_personal, out, parse_api_publish, personal_room, room_error_frame, timeout_frame,
+    PROTOCOL_VERSION, SUBPROTOCOL, check_method, check_user, close, encode, error_frame,
+    is_bidi_control, is_personal, out, parse_api_publish, personal_room, room_error_frame,
+    timeout_frame,
 };
 pub use hubcast_protocol::{ClientFrame, PresenceAction, Status, check_room, parse_client_frame};
 

@@ -24,6 +24,7 @@ mod controls;
 mod faults;
 mod framing;
 mod fuzz;
+mod hooks;
 mod jwks;
 mod lifecycle;
 mod limits;

@@ -247,7 +247,7 @@ fn a_bad_table_stops_the_start_naming_its_key() {
     for (file, says) in [
         (
             format!("{first}[[rooms]]\nmatch = \"b\"\npublish = \"hook\"\n"),
-            "rooms[2].publish: publish = \"hook\" needs backend hooks, which this version does not have yet",
+            "rooms[2].publish: publish = \"hook\" needs backend hooks: set url and secret in [hooks]",
         ),
         (
             format!("{first}[[rooms]]\nmatch = \"b\"\njoin = \"hook\"\n"),

@@ -222,6 +222,9 @@ export class Hubcast extends Emitter<HubcastEvents> {
   history(room: string, opts?: { since?: number; limit?: number }): Promise<HistoryPage>;
   presence(room: string): Promise<Member[]>;
   setStatus(status: Status): Promise<void>;
+  /** Calls the backend's `method` (`rpc`); rejects with a HubcastError
+   * carrying the backend's error code, or `unavailable`. */
+  rpc<R = unknown, T = unknown>(method: string, data?: T, opts?: { timeout?: number }): Promise<R>;
   ping(): Promise<number>;
 }
 

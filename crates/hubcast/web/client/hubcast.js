@@ -486,6 +486,16 @@ export class Hubcast extends Emitter {
     await this._request({ type: 'status', status });
   }
 
+  /** Calls `method` of the application's backend through the server
+   * (`rpc`); resolves with the backend's `data`. The backend's own error,
+   * or `unavailable` when the server could not ask it, rejects with a
+   * HubcastError of that code and message. */
+  async rpc(method, data = null, opts = {}) {
+    const f = await this._request({ type: 'rpc', method, data }, opts.timeout);
+    if (f.error) throw new HubcastError(f.error.code, f.error.message);
+    return f.data;
+  }
+
   /** Round trip time of an application-level ping, in ms. */
   async ping() {
     const t = Date.now();

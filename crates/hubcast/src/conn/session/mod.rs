@@ -8,7 +8,9 @@
 //! - `publish`: `publish` and `send`, whose broker calls run together while
 //!   their replies leave in order.
 //! - `subscribe`: server-side subscribes and unsubscribes.
+//! - `hooks`: what the backend hooks decide (join, publish, rpc).
 
+mod hooks;
 mod publish;
 mod rooms;
 mod subscribe;
@@ -203,10 +205,31 @@ impl Session {
             return;
         }
         let started = match frame {
-            ClientFrame::Publish(p) => self
+            ClientFrame::Publish(p) => match self
                 .check_room(&p.room, "publish to")
                 .and_then(|()| self.check_publisher(&p.room))
-                .map(|()| self.publish(id, &p.room, &p.event, p.data, p.msg_id.as_deref(), p.echo)),
+            {
+                Ok(false) => {
+                    Ok(self.publish(id, &p.room, &p.event, p.data, p.msg_id.as_deref(), p.echo))
+                }
+                // The publish hook decides: asked in the frame's turn,
+                // after the replies before it, with the msgId the message
+                // will have.
+                Ok(true) => {
+                    self.drain().await;
+                    let msg_id = p
+                        .msg_id
+                        .as_deref()
+                        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+                    self.ask_publish(&p.room, &p.event, p.data, &msg_id)
+                        .await
+                        .map(|replaced| {
+                            let data = replaced.as_deref().unwrap_or(p.data);
+                            self.publish(id, &p.room, &p.event, data, Some(&msg_id), p.echo)
+                        })
+                }
+                Err(r) => Err(r),
+            },
             ClientFrame::Send {
                 to,
                 event,
@@ -290,6 +313,7 @@ impl Session {
                 }));
                 Ok(())
             }
+            ClientFrame::Rpc { method, data } => self.rpc(id, &method, data).await,
         }
     }
 

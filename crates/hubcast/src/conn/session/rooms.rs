@@ -30,13 +30,13 @@ impl Session {
     }
 
     /// Whether the room's rule lets clients publish there (`publish =
-    /// "server"`: only the server API does).
-    pub(super) fn check_publisher(&self, room: &str) -> Result<(), Reject> {
+    /// "server"`: only the server API does): `Ok(true)` when the publish
+    /// hook decides.
+    pub(super) fn check_publisher(&self, room: &str) -> Result<bool, Reject> {
         match self.app.live().rules.for_room(room).publish {
-            Publishers::Members => Ok(()),
-            // `Hook` is refused at start; should it get here, no client
-            // publishes without the hook's word.
-            Publishers::Server | Publishers::Hook => Err(Reject::new(
+            Publishers::Members => Ok(false),
+            Publishers::Hook => Ok(true),
+            Publishers::Server => Err(Reject::new(
                 ErrorCode::Forbidden,
                 format!("cannot publish to {room}: only the server publishes there (room rule)"),
             )),
@@ -65,8 +65,12 @@ impl Session {
         for room in subs {
             let checked = protocol::check_room(&room)
                 .map_err(|m| Reject::new(ErrorCode::BadRequest, m))
-                .and_then(|()| self.check_join_rule(&room));
-            let joined = match checked {
+                .and_then(|()| self.check_room(&room, "join"));
+            let asked = match checked {
+                Ok(()) if self.hook_joins(&room) => self.ask_join(&room).await,
+                other => other,
+            };
+            let joined = match asked {
                 Ok(()) => self.join_checked(None, &room, None).await,
                 Err(r) => Err(r),
             };
@@ -80,17 +84,9 @@ impl Session {
         }
     }
 
-    /// Whether the room's rule lets clients join (`join = "hook"` is
-    /// refused at start; should it get here, nobody joins without the
-    /// hook's word).
-    fn check_join_rule(&self, room: &str) -> Result<(), Reject> {
-        match self.app.live().rules.for_room(room).join {
-            Joiners::Open => Ok(()),
-            Joiners::Hook => Err(Reject::new(
-                ErrorCode::Forbidden,
-                format!("cannot join {room}: the join hook decides (room rule)"),
-            )),
-        }
+    /// Whether the room's rule says the join hook decides.
+    fn hook_joins(&self, room: &str) -> bool {
+        self.app.live().rules.for_room(room).join == Joiners::Hook
     }
 
     pub(super) async fn join(
@@ -105,7 +101,12 @@ impl Session {
                 "too many joins; slow down",
             ));
         }
-        self.check_join_rule(room)?;
+        // After the token allows the room, the join hook decides
+        // (PROTOCOL.md section 7).
+        if self.hook_joins(room) {
+            self.check_room(room, "join")?;
+            self.ask_join(room).await?;
+        }
         self.join_checked(id, room, since).await
     }
 

@@ -540,6 +540,20 @@ impl Client {
             .map(|(ws, _)| ws)
     }
 
+    /// Connects with a custom request (headers) and reads its `welcome`.
+    pub(crate) async fn connect_with(
+        req: impl IntoClientRequest + Unpin,
+    ) -> Result<Client, tungstenite::Error> {
+        let ws = Client::connect_request(req).await?;
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+            next_id: 1,
+        };
+        c.welcome = c.expect("welcome").await;
+        Ok(c)
+    }
+
     pub(crate) fn user(&self) -> String {
         self.welcome["user"].as_str().unwrap().to_string()
     }
