@@ -85,7 +85,7 @@ async fn tally(
             }
         }
         read += 1;
-        if slow && read % 4 == 0 {
+        if slow && read.is_multiple_of(4) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
