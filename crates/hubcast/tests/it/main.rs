@@ -34,6 +34,7 @@ mod openapi;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod poll;
+mod presence_storm;
 mod protocol;
 mod recovery;
 mod redis_cluster;
