@@ -54,6 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/users/{user}/block"),
     ("POST", "/api/tokens/revoke"),
     ("POST", "/api/users/{user}/tokens/revoke"),
+    ("GET", "/api/users/blocked"),
 ];
 
 /// The OpenAPI document of [`ROUTES`].
@@ -84,6 +85,7 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
         ("DELETE", "/api/users/{user}/block") => (axum::routing::delete(users::unblock), true),
         ("POST", "/api/tokens/revoke") => (post(users::revoke_jti), true),
         ("POST", "/api/users/{user}/tokens/revoke") => (post(users::revoke_user_tokens), true),
+        ("GET", "/api/users/blocked") => (get(users::blocked), true),
         _ => return None,
     })
 }

@@ -200,3 +200,17 @@ pub(crate) async fn revoke_user_tokens(
         .await?;
     Ok(Json(json!({"user": &*user, "issuedBefore": before})).into_response())
 }
+
+/// `GET /api/users/blocked` (an extension, docs/protocol.md): every user
+/// blocked now, cluster-wide (the engine's list, not this node's copy), by
+/// user id: `{"users":[{"user","until"}]}`, `until` in Unix seconds
+/// (rounded up) or `null` for a block without `ttl`.
+pub(crate) async fn blocked(State(app): State<Arc<App>>) -> Result<Response, HttpError> {
+    let mut users = app.user_controls.blocked().await?;
+    users.sort_unstable();
+    let users: Vec<Value> = users
+        .iter()
+        .map(|(user, until)| json!({"user": &**user, "until": until.map(|ms| ms.div_ceil(1000))}))
+        .collect();
+    Ok(Json(json!({"users": users})).into_response())
+}

@@ -428,3 +428,46 @@ async fn a_killed_nodes_connections_stop_counting_after_its_lease() {
     common::wait_until(|| async { (handshake(&survivor, &tok).await == 101).then_some(()) }).await;
     survivor.stop().await;
 }
+
+both_engines! {
+    #[tokio::test]
+    async fn the_blocked_users_list_is_the_same_on_every_node(engine) {
+        let n = nodes(engine).await;
+        let last = n.len() - 1;
+        let listed = |s: &Server| {
+            let url = s.http("/api/users/blocked");
+            async move {
+                let r = reqwest::get(url).await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.json::<Value>().await.unwrap()
+            }
+        };
+        assert_eq!(listed(&n[0]).await, json!({"users": []}));
+        let (st, _) = call(&n[0], "PUT", "/api/users/zed/block", None).await;
+        assert_eq!(st, 200);
+        let before = now();
+        let (st, _) = call(&n[last], "PUT", "/api/users/amy%20b/block", Some(json!({"ttl": 600}))).await;
+        assert_eq!(st, 200);
+        let after = now();
+        // Every node answers from the engine: at once, by user id.
+        for s in &n {
+            let users = listed(s).await["users"].clone();
+            assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+            assert_eq!(users[0]["user"], "amy b");
+            let until = users[0]["until"].as_u64().unwrap();
+            assert!((before + 600..=after + 601).contains(&until), "{until}");
+            assert_eq!(users[1], json!({"user": "zed", "until": null}));
+        }
+        let (st, _) = call(&n[0], "DELETE", "/api/users/zed/block", None).await;
+        assert_eq!(st, 200);
+        // An expired block is not listed.
+        let (st, _) = call(&n[0], "PUT", "/api/users/amy%20b/block", Some(json!({"ttl": 1}))).await;
+        assert_eq!(st, 200);
+        for s in &n {
+            common::wait_until(|| async {
+                (listed(s).await == json!({"users": []})).then_some(())
+            })
+            .await;
+        }
+    }
+}
