@@ -251,7 +251,8 @@ async fn bad_control_requests_get_400_with_a_reason() {
         (
             "POST",
             "/api/tokens/revoke",
-            json!({"jti": "x", "until": 1}),
+            // Milliseconds by mistake.
+            json!({"jti": "x", "until": 1_700_000_000_000u64}),
             "`until` must be",
         ),
         (
@@ -279,6 +280,41 @@ async fn bad_control_requests_get_400_with_a_reason() {
     }
     // Nothing was blocked by the refused calls.
     assert_eq!(handshake(&s, &token("alice", json!({}))).await, 101);
+
+    // Valid by the OpenAPI document, so accepted: a whole number written
+    // as a float, and an `until` already past, which revokes nothing (the
+    // connection that used the token stays open).
+    let past = token("alice", json!({"jti": "j-past"}));
+    let mut open = Client::connect(&url(&s, &past)).await;
+    let (st, reply) = call(
+        &s,
+        "POST",
+        "/api/tokens/revoke",
+        Some(json!({"jti": "j-past", "until": 1.0})),
+    )
+    .await;
+    assert_eq!((st, reply), (200, json!({"jti": "j-past", "until": 1})));
+    let (st, reply) = call(
+        &s,
+        "POST",
+        "/api/users/carol/tokens/revoke",
+        Some(json!({"issuedBefore": 5.0})),
+    )
+    .await;
+    assert_eq!(
+        (st, reply),
+        (200, json!({"user": "carol", "issuedBefore": 5}))
+    );
+    let (st, _) = call(
+        &s,
+        "PUT",
+        "/api/users/carol/block",
+        Some(json!({"ttl": 60.0})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    s.barrier_personal(&mut open).await;
+    assert_eq!(handshake(&s, &past).await, 101);
 }
 
 /// The next state change of a Rust client, within 10 s.
