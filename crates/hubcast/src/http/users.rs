@@ -54,7 +54,7 @@ fn checked_user(user: &str) -> Result<Arc<str>, HttpError> {
 /// The latest Unix time (seconds) a body may name: year 2286, the last
 /// 10-digit one, so that milliseconds passed by mistake (13 digits) are
 /// refused. A fixed bound, so the OpenAPI document can state it.
-pub(crate) const MAX_UNIX_SECS: u64 = 9_999_999_999;
+const MAX_UNIX_SECS: u64 = 9_999_999_999;
 
 /// A JSON number that is a whole non-negative number: `5` or `5.0` (JSON
 /// Schema's `integer` admits both), exact as a float.

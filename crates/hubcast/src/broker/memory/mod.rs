@@ -390,7 +390,9 @@ impl UserControls for MemoryBroker {
     async fn command(&self, cmd: UserCommand) -> Result<(), BrokerError> {
         match &cmd {
             UserCommand::Block { user, until } => {
-                lock(&self.blocks).insert(user.clone(), *until);
+                let mut blocks = lock(&self.blocks);
+                expire(&mut blocks);
+                blocks.insert(user.clone(), *until);
             }
             UserCommand::Unblock { user } => {
                 lock(&self.blocks).remove(user);
@@ -409,9 +411,15 @@ impl UserControls for MemoryBroker {
     }
 
     async fn blocked(&self) -> Result<Vec<(Arc<str>, Option<u64>)>, BrokerError> {
-        let now = crate::unix_ms().max(0) as u64;
         let mut blocks = lock(&self.blocks);
-        blocks.retain(|_, until| until.is_none_or(|u| u > now));
+        expire(&mut blocks);
         Ok(blocks.iter().map(|(u, t)| (u.clone(), *t)).collect())
     }
+}
+
+/// Drops the blocks that have ended, so the table holds only what is in
+/// force (its size is the operator's blocks, not every one ever made).
+fn expire(blocks: &mut HashMap<Arc<str>, Option<u64>>) {
+    let now = crate::unix_ms().max(0) as u64;
+    blocks.retain(|_, until| until.is_none_or(|u| u > now));
 }
