@@ -132,6 +132,10 @@ impl UserControls for Flaky {
     async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError> {
         self.inner.follow(sink).await
     }
+    async fn blocked(&self) -> Result<Vec<(Arc<str>, Option<u64>)>, BrokerError> {
+        self.check()?;
+        self.inner.blocked().await
+    }
 }
 
 #[tokio::test]
