@@ -57,7 +57,11 @@ pub enum Event {
         /// The room.
         room: String,
     },
-    /// A presence event (`join`, `leave`, `status`).
+    /// A presence event (`join`, `leave`, `status`). A busy room's
+    /// `batch` frame comes as one such event per change it lists; its
+    /// `sync` frame (`action: "sync"`, `changes`: how many) as it is: the
+    /// member list changed more than the server listed, so fetch it (a
+    /// `presence` request) if you show it.
     Presence(Value),
     /// Messages of `room` were missed and could not be replayed: reload.
     Unrecovered {

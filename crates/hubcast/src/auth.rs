@@ -214,7 +214,8 @@ impl Auth {
                 ));
             }
             Some(url) => Some(Arc::new(
-                crate::jwks::Jwks::new(url).map_err(|m| bad("jwt_jwks_url", m))?,
+                crate::jwks::Jwks::new(url, cfg.jwt_jwks_ca_file.as_deref())
+                    .map_err(|(field, m)| bad(field, m))?,
             )),
         };
         let loopback_trust = cfg.anonymous.is_none() && cfg.listen.ip().is_loopback();

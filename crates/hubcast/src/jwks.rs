@@ -10,15 +10,31 @@
 //! [`WAIT`], then is refused (401) if the key is still unknown. A failed
 //! fetch keeps the keys already held, so an unreachable endpoint refuses
 //! only the tokens it cannot verify.
+//!
+//! An `https://` endpoint is fetched over rustls (the ring provider, as the
+//! server's own TLS) with hyper, trusting the system's CA bundle
+//! (`SSL_CERT_FILE`, else Debian's `ca-certificates` file) and
+//! `jwt_jwks_ca_file`. Not through reqwest's TLS: reqwest without a built-in
+//! provider panics on building any client unless a process-wide rustls
+//! provider is installed, which would make every other client in the
+//! process (bench, hooks, tests) depend on start-up order.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::AuthError;
@@ -31,6 +47,11 @@ pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 pub const WAIT: Duration = Duration::from_secs(2);
 /// The longest one fetch may take (the endpoint answering slowly).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest key set read over https (a provider's is a few KiB).
+const MAX_SET_BYTES: usize = 1 << 20;
+/// The system's CA bundle when `SSL_CERT_FILE` is not set: Debian's
+/// `ca-certificates` (also Ubuntu's and Alpine's path).
+const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A verification key and its one algorithm.
 pub type Key = Arc<(DecodingKey, Algorithm)>;
@@ -38,7 +59,10 @@ pub type Key = Arc<(DecodingKey, Algorithm)>;
 /// The cached key set and the fetches that keep it current.
 pub struct Jwks {
     url: String,
+    /// The client for an http:// endpoint.
     http: reqwest::Client,
+    /// For an https:// endpoint: its parsed URL and the TLS client.
+    https: Option<(reqwest::Url, TlsConnector)>,
     /// The keys of the last successful fetch, by `kid`.
     keys: RwLock<HashMap<String, Key>>,
     /// When an unknown `kid` last started a fetch.
@@ -52,16 +76,28 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    /// A cache for `url`, empty until [`Jwks::run`] has fetched.
-    pub fn new(url: &str) -> Result<Jwks, String> {
+    /// A cache for `url`, empty until [`Jwks::run`] has fetched; an
+    /// https `url` trusts the system's CAs and those in `ca_file`. The
+    /// error names the setting at fault.
+    pub fn new(url: &str, ca_file: Option<&Path>) -> Result<Jwks, (&'static str, String)> {
         let http = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(WAIT)
             .build()
-            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+            .map_err(|e| ("jwt_jwks_url", format!("cannot make an HTTP client: {e}")))?;
+        let https = match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {
+                Some((u, tls_connector(ca_file)?))
+            }
+            Ok(u) if u.scheme() == "https" => {
+                return Err(("jwt_jwks_url", format!("{url:?}: no host")));
+            }
+            _ => None,
+        };
         Ok(Jwks {
             url: url.to_string(),
             http,
+            https,
             keys: RwLock::default(),
             last_refetch: Mutex::new(None),
             wake: Notify::new(),
@@ -137,18 +173,134 @@ impl Jwks {
     /// One fetch: replaces the cache with the set's usable keys (a key the
     /// provider removed is no longer accepted).
     async fn fetch(&self) -> Result<usize, String> {
-        let resp = self
-            .http
-            .get(&self.url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| e.to_string())?;
-        let set: JwkSet = resp.json().await.map_err(|e| e.to_string())?;
+        let set: JwkSet = match &self.https {
+            Some((url, tls)) => {
+                let body = tokio::time::timeout(FETCH_TIMEOUT, get_https(url, tls))
+                    .await
+                    .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??;
+                serde_json::from_slice(&body).map_err(|e| e.to_string())?
+            }
+            None => {
+                let resp = self
+                    .http
+                    .get(&self.url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| e.to_string())?;
+                resp.json().await.map_err(|e| e.to_string())?
+            }
+        };
         let keys = usable_keys(&set);
         let n = keys.len();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
         Ok(n)
+    }
+}
+
+/// The TLS client for an https endpoint: the system's CA bundle (if the
+/// machine has one) and `ca_file`'s certificates; at least one CA.
+fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, (&'static str, String)> {
+    let mut roots = RootCertStore::empty();
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map_or_else(|| PathBuf::from(SYSTEM_CA_FILE), PathBuf::from);
+    // A missing or partly unreadable system bundle is not fatal: the CA
+    // file may be all that is needed.
+    if let Ok(certs) = CertificateDer::pem_file_iter(&system) {
+        roots.add_parsable_certificates(certs.flatten());
+    }
+    if let Some(file) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ("jwt_jwks_ca_file", format!("{}: {e}", file.display())))?;
+        if certs.is_empty() {
+            return Err((
+                "jwt_jwks_ca_file",
+                format!("{}: no certificate in the file", file.display()),
+            ));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| ("jwt_jwks_ca_file", format!("{}: {e}", file.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err((
+            "jwt_jwks_ca_file",
+            format!(
+                "no CA certificate to verify the https jwt_jwks_url with: {} is missing \
+                 (install ca-certificates, or set SSL_CERT_FILE or jwt_jwks_ca_file)",
+                system.display()
+            ),
+        ));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("jwt_jwks_url", format!("tls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// One HTTP/1.1 GET over TLS, on a connection of its own; the body of a
+/// 2xx answer, at most [`MAX_SET_BYTES`].
+async fn get_https(url: &reqwest::Url, tls: &TlsConnector) -> Result<Bytes, String> {
+    let host = url.host_str().ok_or("no host")?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_or_known_default().unwrap_or(443);
+    let tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect((bare, port)))
+        .await
+        .map_err(|_| format!("cannot connect within {WAIT:?}"))?
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let name = ServerName::try_from(bare.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    let stream = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let target = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    let req = hyper::Request::get(target)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::ACCEPT, "application/json")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let fetch = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP status {}", resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), MAX_SET_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?;
+        Ok(body.to_bytes())
+    };
+    // The connection is driven here, not in a task of its own, so nothing
+    // outlives the fetch; once it has ended, the body already received is
+    // still read out.
+    tokio::pin!(conn, fetch);
+    let mut conn_done = false;
+    loop {
+        tokio::select! {
+            r = &mut fetch => return r,
+            c = &mut conn, if !conn_done => {
+                conn_done = true;
+                c.map_err(|e| e.to_string())?;
+            }
+        }
     }
 }
 

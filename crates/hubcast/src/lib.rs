@@ -31,7 +31,7 @@
 //! - `hub`: node-local room membership and fan-out of broker deliveries
 //!   into connection queues; `hub::Hub::join`, the one gap- and
 //!   duplicate-free way into a room; the table of open connections that a
-//!   shutdown walks.
+//!   shutdown walks; the pace of a busy room's presence events.
 //! - `outbound`: a connection's bounded outbound queue (frames, the pong
 //!   due, the close decision), which the hub fills and a WebSocket writer,
 //!   an SSE stream or a long poll drains; `pool` keeps per-thread spares of

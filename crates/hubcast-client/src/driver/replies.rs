@@ -101,7 +101,7 @@ impl Driver {
                 Err(e) => out.push(unreadable(e.to_string(), text)),
             },
             (Some("presence"), false) => match serde_json::from_slice::<Value>(text) {
-                Ok(v) => out.push(Event::Presence(v)),
+                Ok(v) => presence_events(v, &mut out),
                 Err(e) => out.push(unreadable(e.to_string(), text)),
             },
             (Some("error"), false) => {
@@ -175,6 +175,31 @@ impl Driver {
                 });
             }
             Waiting::Ignore => {}
+        }
+    }
+}
+
+/// A presence event frame as events: a busy room's `batch` (extension)
+/// becomes one event per change, each shaped as a 1.1 `presence` event, so
+/// an application sees the same events however the server paced them; any
+/// other (`join`, `leave`, `status`, and `sync`) is passed on as it is.
+fn presence_events(v: Value, out: &mut Vec<Event>) {
+    if v["action"] != "batch" {
+        out.push(Event::Presence(v));
+        return;
+    }
+    let room = v["room"].clone();
+    if let Value::Array(events) = &v["events"] {
+        for e in events {
+            let mut one = serde_json::Map::new();
+            one.insert("type".into(), Value::from("presence"));
+            one.insert("room".into(), room.clone());
+            if let Value::Object(fields) = e {
+                for (k, f) in fields {
+                    one.insert(k.clone(), f.clone());
+                }
+            }
+            out.push(Event::Presence(Value::Object(one)));
         }
     }
 }

@@ -114,6 +114,37 @@ pub struct PresenceEvent<'a> {
     pub status: Status,
 }
 
+/// One event of a `presence` batch (extension, see docs/protocol.md).
+#[derive(Serialize)]
+pub struct PresenceChange<'a> {
+    pub action: PresenceAction,
+    pub user: &'a str,
+    pub name: &'a str,
+    pub status: Status,
+}
+
+/// `presence` event of a busy room: the events held since its last flush
+/// (extension: `action` is `batch`).
+#[derive(Serialize)]
+pub struct PresenceBatch<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    pub room: &'a str,
+    pub action: &'static str,
+    pub events: &'a [PresenceChange<'a>],
+}
+
+/// `presence` event of a room too busy to list its changes: how many there
+/// were (extension: `action` is `sync`; fetch the member list).
+#[derive(Serialize)]
+pub struct PresenceSync<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    pub room: &'a str,
+    pub action: &'static str,
+    pub changes: usize,
+}
+
 /// `history` reply; `messages` are the stored envelopes.
 #[derive(Serialize)]
 pub struct History<'a> {

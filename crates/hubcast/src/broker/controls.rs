@@ -71,4 +71,9 @@ pub trait UserControls: Send + Sync + 'static {
     /// to it until the engine closes. Called once, at start. Weak: the
     /// sink reaches the hub, which holds the engine.
     async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError>;
+
+    /// Every user blocked now, cluster-wide, with when the block ends
+    /// (Unix ms; `None`: until unblocked), in no order: the engine's kept
+    /// state, not this node's copy, so it is the same on every node.
+    async fn blocked(&self) -> Result<Vec<(Arc<str>, Option<u64>)>, BrokerError>;
 }

@@ -136,4 +136,11 @@ impl UserControls for Timed {
     async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError> {
         self.inner.follow(sink).await
     }
+
+    async fn blocked(&self) -> Result<Vec<(Arc<str>, Option<u64>)>, BrokerError> {
+        let start = Instant::now();
+        let r = self.inner.blocked().await;
+        record("blocked_users", start, &r);
+        r
+    }
 }

@@ -263,15 +263,25 @@ declare_settings! {
     jwt_jwks_url: Option<String> {
         default: None,
         value: "URL",
-        help: "JWKS endpoint (http://) for RS256 or ES256 connection tokens, keys chosen by kid",
+        help: "JWKS endpoint (https:// or http://) for RS256 or ES256 connection tokens, keys chosen by kid",
         check: |url, _c| match url {
-            // This build's HTTP client has no TLS (no new dependency for
-            // it yet): an https URL is refused at start, not at the first
-            // token.
-            Some(u) if !u.starts_with("http://") => Err(format!(
-                "{u:?}: must be an http:// URL (https is not supported by this build; \
-                 serve the set through a local proxy)"
-            )),
+            Some(u) if !u.starts_with("http://") && !u.starts_with("https://") => {
+                Err(format!("{u:?}: must be an https:// or http:// URL"))
+            }
+            _ => Ok(()),
+        },
+    }
+    /// PEM file of CA certificates trusted for an https `jwt_jwks_url`,
+    /// besides the system's (`SSL_CERT_FILE`, else Debian's
+    /// /etc/ssl/certs/ca-certificates.crt): an identity provider behind a
+    /// private CA.
+    jwt_jwks_ca_file: Option<PathBuf> {
+        default: None,
+        value: "FILE",
+        help: "PEM CA certificates trusted for an https jwt_jwks_url, besides the system's",
+        check: |file, c| match (file, &c.jwt_jwks_url) {
+            (Some(_), Some(u)) if u.starts_with("https://") => Ok(()),
+            (Some(_), _) => Err("only with an https:// jwt_jwks_url".into()),
             _ => Ok(()),
         },
     }

@@ -32,10 +32,17 @@ fn jwt_jwks_url_is_checked() {
         jwt_jwks_url: Some("https://idp.example/jwks.json".into()),
         ..Config::default()
     };
+    c.validate().unwrap();
+    c.jwt_jwks_url = Some("ftp://idp.example/jwks.json".into());
     let e = c.validate().unwrap_err().to_string();
-    assert!(e.contains("jwt_jwks_url") && e.contains("http://"), "{e}");
+    assert!(e.contains("jwt_jwks_url") && e.contains("https://"), "{e}");
     c.jwt_jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
     c.validate().unwrap();
+    // A CA file is for an https endpoint only.
+    c.jwt_jwks_ca_file = Some("/ca.pem".into());
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("jwt_jwks_ca_file"), "{e}");
+    c.jwt_jwks_ca_file = None;
     // One source of keys.
     c.jwt_secret = Some("0123456789abcdef0123".into());
     let e = crate::auth::Auth::from_config(&c)
@@ -98,6 +105,7 @@ fn all_changed() -> Config {
         jwt_secret_previous: Some("fedcba98765432100123".into()),
         jwt_public_key: Some("/k".into()),
         jwt_jwks_url: None,
+        jwt_jwks_ca_file: None,
         anonymous: Some(true),
         api_keys: vec![
             "aaaaaaaaaaaaaaaa".into(),

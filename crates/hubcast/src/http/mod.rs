@@ -58,6 +58,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/users/{user}/tokens/revoke"),
     ("POST", "/api/subscribe"),
     ("POST", "/api/unsubscribe"),
+    ("GET", "/api/users/blocked"),
 ];
 
 /// The OpenAPI document of [`ROUTES`].
@@ -90,6 +91,7 @@ fn handler(method: &str, path: &str) -> Option<(axum::routing::MethodRouter<Arc<
         ("POST", "/api/users/{user}/tokens/revoke") => (post(users::revoke_user_tokens), true),
         ("POST", "/api/subscribe") => (post(subscribe::subscribe::<true>), true),
         ("POST", "/api/unsubscribe") => (post(subscribe::subscribe::<false>), true),
+        ("GET", "/api/users/blocked") => (get(users::blocked), true),
         _ => return None,
     })
 }

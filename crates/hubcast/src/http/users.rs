@@ -51,12 +51,27 @@ fn checked_user(user: &str) -> Result<Arc<str>, HttpError> {
     Ok(Arc::from(user))
 }
 
+/// The latest Unix time (seconds) a body may name: year 2286, the last
+/// 10-digit one, so that milliseconds passed by mistake (13 digits) are
+/// refused. A fixed bound, so the OpenAPI document can state it.
+const MAX_UNIX_SECS: u64 = 9_999_999_999;
+
+/// A JSON number that is a whole non-negative number: `5` or `5.0` (JSON
+/// Schema's `integer` admits both), exact as a float.
+fn whole(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
+            .map(|f| f as u64)
+    })
+}
+
 /// An optional positive whole number of seconds from `field`, at most
 /// `max`.
 fn seconds(m: &Map<String, Value>, field: &str, max: u64) -> Result<Option<u64>, HttpError> {
     match m.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
+        Some(v) => match whole(v) {
             Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
             _ => Err(bad(format!(
                 "`{field}` must be a whole number of seconds from 1 to {max}"
@@ -141,7 +156,9 @@ pub(crate) async fn unblock(
 
 /// `POST /api/tokens/revoke`: `{"jti", "until"?}`. Without `until` the
 /// revocation lasts as long as a token can (`MAX_TOKEN_LIFE_SECS`): the
-/// server does not know when the token named expires.
+/// server does not know when the token named expires. An `until` already
+/// past is a revocation already over: accepted, and nothing is done (it
+/// must not close the connections that used the token).
 pub(crate) async fn revoke_jti(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -150,21 +167,26 @@ pub(crate) async fn revoke_jti(
     let m = object(&app, &headers, body).await?;
     let jti: Arc<str> = match m.get("jti") {
         None => return Err(bad("`jti` is required")),
-        Some(Value::String(j)) if !j.is_empty() && j.len() <= 256 => Arc::from(j.as_str()),
-        Some(_) => return Err(bad("`jti` must be a string of 1 to 256 bytes")),
+        Some(Value::String(j)) if !j.is_empty() && j.chars().count() <= 256 => {
+            Arc::from(j.as_str())
+        }
+        Some(_) => return Err(bad("`jti` must be a string of 1 to 256 characters")),
     };
     let now = now_secs();
     let until = match m.get("until") {
         None | Some(Value::Null) => now + MAX_TOKEN_LIFE_SECS,
-        Some(v) => match v.as_u64() {
-            Some(u) if u > now && u <= now + MAX_TOKEN_LIFE_SECS => u,
+        Some(v) => match whole(v) {
+            Some(u) if u <= MAX_UNIX_SECS => u,
             _ => {
-                return Err(bad(
-                    "`until` must be a Unix time in seconds in the future (within a century)",
-                ));
+                return Err(bad(format!(
+                    "`until` must be a Unix time in seconds, at most {MAX_UNIX_SECS}"
+                )));
             }
         },
     };
+    if until <= now {
+        return Ok(Json(json!({"jti": &*jti, "until": until})).into_response());
+    }
     app.user_controls
         .command(UserCommand::RevokeJti {
             jti: jti.clone(),
@@ -186,10 +208,11 @@ pub(crate) async fn revoke_user_tokens(
     let m = object(&app, &headers, body).await?;
     let before = match m.get("issuedBefore") {
         None => return Err(bad("`issuedBefore` is required")),
-        Some(v) => v
-            .as_u64()
-            .filter(|b| *b <= now_secs() + MAX_TOKEN_LIFE_SECS)
-            .ok_or_else(|| bad("`issuedBefore` must be a Unix time in seconds"))?,
+        Some(v) => whole(v).filter(|b| *b <= MAX_UNIX_SECS).ok_or_else(|| {
+            bad(format!(
+                "`issuedBefore` must be a Unix time in seconds, at most {MAX_UNIX_SECS}"
+            ))
+        })?,
     };
     app.user_controls
         .command(UserCommand::RevokeIssuedBefore {
@@ -199,4 +222,18 @@ pub(crate) async fn revoke_user_tokens(
         })
         .await?;
     Ok(Json(json!({"user": &*user, "issuedBefore": before})).into_response())
+}
+
+/// `GET /api/users/blocked` (an extension, docs/protocol.md): every user
+/// blocked now, cluster-wide (the engine's list, not this node's copy), by
+/// user id: `{"users":[{"user","until"}]}`, `until` in Unix seconds
+/// (rounded up) or `null` for a block without `ttl`.
+pub(crate) async fn blocked(State(app): State<Arc<App>>) -> Result<Response, HttpError> {
+    let mut users = app.user_controls.blocked().await?;
+    users.sort_unstable();
+    let users: Vec<Value> = users
+        .iter()
+        .map(|(user, until)| json!({"user": &**user, "until": until.map(|ms| ms.div_ceil(1000))}))
+        .collect();
+    Ok(Json(json!({"users": users})).into_response())
 }

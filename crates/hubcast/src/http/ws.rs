@@ -69,11 +69,16 @@ pub(crate) async fn upgrade(
             "GET /ws expects a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
         ));
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
+    // RFC 6455 4.2.1-2: a handshake without a version is malformed (400);
+    // one with a version the server does not speak gets 426 and the one it
+    // does.
+    let Some(version) = headers.get(header::SEC_WEBSOCKET_VERSION) else {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade needs Sec-WebSocket-Version: 13",
+        ));
+    };
+    if version.as_bytes() != b"13" {
         let mut resp = HttpError::new(
             ErrorCode::BadRequest,
             "unsupported WebSocket version; use 13",

@@ -170,6 +170,7 @@ impl Hub {
             Box::new(LocalRoom {
                 subs: SmallMap::default(),
                 subscribed: BrokerSub::new(),
+                pace: None,
             })
         });
         let subscribed = match &local.subscribed {

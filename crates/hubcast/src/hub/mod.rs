@@ -12,9 +12,12 @@
 //!   ([`Hub::open_conns`], one at a time), and user controls ([`Hub::close_where`]).
 //! - `commands`: server-side subscribe and unsubscribe, queued for each
 //!   connection's own task ([`Hub::command_where`]).
+//! - `presence`: the pace of a room's presence events (one frame each
+//!   while the room is quiet, one frame per flush when it is busy).
 
 mod commands;
 mod join;
+mod presence;
 mod registry;
 
 use std::collections::HashMap;
@@ -75,8 +78,11 @@ pub(crate) struct Hub {
     /// Open connections, for shutdown.
     conns: Connections,
     /// Owns what the hub cannot await where it starts it (the broker
-    /// unsubscribe of a join dropped half-way); shutdown waits for it.
+    /// unsubscribe of a join dropped half-way, a room's presence flush,
+    /// which ends within a second); shutdown waits for it.
     tasks: TaskTracker,
+    /// This hub, for the tasks it starts.
+    me: std::sync::Weak<Hub>,
 }
 
 /// The local members of one room.
@@ -84,6 +90,9 @@ struct LocalRoom {
     subs: SmallMap<ConnKey, Sub>,
     /// Whether the node's broker subscription for this room is in place.
     subscribed: BrokerSub,
+    /// The pace of its presence events, from the first one on (boxed: most
+    /// rooms, personal ones, never have any).
+    pace: Option<Box<presence::Pace>>,
 }
 
 /// A room's broker subscription, as its local members see it.
@@ -144,7 +153,7 @@ impl Hub {
     /// buffered for a joining connection (the queue size is a good value);
     /// `tasks` owns the few tasks the hub starts.
     pub(crate) fn new(broker: Arc<dyn Broker>, buffer_cap: usize, tasks: TaskTracker) -> Arc<Self> {
-        let hub = Arc::new(Self {
+        let hub = Arc::new_cyclic(|me| Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             broker: broker.clone(),
@@ -152,6 +161,7 @@ impl Hub {
             delivered: std::sync::atomic::AtomicU64::new(0),
             conns: Connections::new(),
             tasks,
+            me: me.clone(),
         });
         let weak: std::sync::Weak<dyn BrokerHandler> = Arc::downgrade(&hub) as _;
         broker.set_handler(weak);
@@ -418,7 +428,59 @@ impl BrokerHandler for Hub {
         let Some(local) = shard.get_mut(room) else {
             return;
         };
-        for sub in local.subs.values_mut() {
+        let now = tokio::time::Instant::now();
+        let cost = local.presence_members();
+        let offer = local
+            .pace
+            .get_or_insert_with(|| Box::new(presence::Pace::new(now)))
+            .offer(event, cost, now);
+        match offer {
+            presence::Offer::Send => local.fan_presence(room, &frame),
+            presence::Offer::Hold(None) => {}
+            presence::Offer::Hold(Some(at)) => {
+                drop(shard);
+                self.schedule_presence_flush(Arc::from(room), at);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Flushes the presence events `room` holds at `at`.
+    fn schedule_presence_flush(&self, room: Arc<str>, at: tokio::time::Instant) {
+        let me = self.me.clone();
+        self.tasks.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(hub) = me.upgrade() {
+                hub.flush_presence(&room);
+            }
+        });
+    }
+
+    /// Sends the one frame for the presence events `room` held.
+    fn flush_presence(&self, room: &str) {
+        let mut shard = lock(self.shard(room));
+        let Some(local) = shard.get_mut(room) else {
+            return;
+        };
+        let cost = local.presence_members();
+        let now = tokio::time::Instant::now();
+        if let Some(frame) = local.pace.as_mut().and_then(|p| p.flush(room, cost, now)) {
+            local.fan_presence(room, &frame);
+        }
+    }
+}
+
+impl LocalRoom {
+    /// The local members that get presence events (the explicit ones).
+    fn presence_members(&self) -> usize {
+        self.subs.values().filter(|s| s.explicit).count()
+    }
+
+    /// Queues a presence frame to every explicit member (buffered for one
+    /// still joining).
+    fn fan_presence(&mut self, room: &str, frame: &Bytes) {
+        for sub in self.subs.values_mut() {
             if !sub.explicit {
                 continue;
             }

@@ -218,6 +218,16 @@ async fn refused_handshakes_are_json_http_errors() {
         .unwrap();
     assert_eq!(r.status(), 426);
     assert_eq!(r.headers()["sec-websocket-version"], "13");
+    // No version at all: a malformed handshake.
+    let r = http
+        .get(s.http("/ws"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     // Bad display name.
     let long = "n".repeat(65);
     let err = common::Client::connect_request(format!("{}?name={long}", s.ws_url()))

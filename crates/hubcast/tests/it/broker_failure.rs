@@ -21,13 +21,21 @@ use tokio_util::sync::CancellationToken;
 /// What a client is told while the engine is down.
 const UNAVAILABLE: &str = "the message store is unavailable";
 
-/// The memory engine, with a switch that makes every call fail.
-struct Flaky {
+/// The memory engine, with a switch that makes every call fail (also
+/// used by `closing` for the 1011 close).
+pub(crate) struct Flaky {
     inner: Arc<MemoryBroker>,
-    down: AtomicBool,
+    pub(crate) down: AtomicBool,
 }
 
 impl Flaky {
+    pub(crate) fn new(down: bool) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner: MemoryBroker::new(100, Duration::from_secs(60)),
+            down: AtomicBool::new(down),
+        })
+    }
+
     fn check(&self) -> Result<(), BrokerError> {
         if self.down.load(Ordering::SeqCst) {
             Err(BrokerError::unavailable("engine down (test)"))
@@ -124,14 +132,15 @@ impl UserControls for Flaky {
     async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError> {
         self.inner.follow(sink).await
     }
+    async fn blocked(&self) -> Result<Vec<(Arc<str>, Option<u64>)>, BrokerError> {
+        self.check()?;
+        self.inner.blocked().await
+    }
 }
 
 #[tokio::test]
 async fn broker_down_means_unavailable_errors_and_not_ready() {
-    let flaky = Arc::new(Flaky {
-        inner: MemoryBroker::new(100, Duration::from_secs(60)),
-        down: AtomicBool::new(false),
-    });
+    let flaky = Flaky::new(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();

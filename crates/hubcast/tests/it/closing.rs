@@ -113,9 +113,13 @@ async fn read_to_close(c: &mut Raw, room: &str) -> (Vec<u64>, Vec<Value>, u16) {
 /// sends waits in the server's socket until the client reads: what a reset
 /// throws away.
 async fn small_window(s: &Server, target: &str, first: &[u8]) -> Raw {
+    small_window_at(s.addr, target, first).await
+}
+
+async fn small_window_at(addr: std::net::SocketAddr, target: &str, first: &[u8]) -> Raw {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock.connect(s.addr).await.unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
     Raw::handshake(tcp, target, first).await
 }
 
@@ -144,6 +148,21 @@ async fn one_run(
     trigger: impl std::future::Future<Output = ()>,
     want: u16,
 ) -> Vec<Value> {
+    one_run_reading_at(s, target, room, prelude, trigger, want, None).await
+}
+
+/// [`one_run`] for a close the server decides on a timer: the client reads
+/// nothing before `read_at` (after the close), so the queued messages are
+/// still in the server's socket when it closes, as a reset would lose them.
+async fn one_run_reading_at(
+    s: &Server,
+    target: &str,
+    room: &str,
+    prelude: Vec<u8>,
+    trigger: impl std::future::Future<Output = ()>,
+    want: u16,
+    read_at: Option<tokio::time::Instant>,
+) -> Vec<Value> {
     let mut c = member_with_queued(s, target, room).await;
     let (go, went) = oneshot::channel();
     let (sent, burst_sent) = oneshot::channel();
@@ -151,6 +170,9 @@ async fn one_run(
     trigger.await;
     let _ = go.send(());
     let _ = burst_sent.await;
+    if let Some(at) = read_at {
+        tokio::time::sleep_until(at).await;
+    }
     let (offsets, others, code) = read_to_close(&mut c, room).await;
     sender.stop().await;
     assert_eq!(code, want, "close code; frames before it: {others:?}");
@@ -250,20 +272,23 @@ async fn a_token_expiry_close_arrives_4001() {
     // Far enough ahead for every connection to be open with its queued
     // messages before it (on a loaded machine too).
     let exp = hubcast::unix_ms() as u64 / 1000 + 8;
+    let read_at = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut all = Vec::new();
     for run in 0..RUNS / 2 {
         let s = s.clone();
         all.push(tokio::spawn(async move {
             let token = common::hs256(SECRET, &json!({"sub":format!("u{run}"),"exp":exp}));
             let room = format!("expiry-{run}");
-            // The close comes at `exp`; the client sends on and reads later.
-            one_run(
+            // The close comes at `exp`; the client sends on and reads
+            // only after it.
+            one_run_reading_at(
                 &s,
                 &format!("/ws?token={token}"),
                 &room,
                 Vec::new(),
                 async {},
                 4001,
+                Some(read_at),
             )
             .await;
         }));
@@ -385,4 +410,82 @@ async fn user_control_closes_arrive_4005_and_4004() {
             .await;
         }
     }
+}
+
+/// The head of a masked binary frame of 1 MiB: what the client sends after
+/// it is that frame's payload, so the server sees bytes but no frame.
+fn endless_frame() -> Vec<u8> {
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    head.extend_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+    head
+}
+
+/// A client sending all the time inside one frame that never ends: no
+/// frame arrives for `2 * heartbeat + 5` s, so it is closed with 4002, and
+/// it reads that close, once it reads, after the messages queued before
+/// it. Runs in two waves of concurrent clients (each waits 7 s for its
+/// close).
+#[tokio::test]
+async fn a_heartbeat_timeout_close_arrives_4002() {
+    let s = Arc::new(
+        Server::start(|c| {
+            quiet(c);
+            c.heartbeat = 1;
+            c.max_message_bytes = 2 << 20;
+        })
+        .await,
+    );
+    for wave in 0..2 {
+        // The last frame of each arrives within a second or so (its
+        // join); the close 7 s after it.
+        let read_at = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut all = Vec::new();
+        for run in 0..RUNS / 2 {
+            let s = s.clone();
+            all.push(tokio::spawn(async move {
+                let room = format!("silent-{wave}-{run}");
+                let prelude = endless_frame();
+                one_run_reading_at(&s, "/ws", &room, prelude, async {}, 4002, Some(read_at)).await;
+            }));
+        }
+        for t in all {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// A connection the engine cannot register (the engine is down) is closed
+/// with 1011 right after its `welcome`; a client sending meanwhile reads
+/// both.
+#[tokio::test]
+async fn a_broker_failure_close_arrives_1011() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = hubcast::config::Config::default();
+    quiet(&mut config);
+    let server = tokio::spawn(hubcast::run_with_broker(
+        config,
+        listener,
+        shutdown.clone(),
+        crate::broker_failure::Flaky::new(true),
+    ));
+    for run in 0..RUNS {
+        let join = text(json!({"type":"join","room":format!("down-{run}"),"id":1}));
+        let mut c = small_window_at(addr, "/ws", &join).await;
+        let (go, went) = oneshot::channel();
+        let (sent, burst_sent) = oneshot::channel();
+        let sender = Sender::start(c.sender(), went, Vec::new(), sent);
+        let _ = go.send(());
+        let _ = burst_sent.await;
+        let (offsets, others, code) = read_to_close(&mut c, "none").await;
+        sender.stop().await;
+        assert_eq!(code, 1011, "close code; frames before it: {others:?}");
+        assert!(offsets.is_empty());
+        assert_eq!(others.len(), 1, "{others:?}");
+        assert_eq!(others[0]["type"], "welcome", "{others:?}");
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
 }

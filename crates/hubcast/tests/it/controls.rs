@@ -251,7 +251,8 @@ async fn bad_control_requests_get_400_with_a_reason() {
         (
             "POST",
             "/api/tokens/revoke",
-            json!({"jti": "x", "until": 1}),
+            // Milliseconds by mistake.
+            json!({"jti": "x", "until": 1_700_000_000_000u64}),
             "`until` must be",
         ),
         (
@@ -279,6 +280,41 @@ async fn bad_control_requests_get_400_with_a_reason() {
     }
     // Nothing was blocked by the refused calls.
     assert_eq!(handshake(&s, &token("alice", json!({}))).await, 101);
+
+    // Valid by the OpenAPI document, so accepted: a whole number written
+    // as a float, and an `until` already past, which revokes nothing (the
+    // connection that used the token stays open).
+    let past = token("alice", json!({"jti": "j-past"}));
+    let mut open = Client::connect(&url(&s, &past)).await;
+    let (st, reply) = call(
+        &s,
+        "POST",
+        "/api/tokens/revoke",
+        Some(json!({"jti": "j-past", "until": 1.0})),
+    )
+    .await;
+    assert_eq!((st, reply), (200, json!({"jti": "j-past", "until": 1})));
+    let (st, reply) = call(
+        &s,
+        "POST",
+        "/api/users/carol/tokens/revoke",
+        Some(json!({"issuedBefore": 5.0})),
+    )
+    .await;
+    assert_eq!(
+        (st, reply),
+        (200, json!({"user": "carol", "issuedBefore": 5}))
+    );
+    let (st, _) = call(
+        &s,
+        "PUT",
+        "/api/users/carol/block",
+        Some(json!({"ttl": 60.0})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    s.barrier_personal(&mut open).await;
+    assert_eq!(handshake(&s, &past).await, 101);
 }
 
 /// The next state change of a Rust client, within 10 s.
@@ -427,4 +463,47 @@ async fn a_killed_nodes_connections_stop_counting_after_its_lease() {
     doomed.wait().unwrap();
     common::wait_until(|| async { (handshake(&survivor, &tok).await == 101).then_some(()) }).await;
     survivor.stop().await;
+}
+
+both_engines! {
+    #[tokio::test]
+    async fn the_blocked_users_list_is_the_same_on_every_node(engine) {
+        let n = nodes(engine).await;
+        let last = n.len() - 1;
+        let listed = |s: &Server| {
+            let url = s.http("/api/users/blocked");
+            async move {
+                let r = reqwest::get(url).await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.json::<Value>().await.unwrap()
+            }
+        };
+        assert_eq!(listed(&n[0]).await, json!({"users": []}));
+        let (st, _) = call(&n[0], "PUT", "/api/users/zed/block", None).await;
+        assert_eq!(st, 200);
+        let before = now();
+        let (st, _) = call(&n[last], "PUT", "/api/users/amy%20b/block", Some(json!({"ttl": 600}))).await;
+        assert_eq!(st, 200);
+        let after = now();
+        // Every node answers from the engine: at once, by user id.
+        for s in &n {
+            let users = listed(s).await["users"].clone();
+            assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+            assert_eq!(users[0]["user"], "amy b");
+            let until = users[0]["until"].as_u64().unwrap();
+            assert!((before + 600..=after + 601).contains(&until), "{until}");
+            assert_eq!(users[1], json!({"user": "zed", "until": null}));
+        }
+        let (st, _) = call(&n[0], "DELETE", "/api/users/zed/block", None).await;
+        assert_eq!(st, 200);
+        // An expired block is not listed.
+        let (st, _) = call(&n[0], "PUT", "/api/users/amy%20b/block", Some(json!({"ttl": 1}))).await;
+        assert_eq!(st, 200);
+        for s in &n {
+            common::wait_until(|| async {
+                (listed(s).await == json!({"users": []})).then_some(())
+            })
+            .await;
+        }
+    }
 }

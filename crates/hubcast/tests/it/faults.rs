@@ -99,6 +99,7 @@ fn short_schedule_loses_and_duplicates_nothing() {
     assert_eq!(num(&r, "out_of_order"), 0, "{r}");
     assert_eq!(num(&r, "silent_gaps"), 0, "{r}");
     assert_eq!(num(&r, "presence_ghosts"), 0, "{r}");
+    assert_eq!(num(&r, "presence_missing"), 0, "{r}");
     // Cut off from Redis, the node said so within seconds, and came back.
     let not_ready = r["not_ready_after_ms"].as_array().expect("readiness");
     assert_eq!(not_ready.len(), 1, "{r}");

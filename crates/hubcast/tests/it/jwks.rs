@@ -205,3 +205,199 @@ async fn an_unreachable_endpoint_refuses_unknown_kids_and_known_ones_still_verif
     s.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A CA made by openssl for the test and a leaf it signed for 127.0.0.1:
+/// `ca.pem`, `leaf.pem`, `leaf.key` in `dir`.
+fn private_ca(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "1", "-subj", "/CN=hubcast test CA"],
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+impl Provider {
+    /// The endpoint over TLS with `dir`'s leaf certificate
+    /// ([`private_ca`]).
+    async fn start_tls(keys: Value, dir: &Path) -> Provider {
+        use tokio_rustls::rustls::ServerConfig;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tower::ServiceExt;
+
+        let certs = CertificateDer::pem_file_iter(dir.join("leaf.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let shared = Shared {
+            set: Arc::new(Mutex::new(json!({ "keys": keys }))),
+            requests: Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/jwks.json", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/jwks.json", get(jwks))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // An untrusting client ends the handshake: not an error here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Provider {
+            url,
+            set: shared.set,
+            requests: shared.requests,
+            task,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_https_endpoint_behind_a_private_ca_is_trusted_through_jwt_jwks_ca_file() {
+    let dir = tempdir();
+    let a = rsa_key(&dir, "a");
+    private_ca(&dir);
+    let idp = Provider::start_tls(json!([with_kid(&a, "a")]), &dir).await;
+    assert!(idp.url.starts_with("https://"));
+    let ca = dir.join("ca.pem");
+    let s = Server::start(|c| {
+        c.jwt_jwks_url = Some(idp.url.clone());
+        c.jwt_jwks_ca_file = Some(ca.clone());
+    })
+    .await;
+    assert_eq!(connects(&s, &token(&a, "a", "ann")).await, "ann");
+    assert_eq!(idp.requests(), 1);
+    // A rotation is fetched over TLS too.
+    let b = rsa_key(&dir, "b");
+    idp.rotate(json!([with_kid(&b, "b")]));
+    assert_eq!(connects(&s, &token(&b, "b", "bob")).await, "bob");
+    s.stop().await;
+    idp.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_refuses_tokens_and_other_handshakes_go_on() {
+    let dir = tempdir();
+    let a = rsa_key(&dir, "a");
+    private_ca(&dir);
+    let idp = Provider::start_tls(json!([with_kid(&a, "a")]), &dir).await;
+    // No jwt_jwks_ca_file: the system's CAs do not know the test's CA.
+    let s = Server::start(|c| c.jwt_jwks_url = Some(idp.url.clone())).await;
+    let m = crate::auth::refused(&s, Some(&token(&a, "a", "ann")), "untrusted JWKS").await;
+    assert!(m.contains("kid"), "{m}");
+    // The provider never served a key set: every handshake was refused.
+    assert_eq!(idp.requests(), 0);
+    // A handshake that needs no key goes on meanwhile (anonymous on
+    // loopback), while a token waits for a fetch that fails.
+    let waiting = {
+        let (s_url, t) = (s.ws_url(), token(&a, "a", "ann"));
+        tokio::spawn(async move {
+            Client::connect_request(format!("{s_url}?token={t}"))
+                .await
+                .is_err()
+        })
+    };
+    let anon = Client::connect(&s.ws_url()).await;
+    assert!(anon.welcome["user"].is_string());
+    assert!(waiting.await.unwrap(), "the token is refused");
+    // A CA file that is not PEM stops the start, naming the setting.
+    std::fs::write(dir.join("bad.pem"), "not a certificate").unwrap();
+    let mut c = hubcast::config::Config {
+        jwt_jwks_url: Some(idp.url.clone()),
+        jwt_jwks_ca_file: Some(dir.join("bad.pem")),
+        ..Default::default()
+    };
+    c.validate().unwrap();
+    let e = hubcast::auth::Auth::from_config(&c)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("jwt_jwks_ca_file"), "{e}");
+    c.jwt_jwks_ca_file = Some(dir.join("missing.pem"));
+    let e = hubcast::auth::Auth::from_config(&c)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("jwt_jwks_ca_file"), "{e}");
+    s.stop().await;
+    idp.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -35,6 +35,7 @@ mod operate;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod poll;
+mod presence_storm;
 mod protocol;
 mod recovery;
 mod redis_cluster;

@@ -49,6 +49,16 @@ export interface PresenceEvent {
   status: Status;
 }
 
+/** A busy room's changes were too many to list (protocol extension): the
+ * room fetches its member list again (a `members` event follows). */
+export interface PresenceSync {
+  type: 'presence';
+  room: string;
+  action: 'sync';
+  /** How many changes there were. */
+  changes: number;
+}
+
 export interface Ack {
   type: 'ack';
   msgId: string;
@@ -160,7 +170,7 @@ declare class Emitter<E extends { [K in keyof E]: (...args: any[]) => void }> {
 
 export interface RoomEvents {
   message: (envelope: Envelope) => void;
-  presence: (event: PresenceEvent) => void;
+  presence: (event: PresenceEvent | PresenceSync) => void;
   members: (members: Member[]) => void;
   joined: (frame: JoinedFrame) => void;
   /** The server took this connection out of the room (`POST

@@ -130,7 +130,9 @@ class Seen {
 
 /**
  * One room this client joined. Events: `message` (envelope; each once, in
- * offset order), `presence` (event frame), `members` (the current list),
+ * offset order), `presence` (event frame: each event of a busy room's
+ * `batch` as its own; a `sync` frame as it is, after which the member list
+ * is fetched again), `members` (the current list),
  * `unrecovered` (missed messages could not all be replayed: reload),
  * `joined` (every `joined` frame, the first and each rejoin), `left` (the
  * server took this connection out of the room), `error`.
@@ -143,6 +145,9 @@ export class Room extends Emitter {
   /** Messages past a gap, waiting for it to fill (offset order). */
   #held = [];
   #gapTimer = null;
+  /** A member-list fetch after a presence `sync` is under way. */
+  #syncing = false;
+  #syncAgain = false;
 
   constructor(hc, name, opts) {
     super();
@@ -225,6 +230,44 @@ export class Room extends Emitter {
   }
 
   _onPresence(frame) {
+    if (frame.action === 'batch') {
+      // A busy room's events, sent together (extension): each is applied
+      // and emitted as a 1.1 event, and `members` once for all of them.
+      for (const e of frame.events ?? []) this.#apply({ type: 'presence', room: frame.room, ...e });
+      this.emit('members', [...this.members.values()]);
+      return;
+    }
+    if (frame.action === 'sync') {
+      // Too many changes to list (extension): the list is fetched again.
+      this.emit('presence', frame);
+      this.#resync();
+      return;
+    }
+    this.#apply(frame);
+    this.emit('members', [...this.members.values()]);
+  }
+
+  /** One fetch of the member list at a time; a `sync` during it makes
+   * one more after it. */
+  #resync() {
+    if (this.#syncing) {
+      this.#syncAgain = true;
+      return;
+    }
+    this.#syncing = true;
+    this.presence()
+      .then((list) => this.emit('members', list))
+      .catch(() => {})
+      .finally(() => {
+        this.#syncing = false;
+        if (this.#syncAgain && this.joined) {
+          this.#syncAgain = false;
+          this.#resync();
+        }
+      });
+  }
+
+  #apply(frame) {
     if (frame.action === 'leave') {
       if (this.members.delete(frame.user)) this.total = Math.max(0, this.total - 1);
     } else {
@@ -238,7 +281,6 @@ export class Room extends Emitter {
       });
     }
     this.emit('presence', frame);
-    this.emit('members', [...this.members.values()]);
   }
 
   #setMembers(list, total) {

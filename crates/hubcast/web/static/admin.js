@@ -1,5 +1,7 @@
 // The operator dashboard: polls this node's /api/stats, /api/rooms and
-// /api/events once a second and draws the last five minutes on canvases.
+// /api/events, and the cluster's /api/users/blocked, once a second and
+// draws the last five minutes on canvases; its user controls disconnect,
+// block and unblock a user through the server API.
 // No chart library: a few lines of canvas drawing do.
 
 const $ = (id) => document.getElementById(id);
@@ -13,9 +15,10 @@ let lastEvent = 0;
 const series = { conns: [], rooms: [], pub: [], del: [] };
 const events = [];
 
-async function api(path) {
+async function api(path, method = 'GET', payload = undefined) {
   const headers = key ? { Authorization: `Bearer ${key}` } : {};
-  const r = await fetch(path, { headers, cache: 'no-store' });
+  if (payload !== undefined) headers['Content-Type'] = 'application/json';
+  const r = await fetch(path, { method, headers, cache: 'no-store', body: payload === undefined ? undefined : JSON.stringify(payload) });
   const body = await r.json().catch(() => ({}));
   if (!r.ok) {
     const err = new Error(body.error?.message || `HTTP ${r.status}`);
@@ -74,9 +77,9 @@ function push(name, v) {
 }
 
 async function tick() {
-  let stats, rooms, evs;
+  let stats, rooms, evs, blocked;
   try {
-    [stats, rooms, evs] = await Promise.all([api('/api/stats'), api('/api/rooms?limit=50'), api(`/api/events?after=${lastEvent}&limit=100`)]);
+    [stats, rooms, evs, blocked] = await Promise.all([api('/api/stats'), api('/api/rooms?limit=50'), api(`/api/events?after=${lastEvent}&limit=100`), api('/api/users/blocked')]);
   } catch (e) {
     if (e.status === 401 || e.status === 403) return signOut(`Signed out: ${e.message}`);
     setConn('reconnecting', `Server unreachable (${e.message})`);
@@ -129,8 +132,43 @@ async function tick() {
     })
     : [row(['Nothing yet: errors sent to clients and connections closed for a reason (slow consumer, heartbeat, flooding) appear here.', null])]));
 
+  showBlocked(blocked.users);
+
   draw($('chart-conns'), [['conns', COLORS.conns], ['rooms', COLORS.rooms]]);
   draw($('chart-msgs'), [['pub', COLORS.pub], ['del', COLORS.del]]);
+}
+
+/** The blocked users' table, one row per user with an Unblock button. */
+function showBlocked(users) {
+  $('blocked-total').textContent = `(${users.length} blocked)`;
+  $('blocked-table').replaceChildren(...(users.length
+    ? users.map((u) => {
+      const tr = row([u.user, null], [u.until === null ? 'until unblocked' : new Date(u.until * 1000).toLocaleString(), null]);
+      tr.dataset.user = u.user;
+      const td = document.createElement('td');
+      const b = document.createElement('button');
+      b.textContent = 'Unblock';
+      b.className = 'unblock';
+      b.onclick = () => control(`Unblocked ${u.user}`, `/api/users/${encodeURIComponent(u.user)}/block`, 'DELETE');
+      td.append(b);
+      tr.append(td);
+      return tr;
+    })
+    : [row(['No user is blocked.', null])]));
+}
+
+/** One user control; says how it went, and redraws at once. */
+async function control(done, path, method, body) {
+  try {
+    const r = await api(path, method, body);
+    $('user-result').textContent = typeof done === 'function' ? done(r) : done;
+    $('user-result').className = 'hint';
+  } catch (e) {
+    if (e.status === 401) return signOut(`Signed out: ${e.message}`);
+    $('user-result').textContent = `Refused: ${e.message}`;
+    $('user-result').className = 'error-text';
+  }
+  tick();
 }
 
 function row(...cells) {
@@ -203,5 +241,17 @@ $('login-form').onsubmit = (ev) => {
   signIn($('key').value.trim());
 };
 $('logout').onclick = () => signOut();
+$('user-form').onsubmit = (ev) => {
+  ev.preventDefault();
+  const user = $('user-id').value;
+  const ttl = $('block-ttl').value.trim();
+  const body = ttl === '' ? undefined : { ttl: Number(ttl) };
+  control(`Blocked ${user}${ttl === '' ? ' until unblocked' : ` for ${ttl} s`}`, `/api/users/${encodeURIComponent(user)}/block`, 'PUT', body);
+};
+$('user-disconnect').onclick = () => {
+  const user = $('user-id').value;
+  if (!$('user-form').reportValidity()) return;
+  control((r) => `Disconnected ${user} (${r.connections} connection${r.connections === 1 ? '' : 's'})`, '/api/disconnect', 'POST', { user });
+};
 
 if (key !== null) signIn(key);

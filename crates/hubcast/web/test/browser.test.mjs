@@ -213,3 +213,73 @@ test('the dashboard signs in with the API key and its counters move', async () =
   await dash.context.close();
   await chat.context.close();
 });
+
+/** An anonymous WebSocket connection: its user id and its close code. */
+async function connectUser() {
+  const ws = new WebSocket(server.ws);
+  const frames = [];
+  const closed = new Promise((resolve) => (ws.onclose = (e) => resolve(e.code)));
+  ws.onmessage = (e) => frames.push(JSON.parse(e.data));
+  const welcome = await waitFor(() => frames.find((f) => f.type === 'welcome'), 'welcome');
+  return { ws, user: welcome.user, closed };
+}
+
+test('the dashboard blocks, lists, unblocks and disconnects a user', async () => {
+  const dash = await open('/admin');
+  await dash.page.fill('#key', API_KEY);
+  await dash.page.click('#login-form button[type=submit]');
+  await dash.page.waitForSelector('#blocked-table td:text-is("No user is blocked.")');
+
+  // Block for ten minutes: the user's connection closes with 4004 and the
+  // list (the server's /api/users/blocked) shows them with the expiry.
+  const eve = await connectUser();
+  await dash.page.fill('#user-id', eve.user);
+  await dash.page.fill('#block-ttl', '600');
+  const t0 = Date.now();
+  await dash.page.click('#user-block');
+  assert.equal(await eve.closed, 4004);
+  const rowSel = `#blocked-table tr[data-user="${eve.user}"]`;
+  await dash.page.waitForSelector(rowSel);
+  const until = await dash.page.textContent(`${rowSel} td:nth-child(2)`);
+  const listed = await (await fetch(`${server.http}/api/users/blocked`, { headers: { Authorization: `Bearer ${API_KEY}` } })).json();
+  assert.equal(listed.users.length, 1);
+  assert.equal(listed.users[0].user, eve.user);
+  assert.ok(Math.abs(listed.users[0].until * 1000 - (t0 + 600_000)) < 5000, `until ${listed.users[0].until}`);
+  assert.equal(until, await dash.page.evaluate((s) => new Date(s * 1000).toLocaleString(), listed.users[0].until));
+  assert.match(await dash.page.textContent('#user-result'), /Blocked .* for 600 s/);
+
+  // A bad ttl is refused with the server's reason, and changes nothing.
+  await dash.page.fill('#block-ttl', '99999999999');
+  await dash.page.click('#user-block');
+  await dash.page.waitForSelector('#user-result.error-text');
+  assert.match(await dash.page.textContent('#user-result'), /`ttl`/);
+
+  // Unblock from the list: it empties.
+  await dash.page.click(`${rowSel} button.unblock`);
+  await dash.page.waitForSelector('#blocked-table td:text-is("No user is blocked.")');
+  await dash.page.waitForSelector('#user-result:text-matches("^Unblocked ")');
+  const after = await (await fetch(`${server.http}/api/users/blocked`, { headers: { Authorization: `Bearer ${API_KEY}` } })).json();
+  assert.deepEqual(after, { users: [] });
+
+  // A block without ttl lasts until unblocked.
+  const sam = await connectUser();
+  await dash.page.fill('#user-id', sam.user);
+  await dash.page.fill('#block-ttl', '');
+  await dash.page.click('#user-block');
+  assert.equal(await sam.closed, 4004);
+  await dash.page.waitForSelector(`#blocked-table tr[data-user="${sam.user}"] td:text-is("until unblocked")`);
+  await dash.page.click(`#blocked-table tr[data-user="${sam.user}"] button.unblock`);
+  await dash.page.waitForSelector('#blocked-table td:text-is("No user is blocked.")');
+
+  // Disconnect: 4005, and the dashboard says how many connections closed.
+  const ian = await connectUser();
+  await dash.page.fill('#user-id', ian.user);
+  await dash.page.click('#user-disconnect');
+  assert.equal(await ian.closed, 4005);
+  await dash.page.waitForSelector('#user-result:text-is("Disconnected ' + ian.user + ' (1 connection)")');
+
+  if (shots) await dash.page.screenshot({ path: path.join(shots, 'dashboard-users.png') });
+  // The refused ttl's 400 is the only complaint.
+  assert.deepEqual(dash.problems.filter((p) => !p.includes('400 (Bad Request)')), []);
+  await dash.context.close();
+});

@@ -14,9 +14,9 @@
 //! - `report`: one JSON line or a summary.
 //!
 //! The run fails (exit 1) when an acked message was lost or duplicated, a
-//! gap went untold, presence kept a ghost past the lease, a node cut off
-//! from Redis stayed ready, or (long runs) a node's memory kept growing.
-//! A live connection missing from presence is reported as a warning.
+//! gap went untold, presence kept a ghost or missed a live connection past
+//! the lease, a node cut off from Redis stayed ready, or (long runs) a
+//! node's memory kept growing.
 
 mod check;
 mod clients;

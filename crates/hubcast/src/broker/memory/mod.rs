@@ -82,6 +82,10 @@ pub struct MemoryBroker {
     handler: OnceLock<Weak<dyn BrokerHandler>>,
     /// Where user controls go: one node, so only here.
     controls: OnceLock<Weak<dyn ControlSink>>,
+    /// Blocked user → end of the block (Unix ms; `None`: until
+    /// unblocked), for `GET /api/users/blocked`; expired entries go when
+    /// the next command or listing comes.
+    blocks: Mutex<HashMap<Arc<str>, Option<u64>>>,
     /// What each room keeps (its rule's history size and ttl).
     rules: Arc<Rules>,
     /// How long an offline user's status is remembered: the global
@@ -118,6 +122,7 @@ impl MemoryBroker {
             presence: Mutex::new(PresenceState::default()),
             handler: OnceLock::new(),
             controls: OnceLock::new(),
+            blocks: Mutex::new(HashMap::new()),
             rules,
             ttl,
             cancel: CancellationToken::new(),
@@ -378,10 +383,22 @@ impl Broker for MemoryBroker {
 }
 
 // One node: a command is applied here and now, and nothing outlives the
-// process, so there is nothing to keep or load.
+// process, so there is nothing to load; only the blocks are kept, to be
+// listed.
 #[async_trait]
 impl UserControls for MemoryBroker {
     async fn command(&self, cmd: UserCommand) -> Result<(), BrokerError> {
+        match &cmd {
+            UserCommand::Block { user, until } => {
+                let mut blocks = lock(&self.blocks);
+                expire(&mut blocks);
+                blocks.insert(user.clone(), *until);
+            }
+            UserCommand::Unblock { user } => {
+                lock(&self.blocks).remove(user);
+            }
+            _ => {}
+        }
         if let Some(sink) = self.controls.get().and_then(Weak::upgrade) {
             sink.apply(&cmd);
         }
@@ -392,4 +409,17 @@ impl UserControls for MemoryBroker {
         let _ = self.controls.set(sink);
         Ok(())
     }
+
+    async fn blocked(&self) -> Result<Vec<(Arc<str>, Option<u64>)>, BrokerError> {
+        let mut blocks = lock(&self.blocks);
+        expire(&mut blocks);
+        Ok(blocks.iter().map(|(u, t)| (u.clone(), *t)).collect())
+    }
+}
+
+/// Drops the blocks that have ended, so the table holds only what is in
+/// force (its size is the operator's blocks, not every one ever made).
+fn expire(blocks: &mut HashMap<Arc<str>, Option<u64>>) {
+    let now = crate::unix_ms().max(0) as u64;
+    blocks.retain(|_, until| until.is_none_or(|u| u > now));
 }

@@ -167,6 +167,24 @@ impl UserControls for RedisBroker {
         });
         Ok(())
     }
+
+    async fn blocked(&self) -> Result<Vec<(Arc<str>, Option<u64>)>, BrokerError> {
+        let keys = CtlKeys::new(&self.shared.keys.prefix);
+        let mut conn = self.shared.conn.clone();
+        let blocks: Scored = redis::cmd("ZRANGE")
+            .arg(&keys.blocks)
+            .arg(crate::unix_ms())
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(blocks
+            .into_iter()
+            .map(|(user, s)| (Arc::from(user), s.is_finite().then_some(s as u64)))
+            .collect())
+    }
 }
 
 /// The id of the control stream's last entry (`0-0` when empty).

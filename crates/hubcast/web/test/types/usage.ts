@@ -7,7 +7,10 @@ async function demo(token: string): Promise<void> {
   hc.on('state', (state, info) => console.log(state, info.code, info.reason));
   const room = await hc.join('lobby');
   room.on('message', (envelope: Envelope) => console.log(envelope.msgId, envelope.offset, envelope.data));
-  room.on('presence', (event) => console.log(event.action, event.user, event.status));
+  room.on('presence', (event) => {
+    if (event.action === 'sync') console.log('members changed', event.changes);
+    else console.log(event.action, event.user, event.status);
+  });
   room.on('members', (members: Member[]) => console.log(members.length));
   room.on('unrecovered', (info) => console.log(info.epoch, info.offset));
   const ack = await room.publish('chat.message', { text: 'hi' });
