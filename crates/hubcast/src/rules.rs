@@ -137,6 +137,19 @@ impl Rules {
         &self.global
     }
 
+    /// The most any room keeps: the largest `history_size` and the longest
+    /// `history_ttl` over every rule (an engine whose limits are per store,
+    /// not per room, sets these and trims each room further as it reads).
+    pub fn largest(&self) -> History {
+        self.tables
+            .iter()
+            .map(|(_, rule)| rule.history)
+            .fold(self.global.history, |a, b| History {
+                size: a.size.max(b.size),
+                ttl: a.ttl.max(b.ttl),
+            })
+    }
+
     /// The shortest `history_ttl` of any room: how often an engine must
     /// sweep to forget expired entries about on time.
     pub fn shortest_ttl(&self) -> Duration {

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::App;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::nats::{NatsBroker, NatsSettings};
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{self, Broker, Engine, PresenceManager};
 use crate::config::{BrokerKind, Config};
@@ -65,6 +66,21 @@ pub(crate) async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn En
         .map_err(|e| {
             anyhow::anyhow!("cannot use Redis at {} (redis_url): {e}", config.redis_url)
         })?,
+        BrokerKind::Nats => NatsBroker::connect(NatsSettings {
+            url: config.nats_url.clone(),
+            prefix: config.nats_prefix.clone(),
+            node: config.node_id.clone(),
+            rules,
+            lease: Duration::from_secs(config.presence_lease),
+            user: config.nats_user.clone(),
+            password: config.nats_password.clone(),
+            token: config.nats_token.clone(),
+            creds_file: config.nats_creds_file.clone(),
+            nkey: config.nats_nkey.clone(),
+            tls_ca_file: config.nats_tls_ca_file.clone(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot use NATS at {} (nats_url): {e}", config.nats_url))?,
     })
 }
 

@@ -2,7 +2,7 @@
 //!
 //! [`Broker`] is the seam between connection handling (the same on every
 //! node) and the engine that makes rooms consistent: the in-memory engine for
-//! one node ([`memory::MemoryBroker`]), the Redis engine for many. The
+//! one node ([`memory::MemoryBroker`]), the Redis and NATS engines for many. The
 //! trait carries no transport types: a publication is an offset, an epoch and
 //! the already encoded envelope bytes.
 //!
@@ -23,6 +23,7 @@
 
 pub mod controls;
 pub mod memory;
+pub mod nats;
 pub mod redis;
 pub(crate) mod timed;
 

@@ -43,6 +43,8 @@ pub enum BrokerKind {
     Memory,
     /// Redis: many nodes sharing one Redis.
     Redis,
+    /// NATS JetStream: many nodes sharing one NATS (server or cluster).
+    Nats,
 }
 
 /// Log line format.

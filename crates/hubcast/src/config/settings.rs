@@ -176,11 +176,11 @@ declare_settings! {
         value: "JOINS",
         help: "Joins per second one connection may make, in bursts of max_rooms_per_conn, 0 = unlimited; excess joins get rate_limited",
     }
-    /// The engine: `memory` (one node) or `redis` (many nodes).
+    /// The engine: `memory` (one node), `redis` or `nats` (many nodes).
     broker: BrokerKind {
         default: BrokerKind::Memory,
         value: "ENGINE",
-        help: "Engine: memory (one node) or redis (many nodes sharing one Redis)",
+        help: "Engine: memory (one node), redis or nats (many nodes sharing one Redis or NATS JetStream)",
     }
     /// Redis server for `broker = "redis"`; with `redis_cluster`, a
     /// comma-separated list of seed nodes.
@@ -221,13 +221,84 @@ declare_settings! {
             Ok(())
         },
     }
+    /// NATS servers for `broker = "nats"`: comma-separated `nats://` (or
+    /// `tls://`) URLs of one server or of a cluster's servers.
+    nats_url: String {
+        default: "nats://127.0.0.1:4222".into(),
+        value: "URLS",
+        help: "NATS servers (with JetStream) for --broker nats, comma-separated",
+        check: |url, _| nats_url(url),
+    }
+    /// Prefix of every NATS subject, stream and bucket hubcast uses.
+    nats_prefix: String {
+        default: "hubcast".into(),
+        value: "PREFIX",
+        help: "Prefix of every NATS subject, stream and key-value bucket",
+        check: |prefix, _| {
+            if prefix.is_empty()
+                || prefix.len() > 32
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            {
+                return Err("must be 1 to 32 characters of A-Z a-z 0-9 _ -".into());
+            }
+            Ok(())
+        },
+    }
+    /// User name for NATS (with `nats_password`).
+    nats_user: Option<String> {
+        default: None,
+        value: "USER",
+        help: "User name for NATS (with --nats-password)",
+        check: |user, c| match (user, &c.nats_password) {
+            (Some(_), None) | (None, Some(_)) => {
+                Err("nats_user and nats_password go together".into())
+            }
+            _ => Ok(()),
+        },
+    }
+    /// Password for NATS (with `nats_user`).
+    nats_password: Option<String> {
+        default: None,
+        value: "PASSWORD",
+        help: "Password for NATS (with --nats-user)",
+        secret: true,
+    }
+    /// Token for NATS token authentication.
+    nats_token: Option<String> {
+        default: None,
+        value: "TOKEN",
+        help: "Token for NATS token authentication",
+        secret: true,
+    }
+    /// A NATS credentials file (`.creds`: user JWT and nkey seed).
+    nats_creds_file: Option<PathBuf> {
+        default: None,
+        value: "FILE",
+        help: "NATS credentials file (.creds: user JWT and nkey seed)",
+    }
+    /// An nkey seed (`SU…`) for NATS nkey authentication.
+    nats_nkey: Option<String> {
+        default: None,
+        value: "SEED",
+        help: "NATS nkey seed (SU...) for nkey authentication",
+        secret: true,
+    }
+    /// PEM CA certificates to trust for NATS over TLS; setting it requires
+    /// TLS.
+    nats_tls_ca_file: Option<PathBuf> {
+        default: None,
+        value: "FILE",
+        help: "PEM CA certificates trusted for NATS over TLS (requires TLS)",
+    }
     /// Seconds a node's presence entries outlive it when it dies without
-    /// cleaning up (Redis engine): other nodes then remove them and send
-    /// the leave events.
+    /// cleaning up (Redis and NATS engines): other nodes then remove them
+    /// and send the leave events.
     presence_lease: u64 {
         default: 30,
         value: "SECONDS",
-        help: "Seconds a dead node's presence lingers before other nodes remove it (Redis engine)",
+        help: "Seconds a dead node's presence lingers before other nodes remove it (Redis and NATS engines)",
         check: within(1..=3600, "must be between 1 and 3600 seconds"),
     }
     /// Shared secret for HS256 connection tokens.
@@ -418,6 +489,18 @@ fn each(items: &[String], check: impl Fn(&str) -> Verdict) -> Verdict {
 }
 
 /// One Redis URL, or with `redis_cluster` a comma-separated list of nodes.
+fn nats_url(url: &str) -> Verdict {
+    let ok = url.split(',').map(str::trim).all(|u| {
+        ["nats://", "tls://"]
+            .iter()
+            .any(|scheme| u.len() > scheme.len() && u.starts_with(scheme))
+    });
+    if !ok {
+        return Err("must be comma-separated nats:// (or tls://) URLs".into());
+    }
+    Ok(())
+}
+
 fn redis_url(url: &str, cluster: bool) -> Verdict {
     let urls: Vec<&str> = url.split(',').map(str::trim).collect();
     if cluster {

@@ -99,6 +99,14 @@ fn all_changed() -> Config {
         redis_cluster: true,
         web: false,
         redis_prefix: "pfx".into(),
+        nats_url: "nats://n:1,tls://n:2".into(),
+        nats_prefix: "npfx".into(),
+        nats_user: Some("nu".into()),
+        nats_password: Some("np".into()),
+        nats_token: Some("nt".into()),
+        nats_creds_file: Some("/n.creds".into()),
+        nats_nkey: Some("SUseed".into()),
+        nats_tls_ca_file: Some("/nca".into()),
         presence_lease: 11,
         jwt_secret: Some("0123456789abcdef0123".into()),
         jwt_secret_file: Some("/s".into()),
@@ -158,6 +166,14 @@ fn every_flag_reaches_its_field() {
         "--redis-cluster",
         "--web=false",
         "--redis-prefix=pfx",
+        "--nats-url=nats://n:1,tls://n:2",
+        "--nats-prefix=npfx",
+        "--nats-user=nu",
+        "--nats-password=np",
+        "--nats-token=nt",
+        "--nats-creds-file=/n.creds",
+        "--nats-nkey=SUseed",
+        "--nats-tls-ca-file=/nca",
         "--presence-lease=11",
         "--jwt-secret=0123456789abcdef0123",
         "--jwt-secret-file=/s",
@@ -231,6 +247,14 @@ redis_url = "redis://h:1,redis://h:2"
 redis_cluster = true
 web = false
 redis_prefix = "pfx"
+nats_url = "nats://n:1,tls://n:2"
+nats_prefix = "npfx"
+nats_user = "nu"
+nats_password = "np"
+nats_token = "nt"
+nats_creds_file = "/n.creds"
+nats_nkey = "SUseed"
+nats_tls_ca_file = "/nca"
 presence_lease = 11
 jwt_secret = "0123456789abcdef0123"
 jwt_secret_file = "/s"

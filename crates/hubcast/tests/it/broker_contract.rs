@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hubcast::broker::memory::MemoryBroker;
+use hubcast::broker::nats::{NatsBroker, NatsSettings};
 use hubcast::broker::redis::{RedisBroker, RedisSettings};
 use hubcast::broker::{
     BrokerHandler, ClientInfo, Engine, PresenceEvent, Publication, PublishRequest, PublishResult,
@@ -82,12 +83,17 @@ struct Subject {
     recorder: Arc<Recorder>,
     /// The Redis key prefix to delete afterwards.
     prefix: Option<String>,
+    /// The NATS prefix whose stream and buckets to delete afterwards.
+    nats_prefix: Option<String>,
 }
 
 impl Drop for Subject {
     fn drop(&mut self) {
         if let Some(p) = self.prefix.take() {
             common::clean_redis(&p);
+        }
+        if let Some(p) = self.nats_prefix.take() {
+            common::clean_nats(&p);
         }
     }
 }
@@ -100,8 +106,17 @@ impl Subject {
     /// [`Subject::start`] on the Redis at `redis_url`.
     async fn start_at(engine: &str, redis_url: String) -> Subject {
         let ttl = Duration::from_secs(60);
+        let mut nats_prefix = None;
         let (engine, prefix): (Arc<dyn Engine>, _) = match engine {
             "memory" => (MemoryBroker::new(HISTORY, ttl), None),
+            "nats" => {
+                let prefix = common::unique_nats_prefix();
+                let b = NatsBroker::connect(nats_settings(&prefix, "contract-node"))
+                    .await
+                    .unwrap();
+                nats_prefix = Some(prefix);
+                (b, None)
+            }
             "redis" => {
                 let prefix = common::unique_prefix();
                 let b = RedisBroker::connect(redis_settings(redis_url, &prefix, "contract-node"))
@@ -118,6 +133,7 @@ impl Subject {
             engine,
             recorder,
             prefix,
+            nats_prefix,
         }
     }
 
@@ -179,6 +195,25 @@ impl Subject {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+fn nats_settings(prefix: &str, node: &str) -> NatsSettings {
+    NatsSettings {
+        url: common::nats_url(),
+        prefix: prefix.to_string(),
+        node: node.to_string(),
+        rules: Arc::new(Rules::uniform(History {
+            size: HISTORY,
+            ttl: Duration::from_secs(60),
+        })),
+        lease: Duration::from_secs(30),
+        user: None,
+        password: None,
+        token: None,
+        creds_file: None,
+        nkey: None,
+        tls_ca_file: None,
     }
 }
 
@@ -574,7 +609,7 @@ mod cases {
 }
 
 /// Runs every case against each named engine: `contract!(memory, redis)`
-/// makes `memory::<case>` and `redis::<case>`.
+/// makes `memory::<case>` and `redis::<case>` (and so on).
 macro_rules! contract {
     ($($engine:ident),* $(,)?) => {
         $(
@@ -603,7 +638,7 @@ macro_rules! contract {
     };
 }
 
-contract!(memory, redis);
+contract!(memory, redis, nats);
 
 /// The Redis engine fills what pub/sub lost from the room's stream. Pub/sub
 /// losing messages is simulated by writing to the room's stream and meta
@@ -760,6 +795,165 @@ mod redis_gaps {
                 publication(4)
             ]
         );
+        s.finish().await;
+    }
+}
+
+/// The NATS engine's own cases: gaps in what core NATS delivered are filled
+/// from the room's stream; a room whose history was purged starts a new
+/// epoch and its subscribers are reset; a dead node's presence is reaped.
+/// Messages lost on the way are simulated by storing them in the stream
+/// behind the engine's back (never announced).
+mod nats_engine {
+    use super::*;
+
+    use async_nats::HeaderMap;
+    use async_nats::jetstream;
+
+    /// A NATS engine on a fresh prefix with a `lease`.
+    async fn start(lease: Duration) -> Subject {
+        let prefix = common::unique_nats_prefix();
+        let mut settings = nats_settings(&prefix, "contract-node");
+        settings.lease = lease;
+        let engine: Arc<dyn Engine> = NatsBroker::connect(settings).await.unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&recorder) as _;
+        engine.set_handler(weak);
+        Subject {
+            engine,
+            recorder,
+            prefix: None,
+            nats_prefix: Some(prefix),
+        }
+    }
+
+    async fn js() -> jetstream::Context {
+        jetstream::new(async_nats::connect(common::nats_url()).await.unwrap())
+    }
+
+    /// Stores offsets `from..=to` of room `r` (copies of its latest
+    /// message) without announcing them.
+    async fn store_unannounced(prefix: &str, from: u64, to: u64) {
+        let js = js().await;
+        let stream = js.get_stream(format!("{prefix}_ROOMS")).await.unwrap();
+        let subject = format!("{prefix}.room.r");
+        let last = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .unwrap();
+        for offset in from..=to {
+            let mut h = HeaderMap::new();
+            for name in ["Hubcast-Epoch", "Hubcast-Node", "Hubcast-Key"] {
+                if let Some(v) = last.headers.get(name) {
+                    h.insert(name, v.as_str());
+                }
+            }
+            h.insert("Hubcast-Offset", offset.to_string().as_str());
+            js.publish_with_headers(subject.clone(), h, last.payload.clone())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_filled_from_the_stream_in_order() {
+        let s = start(Duration::from_secs(30)).await;
+        let prefix = s.nats_prefix.clone().unwrap();
+        let room: Arc<str> = Arc::from("r");
+        s.engine.subscribe(&room).await.unwrap();
+        let epoch = s.publish("r", "m1", false).await.epoch.to_string();
+        s.wait_until("offset 1", |s| s.delivered("r").len() == 1)
+            .await;
+        store_unannounced(&prefix, 2, 3).await;
+        assert_eq!(s.publish("r", "m4", false).await.offset, 4);
+        s.wait_until("offsets 2 to 4", |s| s.delivered("r").len() >= 4)
+            .await;
+        let offsets: Vec<u64> = s.delivered("r").into_iter().map(|(o, _)| o).collect();
+        assert_eq!(offsets, vec![1, 2, 3, 4]);
+        assert_eq!(
+            s.delivered("r")[3].1,
+            expected_envelope("r", "m4", 4, &epoch)
+        );
+        assert!(!s.events().contains(&Event::Reset { room: "r".into() }));
+        s.engine.unsubscribe("r").await.unwrap();
+        s.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_purged_room_starts_a_new_epoch_and_resets_its_subscribers() {
+        let s = start(Duration::from_secs(30)).await;
+        let prefix = s.nats_prefix.clone().unwrap();
+        let room: Arc<str> = Arc::from("r");
+        s.engine.subscribe(&room).await.unwrap();
+        s.publish("r", "m1", false).await;
+        let old = s.publish("r", "m2", false).await.epoch.to_string();
+        s.wait_until("offsets 1 and 2", |s| s.delivered("r").len() == 2)
+            .await;
+        let stream = js()
+            .await
+            .get_stream(format!("{prefix}_ROOMS"))
+            .await
+            .unwrap();
+        stream
+            .purge()
+            .filter(format!("{prefix}.room.r"))
+            .await
+            .unwrap();
+        let next = s.publish("r", "m3", false).await;
+        assert_eq!(next.offset, 1, "offsets start again");
+        assert_ne!(&*next.epoch, old, "in a new epoch");
+        s.wait_until("a reset", |s| {
+            s.events().contains(&Event::Reset { room: "r".into() })
+        })
+        .await;
+        let rec = s.engine.recover("r", Some((2, Some(&*old)))).await.unwrap();
+        assert!(!rec.recovered);
+        assert_eq!((rec.top, &*rec.epoch), (1, &*next.epoch));
+        s.engine.unsubscribe("r").await.unwrap();
+        s.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_nodes_presence_is_removed_with_leave_events() {
+        let s = start(Duration::from_secs(1)).await;
+        let prefix = s.nats_prefix.clone().unwrap();
+        let room: Arc<str> = Arc::from("r");
+        s.engine.subscribe(&room).await.unwrap();
+        let live = client("a1", "ann");
+        s.engine.connect(&live).await.unwrap();
+        s.engine.join("r", &live).await.unwrap();
+        // A node that died without cleaning up: entries, and no lease.
+        let kv = js()
+            .await
+            .get_key_value(format!("{prefix}_state"))
+            .await
+            .unwrap();
+        let mut presence: serde_json::Value =
+            serde_json::from_slice(&kv.get("p.r").await.unwrap().unwrap()).unwrap();
+        presence["ghost-conn"] = serde_json::json!({"u":"ghost","n":"Ghost","d":"dead-node"});
+        kv.put("p.r", serde_json::to_vec(&presence).unwrap().into())
+            .await
+            .unwrap();
+        let user = serde_json::json!({"s":"online","n":"Ghost","c":{"ghost-conn":"dead-node"},"r":["r"],"l":null});
+        kv.put("u.ghost", serde_json::to_vec(&user).unwrap().into())
+            .await
+            .unwrap();
+        assert_eq!(s.engine.list("r", 10).await.unwrap().total, 2);
+        s.wait_until("the ghost's leave", |s| {
+            s.presence_events("r")
+                .iter()
+                .any(|(a, u, _)| *a == PresenceAction::Leave && u == "ghost")
+        })
+        .await;
+        let page = s.engine.list("r", 10).await.unwrap();
+        assert_eq!(page.total, 1, "the live member stays");
+        assert_eq!(page.members[0].user, "ann");
+        let st = s.engine.user_status("ghost").await.unwrap();
+        assert_eq!((st.status, st.connections), (Status::Offline, 0));
+        s.engine.leave("r", &live).await.unwrap();
+        s.engine.unsubscribe("r").await.unwrap();
         s.finish().await;
     }
 }

@@ -24,8 +24,8 @@ fn token(user: &str, extra: Value) -> String {
     common::hs256(SECRET, &claims)
 }
 
-/// One node on memory; two on one Redis prefix (the second does not clean
-/// the prefix up: the first does).
+/// One node on memory; two on one Redis or NATS prefix (the second does
+/// not clean the prefix up: the first does).
 async fn nodes(engine: Engine) -> Vec<Server> {
     nodes_with(engine, |_| {}).await
 }
@@ -41,6 +41,12 @@ async fn nodes_with(engine: Engine, f: impl Fn(&mut Config)) -> Vec<Server> {
     if let Some(prefix) = first.redis_prefix() {
         let mut config = common::redis_config(common::redis_url(), "node-b");
         config.redis_prefix = prefix;
+        config.jwt_secret = Some(SECRET.into());
+        f(&mut config);
+        nodes.push(Server::with_config(config, None).await);
+    }
+    if let Some(prefix) = first.nats_prefix() {
+        let mut config = common::nats_config(&prefix, "node-b");
         config.jwt_secret = Some(SECRET.into());
         f(&mut config);
         nodes.push(Server::with_config(config, None).await);

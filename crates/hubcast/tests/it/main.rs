@@ -30,6 +30,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod multinode;
+mod nats_outage;
 mod openapi;
 mod operate;
 #[cfg(feature = "otlp")]

@@ -23,7 +23,8 @@ fn token(user: &str, extra: Value) -> String {
     common::hs256(SECRET, &claims)
 }
 
-/// One node on memory; two on one Redis prefix (the first cleans it up).
+/// One node on memory; two on one Redis or NATS prefix (the first cleans
+/// it up).
 async fn nodes(engine: Engine, f: impl Fn(&mut Config)) -> Vec<Server> {
     let first = Server::start_on(engine, |c| {
         c.jwt_secret = Some(SECRET.into());
@@ -34,6 +35,12 @@ async fn nodes(engine: Engine, f: impl Fn(&mut Config)) -> Vec<Server> {
     if let Some(prefix) = first.redis_prefix() {
         let mut config = common::redis_config(common::redis_url(), "node-b");
         config.redis_prefix = prefix;
+        config.jwt_secret = Some(SECRET.into());
+        f(&mut config);
+        nodes.push(Server::with_config(config, None).await);
+    }
+    if let Some(prefix) = first.nats_prefix() {
+        let mut config = common::nats_config(&prefix, "node-b");
         config.jwt_secret = Some(SECRET.into());
         f(&mut config);
         nodes.push(Server::with_config(config, None).await);

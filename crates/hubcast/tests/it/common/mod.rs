@@ -29,6 +29,58 @@ pub(crate) const WAIT: Duration = Duration::from_secs(10);
 pub(crate) enum Engine {
     Memory,
     Redis,
+    Nats,
+}
+
+/// NATS (JetStream on) for tests: `HUBCAST_TEST_NATS`, default the
+/// machine's server.
+pub(crate) fn nats_url() -> String {
+    std::env::var("HUBCAST_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A NATS-engine config on the test NATS with prefix `prefix`.
+pub(crate) fn nats_config(prefix: &str, node: &str) -> Config {
+    Config {
+        node_id: node.into(),
+        broker: hubcast::config::BrokerKind::Nats,
+        nats_url: nats_url(),
+        nats_prefix: prefix.into(),
+        ..Config::default()
+    }
+}
+
+/// A fresh NATS prefix (stream and bucket names take no dots).
+pub(crate) fn unique_nats_prefix() -> String {
+    format!("hct_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Deletes the stream and buckets of a NATS prefix. From a thread of its
+/// own: it runs in `Drop`, maybe inside a runtime.
+pub(crate) fn clean_nats(prefix: &str) {
+    let prefix = prefix.to_string();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(client) = async_nats::connect(nats_url()).await else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client.clone());
+            for name in [
+                format!("{prefix}_ROOMS"),
+                format!("KV_{prefix}_state"),
+                format!("KV_{prefix}_nodes"),
+            ] {
+                let _ = js.delete_stream(name).await;
+            }
+            let _ = client.flush().await;
+        });
+    })
+    .join();
 }
 
 /// Redis for tests: `HUBCAST_TEST_REDIS_URL`, default the machine's server.
@@ -334,7 +386,8 @@ pub(crate) fn clean_redis(prefix: &str) {
 }
 
 /// Runs a test body once per engine: `both_engines! { #[tokio::test] async
-/// fn name(engine) { ... } }` makes `name::memory` and `name::redis`.
+/// fn name(engine) { ... } }` makes `name::memory`, `name::redis` and
+/// `name::nats`.
 #[macro_export]
 macro_rules! both_engines {
     ($(#[$attr:meta])* async fn $name:ident($engine:ident) $body:block) => {
@@ -350,6 +403,10 @@ macro_rules! both_engines {
             async fn redis() {
                 body($crate::common::Engine::Redis).await
             }
+            $(#[$attr])*
+            async fn nats() {
+                body($crate::common::Engine::Nats).await
+            }
         }
     };
 }
@@ -361,6 +418,8 @@ pub(crate) struct Server {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// The Redis key prefix to clean up, for the Redis engine.
     redis_prefix: Option<String>,
+    /// The NATS prefix to clean up, for the NATS engine.
+    nats_prefix: Option<String>,
 }
 
 impl Drop for Server {
@@ -368,6 +427,9 @@ impl Drop for Server {
         self.shutdown.cancel();
         if let Some(prefix) = self.redis_prefix.take() {
             clean_redis(&prefix);
+        }
+        if let Some(prefix) = self.nats_prefix.take() {
+            clean_nats(&prefix);
         }
     }
 }
@@ -388,8 +450,31 @@ impl Server {
             config.redis_url = redis_url();
             config.redis_prefix = prefix.clone();
         }
+        let nats_prefix = (engine == Engine::Nats).then(unique_nats_prefix);
+        if let Some(prefix) = &nats_prefix {
+            config.broker = hubcast::config::BrokerKind::Nats;
+            config.nats_url = nats_url();
+            config.nats_prefix = prefix.clone();
+        }
         f(&mut config);
-        Server::with_config(config, redis_prefix).await
+        let mut server = Server::with_config(config, redis_prefix).await;
+        server.nats_prefix = nats_prefix;
+        server
+    }
+
+    /// A NATS-engine node on `prefix`, which is cleaned up when it is
+    /// dropped when `owner`.
+    pub(crate) async fn nats_node(prefix: &str, node: &str, owner: bool) -> Server {
+        let mut server = Server::with_config(nats_config(prefix, node), None).await;
+        if owner {
+            server.nats_prefix = Some(prefix.to_string());
+        }
+        server
+    }
+
+    /// The NATS prefix of a NATS-engine server (for a second node).
+    pub(crate) fn nats_prefix(&self) -> Option<String> {
+        self.nats_prefix.clone()
     }
 
     /// Starts a server with exactly `config`; `redis_prefix` is cleaned up
@@ -409,6 +494,7 @@ impl Server {
             shutdown,
             handle,
             redis_prefix,
+            nats_prefix: None,
         }
     }
 

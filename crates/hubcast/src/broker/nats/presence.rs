@@ -1,0 +1,429 @@
+//! Room presence, user status and node leases in JetStream key-value
+//! buckets.
+//!
+//! A room's presence is one key (`p.<room>`: connection id → user, name,
+//! node) and a user's status another (`u.<user>`: status, name, open
+//! connections with their node, rooms, last seen), each changed by
+//! compare-and-set, so two nodes changing one key concurrently both land.
+//! The node whose change made a user's first connection join a room (or
+//! its last leave) sends the presence event on the room's live subject.
+//!
+//! Leases: each node keeps `n.<node>` in the nodes bucket, whose entries
+//! expire after the lease, renewing it every third of it. Every node also
+//! scans the presence and user keys at that pace and removes the entries
+//! of nodes whose lease is gone, sending the leave events: a SIGKILLed
+//! node's members leave within about a lease and a third.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::redis::codec::parse_status;
+use crate::broker::{
+    BrokerError, ClientInfo, PresenceEvent, PresenceManager, PresencePage, UserStatus,
+};
+use crate::protocol::{Member, PresenceAction, Status};
+
+use super::stream::modify;
+use super::{NatsBroker, Shared, down, keys};
+
+/// A room's presence: connection id → entry.
+type RoomPresence = BTreeMap<String, PresenceEntry>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PresenceEntry {
+    u: String,
+    n: String,
+    /// The node holding the connection.
+    d: String,
+}
+
+/// A user's status record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct UserRecord {
+    /// Status (`online`, `away`, `busy`, `offline`).
+    s: String,
+    /// Display name.
+    n: String,
+    /// Open connections → node.
+    c: BTreeMap<String, String>,
+    /// Rooms the user is present in.
+    r: Vec<String>,
+    /// Last disconnect, Unix ms.
+    l: Option<i64>,
+}
+
+fn parse<T: Default + for<'de> Deserialize<'de>>(v: Option<&[u8]>) -> T {
+    v.and_then(|v| serde_json::from_slice(v).ok())
+        .unwrap_or_default()
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Shared {
+    async fn user_record(&self, user: &str) -> Result<Option<UserRecord>, BrokerError> {
+        let v = self
+            .state
+            .get(keys::user_key(user))
+            .await
+            .map_err(|e| down(format!("user {user}: {e}")))?;
+        Ok(v.filter(|v| !v.is_empty())
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    fn status_of(rec: &UserRecord) -> Status {
+        if rec.c.is_empty() {
+            Status::Offline
+        } else {
+            parse_status(Some(&rec.s))
+        }
+    }
+
+    /// Adds `room` to (or removes it from) the user's rooms; the user's
+    /// status.
+    async fn user_room(&self, user: &str, room: &str, add: bool) -> Result<Status, BrokerError> {
+        modify(&self.state, &keys::user_key(user), |v| {
+            let mut rec: UserRecord = parse(v);
+            let status = if rec.s.is_empty() {
+                Status::Online
+            } else {
+                parse_status(Some(&rec.s))
+            };
+            let has = rec.r.iter().any(|r| r == room);
+            if has == add {
+                return (None, status);
+            }
+            if add {
+                rec.r.push(room.to_string());
+            } else {
+                rec.r.retain(|r| r != room);
+            }
+            if rec.s.is_empty() {
+                rec.s = Status::Online.as_str().into();
+                rec.n = user.to_string();
+            }
+            (Some(encode(&rec)), status)
+        })
+        .await
+    }
+
+    /// Removes connection `conn` from the room's presence; when it was its
+    /// user's last there, forgets the room for the user and sends the
+    /// leave event.
+    async fn remove_presence(&self, room: &str, conn: &str) -> Result<(), BrokerError> {
+        let removed = modify(&self.state, &keys::presence_key(room), |v| {
+            let mut p: RoomPresence = parse(v);
+            let Some(e) = p.remove(conn) else {
+                return (None, None);
+            };
+            let last = !p.values().any(|o| o.u == e.u);
+            (Some(encode(&p)), Some((e, last)))
+        })
+        .await?;
+        if let Some((e, true)) = removed {
+            let status = self.user_room(&e.u, room, false).await?;
+            self.announce_presence(
+                room,
+                &PresenceEvent {
+                    action: PresenceAction::Leave,
+                    user: Arc::from(e.u.as_str()),
+                    name: Arc::from(e.n.as_str()),
+                    status,
+                },
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Removes connection `conn` from its user's open connections.
+    async fn remove_conn(
+        &self,
+        user: &str,
+        conn: &str,
+        ephemeral: bool,
+    ) -> Result<(), BrokerError> {
+        let now = crate::unix_ms();
+        modify(&self.state, &keys::user_key(user), |v| {
+            let mut rec: UserRecord = parse(v);
+            if rec.c.remove(conn).is_none() {
+                return (None, ());
+            }
+            if rec.c.is_empty() {
+                if ephemeral && rec.r.is_empty() {
+                    // Nobody can connect as this user again.
+                    return (Some(Vec::new()), ());
+                }
+                rec.s = Status::Offline.as_str().into();
+                rec.l = Some(now);
+            }
+            (Some(encode(&rec)), ())
+        })
+        .await
+    }
+
+    /// Renews this node's lease.
+    pub(super) async fn renew_lease(&self) -> Result<(), BrokerError> {
+        self.nodes
+            .put(
+                keys::node_key(&self.node),
+                Bytes::from(crate::unix_ms().to_string()),
+            )
+            .await
+            .map_err(|e| down(format!("lease: {e}")))?;
+        Ok(())
+    }
+
+    /// Whether `node`'s lease is alive (this node's always is).
+    async fn alive(&self, node: &str) -> Result<bool, BrokerError> {
+        if node == &*self.node {
+            return Ok(true);
+        }
+        let e = self
+            .nodes
+            .entry(keys::node_key(node))
+            .await
+            .map_err(|e| down(format!("lease of {node}: {e}")))?;
+        Ok(e.is_some_and(|e| e.operation == kv::Operation::Put))
+    }
+
+    /// Removes the presence entries and connections of nodes whose lease
+    /// expired, sending the leave events.
+    async fn reap(&self) -> Result<(), BrokerError> {
+        let mut keys = self
+            .state
+            .keys()
+            .await
+            .map_err(|e| down(format!("keys: {e}")))?;
+        let mut presence = Vec::new();
+        let mut users = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| down(format!("keys: {e}")))?;
+            if let Some(room) = k.strip_prefix("p.") {
+                presence.push((keys::decode(room), k.clone()));
+            } else if let Some(user) = k.strip_prefix("u.") {
+                users.push(keys::decode(user));
+            }
+        }
+        let mut alive: BTreeMap<String, bool> = BTreeMap::new();
+        for (room, key) in presence {
+            let Some(room) = room else { continue };
+            let Some(v) = self
+                .state
+                .get(&key)
+                .await
+                .map_err(|e| down(format!("{key}: {e}")))?
+            else {
+                continue;
+            };
+            let p: RoomPresence = parse(Some(&v));
+            let nodes: HashSet<&String> = p.values().map(|e| &e.d).collect();
+            for node in nodes {
+                if !alive.contains_key(node) {
+                    alive.insert(node.clone(), self.alive(node).await?);
+                }
+            }
+            for (conn, e) in &p {
+                if alive.get(&e.d) == Some(&false) {
+                    tracing::warn!(node = %e.d, room = %room, "node lease expired: removing its presence");
+                    self.remove_presence(&room, conn).await?;
+                }
+            }
+        }
+        for user in users.into_iter().flatten() {
+            let Some(rec) = self.user_record(&user).await? else {
+                continue;
+            };
+            for (conn, node) in &rec.c {
+                if !alive.contains_key(node) {
+                    alive.insert(node.clone(), self.alive(node).await?);
+                }
+                if alive.get(node) == Some(&false) {
+                    self.remove_conn(&user, conn, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renews this node's lease every third of it and reaps dead nodes.
+pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
+    let period = (shared.lease / 3).max(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if shared.connected().is_err() {
+            continue;
+        }
+        if let Err(e) = shared.renew_lease().await {
+            tracing::warn!(error = %e, "cannot renew the node lease");
+            continue;
+        }
+        if let Err(e) = shared.reap().await {
+            tracing::warn!(error = %e, "cannot reap dead nodes");
+        }
+    }
+}
+
+#[async_trait]
+impl PresenceManager for NatsBroker {
+    async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        s.connected()?;
+        let entry = PresenceEntry {
+            u: client.user.to_string(),
+            n: client.name.to_string(),
+            d: s.node.to_string(),
+        };
+        let first = modify(&s.state, &keys::presence_key(room), |v| {
+            let mut p: RoomPresence = parse(v);
+            let first = !p.values().any(|o| o.u == entry.u);
+            p.insert(client.conn_id.to_string(), entry.clone());
+            (Some(encode(&p)), first)
+        })
+        .await?;
+        if first {
+            let status = s.user_room(&client.user, room, true).await?;
+            s.announce_presence(
+                room,
+                &PresenceEvent {
+                    action: PresenceAction::Join,
+                    user: client.user.clone(),
+                    name: client.name.clone(),
+                    status,
+                },
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.shared.connected()?;
+        self.shared.remove_presence(room, &client.conn_id).await
+    }
+
+    async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
+        let s = &self.shared;
+        s.connected()?;
+        let v = s
+            .state
+            .get(keys::presence_key(room))
+            .await
+            .map_err(|e| down(format!("presence of {room}: {e}")))?;
+        let p: RoomPresence = parse(v.as_deref());
+        // user → (name, connections), by user id.
+        let mut users: BTreeMap<&str, (&str, u32)> = BTreeMap::new();
+        for e in p.values() {
+            let u = users.entry(&e.u).or_insert((&e.n, 0));
+            u.0 = &e.n;
+            u.1 += 1;
+        }
+        let total = users.len();
+        let mut members = Vec::with_capacity(limit.min(total));
+        for (user, (name, connections)) in users.into_iter().take(limit) {
+            let status = match s.user_record(user).await? {
+                Some(rec) if !rec.c.is_empty() => parse_status(Some(&rec.s)),
+                _ => Status::Online,
+            };
+            members.push(Member {
+                user: user.to_string(),
+                name: name.to_string(),
+                status,
+                connections,
+            });
+        }
+        Ok(PresencePage { members, total })
+    }
+
+    async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        s.connected()?;
+        modify(&s.state, &keys::user_key(&client.user), |v| {
+            let mut rec: UserRecord = parse(v);
+            if rec.c.is_empty() {
+                rec.s = Status::Online.as_str().into();
+            }
+            rec.n = client.name.to_string();
+            rec.l = None;
+            rec.c.insert(client.conn_id.to_string(), s.node.to_string());
+            (Some(encode(&rec)), ())
+        })
+        .await
+    }
+
+    async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.shared.connected()?;
+        self.shared
+            .remove_conn(&client.user, &client.conn_id, client.ephemeral)
+            .await
+    }
+
+    async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        s.connected()?;
+        let changed = modify(&s.state, &keys::user_key(user), |v| {
+            let Some(mut rec) = v.and_then(|v| serde_json::from_slice::<UserRecord>(v).ok()) else {
+                return (None, None);
+            };
+            if parse_status(Some(&rec.s)) == status {
+                return (None, None);
+            }
+            rec.s = status.as_str().into();
+            let out = (rec.n.clone(), rec.r.clone());
+            (Some(encode(&rec)), Some(out))
+        })
+        .await?;
+        if let Some((name, rooms)) = changed {
+            let event = PresenceEvent {
+                action: PresenceAction::Status,
+                user: Arc::from(user),
+                name: Arc::from(name.as_str()),
+                status,
+            };
+            for room in rooms {
+                s.announce_presence(&room, &event).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_status(&self, user: &str) -> Result<UserStatus, BrokerError> {
+        let s = &self.shared;
+        s.connected()?;
+        Ok(match s.user_record(user).await? {
+            Some(rec) if !rec.c.is_empty() => UserStatus {
+                status: Shared::status_of(&rec),
+                connections: rec.c.len() as u32,
+                last_seen: None,
+            },
+            Some(rec) => UserStatus {
+                status: Status::Offline,
+                connections: 0,
+                // Remembered for `history_ttl`, as the other engines do.
+                last_seen: rec
+                    .l
+                    .filter(|l| *l + s.ttl.as_millis() as i64 > crate::unix_ms()),
+            },
+            None => UserStatus {
+                status: Status::Offline,
+                connections: 0,
+                last_seen: None,
+            },
+        })
+    }
+}
