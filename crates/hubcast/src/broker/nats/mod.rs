@@ -173,8 +173,8 @@ impl NatsBroker {
         let names = Names::new(&settings.prefix);
         let largest = settings.rules.largest();
         let ttl = settings.rules.global().history.ttl;
-        let state = stream::bucket(&js, names.state_bucket(), Duration::ZERO).await?;
-        let nodes = stream::bucket(&js, names.nodes_bucket(), settings.lease).await?;
+        let state = retry(|| stream::bucket(&js, names.state_bucket(), Duration::ZERO)).await?;
+        let nodes = retry(|| stream::bucket(&js, names.nodes_bucket(), settings.lease)).await?;
         let shared = Arc::new(Shared {
             client,
             js,
@@ -188,8 +188,8 @@ impl NatsBroker {
             lease: settings.lease,
             stream_ok: AtomicBool::new(false),
         });
-        shared.ensure_stream(largest).await?;
-        shared.renew_lease().await?;
+        retry(|| shared.ensure_stream(largest)).await?;
+        retry(|| shared.renew_lease()).await?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let live = Live::new(shared.clone(), reconnects_rx, &tasks, cancel.clone());
@@ -200,6 +200,27 @@ impl NatsBroker {
             cancel,
             tasks,
         }))
+    }
+}
+
+/// Runs a start-up step again after a failure, twice at most: a JetStream
+/// busy creating other streams may let one request time out.
+async fn retry<T, F, Fut>(mut step: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 2 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "nats set-up step failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
