@@ -24,7 +24,8 @@
 //! order and reads anything it missed (an offset jump, a reconnect) from the
 //! stream before anything newer, or reports the room reset.
 //!
-//! Layout: `keys` (names and the token encoding), `stream` (publish,
+//! Layout: `keys` (names and the token encoding), `kv` (buckets and
+//! compare-and-set), `stream` (publish,
 //! reading history, epochs), `live` (the node's room subscriptions and
 //! in-order delivery), `presence` (presence, user status, leases and the
 //! reaper), `controls` (user controls). This file holds the shared state,
@@ -32,6 +33,7 @@
 
 mod controls;
 mod keys;
+mod kv;
 mod live;
 mod presence;
 mod stream;
@@ -173,8 +175,8 @@ impl NatsBroker {
         let names = Names::new(&settings.prefix);
         let largest = settings.rules.largest();
         let ttl = settings.rules.global().history.ttl;
-        let state = retry(|| stream::bucket(&js, names.state_bucket(), Duration::ZERO)).await?;
-        let nodes = retry(|| stream::bucket(&js, names.nodes_bucket(), settings.lease)).await?;
+        let state = retry(|| kv::bucket(&js, names.state_bucket(), Duration::ZERO)).await?;
+        let nodes = retry(|| kv::bucket(&js, names.nodes_bucket(), settings.lease)).await?;
         let shared = Arc::new(Shared {
             client,
             js,

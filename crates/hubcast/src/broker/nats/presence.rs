@@ -31,7 +31,7 @@ use crate::broker::{
 };
 use crate::protocol::{Member, PresenceAction, Status};
 
-use super::stream::modify;
+use super::kv::modify;
 use super::{NatsBroker, Shared, down, keys};
 
 /// A room's presence: connection id → entry.

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -30,6 +30,7 @@ use crate::broker::{
 use crate::protocol::json_string;
 use crate::rules::History;
 
+use super::kv::modify;
 use super::{REQUEST_TIMEOUT, Shared, down, keys};
 
 const OFFSET: &str = "Hubcast-Offset";
@@ -91,71 +92,6 @@ macro_rules! unix_ms {
 
 fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
-
-/// A key-value bucket, created when missing (`max_age` zero: entries
-/// never expire). Its stream is created here as the client's
-/// `create_key_value` would: that one first reads the account's info,
-/// which async-nats 0.50 cannot parse from nats-server 2.9.
-pub(super) async fn bucket(
-    js: &jetstream::Context,
-    name: String,
-    max_age: Duration,
-) -> Result<kv::Store, BrokerError> {
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        storage: stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| down(format!("bucket {name}: {e}")))?;
-    js.get_key_value(&name)
-        .await
-        .map_err(|e| down(format!("bucket {name}: {e}")))
-}
-
-/// Reads `key`'s value (`None` when missing or deleted), applies `f`, and
-/// writes what it returns (`None`: leave it) only if nobody wrote the key
-/// meanwhile; retried until it holds. Returns what `f` returned last.
-pub(super) async fn modify<T>(
-    store: &kv::Store,
-    key: &str,
-    mut f: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
-) -> Result<T, BrokerError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let entry = store
-            .entry(key)
-            .await
-            .map_err(|e| down(format!("read {key}: {e}")))?;
-        let (value, revision) = match &entry {
-            Some(e) if e.operation == kv::Operation::Put && !e.value.is_empty() => {
-                (Some(&e.value[..]), e.revision)
-            }
-            Some(e) => (None, e.revision),
-            None => (None, 0),
-        };
-        let (write, out) = f(value);
-        let Some(write) = write else {
-            return Ok(out);
-        };
-        match store.update(key, Bytes::from(write), revision).await {
-            Ok(_) => return Ok(out),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(down(format!("write {key}: {e}"))),
-        }
-    }
-    Err(down(format!("write {key}: too many concurrent writers")))
 }
 
 impl Shared {
