@@ -91,6 +91,7 @@ pub mod rules;
 pub(crate) mod server;
 mod small;
 pub(crate) mod trace;
+pub(crate) mod webhooks;
 
 pub(crate) use app::App;
 pub use clock::unix_ms;

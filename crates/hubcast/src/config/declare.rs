@@ -278,10 +278,12 @@ pub(super) fn named(key: &str, e: &figment::Error) -> ConfigError {
         e.path.pop();
     }
     e.path.insert(0, key.to_string());
-    super::rooms::named(&e).unwrap_or_else(|| ConfigError::Invalid {
-        key: key.into(),
-        message: e.kind.to_string(),
-    })
+    super::rooms::named(&e)
+        .or_else(|| super::webhooks::named(&e))
+        .unwrap_or_else(|| ConfigError::Invalid {
+            key: key.into(),
+            message: e.kind.to_string(),
+        })
 }
 
 /// Clap's error without its `error: ` prefix and usage lines.

@@ -27,6 +27,7 @@ mod settings;
 mod template;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 pub use check::{check_all, check_file_and_env};
 pub use declare::Setting;
@@ -34,6 +35,7 @@ pub use hooks::HooksTable;
 pub use rooms::RoomTable;
 pub use settings::{Config, ServeArgs, settings};
 pub use template::init_file;
+pub use webhooks::{EVENT_TYPES, WebhookTable};
 
 /// Which engine serves rooms.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -89,11 +91,13 @@ impl Config {
         }
         fig = fig.merge(Serialized::defaults(args));
         let mut cfg: Config = fig.extract().map_err(|e| {
-            rooms::named(&e).unwrap_or_else(|| {
-                // figment prefixes keys with the profile ("default."); users
-                // never see profiles, so drop it.
-                ConfigError::Parse(e.to_string().replace("default.", ""))
-            })
+            rooms::named(&e)
+                .or_else(|| webhooks::named(&e))
+                .unwrap_or_else(|| {
+                    // figment prefixes keys with the profile ("default."); users
+                    // never see profiles, so drop it.
+                    ConfigError::Parse(e.to_string().replace("default.", ""))
+                })
         })?;
         cfg.validate()?;
         if cfg.node_id.is_empty() {

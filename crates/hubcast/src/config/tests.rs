@@ -100,6 +100,8 @@ fn all_changed() -> Config {
         web: false,
         redis_prefix: "pfx".into(),
         presence_lease: 11,
+        webhook_retry_for: 17,
+        webhook_offline_delay: 18,
         jwt_secret: Some("0123456789abcdef0123".into()),
         jwt_secret_file: Some("/s".into()),
         jwt_secret_previous: Some("fedcba98765432100123".into()),
@@ -129,6 +131,7 @@ fn all_changed() -> Config {
             presence: false,
         }],
         hooks: HooksTable::default(),
+        webhooks: Vec::new(),
     }
 }
 
@@ -159,6 +162,8 @@ fn every_flag_reaches_its_field() {
         "--web=false",
         "--redis-prefix=pfx",
         "--presence-lease=11",
+        "--webhook-retry-for=17",
+        "--webhook-offline-delay=18",
         "--jwt-secret=0123456789abcdef0123",
         "--jwt-secret-file=/s",
         "--jwt-secret-previous=fedcba98765432100123",
@@ -232,6 +237,8 @@ redis_cluster = true
 web = false
 redis_prefix = "pfx"
 presence_lease = 11
+webhook_retry_for = 17
+webhook_offline_delay = 18
 jwt_secret = "0123456789abcdef0123"
 jwt_secret_file = "/s"
 jwt_secret_previous = "fedcba98765432100123"
@@ -455,4 +462,63 @@ fn hooks_table_errors_name_the_key() {
     let cfg = cfg.unwrap();
     assert!(cfg.hooks.connect);
     assert_eq!(cfg.hooks.timeout_ms, 1000);
+}
+
+#[test]
+fn webhook_table_errors_name_the_key() {
+    let head = "[[webhooks]]\nurl = \"http://127.0.0.1:3000/e\"\nsecret = \"0123456789abcdef\"\n";
+    for (name, text, says) in [
+        (
+            "wh-nosecret-",
+            "[[webhooks]]\nurl = \"http://127.0.0.1:3000/e\"\n".to_string(),
+            "webhooks[1].secret: is required",
+        ),
+        (
+            "wh-short-",
+            "[[webhooks]]\nurl = \"http://x/e\"\nsecret = \"short\"\n".to_string(),
+            "webhooks[1].secret: must be at least 16 characters",
+        ),
+        (
+            "wh-url-",
+            "[[webhooks]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"\n".to_string(),
+            "webhooks[1].url: \"ftp://x\": must be an http:// URL",
+        ),
+        (
+            "wh-event-",
+            format!(
+                "{head}\n[[webhooks]]\nurl = \"http://x/e\"\nsecret = \"0123456789abcdef\"\nevents = [\"room.occupied\", \"user.gone\"]\n"
+            ),
+            "webhooks[2].events: \"user.gone\" is not an event",
+        ),
+        (
+            "wh-noevent-",
+            format!("{head}events = []\n"),
+            "webhooks[1].events: must name at least one",
+        ),
+        (
+            "wh-rooms-",
+            format!("{head}rooms = \"a.**.b\"\n"),
+            "webhooks[1].rooms",
+        ),
+        (
+            "wh-unknown-",
+            format!("{head}secert = \"x\"\n"),
+            "webhooks[1].secert: unknown key",
+        ),
+        (
+            "wh-delay-",
+            format!("webhook_offline_delay = 7200\n{head}"),
+            "webhook_offline_delay: must be between 0 and 3600",
+        ),
+    ] {
+        let err = load_error(name, &text);
+        assert!(err.contains(says), "{name}: {err}");
+    }
+    let (dir, file) = config_file("wh-ok-", "wh.toml", head);
+    let cfg = Config::load(&args(&["--config", file.to_str().unwrap()]));
+    std::fs::remove_dir_all(&dir).ok();
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.webhooks[0].events.len(), 7, "every event by default");
+    assert_eq!(cfg.webhooks[0].rooms, "**");
+    assert_eq!((cfg.webhook_retry_for, cfg.webhook_offline_delay), (600, 5));
 }

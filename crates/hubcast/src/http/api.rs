@@ -193,7 +193,9 @@ async fn do_publish(
     }
     .request();
     let msg_id = request.msg_id.clone();
+    let parts = app.webhook_parts(&request);
     let result = app.broker.publish(request).await?;
+    app.note_published(&req.room, parts, &result).await;
     tracing::debug!(
         room = %req.room,
         msg_id = %msg_id,

@@ -52,4 +52,5 @@ mod tls;
 mod tracing;
 mod validation;
 mod web;
+mod webhooks;
 mod write_delay;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{MAX_OFFLINE_USERS, MemoryBroker};
 use crate::broker::{
-    BrokerError, ClientInfo, PresenceEvent, PresenceManager, PresencePage, UserStatus,
+    BrokerError, ClientInfo, EventType, PresenceEvent, PresenceManager, PresencePage, UserStatus,
 };
 use crate::lock;
 use crate::protocol::{Member, PresenceAction, Status};
@@ -84,6 +84,7 @@ impl PresenceManager for MemoryBroker {
         // The room's name is allocated once, for its first member.
         let name = shared_key(&p.rooms, room);
         let members = p.rooms.entry(name.clone()).or_default();
+        let occupied = members.is_empty();
         let first = match members.entry(client.user.clone()) {
             Entry::Occupied(mut e) => {
                 let m = e.get_mut();
@@ -105,6 +106,12 @@ impl PresenceManager for MemoryBroker {
         user.rooms.insert(name);
         let status = user.status;
         if first {
+            let mut log = lock(&self.events);
+            if occupied {
+                log.occupied(room);
+            }
+            log.member(EventType::MemberJoined, room, &client.user);
+            drop(log);
             // Emitted under the presence lock so events keep their order.
             self.emit(
                 room,
@@ -132,8 +139,16 @@ impl PresenceManager for MemoryBroker {
         }
         let name = member.name.clone();
         members.remove(&client.user);
-        if members.is_empty() {
+        let vacated = members.is_empty();
+        if vacated {
             p.rooms.remove(room);
+        }
+        {
+            let mut log = lock(&self.events);
+            log.member(EventType::MemberLeft, room, &client.user);
+            if vacated {
+                log.vacated(room);
+            }
         }
         let status = match p.users.get_mut(&client.user) {
             Some(u) => {
@@ -193,6 +208,7 @@ impl PresenceManager for MemoryBroker {
             .or_insert_with(|| Box::new(UserState::new()));
         if user.connections == 0 {
             user.status = Status::Online;
+            lock(&self.events).online(&client.user);
         }
         user.connections += 1;
         user.offline_since = None;
@@ -209,6 +225,7 @@ impl PresenceManager for MemoryBroker {
         if user.connections > 0 {
             return Ok(());
         }
+        lock(&self.events).offline(&client.user);
         if client.ephemeral && user.rooms.is_empty() {
             // Nobody can connect as this user again: nothing to remember.
             p.users.remove(&client.user);

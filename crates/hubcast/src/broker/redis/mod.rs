@@ -61,6 +61,7 @@ mod pubsub;
 mod rooms;
 mod scripts;
 mod stream;
+mod webhooks;
 
 pub use self::conn::RedisSettings;
 
