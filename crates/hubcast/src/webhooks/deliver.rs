@@ -75,10 +75,10 @@ pub(super) async fn run(d: Delivery) {
                 continue;
             }
         };
-        let Some(last) = batch.last() else {
+        if batch.is_empty() {
             continue;
-        };
-        let last = vec![last.id.clone()];
+        }
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
         let wanted: Vec<&LoggedEvent> = batch.iter().filter(|e| d.target.wants(&e.event)).collect();
         if !wanted.is_empty() {
             match d.send(&wanted, &mut renewed).await {
@@ -86,9 +86,8 @@ pub(super) async fn run(d: Delivery) {
                 Outcome::Abandoned => continue,
             }
         }
-        // The log acknowledges up to the last entry read: the ones this
-        // webhook does not want go with the batch.
-        if let Err(e) = d.log.ack(&d.target.group, &last).await {
+        // The ones this webhook does not want go with the batch.
+        if let Err(e) = d.log.ack(&d.target.group, &ids).await {
             tracing::warn!(webhook = %d.target.label, error = %e, "webhooks: acknowledging failed; the batch may come again");
         }
     }

@@ -203,8 +203,8 @@ impl WebhookLog for MemoryBroker {
         let Some(last) = ids.last() else {
             return Ok(());
         };
-        // Batches are read and acknowledged oldest first, whole: the last
-        // id acknowledged is where the group now stands.
+        // Batches are read and acknowledged oldest first, whole (every id
+        // read): the last one is where the group now stands.
         let skip = next.saturating_sub(log.first) as usize;
         let found = log
             .entries

@@ -130,6 +130,9 @@ struct Shared {
     /// The lease was taken once: a renewal that finds it missing means
     /// Redis lost this node's entries (or another node reaped them).
     leased: AtomicBool,
+    /// `webhook_offline_delay` in ms once webhooks are on (`webhooks`);
+    /// -1 while off: the presence scripts then record nothing.
+    webhook_delay_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The Redis engine.

@@ -165,15 +165,10 @@ impl Shared {
                 .await
                 .map_err(unavailable)?;
             for user in conns.values() {
+                // Whether it was anonymous is not recorded per node
+                // connection: keep the offline record (it expires).
                 let _: i64 = self
-                    .scripts
-                    .disconnect
-                    .key(self.keys.user(user))
-                    .arg(crate::unix_ms())
-                    .arg(self.ttl.as_secs().max(1))
-                    // Whether it was anonymous is not recorded per node
-                    // connection: keep the offline record (it expires).
-                    .arg("0")
+                    .disconnect_script(user, false)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;

@@ -5,6 +5,7 @@
 //! each webhook's filters; the body's fields.
 #![allow(clippy::unwrap_used)]
 
+mod cluster;
 mod delivery;
 mod filters;
 mod offline;
@@ -23,7 +24,7 @@ use hubcast::config::{Config, WebhookTable};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::common::{Client, Server, wait_until};
+use crate::common::{Client, Engine, Server, wait_until};
 
 pub(crate) const SECRET: &str = "webhook-secret-0123456789";
 pub(crate) const JWT: &str = "jwt-secret-0123456789abcdef";
@@ -208,9 +209,14 @@ async fn receive(
     StatusCode::from_u16(status).unwrap().into_response()
 }
 
-/// A server with `tables` as its webhooks, token users (`JWT`), and `f`.
-pub(crate) async fn server(tables: Vec<WebhookTable>, f: impl FnOnce(&mut Config)) -> Server {
-    Server::start(move |c| {
+/// A server on `engine` with `tables` as its webhooks, token users
+/// (`JWT`), and `f`.
+pub(crate) async fn server(
+    engine: Engine,
+    tables: Vec<WebhookTable>,
+    f: impl FnOnce(&mut Config),
+) -> Server {
+    Server::start_on(engine, move |c| {
         c.webhooks = tables;
         c.jwt_secret = Some(JWT.into());
         c.anonymous = Some(true);
