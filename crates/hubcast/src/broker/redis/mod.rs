@@ -14,6 +14,7 @@
 //! | `P:u:<user>` | hash | `c` connections, `s` status, `n` name, `l` last seen |
 //! | `P:ur:<user>` | set | rooms the user is present in |
 //! | `P:ready:<node>` | string | the node's last readiness probe write (Unix ms), for 10 s |
+//! | `P:wh:s`, `P:wh:z`, `P:wh:t`, `P:wh:l:<group>` | | webhook events, pending ones, leases (see `webhooks`) |
 //!
 //! One Lua script per publish does the idempotency check, assigns the next
 //! offset, appends to the stream (bounded to the room's `history_size`) and publishes
@@ -45,7 +46,8 @@
 //! `link` (what differs between plain and sharded pub/sub), `rooms` (the
 //! subscribed rooms' bookkeeping), `codec` (channel messages and payloads),
 //! `catchup` (in-order delivery and gap filling), `presence` (presence and
-//! user status), `nodes` (leases and the reaper). This file holds the
+//! user status), `nodes` (leases and the reaper), `webhooks` (the webhook
+//! event stream and delivery leases). This file holds the
 //! shared state and implements [`Broker`].
 
 mod catchup;
