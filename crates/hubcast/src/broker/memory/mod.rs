@@ -81,6 +81,8 @@ pub struct MemoryBroker {
     presence: Mutex<PresenceState>,
     /// Webhook events (taken after `presence` when both are held).
     events: Mutex<webhooks::EventLog>,
+    /// Webhooks are on: without, presence changes never touch `events`.
+    webhooks_on: std::sync::atomic::AtomicBool,
     /// Where publications and presence events go.
     handler: OnceLock<Weak<dyn BrokerHandler>>,
     /// Where user controls go: one node, so only here.
@@ -124,6 +126,7 @@ impl MemoryBroker {
             tombs: Mutex::new(Tombs::new()),
             presence: Mutex::new(PresenceState::default()),
             events: Mutex::default(),
+            webhooks_on: std::sync::atomic::AtomicBool::new(false),
             handler: OnceLock::new(),
             controls: OnceLock::new(),
             blocks: Mutex::new(HashMap::new()),

@@ -105,13 +105,13 @@ impl PresenceManager for MemoryBroker {
             .or_insert_with(|| Box::new(UserState::new()));
         user.rooms.insert(name);
         let status = user.status;
-        if first {
-            let mut log = lock(&self.events);
+        if first && let Some(mut log) = self.event_log() {
             if occupied {
                 log.occupied(room);
             }
             log.member(EventType::MemberJoined, room, &client.user);
-            drop(log);
+        }
+        if first {
             // Emitted under the presence lock so events keep their order.
             self.emit(
                 room,
@@ -143,8 +143,7 @@ impl PresenceManager for MemoryBroker {
         if vacated {
             p.rooms.remove(room);
         }
-        {
-            let mut log = lock(&self.events);
+        if let Some(mut log) = self.event_log() {
             log.member(EventType::MemberLeft, room, &client.user);
             if vacated {
                 log.vacated(room);
@@ -208,7 +207,9 @@ impl PresenceManager for MemoryBroker {
             .or_insert_with(|| Box::new(UserState::new()));
         if user.connections == 0 {
             user.status = Status::Online;
-            lock(&self.events).online(&client.user);
+            if let Some(mut log) = self.event_log() {
+                log.online(&client.user);
+            }
         }
         user.connections += 1;
         user.offline_since = None;
@@ -225,7 +226,9 @@ impl PresenceManager for MemoryBroker {
         if user.connections > 0 {
             return Ok(());
         }
-        lock(&self.events).offline(&client.user);
+        if let Some(mut log) = self.event_log() {
+            log.offline(&client.user);
+        }
         if client.ephemeral && user.rooms.is_empty() {
             // Nobody can connect as this user again: nothing to remember.
             p.users.remove(&client.user);

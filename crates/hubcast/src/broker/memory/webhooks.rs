@@ -44,6 +44,16 @@ pub(super) struct EventLog {
     next_pending: u64,
 }
 
+impl MemoryBroker {
+    /// The event log, when webhooks are on (presence changes cost nothing
+    /// more without).
+    pub(super) fn event_log(&self) -> Option<std::sync::MutexGuard<'_, EventLog>> {
+        self.webhooks_on
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| lock(&self.events))
+    }
+}
+
 impl EventLog {
     fn push(&mut self, event: WebhookEvent) {
         self.entries.push_back(LoggedEvent {
@@ -159,6 +169,8 @@ impl WebhookLog for MemoryBroker {
     async fn enable_webhooks(&self, groups: &[String], delay: Duration) -> Result<(), BrokerError> {
         let mut log = lock(&self.events);
         log.enabled = !groups.is_empty();
+        self.webhooks_on
+            .store(log.enabled, std::sync::atomic::Ordering::SeqCst);
         log.delay = delay;
         let start = log.first + log.entries.len() as u64;
         for g in groups {
