@@ -43,6 +43,7 @@ mod redis_ghosts;
 mod redis_oom;
 mod redis_outage;
 mod redis_timeout;
+mod rolling;
 mod rules;
 mod settings;
 mod sse;

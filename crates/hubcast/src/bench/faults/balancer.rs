@@ -102,10 +102,10 @@ impl Balancer {
             .is_some_and(|b| b.up.load(Ordering::SeqCst))
     }
 
-    /// The most connections any one node was handed within one second
-    /// (a sliding window), counting those accepted at or after `from`;
-    /// per node.
-    pub(crate) fn peak_per_second(&self, from: Instant) -> Vec<u64> {
+    /// The most connections any one node was handed within `window` (a
+    /// sliding window), counting those accepted at or after `from`; per
+    /// node.
+    pub(crate) fn peak(&self, from: Instant, window: Duration) -> Vec<u64> {
         let accepted = lock(&self.state.accepted).clone();
         (0..self.state.backends.len())
             .map(|k| {
@@ -114,7 +114,7 @@ impl Balancer {
                     .filter(|(t, n)| *n == k && *t >= from)
                     .map(|(t, _)| *t)
                     .collect();
-                peak_within(&times, Duration::from_secs(1))
+                peak_within(&times, window)
             })
             .collect()
     }

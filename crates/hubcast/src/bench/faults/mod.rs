@@ -128,7 +128,8 @@ async fn scenario(
     dir: &Path,
 ) -> anyhow::Result<(Map<String, Value>, bool)> {
     let t0 = Instant::now();
-    let redis = redis::Redis::start(&dir.join("redis")).await?;
+    let fsync_always = a.schedule != Schedule::Rolling;
+    let redis = redis::Redis::start(&dir.join("redis"), fsync_always).await?;
     let node_drain = rolling::Drain {
         delay_s: a.drain_delay,
         shutdown_timeout_s: a.shutdown_timeout,
@@ -167,8 +168,9 @@ async fn scenario(
     let rooms: Vec<String> = (0..a.rooms)
         .map(|r| format!("faults.{run_id}.r{r}"))
         .collect();
-    let mut clients = Clients::subscribe(&urls, a.subscribers, &rooms).await?;
-    clients.publish(&urls, a.publishers, &rooms, a.rate, run_id);
+    let patient = a.schedule == Schedule::Rolling;
+    let mut clients = Clients::subscribe(&urls, a.subscribers, &rooms, patient).await?;
+    clients.publish(&urls, a.publishers, &rooms, a.rate, run_id, patient);
     eprintln!(
         "[{:7.1}s] {} nodes, {} subscribers, {} publishers over {} rooms; seed {seed}",
         t0.elapsed().as_secs_f64(),
@@ -209,9 +211,15 @@ async fn scenario(
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
     }
-    // Per node: the most connections it was handed within one second
-    // while the schedule ran (the clients' first connections excluded).
-    let peak_reconnects = balancer.as_ref().map(|b| b.peak_per_second(schedule_start));
+    // Per node: the most connections it was handed within one second, and
+    // within 100 ms (a burst a second's count smooths over), while the
+    // schedule ran (the clients' first connections excluded).
+    let peak_reconnects = balancer.as_ref().map(|b| {
+        (
+            b.peak(schedule_start, Duration::from_secs(1)),
+            b.peak(schedule_start, Duration::from_millis(100)),
+        )
+    });
     let last_heal = Instant::now();
     let publishing_s = t0.elapsed().as_secs_f64();
     eprintln!("[{publishing_s:7.1}s] publishing stops");
@@ -269,7 +277,7 @@ async fn scenario(
         presence: &presence,
         rss: &rss,
         judge_memory,
-        peak_reconnects: peak_reconnects.as_deref(),
+        peak_reconnects: peak_reconnects.as_ref().map(|(s, t)| (&s[..], &t[..])),
     };
     Ok(r.build())
 }

@@ -33,8 +33,9 @@ pub(crate) struct Report<'a> {
     pub rss: &'a [Series],
     pub judge_memory: bool,
     /// Rolling schedule: per node, the most connections the balancer
-    /// handed it within one second while the schedule ran.
-    pub peak_reconnects: Option<&'a [u64]>,
+    /// handed it within one second, and within 100 ms, while the schedule
+    /// ran.
+    pub peak_reconnects: Option<(&'a [u64], &'a [u64])>,
 }
 
 /// One node's memory: first and last RSS (MiB), and the fitted growth over
@@ -203,7 +204,7 @@ impl Report<'_> {
         put("excused", json!(t.excused));
         put("conflicting_acks", json!(t.conflicting_acks));
         put("reconnects", json!(self.reconnects));
-        if let Some(peak) = self.peak_reconnects {
+        if let Some((peak, burst)) = self.peak_reconnects {
             put("restarts", json!(self.injected.len()));
             put("drain_delay_s", json!(a.drain_delay));
             put("shutdown_timeout_s", json!(a.shutdown_timeout));
@@ -212,6 +213,10 @@ impl Report<'_> {
                 json!(peak.iter().copied().max().unwrap_or(0)),
             );
             put("peak_reconnects_per_s_by_node", json!(peak));
+            put(
+                "peak_reconnects_per_100ms",
+                json!(burst.iter().copied().max().unwrap_or(0)),
+            );
         }
         put("unreadable", json!(self.unreadable));
         put("caught_up", json!(self.drained));
