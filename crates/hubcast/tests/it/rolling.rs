@@ -16,13 +16,13 @@ use super::faults::{num, run_faults};
 const SUBSCRIBERS: u64 = 150;
 
 /// The most connections one node may be handed within any 100 ms while
-/// the other restarts: 60, that is 600 reconnects a second at the
+/// the other restarts: 75, that is 750 reconnects a second at the
 /// surviving node. The drain closes at most 100 a second and each client
 /// reconnects within 100 ms of its close, so its clients arrive at about
-/// that pace (10 per 100 ms, a few times more when closes bunch on a busy
-/// machine); closed all at once, about [`SUBSCRIBERS`] would arrive within
-/// the clients' 100 ms of jitter.
-const BURST_BOUND: u64 = 60;
+/// that pace (10 per 100 ms; up to 53 seen when closes bunch on a machine
+/// at a load average of 17); closed all at once, about [`SUBSCRIBERS`]
+/// would arrive within the clients' 100 ms of jitter.
+const BURST_BOUND: u64 = 75;
 
 #[test]
 fn a_rolling_restart_loses_duplicates_and_excuses_nothing() {
@@ -44,6 +44,11 @@ fn a_rolling_restart_loses_duplicates_and_excuses_nothing() {
         "1",
         "--shutdown-timeout",
         "4",
+        // Longer than the harness's 5 s: a drained node takes its
+        // presence with it, so the lease only matters to a node whose
+        // renewals a busy machine delays.
+        "--lease",
+        "15",
     ]);
     assert_eq!(r["faults"]["rolling_restart"], 2, "{r}");
     let log = r["fault_log"].as_array().expect("fault log");
