@@ -30,10 +30,12 @@ impl Drain {
         ]
     }
 
-    /// How long a node may take to exit after SIGTERM: the drain delay, the
-    /// closes' window, and room for the process to finish.
+    /// How long a node may take to exit after SIGTERM: the drain delay,
+    /// the closes' window, the server's two waits of up to
+    /// `shutdown_timeout` each (for its HTTP connections, then for its
+    /// tasks; `server.rs`), and room for the process to finish.
     fn exit_within(self) -> Duration {
-        Duration::from_secs(self.delay_s + self.shutdown_timeout_s + 10)
+        Duration::from_secs(self.delay_s + 3 * self.shutdown_timeout_s + 10)
     }
 }
 
