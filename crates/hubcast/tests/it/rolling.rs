@@ -5,23 +5,26 @@
 //! stopped with SIGTERM (it drains), started again, back in rotation, then
 //! node 1. Every acked message reaches every subscriber exactly once, in
 //! order, no client is told it missed anything, each node exits 0, and the
-//! reconnects a node receives stay under a bound set by the drain's pace.
+//! reconnects a node receives stay under a stated bound. It fails when the
+//! clients' recovery is off (a rejoin without `since`).
 //! About 40 s.
 
 use super::faults::{num, run_faults};
 
 /// Subscribers: more than the drain closes in one second
-/// (`drain::SLOWEST_RATE`, 100 a second), so that closing them all at once
-/// would show as a burst far above [`BURST_BOUND`].
+/// (`drain::SLOWEST_RATE`, 100 a second), so their reconnects at the
+/// surviving node span more than a second.
 const SUBSCRIBERS: u64 = 150;
 
 /// The most connections one node may be handed within any 100 ms while
 /// the other restarts: 75, that is 750 reconnects a second at the
 /// surviving node. The drain closes at most 100 a second and each client
-/// reconnects within 100 ms of its close, so its clients arrive at about
-/// that pace (10 per 100 ms; up to 53 seen when closes bunch on a machine
-/// at a load average of 17); closed all at once, about [`SUBSCRIBERS`]
-/// would arrive within the clients' 100 ms of jitter.
+/// reconnects within 100 ms of its close (up to 53 seen on a machine at a
+/// load average of 17). This bounds the surviving node's load; it does
+/// not prove the spread itself: with the drain's spread removed (every
+/// close at once) this test still passed on that machine, whose slowness
+/// spread the closing handshakes. The spread is proven by
+/// `operate::sigterm_drains_readyz_first_then_closes_over_the_window_and_exits_0`.
 const BURST_BOUND: u64 = 75;
 
 #[test]
