@@ -7,7 +7,8 @@
 //!
 //! A reloadable setting that is read where it is used (`app.live()`) is
 //! one entry in [`RELOADED`]; one that needs state built from it (the
-//! token keys, the room rules, the connection caps) is built here too.
+//! token keys, the room rules, the trusted proxies, the connection caps)
+//! is built here too.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::App;
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
+use crate::http::forwarded::TrustedProxies;
 use crate::rules::Rules;
 
 /// The keys a reload applies. The per-connection ones (`rate_limit_*`,
@@ -31,6 +33,7 @@ pub(crate) const RELOADED: &[&str] = &[
     "jwt_jwks_url",
     "anonymous",
     "allowed_origins",
+    "trusted_proxies",
     "rooms",
     "log_level",
     "max_connections",
@@ -55,6 +58,8 @@ pub(crate) struct Live {
     /// with for history (`history_size`, `history_ttl` of a `[[rooms]]`
     /// table), which a reload does not change.
     pub rules: Arc<Rules>,
+    /// `trusted_proxies` from `config`.
+    pub proxies: TrustedProxies,
     /// Stops the JWKS fetch task of `auth`, when it has one.
     jwks_stop: CancellationToken,
 }
@@ -66,6 +71,7 @@ impl Live {
         Ok(Live {
             auth: Arc::new(Auth::from_config(&config)?),
             rules: Arc::new(Rules::from_config(&config)?),
+            proxies: proxies(&config)?,
             config,
             jwks_stop: CancellationToken::new(),
         })
@@ -102,8 +108,9 @@ pub(crate) fn apply(app: &App, new: Config) -> Vec<String> {
             "reload: these settings need a restart and keep their running value"
         );
     }
-    let built = Auth::from_config(&next).and_then(|auth| Ok((auth, Rules::from_config(&next)?)));
-    let (mut auth, rules) = match built {
+    let built = Auth::from_config(&next)
+        .and_then(|auth| Ok((auth, Rules::from_config(&next)?, proxies(&next)?)));
+    let (mut auth, rules, proxies) = match built {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "reload refused, nothing changed");
@@ -119,6 +126,7 @@ pub(crate) fn apply(app: &App, new: Config) -> Vec<String> {
         config: next,
         auth: Arc::new(auth),
         rules: Arc::new(rules),
+        proxies,
         jwks_stop: if same_jwks {
             running.jwks_stop.clone()
         } else {
@@ -133,6 +141,14 @@ pub(crate) fn apply(app: &App, new: Config) -> Vec<String> {
     app.live.store(Arc::new(live));
     tracing::info!(changed = ?changed, "settings reloaded");
     changed
+}
+
+/// `trusted_proxies`, checked with the config already.
+fn proxies(config: &Config) -> Result<TrustedProxies, ConfigError> {
+    TrustedProxies::parse(&config.trusted_proxies).map_err(|message| ConfigError::Invalid {
+        key: "trusted_proxies".into(),
+        message,
+    })
 }
 
 /// The running config with `new`'s reloadable keys; the reloadable keys

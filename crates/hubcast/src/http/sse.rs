@@ -12,12 +12,11 @@
 //! those of `/ws`.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Extension, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,6 +24,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::HttpError;
+use super::forwarded::ClientAddr;
 use super::handshake::{admit, authenticate, check_origin};
 use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
@@ -268,7 +268,7 @@ async fn join(
 /// `GET /sse?rooms=a,b[&since=a:3,b:5][&token=…]`.
 pub(crate) async fn sse(
     State(app): State<Arc<App>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(remote): Extension<ClientAddr>,
     headers: HeaderMap,
     trace: Option<Extension<crate::trace::RequestTrace>>,
     Query(query): Query<HashMap<String, String>>,
