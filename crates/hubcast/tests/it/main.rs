@@ -37,6 +37,7 @@ mod otlp;
 mod poll;
 mod presence_storm;
 mod protocol;
+mod proxies;
 mod recovery;
 mod redis_cluster;
 mod redis_ghosts;
