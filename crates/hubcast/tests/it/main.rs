@@ -12,6 +12,7 @@
 #[macro_use]
 mod common;
 
+mod admission;
 mod api;
 mod auth;
 mod bad_input;

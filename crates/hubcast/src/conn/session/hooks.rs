@@ -15,21 +15,6 @@ fn failed(hook: Hook, e: &HookError) -> Reject {
 }
 
 impl Session {
-    /// The join hook's word on `room`: allowed, or `rejected` with the
-    /// backend's message (`unavailable` when it could not be asked).
-    pub(super) async fn ask_join(&mut self, room: &str) -> Result<(), Reject> {
-        let Some(hooks) = &self.app.hooks else {
-            return Err(Reject::new(
-                ErrorCode::Forbidden,
-                format!("cannot join {room}: the join hook decides and no [hooks] url is set"),
-            ));
-        };
-        hooks
-            .join(&self.conn.id, &self.conn.user, room, self.conn.trace_id)
-            .await
-            .map_err(|(code, message)| Reject::new(code, message))
-    }
-
     /// The publish hook's word on a publish: `None` to publish the
     /// client's `data`, `Some` to publish the backend's instead.
     pub(super) async fn ask_publish(
