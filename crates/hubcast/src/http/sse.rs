@@ -44,7 +44,7 @@ async fn ask_join(
     if app.live().rules.for_room(room).join != crate::rules::Joiners::Hook {
         return Ok(());
     }
-    match &app.hooks {
+    match app.hooks() {
         Some(hooks) => hooks.join(conn, user, room, trace).await,
         None => Err((
             ErrorCode::Forbidden,

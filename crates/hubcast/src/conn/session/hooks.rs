@@ -18,7 +18,7 @@ impl Session {
     /// The join hook's word on `room`: allowed, or `rejected` with the
     /// backend's message (`unavailable` when it could not be asked).
     pub(super) async fn ask_join(&mut self, room: &str) -> Result<(), Reject> {
-        let Some(hooks) = &self.app.hooks else {
+        let Some(hooks) = self.app.hooks() else {
             return Err(Reject::new(
                 ErrorCode::Forbidden,
                 format!("cannot join {room}: the join hook decides and no [hooks] url is set"),
@@ -39,7 +39,7 @@ impl Session {
         data: &RawValue,
         msg_id: &str,
     ) -> Result<Option<Box<RawValue>>, Reject> {
-        let Some(hooks) = &self.app.hooks else {
+        let Some(hooks) = self.app.hooks() else {
             return Err(Reject::new(
                 ErrorCode::Forbidden,
                 format!(
@@ -92,7 +92,7 @@ impl Session {
         method: &str,
         data: &RawValue,
     ) -> Result<(), Reject> {
-        let hooks = match &self.app.hooks {
+        let hooks = match self.app.hooks() {
             Some(h) if h.settings().rpc => h,
             _ => {
                 return Err(Reject::new(
