@@ -40,7 +40,7 @@ pub(crate) async fn check_join(app: &App, who: &Joiner<'_>, room: &str) -> Resul
     if app.live().rules.for_room(room).join != Joiners::Hook {
         return Ok(());
     }
-    match &app.hooks {
+    match app.hooks() {
         Some(hooks) => hooks.join(who.conn, who.user, room, who.trace).await,
         None => Err((
             ErrorCode::Forbidden,

@@ -45,7 +45,7 @@
 //! - [`http`]: routes (`/ws` upgrade, `/sse`, `/api/*` with long polling,
 //!   health, metrics, static pages), the handshake checks WebSocket and SSE
 //!   share, origin checks, connection limits, JSON errors, TLS.
-//! - [`auth`]: tokens and what they grant.
+//! - [`auth`]: tokens (`auth/mod.rs`) and what they grant (`auth/grants.rs`).
 //! - [`hooks`]: backend hooks (connect, join, publish, rpc): the signed,
 //!   pooled, capped requests to the application's backend.
 //! - `metrics`, `trace`, `otel`: Prometheus metrics, trace ids, OTLP

@@ -18,6 +18,7 @@ use crate::App;
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::http::forwarded::TrustedProxies;
+use crate::hooks::Hooks;
 use crate::rules::Rules;
 
 /// The keys a reload applies. The per-connection ones (`rate_limit_*`,
@@ -46,6 +47,7 @@ pub(crate) const RELOADED: &[&str] = &[
     "rate_limit_per_conn",
     "rate_limit_burst",
     "join_rate_per_conn",
+    "hooks",
 ];
 
 /// The settings in force now.
@@ -60,6 +62,11 @@ pub(crate) struct Live {
     pub rules: Arc<Rules>,
     /// `trusted_proxies` from `config`.
     pub proxies: TrustedProxies,
+    /// The backend hooks' client from `config.hooks`; none without a
+    /// `url`. A reload that leaves `[hooks]` (and `max_message_bytes`) as
+    /// they were keeps this one, its connection pool and its in-flight
+    /// cap.
+    pub hooks: Option<Arc<Hooks>>,
     /// Stops the JWKS fetch task of `auth`, when it has one.
     jwks_stop: CancellationToken,
 }
@@ -72,6 +79,7 @@ impl Live {
             auth: Arc::new(Auth::from_config(&config)?),
             rules: Arc::new(Rules::from_config(&config)?),
             proxies: proxies(&config)?,
+            hooks: Hooks::new(&config.hooks, config.max_message_bytes).map(Arc::new),
             config,
             jwks_stop: CancellationToken::new(),
         })
@@ -122,7 +130,15 @@ pub(crate) fn apply(app: &App, new: Config) -> Vec<String> {
     if same_jwks {
         auth.jwks = running.auth.jwks.clone();
     }
+    let same_hooks = next.hooks == running.config.hooks
+        && next.max_message_bytes == running.config.max_message_bytes;
+    let hooks = if same_hooks {
+        running.hooks.clone()
+    } else {
+        Hooks::new(&next.hooks, next.max_message_bytes).map(Arc::new)
+    };
     let live = Live {
+        hooks,
         config: next,
         auth: Arc::new(auth),
         rules: Arc::new(rules),
@@ -190,7 +206,11 @@ mod tests {
     fn every_reloaded_key_is_a_setting() {
         let keys: Vec<&str> = settings().iter().map(|s| s.key).collect();
         for key in RELOADED {
-            assert!(keys.contains(key) || *key == "rooms", "{key}");
+            // The two file-only tables are settings of their own kind.
+            assert!(
+                keys.contains(key) || ["rooms", "hooks"].contains(key),
+                "{key}"
+            );
         }
     }
 

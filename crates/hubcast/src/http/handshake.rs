@@ -110,7 +110,7 @@ pub(crate) async fn authenticate(
     let token = bearer.or_else(|| query.get("token").map(String::as_str));
     // The keys in force when the handshake began, for every try.
     let auth = app.live().auth.clone();
-    if let Some(hooks) = app.hooks.as_ref().filter(|h| h.settings().connect)
+    if let Some(hooks) = app.hooks().filter(|h| h.settings().connect)
         && (token.is_none() || !auth.takes_tokens())
     {
         let hook = super::connect_hook::Handshake {
@@ -120,7 +120,7 @@ pub(crate) async fn authenticate(
             conn_id,
             trace,
         };
-        let id = hook.ask(hooks).await?;
+        let id = hook.ask(&hooks).await?;
         return admitted(app, id, remote);
     }
     let mut identity = auth.authenticate(token);

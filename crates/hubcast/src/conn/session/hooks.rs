@@ -24,7 +24,7 @@ impl Session {
         data: &RawValue,
         msg_id: &str,
     ) -> Result<Option<Box<RawValue>>, Reject> {
-        let Some(hooks) = &self.app.hooks else {
+        let Some(hooks) = self.app.hooks() else {
             return Err(Reject::new(
                 ErrorCode::Forbidden,
                 format!(
@@ -77,7 +77,7 @@ impl Session {
         method: &str,
         data: &RawValue,
     ) -> Result<(), Reject> {
-        let hooks = match &self.app.hooks {
+        let hooks = match self.app.hooks() {
             Some(h) if h.settings().rpc => h,
             _ => {
                 return Err(Reject::new(
