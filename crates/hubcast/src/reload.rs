@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::App;
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
-use crate::http::forwarded::TrustedProxies;
 use crate::hooks::Hooks;
+use crate::http::forwarded::TrustedProxies;
 use crate::rules::Rules;
 
 /// The keys a reload applies. The per-connection ones (`rate_limit_*`,
