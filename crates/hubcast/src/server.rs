@@ -104,9 +104,7 @@ async fn serve_app(
     // refuses from its first handshake.
     let sink: std::sync::Weak<dyn broker::ControlSink> = Arc::downgrade(&controls) as _;
     user_controls.follow(sink).await?;
-    let hooks = crate::hooks::Hooks::new(&config.hooks, config.max_message_bytes);
     let app = Arc::new(App {
-        hooks,
         config,
         live: ArcSwap::from_pointee(live),
         hub,

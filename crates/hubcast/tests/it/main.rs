@@ -12,6 +12,7 @@
 #[macro_use]
 mod common;
 
+mod admission;
 mod api;
 mod auth;
 mod bad_input;
@@ -37,6 +38,7 @@ mod otlp;
 mod poll;
 mod presence_storm;
 mod protocol;
+mod proxies;
 mod recovery;
 mod redis_cluster;
 mod redis_ghosts;
