@@ -64,8 +64,6 @@ pub(crate) struct App {
     pub samples: Mutex<VecDeque<(Instant, u64, u64)>>,
     /// Recent errors and notable closes, for the dashboard.
     pub recent: Arc<recent::Recent>,
-    /// The backend hooks' client (`[hooks]`); none without a `url`.
-    pub hooks: Option<crate::hooks::Hooks>,
     /// The webhooks (`[[webhooks]]`); none without any.
     pub webhooks: Option<crate::webhooks::Webhooks>,
 }
@@ -120,6 +118,13 @@ impl App {
         if let (Some(w), Some(parts)) = (&self.webhooks, parts) {
             w.published(&parts, result, room).await;
         }
+    }
+
+    /// The backend hooks' client in force (`[hooks]`, reloadable); none
+    /// without a `url`. Owned, so that a hook call may await while a
+    /// reload swaps in another client.
+    pub(crate) fn hooks(&self) -> Option<Arc<crate::hooks::Hooks>> {
+        self.live.load().hooks.clone()
     }
 
     /// Counts a message accepted for publishing (a duplicate is not one)

@@ -59,6 +59,10 @@ pub(crate) const WEBHOOK_DROPPED: &str = "hubcast_webhook_events_dropped_total";
 /// Webhook requests from send to answer or failure (histogram, seconds),
 /// by `webhook`.
 pub(crate) const WEBHOOK_LATENCY: &str = "hubcast_webhook_request_duration_seconds";
+/// Forwarding headers from a trusted proxy that could not be used, the
+/// proxy's address taken instead (counter): malformed, or `Forwarded` and
+/// `X-Forwarded-For` naming different clients.
+pub(crate) const FORWARDED_MALFORMED: &str = "hubcast_forwarded_malformed_total";
 /// Frames a connection's writer found waiting at once (histogram).
 pub(crate) const QUEUE_DEPTH: &str = "hubcast_outbound_queue_depth";
 
@@ -121,6 +125,10 @@ fn describe() {
     );
     describe_counter!(BYTES_IN, Unit::Bytes, "WebSocket payload bytes received");
     describe_counter!(BYTES_OUT, Unit::Bytes, "WebSocket payload bytes sent");
+    describe_counter!(
+        FORWARDED_MALFORMED,
+        "Forwarding headers from a trusted proxy ignored (malformed or conflicting); the proxy's address used"
+    );
     describe_counter!(
         FRAMES_REJECTED,
         "Client frames answered with an error, by code"

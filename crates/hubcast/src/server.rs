@@ -105,10 +105,8 @@ async fn serve_app(
     // refuses from its first handshake.
     let sink: std::sync::Weak<dyn broker::ControlSink> = Arc::downgrade(&controls) as _;
     user_controls.follow(sink).await?;
-    let hooks = crate::hooks::Hooks::new(&config.hooks, config.max_message_bytes);
     let webhooks = crate::webhooks::Webhooks::new(&config, webhook_log)?;
     let app = Arc::new(App {
-        hooks,
         webhooks,
         config,
         live: ArcSwap::from_pointee(live),

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 mod check;
 mod declare;
+mod flag_value;
 mod hooks;
 #[cfg(test)]
 mod readme;

@@ -86,6 +86,18 @@ declare_settings! {
                 .map_err(|message| format!("{origin:?}: {message}"))
         }),
     }
+    /// Proxies (CIDR blocks or addresses) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client: per-address limits, the
+    /// API's loopback check and the logs then use the client's address.
+    /// Empty: no proxy is trusted, every peer is the client (loopback
+    /// included).
+    trusted_proxies: Vec<String> {
+        default: Vec::new(),
+        value: "CIDRS",
+        help: "Proxies whose Forwarded / X-Forwarded-For names the client: CIDR blocks or addresses (comma-separated)",
+        shown: "none",
+        check: |entries, _| each(entries, crate::http::forwarded::check_entry),
+    }
     /// This node's name in `welcome` and logs. Empty: a random `n-xxxxxxxx`.
     node_id: String {
         default: String::new(),

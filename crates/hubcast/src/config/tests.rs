@@ -85,6 +85,7 @@ fn all_changed() -> Config {
         write_delay_ms: 5,
         max_rooms_per_conn: 3,
         allowed_origins: vec!["https://a.example".into(), "*.b.example".into()],
+        trusted_proxies: vec!["10.0.0.0/8".into(), "fd00::1".into()],
         node_id: "n1".into(),
         log_format: LogFormat::Json,
         log_level: "debug".into(),
@@ -147,6 +148,7 @@ fn every_flag_reaches_its_field() {
         "--write-delay-ms=5",
         "--max-rooms-per-conn=3",
         "--allowed-origins=https://a.example,*.b.example",
+        "--trusted-proxies=10.0.0.0/8,fd00::1",
         "--node-id=n1",
         "--log-format=json",
         "--log-level=debug",
@@ -222,6 +224,7 @@ queue_size = 32
 write_delay_ms = 5
 max_rooms_per_conn = 3
 allowed_origins = ["https://a.example", "*.b.example"]
+trusted_proxies = ["10.0.0.0/8", "fd00::1"]
 node_id = "n1"
 log_format = "json"
 log_level = "debug"
@@ -320,6 +323,13 @@ fn bad_values_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("allowed_origins"), "{err}");
+    let err = Config::load(&args(&["--trusted-proxies", "10.0.0.0/8,10.1.2.3/16"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trusted_proxies") && err.contains("10.1.2.3/16"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -412,6 +412,34 @@ impl Server {
         }
     }
 
+    /// Starts a memory-engine server (settings changed by `f`) that applies
+    /// each config sent on the returned sender as a SIGHUP's reload would.
+    pub(crate) async fn reloadable(
+        f: impl FnOnce(&mut Config),
+    ) -> (Server, tokio::sync::watch::Sender<Config>) {
+        let mut config = Config::default();
+        config.node_id = "test-node".into();
+        f(&mut config);
+        config.validate().expect("test config is valid");
+        let (reload, reloads) = tokio::sync::watch::channel(config.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = Some(tokio::spawn(hubcast::run_reloadable(
+            config,
+            listener,
+            shutdown.clone(),
+            reloads,
+        )));
+        let server = Server {
+            addr,
+            shutdown,
+            handle,
+            redis_prefix: None,
+        };
+        (server, reload)
+    }
+
     pub(crate) async fn default() -> Server {
         Server::start(|_| {}).await
     }
