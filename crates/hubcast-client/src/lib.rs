@@ -11,7 +11,9 @@
 //!   reconnects at once);
 //! - rejoins its rooms with `since`/`epoch`, so missed messages arrive once
 //!   and in order; [`Event::Unrecovered`] when the server could not fill
-//!   the gap (reload with `history`);
+//!   the gap (reload with `history`); a rejoin the server refuses for a
+//!   passing reason (`unavailable`, `timeout`, `rate_limited`) is sent
+//!   again after [`Options::retry_delay`], the room kept;
 //! - delivers each message once (offset order within an epoch, and msgId);
 //!   a message it cannot decode is reported in its place
 //!   ([`Event::Unreadable`]), never dropped silently;

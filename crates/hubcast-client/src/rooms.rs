@@ -85,6 +85,8 @@ pub(crate) struct RoomState {
     pub(crate) waiters: Vec<oneshot::Sender<Result<Joined, Error>>>,
     /// Messages that came while a rejoin with `since` was in flight.
     pub(crate) stash: Option<Vec<Incoming>>,
+    /// A rejoin was refused for a passing reason: when to send it again.
+    pub(crate) rejoin_at: Option<Instant>,
     /// Messages past a gap, by offset.
     held: BTreeMap<u64, Incoming>,
     /// When the first message past the current gap came.

@@ -64,8 +64,8 @@ pub(crate) struct App {
     pub samples: Mutex<VecDeque<(Instant, u64, u64)>>,
     /// Recent errors and notable closes, for the dashboard.
     pub recent: Arc<recent::Recent>,
-    /// The backend hooks' client (`[hooks]`); none without a `url`.
-    pub hooks: Option<crate::hooks::Hooks>,
+    /// The webhooks (`[[webhooks]]`); none without any.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl App {
@@ -93,6 +93,38 @@ impl App {
     /// The settings in force now: one atomic load, no lock.
     pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {
         self.live.load()
+    }
+
+    /// The envelope's parts of a publish into `room`, kept when a webhook
+    /// sends its `message.published` (see [`App::note_published`]).
+    pub(crate) fn webhook_parts(
+        &self,
+        req: &broker::PublishRequest,
+    ) -> Option<protocol::EnvelopeParts> {
+        self.webhooks
+            .as_ref()
+            .filter(|w| w.wants_messages(&req.room))
+            .map(|_| req.parts.clone())
+    }
+
+    /// Records `message.published` for a publish the engine acknowledged
+    /// (with the parts [`App::webhook_parts`] kept, if any).
+    pub(crate) async fn note_published(
+        &self,
+        room: &str,
+        parts: Option<protocol::EnvelopeParts>,
+        result: &broker::PublishResult,
+    ) {
+        if let (Some(w), Some(parts)) = (&self.webhooks, parts) {
+            w.published(&parts, result, room).await;
+        }
+    }
+
+    /// The backend hooks' client in force (`[hooks]`, reloadable); none
+    /// without a `url`. Owned, so that a hook call may await while a
+    /// reload swaps in another client.
+    pub(crate) fn hooks(&self) -> Option<Arc<crate::hooks::Hooks>> {
+        self.live.load().hooks.clone()
     }
 
     /// Counts a message accepted for publishing (a duplicate is not one)

@@ -28,6 +28,8 @@
 //! - [`broker`]: the [`broker::Broker`] trait (offsets, history, recovery,
 //!   idempotency), the [`broker::PresenceManager`] trait (presence, user
 //!   status) and their engines (memory, Redis), each a folder.
+//! - `admission`: who may join a room (name, token grants, join hook),
+//!   the one check every way in asks.
 //! - `hub`: node-local room membership and fan-out of broker deliveries
 //!   into connection queues; `hub::Hub::join`, the one gap- and
 //!   duplicate-free way into a room; the table of open connections that a
@@ -43,7 +45,7 @@
 //! - [`http`]: routes (`/ws` upgrade, `/sse`, `/api/*` with long polling,
 //!   health, metrics, static pages), the handshake checks WebSocket and SSE
 //!   share, origin checks, connection limits, JSON errors, TLS.
-//! - [`auth`]: tokens and what they grant.
+//! - [`auth`]: tokens (`auth/mod.rs`) and what they grant (`auth/grants.rs`).
 //! - [`hooks`]: backend hooks (connect, join, publish, rpc): the signed,
 //!   pooled, capped requests to the application's backend.
 //! - `metrics`, `trace`, `otel`: Prometheus metrics, trace ids, OTLP
@@ -60,6 +62,7 @@
 //! in one batch. `docs/architecture.md` draws it and says what each module
 //! must not touch.
 
+pub(crate) mod admission;
 pub(crate) mod app;
 pub mod auth;
 pub mod bench;
@@ -91,6 +94,7 @@ pub mod rules;
 pub(crate) mod server;
 mod small;
 pub(crate) mod trace;
+pub(crate) mod webhooks;
 
 pub(crate) use app::App;
 pub use clock::unix_ms;

@@ -49,6 +49,20 @@ pub(crate) const HOOK_FAILURES: &str = "hubcast_hook_failures_total";
 /// Hook requests from start to answer or failure (histogram, seconds), by
 /// `hook`.
 pub(crate) const HOOK_LATENCY: &str = "hubcast_hook_duration_seconds";
+/// Webhook events delivered (counter), by `webhook` (its table's number).
+pub(crate) const WEBHOOK_DELIVERED: &str = "hubcast_webhook_events_delivered_total";
+/// Webhook requests that failed (counter), by `webhook` and `reason`
+/// (`status`, `timeout`, `transport`); the batch is retried.
+pub(crate) const WEBHOOK_FAILED: &str = "hubcast_webhook_requests_failed_total";
+/// Webhook events dropped after `webhook_retry_for` (counter), by `webhook`.
+pub(crate) const WEBHOOK_DROPPED: &str = "hubcast_webhook_events_dropped_total";
+/// Webhook requests from send to answer or failure (histogram, seconds),
+/// by `webhook`.
+pub(crate) const WEBHOOK_LATENCY: &str = "hubcast_webhook_request_duration_seconds";
+/// Forwarding headers from a trusted proxy that could not be used, the
+/// proxy's address taken instead (counter): malformed, or `Forwarded` and
+/// `X-Forwarded-For` naming different clients.
+pub(crate) const FORWARDED_MALFORMED: &str = "hubcast_forwarded_malformed_total";
 /// Frames a connection's writer found waiting at once (histogram).
 pub(crate) const QUEUE_DEPTH: &str = "hubcast_outbound_queue_depth";
 
@@ -112,6 +126,10 @@ fn describe() {
     describe_counter!(BYTES_IN, Unit::Bytes, "WebSocket payload bytes received");
     describe_counter!(BYTES_OUT, Unit::Bytes, "WebSocket payload bytes sent");
     describe_counter!(
+        FORWARDED_MALFORMED,
+        "Forwarding headers from a trusted proxy ignored (malformed or conflicting); the proxy's address used"
+    );
+    describe_counter!(
         FRAMES_REJECTED,
         "Client frames answered with an error, by code"
     );
@@ -134,6 +152,20 @@ fn describe() {
         HOOK_LATENCY,
         Unit::Seconds,
         "Backend hook requests, start to answer or failure, by hook"
+    );
+    describe_counter!(WEBHOOK_DELIVERED, "Webhook events delivered, by webhook");
+    describe_counter!(
+        WEBHOOK_FAILED,
+        "Webhook requests that failed (and are retried), by webhook and reason"
+    );
+    describe_counter!(
+        WEBHOOK_DROPPED,
+        "Webhook events dropped after webhook_retry_for, by webhook"
+    );
+    describe_histogram!(
+        WEBHOOK_LATENCY,
+        Unit::Seconds,
+        "Webhook requests, send to answer or failure, by webhook"
     );
     describe_histogram!(
         QUEUE_DEPTH,

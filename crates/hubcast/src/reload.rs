@@ -7,7 +7,8 @@
 //!
 //! A reloadable setting that is read where it is used (`app.live()`) is
 //! one entry in [`RELOADED`]; one that needs state built from it (the
-//! token keys, the room rules, the connection caps) is built here too.
+//! token keys, the room rules, the trusted proxies, the connection caps)
+//! is built here too.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::App;
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
+use crate::hooks::Hooks;
+use crate::http::forwarded::TrustedProxies;
 use crate::rules::Rules;
 
 /// The keys a reload applies. The per-connection ones (`rate_limit_*`,
@@ -31,6 +34,7 @@ pub(crate) const RELOADED: &[&str] = &[
     "jwt_jwks_url",
     "anonymous",
     "allowed_origins",
+    "trusted_proxies",
     "rooms",
     "log_level",
     "max_connections",
@@ -43,6 +47,7 @@ pub(crate) const RELOADED: &[&str] = &[
     "rate_limit_per_conn",
     "rate_limit_burst",
     "join_rate_per_conn",
+    "hooks",
 ];
 
 /// The settings in force now.
@@ -55,6 +60,13 @@ pub(crate) struct Live {
     /// with for history (`history_size`, `history_ttl` of a `[[rooms]]`
     /// table), which a reload does not change.
     pub rules: Arc<Rules>,
+    /// `trusted_proxies` from `config`.
+    pub proxies: TrustedProxies,
+    /// The backend hooks' client from `config.hooks`; none without a
+    /// `url`. A reload that leaves `[hooks]` (and `max_message_bytes`) as
+    /// they were keeps this one, its connection pool and its in-flight
+    /// cap.
+    pub hooks: Option<Arc<Hooks>>,
     /// Stops the JWKS fetch task of `auth`, when it has one.
     jwks_stop: CancellationToken,
 }
@@ -66,6 +78,8 @@ impl Live {
         Ok(Live {
             auth: Arc::new(Auth::from_config(&config)?),
             rules: Arc::new(Rules::from_config(&config)?),
+            proxies: proxies(&config)?,
+            hooks: Hooks::new(&config.hooks, config.max_message_bytes).map(Arc::new),
             config,
             jwks_stop: CancellationToken::new(),
         })
@@ -102,8 +116,9 @@ pub(crate) fn apply(app: &App, new: Config) -> Vec<String> {
             "reload: these settings need a restart and keep their running value"
         );
     }
-    let built = Auth::from_config(&next).and_then(|auth| Ok((auth, Rules::from_config(&next)?)));
-    let (mut auth, rules) = match built {
+    let built = Auth::from_config(&next)
+        .and_then(|auth| Ok((auth, Rules::from_config(&next)?, proxies(&next)?)));
+    let (mut auth, rules, proxies) = match built {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "reload refused, nothing changed");
@@ -115,10 +130,19 @@ pub(crate) fn apply(app: &App, new: Config) -> Vec<String> {
     if same_jwks {
         auth.jwks = running.auth.jwks.clone();
     }
+    let same_hooks = next.hooks == running.config.hooks
+        && next.max_message_bytes == running.config.max_message_bytes;
+    let hooks = if same_hooks {
+        running.hooks.clone()
+    } else {
+        Hooks::new(&next.hooks, next.max_message_bytes).map(Arc::new)
+    };
     let live = Live {
+        hooks,
         config: next,
         auth: Arc::new(auth),
         rules: Arc::new(rules),
+        proxies,
         jwks_stop: if same_jwks {
             running.jwks_stop.clone()
         } else {
@@ -133,6 +157,14 @@ pub(crate) fn apply(app: &App, new: Config) -> Vec<String> {
     app.live.store(Arc::new(live));
     tracing::info!(changed = ?changed, "settings reloaded");
     changed
+}
+
+/// `trusted_proxies`, checked with the config already.
+fn proxies(config: &Config) -> Result<TrustedProxies, ConfigError> {
+    TrustedProxies::parse(&config.trusted_proxies).map_err(|message| ConfigError::Invalid {
+        key: "trusted_proxies".into(),
+        message,
+    })
 }
 
 /// The running config with `new`'s reloadable keys; the reloadable keys
@@ -174,7 +206,11 @@ mod tests {
     fn every_reloaded_key_is_a_setting() {
         let keys: Vec<&str> = settings().iter().map(|s| s.key).collect();
         for key in RELOADED {
-            assert!(keys.contains(key) || *key == "rooms", "{key}");
+            // The two file-only tables are settings of their own kind.
+            assert!(
+                keys.contains(key) || ["rooms", "hooks"].contains(key),
+                "{key}"
+            );
         }
     }
 

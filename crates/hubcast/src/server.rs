@@ -106,6 +106,7 @@ async fn serve_app(
     let metrics = crate::metrics::install();
     // Every engine's operations are timed the same way.
     let timed = broker::timed::Timed::new(broker);
+    let webhook_log: Arc<dyn broker::WebhookLog> = timed.clone();
     let (broker, presence, user_controls): (
         Arc<dyn Broker>,
         Arc<dyn PresenceManager>,
@@ -120,9 +121,9 @@ async fn serve_app(
     // refuses from its first handshake.
     let sink: std::sync::Weak<dyn broker::ControlSink> = Arc::downgrade(&controls) as _;
     user_controls.follow(sink).await?;
-    let hooks = crate::hooks::Hooks::new(&config.hooks, config.max_message_bytes);
+    let webhooks = crate::webhooks::Webhooks::new(&config, webhook_log)?;
     let app = Arc::new(App {
-        hooks,
+        webhooks,
         config,
         live: ArcSwap::from_pointee(live),
         hub,
@@ -143,6 +144,13 @@ async fn serve_app(
         samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
         recent: Arc::default(),
     });
+    if let Some(w) = &app.webhooks {
+        // Before serving: the engine records transitions from the first
+        // connection on.
+        w.start(&app.tasks, &app.stop)
+            .await
+            .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
+    }
     app.tasks.spawn(sample_rates(app.clone()));
     app.tasks.spawn(crate::drain::run(app.clone(), signal));
     // The JWKS fetches (at start, then for unknown `kid`s) end at stop or

@@ -112,6 +112,7 @@ impl Driver {
     pub(super) fn send_join(&mut self, name: &str) {
         let id = self.id(Waiting::Join(name.to_string()));
         if let Some(r) = self.rooms.get_mut(name) {
+            r.rejoin_at = None;
             let f = r.join_frame(name, id);
             self.out.push(f);
         }

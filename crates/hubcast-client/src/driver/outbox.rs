@@ -92,6 +92,8 @@ impl Driver {
     /// [`Driver::retry_and_gaps`] handle.
     pub(super) fn online_deadline(&self) -> Option<Instant> {
         let retries = self.outbox.values().filter_map(|o| o.retry_at).min();
+        let rejoins = self.rooms.values().filter_map(|r| r.rejoin_at).min();
+        let retries = earliest(retries, rejoins);
         let gaps = self
             .rooms
             .values()
@@ -133,8 +135,8 @@ impl Driver {
         }
     }
 
-    /// Publishes due for a retry are sent again; gaps waited for long
-    /// enough are given up on.
+    /// Publishes and rejoins due for a retry are sent again; gaps waited
+    /// for long enough are given up on.
     pub(super) fn retry_and_gaps(&mut self, now: Instant) {
         let due: Vec<u64> = self
             .outbox
@@ -147,6 +149,15 @@ impl Driver {
                 o.retry_at = None;
             }
             self.transmit(k);
+        }
+        let rejoins: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.rejoin_at.is_some_and(|t| t <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in rejoins {
+            self.send_join(&name);
         }
         let mut out = Vec::new();
         let cap = self.opts.dedupe_window;

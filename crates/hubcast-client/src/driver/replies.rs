@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::Driver;
 use super::outbox::Waiting;
+use crate::backoff::random_fraction;
 use crate::error::Error;
 use crate::events::{Ack, Envelope, Event, Joined, Unreadable};
 use crate::rooms::Incoming;
@@ -19,6 +20,15 @@ fn server_error(text: &[u8]) -> Error {
         code: e.code,
         message: e.message,
     }
+}
+
+/// Whether an error reply is for a passing reason (the server could not
+/// serve it now), so the same request may be sent again later.
+fn passing(err: &Error) -> bool {
+    matches!(err, Error::Server { code, .. }
+        if code == ErrorCode::Unavailable.as_str()
+            || code == ErrorCode::RateLimited.as_str()
+            || code == ErrorCode::Timeout.as_str())
 }
 
 /// The report of a frame that could not be decoded, not even its place.
@@ -132,6 +142,18 @@ impl Driver {
         match w {
             Waiting::Join(room) => match err {
                 Some(e) => {
+                    let retry = self.opts.retry_delay.mul_f64(0.5 + random_fraction());
+                    match self.rooms.get_mut(&room) {
+                        // A rejoin (no caller waits on it) refused for a
+                        // passing reason: the room stays, and is joined
+                        // again with the same `since` a little later, so
+                        // what was published meanwhile is still recovered.
+                        Some(r) if r.waiters.is_empty() && passing(&e) => {
+                            r.rejoin_at = Some(now + retry);
+                            return;
+                        }
+                        _ => {}
+                    }
                     if let Some(r) = self.rooms.remove(&room) {
                         for w in r.waiters {
                             let _ = w.send(Err(e.clone()));
@@ -150,11 +172,7 @@ impl Driver {
             Waiting::Out(key) => {
                 // `timeout` too: the outcome is unknown, and the retry
                 // carries the same msgId, so the server acks it once.
-                let retry = matches!(&err, Some(Error::Server { code, .. })
-                    if code == ErrorCode::Unavailable.as_str()
-                        || code == ErrorCode::RateLimited.as_str()
-                        || code == ErrorCode::Timeout.as_str());
-                if retry {
+                if err.as_ref().is_some_and(passing) {
                     self.retry_later(key, now);
                     return;
                 }

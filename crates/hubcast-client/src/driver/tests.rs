@@ -491,3 +491,66 @@ async fn a_server_side_left_drops_the_room_unless_a_join_of_ours_is_in_flight() 
     assert!(!d.rooms.contains_key("news"));
     assert!(d.rooms.contains_key("@ada"));
 }
+
+/// A rejoin (no caller waits on it) that the server refuses for a passing
+/// reason keeps the room and is sent again after the retry delay; before,
+/// the room was dropped and its messages silently stopped.
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_rejoin_is_sent_again_after_the_retry_delay() {
+    let opts = Options {
+        retry_delay: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let (mut d, _cmds, mut events) = driver_with_events(opts);
+    let (ws, mut server) = connection();
+    let start = Instant::now();
+    let server_side = async {
+        write_text(&mut server, &welcome("ada")).await;
+        let mut joins = Vec::new();
+        while joins.len() < 2 {
+            let next = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut server));
+            let Ok(Some(f)) = next.await else { break };
+            let Ok((Some(id), ClientFrame::Join { room, .. })) =
+                hubcast_protocol::parse_client_frame(&f)
+            else {
+                continue;
+            };
+            joins.push((room.to_string(), start.elapsed()));
+            let reply = if joins.len() == 1 {
+                error_frame(Some(&id), ErrorCode::Unavailable, "engine slow")
+            } else {
+                encode(&out::Joined {
+                    ty: "joined",
+                    id: Some(&id),
+                    room: &room,
+                    offset: 0,
+                    epoch: "e1",
+                    recovered: None,
+                    members: &[],
+                    total: 0,
+                })
+            };
+            write_text(&mut server, &reply).await;
+        }
+        let message = br#"{"type":"message","room":"@ada","offset":1,"epoch":"e1","msgId":"m1","timestamp":1,"eventType":"dm","source":"bob","data":null}"#;
+        write_text(&mut server, message).await;
+        let got = loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(Event::Message(m))) => break Some(m.msg_id),
+                Ok(Some(_)) => {}
+                _ => break None,
+            }
+        };
+        drop(server);
+        (joins, got)
+    };
+    let ((joins, got), _end) = tokio::join!(server_side, d.session(ws));
+    assert_eq!(joins.len(), 2, "the refused rejoin was not sent again");
+    assert_eq!(joins[1].0, "@ada");
+    let gap = joins[1].1 - joins[0].1;
+    assert!(
+        (Duration::from_millis(500)..Duration::from_millis(1500)).contains(&gap),
+        "{gap:?}"
+    );
+    assert_eq!(got.as_deref(), Some("m1"));
+}

@@ -26,6 +26,7 @@ pub mod memory;
 pub mod nats;
 pub mod redis;
 pub(crate) mod timed;
+pub mod webhooks;
 
 use std::sync::{Arc, Weak};
 
@@ -34,6 +35,7 @@ use bytes::Bytes;
 
 use crate::protocol::{EnvelopeParts, Member, PresenceAction, Status};
 pub use controls::{ControlSink, UserCommand, UserControls};
+pub use webhooks::{EventType, LoggedEvent, WebhookEvent, WebhookLog};
 
 /// A connection's node-local key: cheap to compare on the fan-out path.
 pub type ConnKey = u64;
@@ -356,6 +358,6 @@ pub trait PresenceManager: Send + Sync + 'static {
 
 /// One engine object serving both sides; what the server is started with.
 /// The server then holds each side as its own `Arc<dyn ...>`.
-pub trait Engine: Broker + PresenceManager + UserControls {}
+pub trait Engine: Broker + PresenceManager + UserControls + WebhookLog {}
 
-impl<T: Broker + PresenceManager + UserControls> Engine for T {}
+impl<T: Broker + PresenceManager + UserControls + WebhookLog> Engine for T {}

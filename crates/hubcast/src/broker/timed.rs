@@ -12,6 +12,7 @@ use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, Engine, HistoryPage, PresenceManager,
     PresencePage, PublishRequest, PublishResult, Recovery, Unavailability, UserStatus,
     controls::{ControlSink, UserCommand, UserControls},
+    webhooks::{LoggedEvent, WebhookEvent, WebhookLog},
 };
 use crate::metrics::BROKER_LATENCY;
 use crate::protocol::Status;
@@ -142,5 +143,31 @@ impl UserControls for Timed {
         let r = self.inner.blocked().await;
         record("blocked_users", start, &r);
         r
+    }
+}
+
+#[async_trait]
+impl WebhookLog for Timed {
+    async fn enable_webhooks(
+        &self,
+        groups: &[String],
+        delay: std::time::Duration,
+    ) -> Result<(), BrokerError> {
+        self.inner.enable_webhooks(groups, delay).await
+    }
+    async fn append(&self, event: WebhookEvent) -> Result<(), BrokerError> {
+        timed!("webhook_append", self.inner.append(event))
+    }
+    async fn promote(&self) -> Result<(), BrokerError> {
+        timed!("webhook_promote", self.inner.promote())
+    }
+    async fn lead(&self, group: &str, ttl: std::time::Duration) -> Result<bool, BrokerError> {
+        timed!("webhook_lead", self.inner.lead(group, ttl))
+    }
+    async fn read(&self, group: &str, max: usize) -> Result<Vec<LoggedEvent>, BrokerError> {
+        timed!("webhook_read", self.inner.read(group, max))
+    }
+    async fn ack(&self, group: &str, ids: &[String]) -> Result<(), BrokerError> {
+        timed!("webhook_ack", self.inner.ack(group, ids))
     }
 }

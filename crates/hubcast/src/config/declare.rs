@@ -9,14 +9,12 @@
 //! key in capitals. A row may give another flag (`api_keys` is `--api-key`:
 //! one key per use).
 
-use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
 
-use clap::builder::ValueParser;
-use clap::{Arg, ArgAction, ArgMatches, ValueEnum};
+use clap::Arg;
 
-use super::{BrokerKind, Config, ConfigError, LogFormat};
+pub(super) use super::flag_value::FlagValue;
+use super::{Config, ConfigError};
 
 /// Every variable starts with this.
 pub(super) const ENV_PREFIX: &str = "HUBCAST_";
@@ -58,130 +56,6 @@ impl Setting {
             .value_name(self.value_name)
             .help(self.help_line())
             .hide_env_values(self.secret)
-    }
-}
-
-/// A type one flag value parses to.
-pub(super) trait Scalar: Clone + Send + Sync + 'static {
-    /// Clap's own parser for the type.
-    fn parser() -> ValueParser;
-    /// Fits the flag to the type: a bool's value may be left out.
-    fn shape(arg: Arg) -> Arg {
-        arg
-    }
-    /// The value as `--help` shows it.
-    fn show(&self) -> String;
-}
-
-macro_rules! displayed {
-    ($($t:ty),*) => {$(
-        impl Scalar for $t {
-            fn parser() -> ValueParser {
-                clap::value_parser!($t).into()
-            }
-            fn show(&self) -> String {
-                self.to_string()
-            }
-        }
-    )*};
-}
-displayed!(u32, u64, usize, String, SocketAddr);
-
-impl Scalar for bool {
-    fn parser() -> ValueParser {
-        clap::value_parser!(bool)
-    }
-    // `--web` alone means `--web true`.
-    fn shape(arg: Arg) -> Arg {
-        arg.num_args(0..=1).default_missing_value("true")
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Scalar for PathBuf {
-    fn parser() -> ValueParser {
-        clap::value_parser!(PathBuf)
-    }
-    fn show(&self) -> String {
-        self.display().to_string()
-    }
-}
-
-macro_rules! named {
-    ($($t:ty),*) => {$(
-        impl Scalar for $t {
-            fn parser() -> ValueParser {
-                clap::value_parser!($t).into()
-            }
-            // The name the flag takes, which is also the TOML value.
-            fn show(&self) -> String {
-                self.to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_string())
-            }
-        }
-    )*};
-}
-named!(LogFormat, BrokerKind);
-
-/// How a setting's type is read from its flag or variable, and shown as a
-/// default.
-pub(super) trait FlagValue: Sized {
-    /// Adds the parser and how many values the flag takes.
-    fn arg(arg: Arg) -> Arg;
-    /// The value the flag or variable gave, if any.
-    fn take(matches: &ArgMatches, id: &str) -> Option<Self>;
-    /// The value as `--help` shows a default; `None`: nothing to show.
-    fn show(&self) -> Option<String>;
-}
-
-macro_rules! single {
-    ($($t:ty),*) => {$(
-        impl FlagValue for $t {
-            fn arg(arg: Arg) -> Arg {
-                <$t as Scalar>::shape(arg.value_parser(<$t>::parser()).action(ArgAction::Set))
-            }
-            fn take(matches: &ArgMatches, id: &str) -> Option<Self> {
-                matches.get_one::<$t>(id).cloned()
-            }
-            fn show(&self) -> Option<String> {
-                Some(Scalar::show(self)).filter(|s| !s.is_empty())
-            }
-        }
-    )*};
-}
-single!(
-    u32, u64, usize, bool, String, SocketAddr, PathBuf, LogFormat, BrokerKind
-);
-
-/// A setting that may be unset: the flag gives `Some`.
-impl<T: Scalar> FlagValue for Option<T> {
-    fn arg(arg: Arg) -> Arg {
-        T::shape(arg.value_parser(T::parser()).action(ArgAction::Set))
-    }
-    fn take(matches: &ArgMatches, id: &str) -> Option<Self> {
-        matches.get_one::<T>(id).cloned().map(Some)
-    }
-    fn show(&self) -> Option<String> {
-        self.as_ref().map(Scalar::show)
-    }
-}
-
-/// A list: the flag repeats, or takes a comma-separated list.
-impl<T: Scalar> FlagValue for Vec<T> {
-    fn arg(arg: Arg) -> Arg {
-        arg.value_parser(T::parser())
-            .action(ArgAction::Append)
-            .value_delimiter(',')
-    }
-    fn take(matches: &ArgMatches, id: &str) -> Option<Self> {
-        matches
-            .get_many::<T>(id)
-            .map(|values| values.cloned().collect())
-    }
-    fn show(&self) -> Option<String> {
-        (!self.is_empty()).then(|| self.iter().map(Scalar::show).collect::<Vec<_>>().join(","))
     }
 }
 
@@ -278,10 +152,12 @@ pub(super) fn named(key: &str, e: &figment::Error) -> ConfigError {
         e.path.pop();
     }
     e.path.insert(0, key.to_string());
-    super::rooms::named(&e).unwrap_or_else(|| ConfigError::Invalid {
-        key: key.into(),
-        message: e.kind.to_string(),
-    })
+    super::rooms::named(&e)
+        .or_else(|| super::webhooks::named(&e))
+        .unwrap_or_else(|| ConfigError::Invalid {
+            key: key.into(),
+            message: e.kind.to_string(),
+        })
 }
 
 /// Clap's error without its `error: ` prefix and usage lines.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 mod check;
 mod declare;
+mod flag_value;
 mod hooks;
 #[cfg(test)]
 mod readme;
@@ -27,6 +28,7 @@ mod settings;
 mod template;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 pub use check::{check_all, check_file_and_env};
 pub use declare::Setting;
@@ -34,6 +36,7 @@ pub use hooks::HooksTable;
 pub use rooms::RoomTable;
 pub use settings::{Config, ServeArgs, settings};
 pub use template::init_file;
+pub use webhooks::{EVENT_TYPES, WebhookTable};
 
 /// Which engine serves rooms.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -91,11 +94,13 @@ impl Config {
         }
         fig = fig.merge(Serialized::defaults(args));
         let mut cfg: Config = fig.extract().map_err(|e| {
-            rooms::named(&e).unwrap_or_else(|| {
-                // figment prefixes keys with the profile ("default."); users
-                // never see profiles, so drop it.
-                ConfigError::Parse(e.to_string().replace("default.", ""))
-            })
+            rooms::named(&e)
+                .or_else(|| webhooks::named(&e))
+                .unwrap_or_else(|| {
+                    // figment prefixes keys with the profile ("default."); users
+                    // never see profiles, so drop it.
+                    ConfigError::Parse(e.to_string().replace("default.", ""))
+                })
         })?;
         cfg.validate()?;
         if cfg.node_id.is_empty() {

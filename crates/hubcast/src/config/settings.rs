@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::declare::{Verdict, at_least, declare_settings, within};
-use super::{BrokerKind, HooksTable, LogFormat, RoomTable};
+use super::{BrokerKind, HooksTable, LogFormat, RoomTable, WebhookTable};
 
 declare_settings! {
     /// Address the HTTP and WebSocket listener binds.
@@ -85,6 +85,18 @@ declare_settings! {
             crate::http::origin::check_pattern(origin)
                 .map_err(|message| format!("{origin:?}: {message}"))
         }),
+    }
+    /// Proxies (CIDR blocks or addresses) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client: per-address limits, the
+    /// API's loopback check and the logs then use the client's address.
+    /// Empty: no proxy is trusted, every peer is the client (loopback
+    /// included).
+    trusted_proxies: Vec<String> {
+        default: Vec::new(),
+        value: "CIDRS",
+        help: "Proxies whose Forwarded / X-Forwarded-For names the client: CIDR blocks or addresses (comma-separated)",
+        shown: "none",
+        check: |entries, _| each(entries, crate::http::forwarded::check_entry),
     }
     /// This node's name in `welcome` and logs. Empty: a random `n-xxxxxxxx`.
     node_id: String {
@@ -301,6 +313,23 @@ declare_settings! {
         help: "Seconds a dead node's presence lingers before other nodes remove it (Redis and NATS engines)",
         check: within(1..=3600, "must be between 1 and 3600 seconds"),
     }
+    /// Seconds a webhook batch is retried (backoff from 1 s doubling to
+    /// 60 s, with jitter) before it is dropped, logged and counted.
+    webhook_retry_for: u64 {
+        default: 600,
+        value: "SECONDS",
+        help: "Seconds a webhook batch is retried (1 s doubling to 60 s) before it is dropped",
+        check: within(1..=86400, "must be between 1 and 86400 seconds"),
+    }
+    /// Seconds a room must stay empty, or a user without a connection,
+    /// before `room.vacated` / `user.offline` is sent; a return sooner
+    /// sends neither, nor a second `room.occupied` / `user.online`.
+    webhook_offline_delay: u64 {
+        default: 5,
+        value: "SECONDS",
+        help: "Seconds a room stays empty / a user offline before room.vacated / user.offline webhooks",
+        check: within(0..=3600, "must be between 0 and 3600 seconds"),
+    }
     /// Shared secret for HS256 connection tokens.
     jwt_secret: Option<String> {
         default: None,
@@ -479,6 +508,13 @@ declare_settings! {
         hooks: HooksTable {
             default: HooksTable::default(),
             check: super::hooks::check,
+        }
+        /// `[[webhooks]]` tables (PROTOCOL.md section 10): receivers told
+        /// what happened (rooms occupied and vacated, members, users
+        /// online and offline, messages), at least once.
+        webhooks: Vec<WebhookTable> {
+            default: Vec::new(),
+            check: super::webhooks::check,
         }
     }
 }

@@ -42,6 +42,16 @@ pub fn init_file() -> String {
         }
     }
     out.push_str(
+        "\n# [[webhooks]] tables (PROTOCOL.md section 10): receivers told what happened,\n\
+         # signed like the hooks; none by default. events defaults to all of them.\n\
+         # [[webhooks]]\n\
+         # url = \"http://127.0.0.1:3000/hubcast/events\"\n\
+         # secret = \"at least 16 characters\"\n\
+         # events = [\"room.occupied\", \"room.vacated\", \"member.joined\", \"member.left\",\n\
+         #           \"user.online\", \"user.offline\", \"message.published\"]\n\
+         # rooms = \"**\"\n",
+    );
+    out.push_str(
         "\n# [[rooms]] tables (PROTOCOL.md section 7): rules for the rooms their `match`\n\
          # pattern matches, the first match winning; none by default.\n\
          # [[rooms]]\n\

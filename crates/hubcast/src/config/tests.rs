@@ -85,6 +85,7 @@ fn all_changed() -> Config {
         write_delay_ms: 5,
         max_rooms_per_conn: 3,
         allowed_origins: vec!["https://a.example".into(), "*.b.example".into()],
+        trusted_proxies: vec!["10.0.0.0/8".into(), "fd00::1".into()],
         node_id: "n1".into(),
         log_format: LogFormat::Json,
         log_level: "debug".into(),
@@ -108,6 +109,8 @@ fn all_changed() -> Config {
         nats_nkey: Some("SUseed".into()),
         nats_tls_ca_file: Some("/nca".into()),
         presence_lease: 11,
+        webhook_retry_for: 17,
+        webhook_offline_delay: 18,
         jwt_secret: Some("0123456789abcdef0123".into()),
         jwt_secret_file: Some("/s".into()),
         jwt_secret_previous: Some("fedcba98765432100123".into()),
@@ -137,6 +140,7 @@ fn all_changed() -> Config {
             presence: false,
         }],
         hooks: HooksTable::default(),
+        webhooks: Vec::new(),
     }
 }
 
@@ -152,6 +156,7 @@ fn every_flag_reaches_its_field() {
         "--write-delay-ms=5",
         "--max-rooms-per-conn=3",
         "--allowed-origins=https://a.example,*.b.example",
+        "--trusted-proxies=10.0.0.0/8,fd00::1",
         "--node-id=n1",
         "--log-format=json",
         "--log-level=debug",
@@ -175,6 +180,8 @@ fn every_flag_reaches_its_field() {
         "--nats-nkey=SUseed",
         "--nats-tls-ca-file=/nca",
         "--presence-lease=11",
+        "--webhook-retry-for=17",
+        "--webhook-offline-delay=18",
         "--jwt-secret=0123456789abcdef0123",
         "--jwt-secret-file=/s",
         "--jwt-secret-previous=fedcba98765432100123",
@@ -233,6 +240,7 @@ queue_size = 32
 write_delay_ms = 5
 max_rooms_per_conn = 3
 allowed_origins = ["https://a.example", "*.b.example"]
+trusted_proxies = ["10.0.0.0/8", "fd00::1"]
 node_id = "n1"
 log_format = "json"
 log_level = "debug"
@@ -256,6 +264,8 @@ nats_creds_file = "/n.creds"
 nats_nkey = "SUseed"
 nats_tls_ca_file = "/nca"
 presence_lease = 11
+webhook_retry_for = 17
+webhook_offline_delay = 18
 jwt_secret = "0123456789abcdef0123"
 jwt_secret_file = "/s"
 jwt_secret_previous = "fedcba98765432100123"
@@ -337,6 +347,13 @@ fn bad_values_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("allowed_origins"), "{err}");
+    let err = Config::load(&args(&["--trusted-proxies", "10.0.0.0/8,10.1.2.3/16"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trusted_proxies") && err.contains("10.1.2.3/16"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -479,4 +496,63 @@ fn hooks_table_errors_name_the_key() {
     let cfg = cfg.unwrap();
     assert!(cfg.hooks.connect);
     assert_eq!(cfg.hooks.timeout_ms, 1000);
+}
+
+#[test]
+fn webhook_table_errors_name_the_key() {
+    let head = "[[webhooks]]\nurl = \"http://127.0.0.1:3000/e\"\nsecret = \"0123456789abcdef\"\n";
+    for (name, text, says) in [
+        (
+            "wh-nosecret-",
+            "[[webhooks]]\nurl = \"http://127.0.0.1:3000/e\"\n".to_string(),
+            "webhooks[1].secret: is required",
+        ),
+        (
+            "wh-short-",
+            "[[webhooks]]\nurl = \"http://x/e\"\nsecret = \"short\"\n".to_string(),
+            "webhooks[1].secret: must be at least 16 characters",
+        ),
+        (
+            "wh-url-",
+            "[[webhooks]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"\n".to_string(),
+            "webhooks[1].url: \"ftp://x\": must be an http:// URL",
+        ),
+        (
+            "wh-event-",
+            format!(
+                "{head}\n[[webhooks]]\nurl = \"http://x/e\"\nsecret = \"0123456789abcdef\"\nevents = [\"room.occupied\", \"user.gone\"]\n"
+            ),
+            "webhooks[2].events: \"user.gone\" is not an event",
+        ),
+        (
+            "wh-noevent-",
+            format!("{head}events = []\n"),
+            "webhooks[1].events: must name at least one",
+        ),
+        (
+            "wh-rooms-",
+            format!("{head}rooms = \"a.**.b\"\n"),
+            "webhooks[1].rooms",
+        ),
+        (
+            "wh-unknown-",
+            format!("{head}secert = \"x\"\n"),
+            "webhooks[1].secert: unknown key",
+        ),
+        (
+            "wh-delay-",
+            format!("webhook_offline_delay = 7200\n{head}"),
+            "webhook_offline_delay: must be between 0 and 3600",
+        ),
+    ] {
+        let err = load_error(name, &text);
+        assert!(err.contains(says), "{name}: {err}");
+    }
+    let (dir, file) = config_file("wh-ok-", "wh.toml", head);
+    let cfg = Config::load(&args(&["--config", file.to_str().unwrap()]));
+    std::fs::remove_dir_all(&dir).ok();
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.webhooks[0].events.len(), 7, "every event by default");
+    assert_eq!(cfg.webhooks[0].rooms, "**");
+    assert_eq!((cfg.webhook_retry_for, cfg.webhook_offline_delay), (600, 5));
 }

@@ -33,7 +33,8 @@ impl<'a, B> Envelope<'a, B> {
 #[derive(Serialize)]
 pub(crate) struct ConnectBody<'a> {
     pub conn: &'a str,
-    /// The peer's IP address.
+    /// The client's IP address (the peer's, or the one a trusted proxy
+    /// names: `crate::http::forwarded`).
     pub remote: String,
     /// `cookie`, `authorization`, `origin`, `user-agent`, those sent.
     pub headers: BTreeMap<&'static str, &'a str>,

@@ -133,13 +133,7 @@ impl Hooks {
     pub(crate) fn new(settings: &HooksTable, max_message_bytes: usize) -> Option<Hooks> {
         let url = settings.url.clone()?;
         let secret = settings.secret.clone().unwrap_or_default();
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "hooks: default HTTP client instead of the tuned one");
-                reqwest::Client::new()
-            });
+        let http = http_client();
         Some(Hooks {
             url,
             secret: secret.into_bytes().into_boxed_slice(),
@@ -253,6 +247,17 @@ impl Hooks {
             .await
             .unwrap_or(Err(HookError::Timeout(self.settings.timeout_ms)))
     }
+}
+
+/// The pooled HTTP client of hooks and webhooks alike.
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "hooks: default HTTP client instead of the tuned one");
+            reqwest::Client::new()
+        })
 }
 
 /// A W3C `traceparent` continuing the connection's trace (a new one when it

@@ -3,12 +3,11 @@
 //! `Authorization: Bearer <api key>`; with no keys configured, the API
 //! answers loopback callers only. Errors are section 6's JSON bodies.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
 use super::error::HttpError;
+use super::forwarded::ClientAddr;
 use crate::App;
 use crate::broker::BrokerError;
 use crate::protocol::{self, ApiPublish, ErrorCode, Member};
@@ -34,7 +34,7 @@ fn key_matches(keys: &[String], presented: &str) -> bool {
 /// The API key check (or, with no keys configured, the loopback check).
 pub(crate) async fn require_key(
     State(app): State<Arc<App>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(remote): Extension<ClientAddr>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -44,7 +44,7 @@ pub(crate) async fn require_key(
     if keys.is_empty() {
         // Loopback trust needs a loopback Host too: a DNS-rebound page's
         // request comes from 127.0.0.1 but names its own host.
-        if !remote.ip().is_loopback() || !super::origin::host_is_loopback(req.headers()) {
+        if !remote.ip.is_loopback() || !super::origin::host_is_loopback(req.headers()) {
             return HttpError::new(
                 ErrorCode::Forbidden,
                 "the API answers loopback callers (with a loopback Host) only until api_keys are configured",
@@ -193,7 +193,9 @@ async fn do_publish(
     }
     .request();
     let msg_id = request.msg_id.clone();
+    let parts = app.webhook_parts(&request);
     let result = app.broker.publish(request).await?;
+    app.note_published(&req.room, parts, &result).await;
     tracing::debug!(
         room = %req.room,
         msg_id = %msg_id,

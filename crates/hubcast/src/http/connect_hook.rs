@@ -5,7 +5,6 @@
 //! `subs`, `admin` and `expiresAt` grant exactly what a token's would.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, header};
 
@@ -27,7 +26,7 @@ const SHOWN: [(&str, header::HeaderName); 4] = [
 pub(crate) struct Handshake<'a> {
     pub headers: &'a HeaderMap,
     pub query: &'a HashMap<String, String>,
-    pub remote: SocketAddr,
+    pub remote: crate::http::forwarded::ClientAddr,
     pub conn_id: &'a str,
     pub trace: crate::trace::TraceId,
 }
@@ -46,7 +45,7 @@ impl Handshake<'_> {
             .collect();
         let body = ConnectBody {
             conn: self.conn_id,
-            remote: self.remote.ip().to_string(),
+            remote: self.remote.ip.to_string(),
             headers,
             query: self.query,
         };

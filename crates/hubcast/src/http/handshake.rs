@@ -3,12 +3,13 @@
 //! the caller's credentials.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
 
 use super::error::HttpError;
+use super::forwarded::ClientAddr;
 use super::limits::{ConnLimits, ConnSlot};
 use super::origin;
 use crate::App;
@@ -22,28 +23,28 @@ pub(crate) const MAX_TOKEN_LIFE_SECS: u64 = 100 * 365 * 24 * 3600;
 /// The first check of every long-lived connection (WebSocket, SSE): not
 /// shutting down (503), then the handshake rate and the connection limits
 /// (503/429); the returned slot holds the connection's place.
-pub(crate) fn admit(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
+pub(crate) fn admit(app: &Arc<App>, remote: ClientAddr) -> Result<ConnSlot, HttpError> {
     place(app, remote, "handshake", ConnLimits::admit)
 }
 
 /// A long poll's place under the connection caps: it holds a connection
 /// open like WebSocket and SSE do, so it counts as one while it waits (the
 /// handshake rate does not apply: a poller asks again after every answer).
-pub(crate) fn hold_poll(app: &Arc<App>, remote: SocketAddr) -> Result<ConnSlot, HttpError> {
+pub(crate) fn hold_poll(app: &Arc<App>, remote: ClientAddr) -> Result<ConnSlot, HttpError> {
     place(app, remote, "long poll", ConnLimits::hold)
 }
 
 /// Not while shutting down (503), then `take` a place from the limits.
 fn place(
     app: &Arc<App>,
-    remote: SocketAddr,
+    remote: ClientAddr,
     what: &'static str,
     take: fn(&Arc<ConnLimits>, IpAddr) -> Result<ConnSlot, HttpError>,
 ) -> Result<ConnSlot, HttpError> {
     if app.shutdown.is_cancelled() {
         return Err(HttpError::new(ErrorCode::Unavailable, "server shutting down").retry_after(1));
     }
-    take(&app.limits, remote.ip()).inspect_err(|e| {
+    take(&app.limits, remote.ip).inspect_err(|e| {
         tracing::info!(remote = %remote, reason = %e.message, "{what} refused: limit");
     })
 }
@@ -52,7 +53,7 @@ fn place(
 pub(crate) fn check_origin(
     app: &App,
     headers: &HeaderMap,
-    remote: SocketAddr,
+    remote: ClientAddr,
 ) -> Result<(), HttpError> {
     if let Some(o) = headers.get(header::ORIGIN) {
         let o = o.to_str().unwrap_or("null");
@@ -93,7 +94,7 @@ pub(crate) async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-    remote: SocketAddr,
+    remote: ClientAddr,
     conn_id: &str,
     name: Option<String>,
     trace: crate::trace::TraceId,
@@ -109,7 +110,7 @@ pub(crate) async fn authenticate(
     let token = bearer.or_else(|| query.get("token").map(String::as_str));
     // The keys in force when the handshake began, for every try.
     let auth = app.live().auth.clone();
-    if let Some(hooks) = app.hooks.as_ref().filter(|h| h.settings().connect)
+    if let Some(hooks) = app.hooks().filter(|h| h.settings().connect)
         && (token.is_none() || !auth.takes_tokens())
     {
         let hook = super::connect_hook::Handshake {
@@ -119,7 +120,7 @@ pub(crate) async fn authenticate(
             conn_id,
             trace,
         };
-        let id = hook.ask(hooks).await?;
+        let id = hook.ask(&hooks).await?;
         return admitted(app, id, remote);
     }
     let mut identity = auth.authenticate(token);
@@ -161,7 +162,7 @@ pub(crate) async fn authenticate(
 
 /// The caller an identity (a token's, or the connect hook's) makes, if
 /// no block or revocation stands in its way.
-fn admitted(app: &App, id: crate::auth::Identity, remote: SocketAddr) -> Result<Caller, HttpError> {
+fn admitted(app: &App, id: crate::auth::Identity, remote: ClientAddr) -> Result<Caller, HttpError> {
     // A node-local lookup: the controls are kept current by the engine,
     // not asked for on every handshake.
     app.controls

@@ -7,7 +7,10 @@
 //! its accept until its socket is gone ([`TcpSlot`], so that sockets that
 //! never finish a request, or linger while closing, count too), and on the
 //! real-time connections an address holds ([`ConnSlot`], which also counts
-//! the streams an HTTP/2 connection carries).
+//! the streams an HTTP/2 connection carries). Behind a trusted proxy the
+//! address is the client's (`super::forwarded`): a trusted proxy's own
+//! sockets take no [`TcpSlot`], since every client behind it would share
+//! it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -5,6 +5,7 @@
 pub(crate) mod api;
 pub(crate) mod connect_hook;
 pub(crate) mod error;
+pub(crate) mod forwarded;
 pub(crate) mod handshake;
 pub(crate) mod limits;
 pub(crate) mod linger;

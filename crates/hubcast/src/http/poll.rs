@@ -7,18 +7,18 @@
 //! while polls (or other members) are in it.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::error::HttpError;
+use super::forwarded::ClientAddr;
 use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
 use crate::hub::{Join, Subscriber};
@@ -82,7 +82,7 @@ fn parse_query(q: &[(String, String)]) -> Result<PollQuery, HttpError> {
 /// `GET /api/poll?room=R&since=N&timeout=S[&limit=L]`.
 pub(crate) async fn poll(
     State(app): State<Arc<App>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(remote): Extension<ClientAddr>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, HttpError> {
     let q = parse_query(&q)?;

@@ -4,7 +4,11 @@
 //! - Each accepted socket takes a place under `max_connections_per_ip`
 //!   ([`super::limits::TcpSlot`]) that it keeps until the socket is gone; a
 //!   socket over its address's cap gets its request answered 429, then a
-//!   close.
+//!   close. A trusted proxy's sockets take none: every client behind it
+//!   would share its address's cap; their requests are counted under the
+//!   client's address instead.
+//! - Each request carries its [`super::forwarded::ClientAddr`] (the peer, or the client a
+//!   trusted proxy names, `super::forwarded`), read by the handlers.
 //! - TLS, when configured, is handshaken in the connection's own task,
 //!   bounded by [`TLS_HANDSHAKE_TIMEOUT`].
 //! - hyper must see a request's headers within `header_timeout`, which also
@@ -82,15 +86,21 @@ pub(crate) async fn serve(
         // Frames are small and latency matters: no Nagle delay.
         let _ = tcp.set_nodelay(true);
         let max_message = app.live().config.max_message_bytes;
-        let Some(slot) = app.limits.accept(remote.ip()) else {
-            conns.spawn(refuse(Lingering::new(tcp, None, max_message), http.clone()));
-            continue;
+        let slot = if app.live().proxies.contains(remote.ip()) {
+            None
+        } else {
+            let Some(slot) = app.limits.accept(remote.ip()) else {
+                conns.spawn(refuse(Lingering::new(tcp, None, max_message), http.clone()));
+                continue;
+            };
+            Some(slot)
         };
-        let io = Lingering::new(tcp, Some(slot), max_message);
+        let io = Lingering::new(tcp, slot, max_message);
         let (router, http, shutdown) = (router.clone(), http.clone(), shutdown.clone());
+        let app = app.clone();
         match &tls {
             None => {
-                conns.spawn(connection(io, remote, router, http, shutdown));
+                conns.spawn(connection(io, remote, app, router, http, shutdown));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -100,7 +110,9 @@ pub(crate) async fn serve(
                         r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)) => r,
                     };
                     match done {
-                        Ok(Ok(tls)) => connection(tls, remote, router, http, shutdown).await,
+                        Ok(Ok(tls)) => {
+                            connection(tls, remote, app, router, http, shutdown).await;
+                        }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "tls handshake failed"),
                         Err(_) => tracing::debug!(%remote, "tls handshake timed out"),
                     }
@@ -115,15 +127,20 @@ pub(crate) async fn serve(
 async fn connection<I>(
     io: I,
     remote: SocketAddr,
+    app: Arc<App>,
     router: Router,
     http: Arc<http1::Builder>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Handlers read the remote address as axum's `ConnectInfo`.
+    // Handlers read the peer as axum's `ConnectInfo`, the client as a
+    // `ClientAddr`; the trusted proxies are read per request, so a reload
+    // applies to kept-alive connections too.
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let client = app.live().proxies.client(remote, req.headers());
         req.extensions_mut().insert(ConnectInfo(remote));
+        req.extensions_mut().insert(client);
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let conn = http

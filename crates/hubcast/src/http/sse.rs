@@ -12,12 +12,11 @@
 //! those of `/ws`.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Extension, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,33 +24,14 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::error::HttpError;
+use super::forwarded::ClientAddr;
 use super::handshake::{admit, authenticate, check_origin};
 use super::tap::{Tap, TapGuard, is_message};
 use crate::App;
+use crate::admission;
 use crate::broker::{BrokerError, Recovery};
 use crate::hub::{Join, RoomCommand, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
-
-/// The join hook's word on a room whose rule says `join = "hook"`;
-/// other rooms need none.
-async fn ask_join(
-    app: &App,
-    conn: &str,
-    user: &str,
-    room: &str,
-    trace: crate::trace::TraceId,
-) -> Result<(), (ErrorCode, String)> {
-    if app.live().rules.for_room(room).join != crate::rules::Joiners::Hook {
-        return Ok(());
-    }
-    match &app.hooks {
-        Some(hooks) => hooks.join(conn, user, room, trace).await,
-        None => Err((
-            ErrorCode::Forbidden,
-            format!("cannot join {room}: the join hook decides and no [hooks] url is set"),
-        )),
-    }
-}
 
 /// The parts of an envelope that make its event id.
 #[derive(Deserialize)]
@@ -268,7 +248,7 @@ async fn join(
 /// `GET /sse?rooms=a,b[&since=a:3,b:5][&token=…]`.
 pub(crate) async fn sse(
     State(app): State<Arc<App>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(remote): Extension<ClientAddr>,
     headers: HeaderMap,
     trace: Option<Extension<crate::trace::RequestTrace>>,
     Query(query): Query<HashMap<String, String>>,
@@ -317,18 +297,16 @@ pub(crate) async fn sse(
         })?;
         since.extend(parse_positions(last, "Last-Event-ID")?);
     }
+    // Each room as a WebSocket join is checked (`crate::admission`): a
+    // refused room refuses the stream.
+    let who = admission::Joiner {
+        conn: &conn_id,
+        user: &caller.user,
+        grants: &caller.grants,
+        trace,
+    };
     for room in &rooms {
-        if !caller.grants.allows(&caller.user, room) {
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!("cannot join {room}: not allowed by this token"),
-            ));
-        }
-    }
-    // Then the join hook, for rooms whose rule says so: a refused room
-    // refuses the stream, as a room the token does not allow does.
-    for room in &rooms {
-        ask_join(&app, &conn_id, &caller.user, room, trace)
+        admission::check_join(&app, &who, room)
             .await
             .map_err(|(code, message)| HttpError::new(code, message))?;
     }
@@ -363,29 +341,14 @@ pub(crate) async fn sse(
         if all.contains(&room) {
             continue;
         }
-        let refused = protocol::check_room(&room)
-            .map_err(|m| (ErrorCode::BadRequest, m.to_string()))
-            .and_then(|()| {
-                if !caller.grants.allows(&caller.user, &room) {
-                    Err((
-                        ErrorCode::Forbidden,
-                        format!("cannot join {room}: not allowed by this token"),
-                    ))
-                } else if all.len() >= app.live().config.max_rooms_per_conn {
-                    Err((
-                        ErrorCode::TooManyRooms,
-                        format!(
-                            "a stream may join at most {} rooms",
-                            app.live().config.max_rooms_per_conn
-                        ),
-                    ))
-                } else {
-                    Ok(())
-                }
-            });
-        let refused = match refused {
-            Ok(()) => ask_join(&app, &conn_id, &caller.user, &room, trace).await,
-            Err(e) => Err(e),
+        let max = app.live().config.max_rooms_per_conn;
+        let refused = if all.len() >= max {
+            Err((
+                ErrorCode::TooManyRooms,
+                format!("a stream may join at most {max} rooms"),
+            ))
+        } else {
+            admission::check_join(&app, &who, &room).await
         };
         match refused {
             Ok(()) => all.push(room),

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::error::HttpError;
-use super::users::{bad, object, user_field};
+use super::users::{bad, object, to_every_connection, user_field};
 use crate::App;
 use crate::broker::UserCommand;
 use crate::protocol;
@@ -52,7 +52,6 @@ pub(crate) async fn subscribe<const JOIN: bool>(
     let m = object(&app, &headers, body).await?;
     let user = user_field(&m)?;
     let room = room_field(&m)?;
-    let connections = app.presence.user_status(&user).await?.connections;
     let cmd = if JOIN {
         UserCommand::Subscribe {
             user: user.clone(),
@@ -64,6 +63,6 @@ pub(crate) async fn subscribe<const JOIN: bool>(
             room: room.clone(),
         }
     };
-    app.user_controls.command(cmd).await?;
+    let connections = to_every_connection(&app, &user, cmd).await?;
     Ok(Json(json!({"user": &*user, "room": &*room, "connections": connections})).into_response())
 }

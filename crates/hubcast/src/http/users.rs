@@ -98,15 +98,27 @@ pub(crate) async fn disconnect(
         None | Some(Value::Null | Value::String(_)) => {}
         Some(_) => return Err(bad("`reason` must be a string")),
     }
-    let connections = app.presence.user_status(&user).await?.connections;
     if let Some(Value::String(reason)) = m.get("reason") {
         // The close frame carries a fixed reason; the caller's is logged.
         tracing::info!(user = %user, reason = %reason.chars().take(200).collect::<String>(), "disconnect requested");
     }
-    app.user_controls
-        .command(UserCommand::Disconnect { user: user.clone() })
-        .await?;
+    let connections =
+        to_every_connection(&app, &user, UserCommand::Disconnect { user: user.clone() }).await?;
     Ok(Json(json!({"user": &*user, "connections": connections})).into_response())
+}
+
+/// Sends `cmd` to every connection of `user` on every node (each applies
+/// it in its own task). Returns how many connections the user had open
+/// just before, as `GET /api/users/{user}/status` counts them: the routes
+/// that act on a user's connections answer with it.
+pub(super) async fn to_every_connection(
+    app: &App,
+    user: &str,
+    cmd: UserCommand,
+) -> Result<u32, HttpError> {
+    let connections = app.presence.user_status(user).await?.connections;
+    app.user_controls.command(cmd).await?;
+    Ok(connections)
 }
 
 /// `PUT /api/users/{user}/block`: an optional body `{"ttl"}` (seconds).

@@ -5,11 +5,10 @@
 //! refused handshake is always an HTTP error with a JSON body.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Extension, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -17,6 +16,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper_util::rt::TokioIo;
 
 use super::error::HttpError;
+use super::forwarded::ClientAddr;
 use super::handshake::{admit, authenticate, check_origin, check_user_cap};
 use crate::App;
 use crate::conn::frame::Reader;
@@ -48,7 +48,7 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 /// The upgrade handler.
 pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(remote): Extension<ClientAddr>,
     mut req: Request,
 ) -> Result<Response, HttpError> {
     let slot = admit(&app, remote)?;

@@ -238,3 +238,34 @@ async fn broker_down_means_unavailable_errors_and_not_ready() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[async_trait]
+impl hubcast::broker::WebhookLog for Flaky {
+    async fn enable_webhooks(
+        &self,
+        groups: &[String],
+        delay: std::time::Duration,
+    ) -> Result<(), BrokerError> {
+        self.inner.enable_webhooks(groups, delay).await
+    }
+    async fn append(&self, event: hubcast::broker::WebhookEvent) -> Result<(), BrokerError> {
+        self.check()?;
+        self.inner.append(event).await
+    }
+    async fn promote(&self) -> Result<(), BrokerError> {
+        self.inner.promote().await
+    }
+    async fn lead(&self, group: &str, ttl: std::time::Duration) -> Result<bool, BrokerError> {
+        self.inner.lead(group, ttl).await
+    }
+    async fn read(
+        &self,
+        group: &str,
+        max: usize,
+    ) -> Result<Vec<hubcast::broker::LoggedEvent>, BrokerError> {
+        self.inner.read(group, max).await
+    }
+    async fn ack(&self, group: &str, ids: &[String]) -> Result<(), BrokerError> {
+        self.inner.ack(group, ids).await
+    }
+}

@@ -25,31 +25,62 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<St
     })
 }
 
-fn num(r: &Value, k: &str) -> u64 {
+pub(crate) fn num(r: &Value, k: &str) -> u64 {
     r[k].as_u64()
         .unwrap_or_else(|| panic!("no count `{k}` in {r}"))
 }
 
 #[test]
 fn short_schedule_loses_and_duplicates_nothing() {
+    let (r, stderr, status) = run_faults(&[
+        "--schedule",
+        "short",
+        "--nodes",
+        "3",
+        "--rooms",
+        "2",
+        "--publishers",
+        "2",
+        "--subscribers",
+        "4",
+        "--rate",
+        "10",
+    ]);
+    let faults = &r["faults"];
+    for kind in [
+        "pubsub_kill",
+        "node_kill",
+        "node_stop",
+        "redis_restart",
+        "redis_cut",
+        "client_cut",
+        "delay",
+    ] {
+        assert_eq!(faults[kind], 1, "one {kind}: {r}");
+    }
+    assert!(num(&r, "acked") > 0, "{r}");
+    assert_eq!(num(&r, "lost"), 0, "{r}\n{stderr}");
+    assert_eq!(num(&r, "duplicated"), 0, "{r}\n{stderr}");
+    assert_eq!(num(&r, "out_of_order"), 0, "{r}");
+    assert_eq!(num(&r, "silent_gaps"), 0, "{r}");
+    assert_eq!(num(&r, "presence_ghosts"), 0, "{r}");
+    assert_eq!(num(&r, "presence_missing"), 0, "{r}");
+    // Cut off from Redis, the node said so within seconds, and came back.
+    let not_ready = r["not_ready_after_ms"].as_array().expect("readiness");
+    assert_eq!(not_ready.len(), 1, "{r}");
+    assert!(not_ready[0].as_u64().is_some_and(|ms| ms <= 10_000), "{r}");
+    assert!(r["ready_again_ms"][0].as_u64().is_some(), "{r}");
+    assert_eq!(r["verdict"], "pass", "{r}\n{stderr}");
+    assert!(status.success(), "{r}\n{stderr}");
+}
+
+/// Runs `hubcast bench faults ARGS --json` to its end: its report, its
+/// stderr (the run's log), and how it exited.
+pub(crate) fn run_faults(args: &[&str]) -> (Value, String, std::process::ExitStatus) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
-        .args([
-            "bench",
-            "faults",
-            "--schedule",
-            "short",
-            "--nodes",
-            "3",
-            "--rooms",
-            "2",
-            "--publishers",
-            "2",
-            "--subscribers",
-            "4",
-            "--rate",
-            "10",
-            "--json",
-        ])
+        .args(["bench", "faults"])
+        .args(args)
+        .arg("--json")
         // Its own process group: the nodes and Redis it starts are in it,
         // so a run that hangs can be killed whole.
         .process_group(0)
@@ -81,30 +112,5 @@ fn short_schedule_loses_and_duplicates_nothing() {
     let line = stdout.lines().last().unwrap_or_default();
     let r: Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
-    let faults = &r["faults"];
-    for kind in [
-        "pubsub_kill",
-        "node_kill",
-        "node_stop",
-        "redis_restart",
-        "redis_cut",
-        "client_cut",
-        "delay",
-    ] {
-        assert_eq!(faults[kind], 1, "one {kind}: {r}");
-    }
-    assert!(num(&r, "acked") > 0, "{r}");
-    assert_eq!(num(&r, "lost"), 0, "{r}\n{stderr}");
-    assert_eq!(num(&r, "duplicated"), 0, "{r}\n{stderr}");
-    assert_eq!(num(&r, "out_of_order"), 0, "{r}");
-    assert_eq!(num(&r, "silent_gaps"), 0, "{r}");
-    assert_eq!(num(&r, "presence_ghosts"), 0, "{r}");
-    assert_eq!(num(&r, "presence_missing"), 0, "{r}");
-    // Cut off from Redis, the node said so within seconds, and came back.
-    let not_ready = r["not_ready_after_ms"].as_array().expect("readiness");
-    assert_eq!(not_ready.len(), 1, "{r}");
-    assert!(not_ready[0].as_u64().is_some_and(|ms| ms <= 10_000), "{r}");
-    assert!(r["ready_again_ms"][0].as_u64().is_some(), "{r}");
-    assert_eq!(r["verdict"], "pass", "{r}\n{stderr}");
-    assert!(status.success(), "{r}\n{stderr}");
+    (r, stderr, status)
 }

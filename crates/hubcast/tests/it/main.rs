@@ -12,6 +12,7 @@
 #[macro_use]
 mod common;
 
+mod admission;
 mod api;
 mod auth;
 mod bad_input;
@@ -38,12 +39,14 @@ mod otlp;
 mod poll;
 mod presence_storm;
 mod protocol;
+mod proxies;
 mod recovery;
 mod redis_cluster;
 mod redis_ghosts;
 mod redis_oom;
 mod redis_outage;
 mod redis_timeout;
+mod rolling;
 mod rules;
 mod settings;
 mod sse;
@@ -53,4 +56,5 @@ mod tls;
 mod tracing;
 mod validation;
 mod web;
+mod webhooks;
 mod write_delay;

@@ -319,6 +319,55 @@ async fn sighup_swaps_api_keys_and_jwt_secrets_and_open_connections_stay() {
     assert!(status.success(), "{status:?}\n{log}");
 }
 
+/// `[hooks]` reloads: a SIGHUP that adds the table turns rpc on for the
+/// open connection, one that changes the secret signs with the new one,
+/// and one that removes it turns rpc off again.
+#[tokio::test]
+async fn sighup_adds_changes_and_removes_the_backend_hooks() {
+    use crate::hooks::{Answer, Backend, SECRET};
+    let backend = Backend::start(|_| Answer::Json(json!({"data": "from the backend"}))).await;
+    let base = "listen = \"127.0.0.1:0\"\nanonymous = true\n";
+    let file = scratch("reload-hooks", base);
+    let mut node = Node::start(&file, &[]).await;
+    let mut c = Client::connect(&node.ws(None)).await;
+    let rpc = json!({"type":"rpc","method":"m","data":1});
+    let off = c.call(rpc.clone()).await;
+    assert_eq!(off["code"], "forbidden", "{off}");
+
+    let hooks = |secret: &str| {
+        format!(
+            "{base}[hooks]\nurl = \"{}\"\nsecret = \"{secret}\"\nrpc = true\n",
+            backend.url
+        )
+    };
+    std::fs::write(&file, hooks(SECRET)).unwrap();
+    node.signal("-HUP");
+    let done = node.wait_log("settings reloaded").await;
+    assert!(done.contains("hooks"), "{done}");
+    let on = c.call(rpc.clone()).await;
+    assert_eq!(on["data"], "from the backend", "{on}");
+    backend.assert_all_signed();
+
+    // Another secret: the backend's check (with the old one) fails.
+    std::fs::write(&file, hooks("another-secret-0123456789")).unwrap();
+    node.signal("-HUP");
+    node.wait_log("settings reloaded").await;
+    let refused = c.call(rpc.clone()).await;
+    assert_eq!(refused["error"]["code"], "unavailable", "{refused}");
+
+    std::fs::write(&file, base).unwrap();
+    node.signal("-HUP");
+    node.wait_log("settings reloaded").await;
+    let off = c.call(rpc).await;
+    assert_eq!(off["code"], "forbidden", "{off}");
+    // The one request signed with the secret the backend holds; the other
+    // failed its check, and none came after the removal.
+    assert_eq!(backend.seen_of("rpc").len(), 1);
+    node.signal("-TERM");
+    let (status, log) = node.exit().await;
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
 #[tokio::test]
 async fn a_bad_file_on_sighup_changes_nothing_and_is_logged() {
     let key = "the-api-key-0123456789";

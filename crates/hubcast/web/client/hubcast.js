@@ -148,6 +148,15 @@ export class Room extends Emitter {
   /** A member-list fetch after a presence `sync` is under way. */
   #syncing = false;
   #syncAgain = false;
+  /** Member lists on their way (a join's, a presence fetch's), and the
+   * changes applied since the oldest of them was asked for. A list is read
+   * on the server before the reply is queued, and changes fanned out in
+   * between reach us before it: each list is brought up to date with the
+   * changes that arrived after it was asked for. */
+  #lists = 0;
+  #changes = [];
+  /** Counts connections: a list asked for on an earlier one never comes. */
+  #generation = 0;
 
   constructor(hc, name, opts) {
     super();
@@ -181,9 +190,30 @@ export class Room extends Emitter {
 
   /** The room's presence, fresh from the server: the members list. */
   async presence() {
-    const reply = await this.#hc._request({ type: 'presence', room: this.name });
-    this.#setMembers(reply.members, reply.total);
-    return reply.members;
+    const ask = this.#asked();
+    let reply;
+    try {
+      reply = await this.#hc._request({ type: 'presence', room: this.name });
+    } catch (err) {
+      this.#answered(ask);
+      throw err;
+    }
+    if (ask.generation === this.#generation) this.#setMembers(reply.members, reply.total, ask.mark);
+    this.#answered(ask);
+    return [...this.members.values()];
+  }
+
+  /** A member list was asked for: where its catch-up starts. */
+  #asked() {
+    this.#lists += 1;
+    return { mark: this.#changes.length, generation: this.#generation };
+  }
+
+  /** A member list came (or never will). */
+  #answered(ask) {
+    if (ask.generation !== this.#generation) return;
+    this.#lists -= 1;
+    if (this.#lists === 0) this.#changes = [];
   }
 
   /** Leaves the room; messages stop. */
@@ -193,6 +223,7 @@ export class Room extends Emitter {
 
   /** The `join` frame for a (re)join. */
   _joinFrame() {
+    this._joinAsk = this.#asked();
     const f = { type: 'join', room: this.name };
     if (this.offset !== undefined) {
       f.since = this.offset;
@@ -207,7 +238,10 @@ export class Room extends Emitter {
     const stash = this.#stash;
     this.#stash = null;
     this.joined = true;
-    this.#setMembers(frame.members || [], frame.total);
+    const ask = this._joinAsk;
+    this._joinAsk = undefined;
+    this.#setMembers(frame.members || [], frame.total, ask?.mark);
+    if (ask !== undefined) this.#answered(ask);
     if (frame.recovered === false) {
       const info = { since, epoch: frame.epoch, offset: frame.offset, previousEpoch: this.epoch };
       this.epoch = frame.epoch;
@@ -268,6 +302,12 @@ export class Room extends Emitter {
   }
 
   #apply(frame) {
+    if (this.#lists > 0) this.#changes.push(frame);
+    this.#change(frame);
+    this.emit('presence', frame);
+  }
+
+  #change(frame) {
     if (frame.action === 'leave') {
       if (this.members.delete(frame.user)) this.total = Math.max(0, this.total - 1);
     } else {
@@ -280,12 +320,14 @@ export class Room extends Emitter {
         connections: had?.connections ?? 1,
       });
     }
-    this.emit('presence', frame);
   }
 
-  #setMembers(list, total) {
+  /** A member list from the server; `mark` (where its catch-up starts)
+   * when this client asked for it. */
+  #setMembers(list, total, mark) {
     this.members = new Map(list.map((m) => [m.user, m]));
     this.total = total ?? list.length;
+    if (mark !== undefined) for (const c of this.#changes.slice(mark)) this.#change(c);
     this.emit('members', [...this.members.values()]);
   }
 
@@ -355,6 +397,11 @@ export class Room extends Emitter {
   _disconnected() {
     this.joined = false;
     this.#stash = null;
+    // Lists asked for on the lost connection never come.
+    this.#generation += 1;
+    this.#lists = 0;
+    this.#changes = [];
+    this._joinAsk = undefined;
   }
 
   _dispose() {

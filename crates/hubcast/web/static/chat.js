@@ -350,15 +350,26 @@ $('status').onchange = () => {
 $('logout').onclick = () => {
   hc?.close();
   store.set('name', null);
+  store.set('cookie', null);
   store.set('rooms', null);
   sessionStorage.removeItem('hubcast.token');
   location.reload();
 };
 
+// Signed in by the application's backend (its session cookie, which the
+// handshake carries to hubcast's `connect` hook; examples/backend): no
+// name and no token, the backend says who this is.
+if (new URLSearchParams(location.search).get('signin') === 'cookie') {
+  store.set('cookie', '1');
+  history.replaceState(null, '', location.pathname);
+}
 // Signed in before in this browser: connect again.
 const savedName = store.get('name');
 const savedToken = sessionStorage.getItem('hubcast.token');
-if (savedName || savedToken) {
+if (store.get('cookie')) {
+  const rooms = JSON.parse(store.get('rooms') || '[]');
+  start({ room: rooms[0] || 'lobby' });
+} else if (savedName || savedToken) {
   const rooms = JSON.parse(store.get('rooms') || '[]');
   start({ name: savedName, token: savedToken, room: rooms[0] || 'lobby' });
 } else {

@@ -57,3 +57,61 @@ test('a join storm: batched presence events keep the member list whole', async (
   const frameCount = frames.filter((f) => f.type === 'presence').length;
   console.log(`${JOINERS} joins: the plain socket got ${frameCount} presence frames (${paced.length} batch/sync); the client ${joins.size} join events, ${syncs} syncs`);
 });
+
+/** A WebSocket stand-in whose server is `script(frame, reply)`: each frame
+ * the client sends is handed to it, and it answers with `reply(frame)`. */
+function scriptedSocket(script) {
+  return class {
+    constructor() {
+      this.readyState = 1;
+      queueMicrotask(() => this.#reply({ type: 'welcome', connId: 'c1', user: 'me', node: 'n1', heartbeat: 60 }));
+    }
+    #reply(f) {
+      this.onmessage?.({ data: JSON.stringify(f) });
+    }
+    send(text) {
+      const f = JSON.parse(text);
+      queueMicrotask(() => script(f, (r) => this.#reply(r)));
+    }
+    close() {
+      this.readyState = 3;
+    }
+  };
+}
+
+// The server reads a member list before it queues the reply, and changes
+// fanned out in between arrive first: the list is brought up to date
+// with them, so the client's members are never behind the server's.
+test('changes that overtake a member list are not lost to it', async () => {
+  const script = (f, reply) => {
+    if (f.type === 'join') {
+      // `late` joins and `gone` leaves after the list was read.
+      reply({ type: 'presence', room: 'r', action: 'join', user: 'late', name: 'Late', status: 'online' });
+      reply({ type: 'presence', room: 'r', action: 'leave', user: 'gone' });
+      reply({
+        type: 'joined', id: f.id, room: 'r', epoch: 'e', offset: 0,
+        members: [{ user: 'gone', name: 'Gone', status: 'online', connections: 1 }], total: 1,
+      });
+    } else if (f.type === 'presence') {
+      reply({ type: 'presence', room: 'r', action: 'batch', events: [
+        { action: 'join', user: 'x', name: 'X', status: 'online' },
+        { action: 'leave', user: 'late', name: 'Late', status: 'online' },
+      ] });
+      reply({
+        type: 'presence', id: f.id, room: 'r',
+        members: [{ user: 'late', name: 'Late', status: 'online', connections: 1 }], total: 1,
+      });
+    }
+  };
+  const hc = new Hubcast('ws://scripted/ws', { ...fast, WebSocket: scriptedSocket(script) });
+  cleanup.push(() => hc.close());
+  const room = await hc.join('r');
+  assert.deepEqual([...room.members.keys()], ['late'], 'the join list caught up');
+  assert.equal(room.total, 1);
+  const list = await room.presence();
+  assert.deepEqual([...room.members.keys()], ['x'], 'the fetched list caught up');
+  assert.deepEqual(list.map((m) => m.user), ['x']);
+  // Once nothing is on its way, changes are applied and not kept.
+  room._onPresence({ type: 'presence', room: 'r', action: 'join', user: 'y', name: 'Y', status: 'online' });
+  assert.deepEqual([...room.members.keys()].sort(), ['x', 'y']);
+});

@@ -80,17 +80,23 @@ pub(crate) struct Subscriber {
     pub log: Arc<Mutex<SubLog>>,
 }
 
+/// Subscribers joining their rooms at the same time while the run starts.
+const JOINING_AT_ONCE: usize = 50;
+
 /// The client settings of the run: quick to notice a dead link and to
-/// come back, so faults of seconds show as reconnects.
-fn options(name: String) -> Options {
+/// come back, so faults of seconds show as reconnects. `patient`: no link
+/// is cut (the rolling schedule), so a slow answer is only slow, not a
+/// dead link, and the client waits as an application's would.
+fn options(name: String, patient: bool) -> Options {
+    let (connect, ping, pong) = if patient { (10, 5, 10) } else { (3, 1, 2) };
     Options {
         name: Some(name),
         min_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(1),
         stable_after: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(3),
-        ping_interval: Duration::from_secs(1),
-        ping_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(connect),
+        ping_interval: Duration::from_secs(ping),
+        ping_timeout: Duration::from_secs(pong),
         publish_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(5),
         ..Options::default()
@@ -116,18 +122,20 @@ impl Drop for Clients {
 }
 
 impl Clients {
-    /// Subscriber `i` connects to `urls[i % n]` and joins every room.
+    /// Subscriber `i` connects to `urls[i % n]` and joins every room;
+    /// [`JOINING_AT_ONCE`] of them at a time.
     pub(crate) async fn subscribe(
         urls: &[String],
         count: usize,
         rooms: &[String],
+        patient: bool,
     ) -> anyhow::Result<Clients> {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut subscribers = Vec::new();
         for i in 0..count {
             let url = &urls[i % urls.len()];
-            let (client, mut events) = Client::connect(url, options(format!("sub{i}")));
+            let (client, mut events) = Client::connect(url, options(format!("sub{i}"), patient));
             let log = Arc::new(Mutex::new(SubLog::default()));
             let (l, c) = (log.clone(), cancel.clone());
             tasks.spawn(async move {
@@ -140,17 +148,25 @@ impl Clients {
                     record(&mut lock(&l), ev);
                 }
             });
-            for room in rooms {
-                let j = tokio::time::timeout(Duration::from_secs(20), client.join(room))
-                    .await
-                    .with_context(|| format!("subscriber {i}: join {room}: timeout"))?
-                    .with_context(|| format!("subscriber {i}: join {room}"))?;
-                let mut g = lock(&log);
-                let r = g.rooms.entry(room.clone()).or_default();
-                r.start = Some((j.epoch.clone(), j.offset));
-                r.pos.get_or_insert((j.epoch, j.offset));
-            }
             subscribers.push(Subscriber { client, log });
+        }
+        for batch in subscribers.chunks(JOINING_AT_ONCE) {
+            let joins = batch.iter().enumerate().map(|(i, s)| async move {
+                for room in rooms {
+                    let j = tokio::time::timeout(Duration::from_secs(20), s.client.join(room))
+                        .await
+                        .with_context(|| format!("subscriber {i}: join {room}: timeout"))?
+                        .with_context(|| format!("subscriber {i}: join {room}"))?;
+                    let mut g = lock(&s.log);
+                    let r = g.rooms.entry(room.clone()).or_default();
+                    r.start = Some((j.epoch.clone(), j.offset));
+                    r.pos.get_or_insert((j.epoch, j.offset));
+                }
+                anyhow::Ok(())
+            });
+            for r in futures_util::future::join_all(joins).await {
+                r?;
+            }
         }
         Ok(Clients {
             subscribers,
@@ -171,11 +187,12 @@ impl Clients {
         rooms: &[String],
         rate: f64,
         run: &str,
+        patient: bool,
     ) {
         let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
         for j in 0..count {
             let url = &urls[(j + 1) % urls.len()];
-            let (client, mut events) = Client::connect(url, options(format!("pub{j}")));
+            let (client, mut events) = Client::connect(url, options(format!("pub{j}"), patient));
             let client = Arc::new(client);
             self.publishers.push(client.clone());
             // Nobody reads a publisher's events; they are drained so the

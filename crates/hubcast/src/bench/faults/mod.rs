@@ -7,6 +7,8 @@
 //! - `nodes`: `hubcast serve` children, each behind a proxy to Redis and a
 //!   proxy from its clients;
 //! - `schedule`: the faults, injected, held, healed and logged;
+//! - `balancer`, `rolling`: the rolling schedule's load balancer (round
+//!   robin over the nodes whose `/readyz` is 200) and its restarts;
 //! - `clients`: subscribers recording every delivery and every gap they
 //!   were told of, publishers recording every ack (one msgId per message,
 //!   however often it is sent);
@@ -18,12 +20,14 @@
 //! the lease, a node cut off from Redis stayed ready, or (long runs) a
 //! node's memory kept growing.
 
+mod balancer;
 mod check;
 mod clients;
 mod nodes;
 mod proxy;
 mod redis;
 mod report;
+mod rolling;
 mod schedule;
 
 use std::collections::HashMap;
@@ -48,7 +52,7 @@ pub(crate) struct FaultsArgs {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// `short`: one of each fault, about a minute; `long`: random faults
-    /// for --seconds.
+    /// for --seconds; `rolling`: a rolling restart behind a load balancer.
     #[arg(long, value_enum, default_value = "short")]
     schedule: Schedule,
     /// Length of a long schedule, seconds (a short one takes what it takes).
@@ -72,6 +76,18 @@ pub(crate) struct FaultsArgs {
     /// Presence lease of the nodes, seconds (SIGSTOP holds a node past it).
     #[arg(long, default_value_t = 5)]
     lease: u64,
+    /// Rolling schedule: node restarts, round the nodes in turn (default:
+    /// each node once).
+    #[arg(long)]
+    restarts: Option<usize>,
+    /// Rolling schedule: the nodes' `--drain-delay`, seconds (longer than
+    /// the balancer's health check interval, 250 ms).
+    #[arg(long, default_value_t = 1)]
+    drain_delay: u64,
+    /// Rolling schedule: the nodes' `--shutdown-timeout`, seconds (their
+    /// 1001 closes are spread over most of it).
+    #[arg(long, default_value_t = 5)]
+    shutdown_timeout: u64,
 }
 
 /// Runs the scenario: its report, and whether it passed.
@@ -112,10 +128,19 @@ async fn scenario(
     dir: &Path,
 ) -> anyhow::Result<(Map<String, Value>, bool)> {
     let t0 = Instant::now();
-    let redis = redis::Redis::start(&dir.join("redis")).await?;
+    let fsync_always = a.schedule != Schedule::Rolling;
+    let redis = redis::Redis::start(&dir.join("redis"), fsync_always).await?;
+    let node_drain = rolling::Drain {
+        delay_s: a.drain_delay,
+        shutdown_timeout_s: a.shutdown_timeout,
+    };
+    let serve_args = match a.schedule {
+        Schedule::Rolling => node_drain.args(),
+        _ => Vec::new(),
+    };
     let mut nodes = Vec::new();
     for k in 0..a.nodes {
-        nodes.push(nodes::Node::start(k, redis.addr, run_id, a.lease, dir).await?);
+        nodes.push(nodes::Node::start(k, redis.addr, run_id, a.lease, dir, &serve_args).await?);
     }
     let pids = Arc::new(Mutex::new(
         nodes.iter().map(nodes::Node::pid).collect::<Vec<_>>(),
@@ -128,12 +153,24 @@ async fn scenario(
         t0,
     };
     let memory = Memory::start(pids, t0);
-    let urls: Vec<String> = cluster.nodes.iter().map(nodes::Node::ws_url).collect();
+    // Rolling: every client goes through the balancer, as behind HAProxy.
+    let balancer = match a.schedule {
+        Schedule::Rolling => {
+            let listen: Vec<_> = cluster.nodes.iter().map(|n| n.listen).collect();
+            Some(balancer::Balancer::start(&listen).await?)
+        }
+        _ => None,
+    };
+    let urls: Vec<String> = match &balancer {
+        Some(b) => vec![b.ws_url()],
+        None => cluster.nodes.iter().map(nodes::Node::ws_url).collect(),
+    };
     let rooms: Vec<String> = (0..a.rooms)
         .map(|r| format!("faults.{run_id}.r{r}"))
         .collect();
-    let mut clients = Clients::subscribe(&urls, a.subscribers, &rooms).await?;
-    clients.publish(&urls, a.publishers, &rooms, a.rate, run_id);
+    let patient = a.schedule == Schedule::Rolling;
+    let mut clients = Clients::subscribe(&urls, a.subscribers, &rooms, patient).await?;
+    clients.publish(&urls, a.publishers, &rooms, a.rate, run_id, patient);
     eprintln!(
         "[{:7.1}s] {} nodes, {} subscribers, {} publishers over {} rooms; seed {seed}",
         t0.elapsed().as_secs_f64(),
@@ -146,6 +183,7 @@ async fn scenario(
 
     let mut rng = Rng::new(seed);
     let mut injected: Vec<Injected> = Vec::new();
+    let schedule_start = Instant::now();
     match a.schedule {
         Schedule::Short => {
             for (i, kind) in ALL.iter().enumerate() {
@@ -164,7 +202,24 @@ async fn scenario(
                 tokio::time::sleep(Duration::from_secs(rng.range(3, 10))).await;
             }
         }
+        Schedule::Rolling => {
+            if let Some(b) = &balancer {
+                for i in 0..a.restarts.unwrap_or(a.nodes) {
+                    injected.push(cluster.roll(i % a.nodes, b, node_drain).await?);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
     }
+    // Per node: the most connections it was handed within one second, and
+    // within 100 ms (a burst a second's count smooths over), while the
+    // schedule ran (the clients' first connections excluded).
+    let peak_reconnects = balancer.as_ref().map(|b| {
+        (
+            b.peak(schedule_start, Duration::from_secs(1)),
+            b.peak(schedule_start, Duration::from_millis(100)),
+        )
+    });
     let last_heal = Instant::now();
     let publishing_s = t0.elapsed().as_secs_f64();
     eprintln!("[{publishing_s:7.1}s] publishing stops");
@@ -202,6 +257,7 @@ async fn scenario(
     let reconnects: u64 = logs.iter().map(|l| l.welcomes.saturating_sub(1)).sum();
     let unreadable: u64 = logs.iter().map(|l| l.unreadable).sum();
     drop(clients);
+    drop(balancer);
     drop(cluster);
 
     let judge_memory = a.schedule == Schedule::Long && a.seconds >= 300;
@@ -221,6 +277,7 @@ async fn scenario(
         presence: &presence,
         rss: &rss,
         judge_memory,
+        peak_reconnects: peak_reconnects.as_ref().map(|(s, t)| (&s[..], &t[..])),
     };
     Ok(r.build())
 }

@@ -61,13 +61,14 @@ impl Drop for Node {
 
 impl Node {
     /// Starts node `k` on Redis at `redis` (through a proxy), keys under
-    /// `prefix`, its log in `dir`.
+    /// `prefix`, its log in `dir`, with `extra` arguments to `serve`.
     pub(crate) async fn start(
         k: usize,
         redis: SocketAddr,
         prefix: &str,
         lease: u64,
         dir: &std::path::Path,
+        extra: &[String],
     ) -> anyhow::Result<Node> {
         let listen = free_port()?;
         let redis_link = Proxy::start(redis).await?;
@@ -85,6 +86,7 @@ impl Node {
             "--presence-lease".into(),
             lease.to_string(),
         ];
+        let args = [args, extra.to_vec()].concat();
         let mut node = Node {
             k,
             listen,
@@ -144,7 +146,36 @@ impl Node {
         self.wait_ready(Duration::from_secs(20)).await
     }
 
-    /// Sends a signal (`STOP`, `CONT`) with kill(1).
+    /// SIGTERM, as a rolling deploy stops a node, and waits (at most
+    /// `within`) for it to exit: how it exited, and after how long. One
+    /// that does not exit in time is killed, and that is an error.
+    pub(crate) async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        self.signal("TERM")?;
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < within {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Ok((status, start.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+        bail!("node {} did not exit within {within:?} of SIGTERM", self.k)
+    }
+
+    /// Starts it again on the same port after it exited, and waits until
+    /// it is ready.
+    pub(crate) async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`) with kill(1).
     pub(crate) fn signal(&self, sig: &str) -> anyhow::Result<()> {
         let Some(pid) = self.pid() else {
             bail!("node {} is not running", self.k);

@@ -1,6 +1,9 @@
 //! The run's private Redis: its own port and directory, the append-only
 //! file on and fsynced on every write, so a SIGKILL loses nothing that was
 //! acknowledged and a restart brings the rooms' streams and epochs back.
+//! A schedule that never stops Redis (`rolling`) fsyncs once a second
+//! instead: an fsync per write costs milliseconds on some disks, which
+//! would measure the disk rather than the nodes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,8 @@ use anyhow::{Context as _, bail};
 pub(crate) struct Redis {
     pub addr: SocketAddr,
     dir: PathBuf,
+    /// `appendfsync always` (else `everysec`).
+    fsync_always: bool,
     child: Option<Child>,
 }
 
@@ -24,12 +29,13 @@ impl Drop for Redis {
 
 impl Redis {
     /// Starts `redis-server` on a free loopback port, its files in `dir`.
-    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Redis> {
+    pub(crate) async fn start(dir: &Path, fsync_always: bool) -> anyhow::Result<Redis> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let addr = crate::bench::nodes::free_port()?;
         let mut redis = Redis {
             addr,
             dir: dir.to_path_buf(),
+            fsync_always,
             child: None,
         };
         redis.restart().await?;
@@ -59,7 +65,11 @@ impl Redis {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                if self.fsync_always {
+                    "always"
+                } else {
+                    "everysec"
+                },
                 "--save",
                 "",
                 "--protected-mode",

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::check::Tally;
-use super::schedule::{ALL, Injected};
+use super::schedule::{ALL, Injected, Kind, Schedule};
 use super::{FaultsArgs, Presence, Series};
 use crate::bench::round;
 
@@ -32,6 +32,10 @@ pub(crate) struct Report<'a> {
     pub presence: &'a Presence,
     pub rss: &'a [Series],
     pub judge_memory: bool,
+    /// Rolling schedule: per node, the most connections the balancer
+    /// handed it within one second, and within 100 ms, while the schedule
+    /// ran.
+    pub peak_reconnects: Option<(&'a [u64], &'a [u64])>,
 }
 
 /// One node's memory: first and last RSS (MiB), and the fitted growth over
@@ -121,6 +125,25 @@ impl Report<'_> {
                 self.presence.missing
             ));
         }
+        let rolling = a.schedule == Schedule::Rolling;
+        if rolling && t.told > 0 {
+            // Recovery covers a rolling restart whole: no client may be
+            // told it missed anything.
+            failures.push(format!(
+                "clients told {} times that messages were missed (unrecovered)",
+                t.told
+            ));
+        }
+        let unclean = self
+            .injected
+            .iter()
+            .filter(|i| i.clean_exit == Some(false))
+            .count();
+        if unclean > 0 {
+            failures.push(format!(
+                "{unclean} nodes exited with an error after SIGTERM"
+            ));
+        }
         let cuts: Vec<_> = self.injected.iter().filter_map(|i| i.readiness).collect();
         for r in &cuts {
             match r.not_ready_after_ms {
@@ -143,7 +166,7 @@ impl Report<'_> {
         }
 
         let mut by_kind = Map::new();
-        for kind in ALL {
+        for kind in ALL.into_iter().chain([Kind::Restart]) {
             let n = self.injected.iter().filter(|i| i.kind == kind).count();
             by_kind.insert(kind.name().into(), json!(n));
         }
@@ -181,6 +204,20 @@ impl Report<'_> {
         put("excused", json!(t.excused));
         put("conflicting_acks", json!(t.conflicting_acks));
         put("reconnects", json!(self.reconnects));
+        if let Some((peak, burst)) = self.peak_reconnects {
+            put("restarts", json!(self.injected.len()));
+            put("drain_delay_s", json!(a.drain_delay));
+            put("shutdown_timeout_s", json!(a.shutdown_timeout));
+            put(
+                "peak_reconnects_per_s",
+                json!(peak.iter().copied().max().unwrap_or(0)),
+            );
+            put("peak_reconnects_per_s_by_node", json!(peak));
+            put(
+                "peak_reconnects_per_100ms",
+                json!(burst.iter().copied().max().unwrap_or(0)),
+            );
+        }
         put("unreadable", json!(self.unreadable));
         put("caught_up", json!(self.drained));
         put("presence_ghosts", json!(self.presence.ghosts));

@@ -20,6 +20,10 @@ pub(crate) enum Schedule {
     Short,
     /// Faults drawn at random (seeded) until `--seconds` pass.
     Long,
+    /// A rolling deploy behind a load balancer: each node in turn stopped
+    /// with SIGTERM (drain), started again, back in rotation; `--restarts`
+    /// of them (`rolling`).
+    Rolling,
 }
 
 /// A kind of fault.
@@ -39,6 +43,8 @@ pub(crate) enum Kind {
     ClientCut,
     /// Delay a node's links, to Redis and to its clients.
     Delay,
+    /// SIGTERM a node (it drains), start it again (`rolling`).
+    Restart,
 }
 
 /// Every kind, in the short schedule's order.
@@ -62,6 +68,7 @@ impl Kind {
             Kind::RedisCut => "redis_cut",
             Kind::ClientCut => "client_cut",
             Kind::Delay => "delay",
+            Kind::Restart => "rolling_restart",
         }
     }
 }
@@ -120,6 +127,8 @@ pub(crate) struct Injected {
     pub healed_s: f64,
     pub detail: String,
     pub readiness: Option<Readiness>,
+    /// How a node stopped with SIGTERM exited: with 0 (a restart only).
+    pub clean_exit: Option<bool>,
 }
 
 impl Injected {
@@ -132,6 +141,9 @@ impl Injected {
         });
         if let Some(k) = self.node {
             v["node"] = json!(k);
+        }
+        if let Some(ok) = self.clean_exit {
+            v["clean_exit"] = json!(ok);
         }
         if let Some(r) = self.readiness {
             v["not_ready_after_ms"] = json!(r.not_ready_after_ms);
@@ -154,7 +166,7 @@ struct Holds {
 fn holds(schedule: Schedule, rng: &mut Rng) -> Holds {
     let s = Duration::from_secs;
     match schedule {
-        Schedule::Short => Holds {
+        Schedule::Short | Schedule::Rolling => Holds {
             kill_down: s(2),
             redis_down: s(1),
             cut: s(6),
@@ -174,11 +186,11 @@ fn holds(schedule: Schedule, rng: &mut Rng) -> Holds {
 }
 
 impl Cluster {
-    fn since(&self) -> f64 {
+    pub(super) fn since(&self) -> f64 {
         self.t0.elapsed().as_secs_f64()
     }
 
-    fn note_pids(&self) {
+    pub(super) fn note_pids(&self) {
         let pids = self.nodes.iter().map(Node::pid).collect();
         *lock(&self.pids) = pids;
     }
@@ -275,6 +287,10 @@ impl Cluster {
                 n.client_link.set(Link::default());
                 format!("clients' link blackholed for {:?}", h.client_cut)
             }
+            Kind::Restart => {
+                // It needs the balancer's rotation: `Cluster::roll`.
+                anyhow::bail!("a rolling restart is not a fault of this schedule");
+            }
             Kind::Delay => {
                 let n = &self.nodes[k];
                 let link = Link {
@@ -304,6 +320,7 @@ impl Cluster {
             healed_s,
             detail,
             readiness,
+            clean_exit: None,
         })
     }
 }

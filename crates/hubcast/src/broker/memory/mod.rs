@@ -19,6 +19,7 @@ mod log;
 mod presence;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -78,6 +79,10 @@ pub struct MemoryBroker {
     tombs: Mutex<Tombs>,
     /// Presence and user status.
     presence: Mutex<PresenceState>,
+    /// Webhook events (taken after `presence` when both are held).
+    events: Mutex<webhooks::EventLog>,
+    /// Webhooks are on: without, presence changes never touch `events`.
+    webhooks_on: std::sync::atomic::AtomicBool,
     /// Where publications and presence events go.
     handler: OnceLock<Weak<dyn BrokerHandler>>,
     /// Where user controls go: one node, so only here.
@@ -120,6 +125,8 @@ impl MemoryBroker {
             hasher: RandomState::new(),
             tombs: Mutex::new(Tombs::new()),
             presence: Mutex::new(PresenceState::default()),
+            events: Mutex::default(),
+            webhooks_on: std::sync::atomic::AtomicBool::new(false),
             handler: OnceLock::new(),
             controls: OnceLock::new(),
             blocks: Mutex::new(HashMap::new()),

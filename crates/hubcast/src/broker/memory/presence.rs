@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{MAX_OFFLINE_USERS, MemoryBroker};
 use crate::broker::{
-    BrokerError, ClientInfo, PresenceEvent, PresenceManager, PresencePage, UserStatus,
+    BrokerError, ClientInfo, EventType, PresenceEvent, PresenceManager, PresencePage, UserStatus,
 };
 use crate::lock;
 use crate::protocol::{Member, PresenceAction, Status};
@@ -84,6 +84,7 @@ impl PresenceManager for MemoryBroker {
         // The room's name is allocated once, for its first member.
         let name = shared_key(&p.rooms, room);
         let members = p.rooms.entry(name.clone()).or_default();
+        let occupied = members.is_empty();
         let first = match members.entry(client.user.clone()) {
             Entry::Occupied(mut e) => {
                 let m = e.get_mut();
@@ -104,6 +105,12 @@ impl PresenceManager for MemoryBroker {
             .or_insert_with(|| Box::new(UserState::new()));
         user.rooms.insert(name);
         let status = user.status;
+        if first && let Some(mut log) = self.event_log() {
+            if occupied {
+                log.occupied(room);
+            }
+            log.member(EventType::MemberJoined, room, &client.user);
+        }
         if first {
             // Emitted under the presence lock so events keep their order.
             self.emit(
@@ -132,8 +139,15 @@ impl PresenceManager for MemoryBroker {
         }
         let name = member.name.clone();
         members.remove(&client.user);
-        if members.is_empty() {
+        let vacated = members.is_empty();
+        if vacated {
             p.rooms.remove(room);
+        }
+        if let Some(mut log) = self.event_log() {
+            log.member(EventType::MemberLeft, room, &client.user);
+            if vacated {
+                log.vacated(room);
+            }
         }
         let status = match p.users.get_mut(&client.user) {
             Some(u) => {
@@ -193,6 +207,9 @@ impl PresenceManager for MemoryBroker {
             .or_insert_with(|| Box::new(UserState::new()));
         if user.connections == 0 {
             user.status = Status::Online;
+            if let Some(mut log) = self.event_log() {
+                log.online(&client.user);
+            }
         }
         user.connections += 1;
         user.offline_since = None;
@@ -208,6 +225,9 @@ impl PresenceManager for MemoryBroker {
         user.connections = user.connections.saturating_sub(1);
         if user.connections > 0 {
             return Ok(());
+        }
+        if let Some(mut log) = self.event_log() {
+            log.offline(&client.user);
         }
         if client.ephemeral && user.rooms.is_empty() {
             // Nobody can connect as this user again: nothing to remember.

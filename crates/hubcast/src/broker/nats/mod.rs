@@ -37,6 +37,7 @@ mod kv;
 mod live;
 mod presence;
 mod stream;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -145,6 +145,7 @@ impl RedisBroker {
             lease: settings.lease,
             registry: std::sync::Mutex::new(Registry::default()),
             leased: AtomicBool::new(false),
+            webhook_delay_ms: std::sync::atomic::AtomicI64::new(-1),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();

@@ -50,6 +50,23 @@ impl Keys {
     pub(super) fn reap_lock(&self, node: &str) -> String {
         format!("{}:reap:{}", self.prefix, node)
     }
+    /// Stream: webhook events, read by one consumer group per webhook.
+    pub(super) fn webhook_stream(&self) -> String {
+        format!("{}:wh:s", self.prefix)
+    }
+    /// Sorted set: pending (delayed) webhook events, `r\n<room>` or
+    /// `u\n<user>` → due time (Unix ms).
+    pub(super) fn webhook_pending(&self) -> String {
+        format!("{}:wh:z", self.prefix)
+    }
+    /// Hash: a pending event's member → when it happened (Unix ms).
+    pub(super) fn webhook_pending_time(&self) -> String {
+        format!("{}:wh:t", self.prefix)
+    }
+    /// String: the node delivering a webhook (its lease).
+    pub(super) fn webhook_lease(&self, group: &str) -> String {
+        format!("{}:wh:l:{group}", self.prefix)
+    }
     /// The room of a channel name, when it is one of ours.
     pub(super) fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel

@@ -10,6 +10,11 @@ use tokio::sync::mpsc;
 
 use super::COMMAND_TIMEOUT;
 
+/// Channels per `SUBSCRIBE` on the plain connection: a wave of joins or a
+/// resubscription of every room takes a few commands, each of a size Redis
+/// reads at once.
+const CHANNELS_PER_COMMAND: usize = 1000;
+
 /// The node's pub/sub link.
 pub(super) enum Link {
     /// One server: a dedicated pub/sub connection, which only the task
@@ -73,38 +78,49 @@ impl Link {
         }
     }
 
-    /// `SUBSCRIBE`, or `SSUBSCRIBE` on a cluster.
-    pub(super) async fn subscribe(&mut self, channel: String) -> RedisResult<()> {
-        match self {
-            Link::Plain { conn, .. } => sink(conn)?.subscribe(channel).await,
-            Link::Cluster { conn, .. } => conn.ssubscribe(channel).await,
-        }
+    /// `SUBSCRIBE`s every channel: a few commands of many channels each on
+    /// the plain connection, one `SSUBSCRIBE` per channel, all at once, on
+    /// a cluster (a command's channels must share a slot). A repeated
+    /// subscription is harmless: Redis only confirms it again. Each command
+    /// is bounded by [`COMMAND_TIMEOUT`]; one that times out leaves the
+    /// link in an unknown state, to be treated as lost.
+    pub(super) async fn subscribe_all(&mut self, channels: Vec<String>) -> RedisResult<()> {
+        self.all(channels, true).await
     }
 
-    /// `UNSUBSCRIBE`, or `SUNSUBSCRIBE` on a cluster.
-    pub(super) async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
-        match self {
-            Link::Plain { conn, .. } => sink(conn)?.unsubscribe(channel).await,
-            Link::Cluster { conn, .. } => conn.sunsubscribe(channel).await,
-        }
+    /// `UNSUBSCRIBE`s (`SUNSUBSCRIBE`s) every channel, as
+    /// [`Link::subscribe_all`] subscribes them.
+    pub(super) async fn unsubscribe_all(&mut self, channels: Vec<String>) -> RedisResult<()> {
+        self.all(channels, false).await
     }
 
-    /// Subscribes every channel again: one after another on the plain
-    /// connection, all at once on a cluster (rooms spread over masters). A
-    /// repeated subscription is harmless: Redis only confirms it again.
-    pub(super) async fn resubscribe(&mut self, channels: Vec<String>) -> RedisResult<()> {
+    async fn all(&mut self, channels: Vec<String>, subscribe: bool) -> RedisResult<()> {
         match self {
             Link::Plain { conn, .. } => {
                 let sink = sink(conn)?;
-                for channel in channels {
-                    sink.subscribe(channel).await?;
+                for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+                    let chunk = chunk.to_vec();
+                    let sent = async {
+                        if subscribe {
+                            sink.subscribe(chunk).await
+                        } else {
+                            sink.unsubscribe(chunk).await
+                        }
+                    };
+                    bounded(sent).await?;
                 }
                 Ok(())
             }
             Link::Cluster { conn, .. } => {
                 let results = futures_util::future::join_all(channels.into_iter().map(|channel| {
                     let mut conn = conn.clone();
-                    async move { conn.ssubscribe(channel).await }
+                    bounded(async move {
+                        if subscribe {
+                            conn.ssubscribe(channel).await
+                        } else {
+                            conn.sunsubscribe(channel).await
+                        }
+                    })
                 }))
                 .await;
                 results.into_iter().collect()
@@ -141,6 +157,17 @@ impl Link {
                 }
             },
         }
+    }
+}
+
+/// At most [`COMMAND_TIMEOUT`] for a (un)subscribe command: its reply
+/// waits on Redis alone, which a cut link never answers.
+async fn bounded(sent: impl Future<Output = RedisResult<()>>) -> RedisResult<()> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
+        Ok(r) => r,
+        Err(_) => Err(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::TimedOut,
+        ))),
     }
 }
 

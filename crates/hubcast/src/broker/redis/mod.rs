@@ -14,6 +14,7 @@
 //! | `P:u:<user>` | hash | `c` connections, `s` status, `n` name, `l` last seen |
 //! | `P:ur:<user>` | set | rooms the user is present in |
 //! | `P:ready:<node>` | string | the node's last readiness probe write (Unix ms), for 10 s |
+//! | `P:wh:s`, `P:wh:z`, `P:wh:t`, `P:wh:l:<group>` | | webhook events, pending ones, leases (see `webhooks`) |
 //!
 //! One Lua script per publish does the idempotency check, assigns the next
 //! offset, appends to the stream (bounded to the room's `history_size`) and publishes
@@ -45,7 +46,8 @@
 //! `link` (what differs between plain and sharded pub/sub), `rooms` (the
 //! subscribed rooms' bookkeeping), `codec` (channel messages and payloads),
 //! `catchup` (in-order delivery and gap filling), `presence` (presence and
-//! user status), `nodes` (leases and the reaper). This file holds the
+//! user status), `nodes` (leases and the reaper), `webhooks` (the webhook
+//! event stream and delivery leases). This file holds the
 //! shared state and implements [`Broker`].
 
 mod catchup;
@@ -61,6 +63,7 @@ mod pubsub;
 mod rooms;
 mod scripts;
 mod stream;
+mod webhooks;
 
 pub use self::conn::RedisSettings;
 
@@ -69,7 +72,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{AsyncCommands, Value};
+use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -94,6 +97,14 @@ const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Timeout for one Redis command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a join waits for the pub/sub task's answer before failing.
+/// The task answers every join in the turn that takes it, each of its
+/// Redis commands bounded by [`COMMAND_TIMEOUT`], so a join behind a wave
+/// of others waits its turn rather than failing (a failed registration
+/// closes the client's connection, and its reconnect makes the wave
+/// bigger); this bound is for a task that no longer answers at all.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the readiness probe's key outlives the probe.
 const READY_PROBE_TTL: Duration = Duration::from_secs(10);
@@ -129,6 +140,9 @@ struct Shared {
     /// The lease was taken once: a renewal that finds it missing means
     /// Redis lost this node's entries (or another node reaped them).
     leased: AtomicBool,
+    /// `webhook_offline_delay` in ms once webhooks are on (`webhooks`);
+    /// -1 while off: the presence scripts then record nothing.
+    webhook_delay_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The Redis engine.
@@ -358,7 +372,7 @@ impl Broker for RedisBroker {
         self.cmd
             .send(SubCmd::Subscribe(room.clone(), tx))
             .map_err(|_| BrokerError::Internal("pub/sub task stopped".into()))?;
-        match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
+        match tokio::time::timeout(SUBSCRIBE_WAIT, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(BrokerError::Internal("pub/sub task stopped".into())),
             Err(_) => Err(down("subscribe timed out")),
@@ -489,12 +503,14 @@ impl Broker for RedisBroker {
     async fn close(&self) {
         self.cancel.cancel();
         self.tasks.wait().await;
-        // Connections cleaned up after themselves; give the lease back.
+        // Connections cleaned up after themselves, but a leave that failed
+        // (or did not finish before the shutdown window closed) left its
+        // entry: remove what is left, then give the lease back. Should
+        // that fail, the lease stays and expires, and another node reaps.
         let s = &self.shared;
-        let mut conn = s.conn.clone();
-        let _: Result<(), _> = conn.zrem(s.keys.nodes(), &*s.node).await;
-        let _: Result<(), _> = conn.del(s.keys.node_conns(&s.node)).await;
-        let _: Result<(), _> = conn.del(s.keys.node_rooms(&s.node)).await;
+        if let Err(e) = s.remove_node(&s.node).await {
+            tracing::warn!(error = %e, "cannot remove this node's entries; its lease will expire");
+        }
     }
 }
 

@@ -138,59 +138,7 @@ impl Shared {
                 continue;
             }
             tracing::warn!(node = %node, "node lease expired: removing its presence");
-            let rooms: Vec<String> = conn
-                .smembers(self.keys.node_rooms(&node))
-                .await
-                .map_err(unavailable)?;
-            for room in rooms {
-                let entries: HashMap<String, String> = conn
-                    .hgetall(self.keys.room(&room, "p"))
-                    .await
-                    .map_err(unavailable)?;
-                for (conn_id, value) in entries {
-                    let mut it = value.split('\u{1f}');
-                    let (Some(user), Some(name), Some(owner)) = (it.next(), it.next(), it.next())
-                    else {
-                        continue;
-                    };
-                    if owner != node {
-                        continue;
-                    }
-                    self.leave_presence(&room, &conn_id, user, name, Status::Offline)
-                        .await?;
-                }
-            }
-            let conns: HashMap<String, String> = conn
-                .hgetall(self.keys.node_conns(&node))
-                .await
-                .map_err(unavailable)?;
-            for user in conns.values() {
-                let _: i64 = self
-                    .scripts
-                    .disconnect
-                    .key(self.keys.user(user))
-                    .arg(crate::unix_ms())
-                    .arg(self.ttl.as_secs().max(1))
-                    // Whether it was anonymous is not recorded per node
-                    // connection: keep the offline record (it expires).
-                    .arg("0")
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
-            }
-            // Separate commands: the keys are in different cluster slots.
-            let _: () = conn
-                .del(self.keys.node_rooms(&node))
-                .await
-                .map_err(unavailable)?;
-            let _: () = conn
-                .del(self.keys.node_conns(&node))
-                .await
-                .map_err(unavailable)?;
-            let _: () = conn
-                .zrem(self.keys.nodes(), &node)
-                .await
-                .map_err(unavailable)?;
+            self.remove_node(&node).await?;
             // The mark `renew_lease` looks for, should the node still be
             // alive behind a partition; a dead node's mark expires.
             let _: () = conn
@@ -198,6 +146,64 @@ impl Shared {
                 .await
                 .map_err(unavailable)?;
         }
+        Ok(())
+    }
+
+    /// Removes what `node` left in Redis: its presence entries (sending the
+    /// leave events), its connections' status, its lists and its lease. A
+    /// dead node's, by the reaper; this node's own at shutdown, for the
+    /// connections whose own leave did not get through (after its lease is
+    /// given back, no reaper would ever remove them).
+    pub(super) async fn remove_node(&self, node: &str) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let rooms: Vec<String> = conn
+            .smembers(self.keys.node_rooms(node))
+            .await
+            .map_err(unavailable)?;
+        for room in rooms {
+            let entries: HashMap<String, String> = conn
+                .hgetall(self.keys.room(&room, "p"))
+                .await
+                .map_err(unavailable)?;
+            for (conn_id, value) in entries {
+                let mut it = value.split('\u{1f}');
+                let (Some(user), Some(name), Some(owner)) = (it.next(), it.next(), it.next())
+                else {
+                    continue;
+                };
+                if owner != node {
+                    continue;
+                }
+                self.leave_presence(&room, &conn_id, user, name, Status::Offline)
+                    .await?;
+            }
+        }
+        let conns: HashMap<String, String> = conn
+            .hgetall(self.keys.node_conns(node))
+            .await
+            .map_err(unavailable)?;
+        for user in conns.values() {
+            // Whether it was anonymous is not recorded per node
+            // connection: keep the offline record (it expires).
+            let _: i64 = self
+                .disconnect_script(user, false)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        // Separate commands: the keys are in different cluster slots.
+        let _: () = conn
+            .del(self.keys.node_rooms(node))
+            .await
+            .map_err(unavailable)?;
+        let _: () = conn
+            .del(self.keys.node_conns(node))
+            .await
+            .map_err(unavailable)?;
+        let _: () = conn
+            .zrem(self.keys.nodes(), node)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }

@@ -36,17 +36,16 @@ impl Shared {
         client: &ClientInfo,
         status: Status,
     ) -> Result<(), BrokerError> {
-        let n: i64 = self
-            .invoke(
-                self.presence_script(&self.scripts.presence_join, room)
-                    .arg(&*client.conn_id)
-                    .arg(&*client.user)
-                    .arg(&*client.name)
-                    .arg(&*self.node)
-                    .arg(status.as_str())
-                    .arg(self.publish_cmd),
-            )
-            .await?;
+        let mut script = self.presence_script(&self.scripts.presence_join, room);
+        script
+            .arg(&*client.conn_id)
+            .arg(&*client.user)
+            .arg(&*client.name)
+            .arg(&*self.node)
+            .arg(status.as_str())
+            .arg(self.publish_cmd);
+        self.webhook_args(&mut script, room);
+        let n: i64 = self.invoke(&script).await?;
         if n >= 1 {
             // Two slots on a cluster: two commands, sent together.
             let (mut conn, mut other) = (self.conn.clone(), self.conn.clone());
@@ -70,16 +69,15 @@ impl Shared {
         name: &str,
         status: Status,
     ) -> Result<(), BrokerError> {
-        let n: i64 = self
-            .invoke(
-                self.presence_script(&self.scripts.presence_leave, room)
-                    .arg(conn_id)
-                    .arg(user)
-                    .arg(name)
-                    .arg(status.as_str())
-                    .arg(self.publish_cmd),
-            )
-            .await?;
+        let mut script = self.presence_script(&self.scripts.presence_leave, room);
+        script
+            .arg(conn_id)
+            .arg(user)
+            .arg(name)
+            .arg(status.as_str())
+            .arg(self.publish_cmd);
+        self.webhook_args(&mut script, room);
+        let n: i64 = self.invoke(&script).await?;
         if n == 0 {
             let _: () = self
                 .conn
@@ -98,30 +96,21 @@ impl Shared {
             &*client.conn_id,
             &*client.user,
         );
-        self.user_conn(
-            self.scripts
-                .connect
-                .key(self.keys.user(&client.user))
-                .arg(&*client.name),
-            node_list,
-        )
-        .await
+        let mut script = self.scripts.connect.prepare_invoke();
+        script.key(self.keys.user(&client.user)).arg(&*client.name);
+        self.webhook_args(&mut script, &client.user);
+        self.user_conn(&script, node_list).await
     }
 
     /// Undoes [`Shared::register_conn`].
     pub(super) async fn unregister_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
         let node_list = redis::Cmd::hdel(self.keys.node_conns(&self.node), &*client.conn_id);
-        self.user_conn(
-            self.scripts
-                .disconnect
-                .key(self.keys.user(&client.user))
-                .arg(crate::unix_ms())
-                .arg(self.ttl.as_secs().max(1))
-                // An anonymous user ends with its connection: no offline record.
-                .arg(if client.ephemeral { "1" } else { "0" }),
-            node_list,
-        )
-        .await
+        let script = self.disconnect_script(
+            &client.user,
+            // An anonymous user ends with its connection: no offline record.
+            client.ephemeral,
+        );
+        self.user_conn(&script, node_list).await
     }
 
     /// A connection's script on its user's status, then its change to this

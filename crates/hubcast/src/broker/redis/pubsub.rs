@@ -1,7 +1,7 @@
 //! The node's pub/sub side: one task, one loop, for one server's pub/sub
 //! and a cluster's sharded pub/sub alike (what differs is behind [`Link`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::BrokerError;
 
 use super::link::{Event, Link};
-use super::rooms::{Rooms, SubscribeError};
+use super::rooms::Rooms;
 use super::{MAX_BACKOFF, Shared, UNSUBSCRIBE_DELAY, down};
 
 /// What the pub/sub task is asked to do.
@@ -22,6 +22,9 @@ pub(super) enum SubCmd {
     Subscribe(Arc<str>, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(Arc<str>),
 }
+
+/// The most commands one turn of the task takes from its queue.
+const COMMANDS_PER_TURN: usize = 4096;
 
 /// The first pause before subscribing lost rooms again; it doubles after
 /// each failed attempt, up to [`MAX_BACKOFF`].
@@ -86,11 +89,7 @@ pub(super) async fn pubsub_task(
             _ = sweep.tick() => task.sweep(&mut link).await,
             cmd = rx.recv() => match cmd {
                 None => return,
-                Some(SubCmd::Subscribe(room, reply)) => {
-                    let r = task.subscribe(&mut link, room).await;
-                    let _ = reply.send(r);
-                }
-                Some(SubCmd::Unsubscribe(room)) => task.rooms.release(&room),
+                Some(first) => task.commands(&mut link, first, &mut rx).await,
             },
             event = link.next(), if open => match event {
                 None => return,
@@ -118,38 +117,93 @@ struct Task {
 }
 
 impl Task {
-    /// One more local reference to `room`. While the link is closed only a
-    /// room already followed can be joined: nothing could confirm a new one.
-    async fn subscribe(&mut self, link: &mut Link, room: Arc<str>) -> Result<(), BrokerError> {
-        if !link.is_open() {
-            return if self.rooms.add_live_ref(&room) {
-                Ok(())
-            } else {
-                Err(down("pub/sub connection down"))
-            };
-        }
-        match self.rooms.subscribe(&self.shared, link, room).await {
-            Err(SubscribeError::Link(e)) => {
-                self.lost(link);
-                Err(e)
+    /// One turn: `first` and every command queued behind it. Leaves are
+    /// counted as they come; the joins are then subscribed all at once
+    /// (`Rooms::subscribe_many`), so that a wave of reconnecting clients
+    /// costs a few round trips per turn, not two per room, and no join
+    /// waits behind the others' round trips. A join whose caller stopped
+    /// waiting is not subscribed (nobody would release it).
+    async fn commands(
+        &mut self,
+        link: &mut Link,
+        first: SubCmd,
+        rx: &mut mpsc::UnboundedReceiver<SubCmd>,
+    ) {
+        type Reply = oneshot::Sender<Result<(), BrokerError>>;
+        let mut joins: Vec<(Arc<str>, Reply)> = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                SubCmd::Subscribe(room, reply) if !reply.is_closed() => joins.push((room, reply)),
+                SubCmd::Subscribe(..) => {}
+                SubCmd::Unsubscribe(room) => self.rooms.release(&room),
             }
-            r => r.map_err(SubscribeError::into_inner),
+            taken += 1;
+            if taken < COMMANDS_PER_TURN {
+                next = rx.try_recv().ok();
+            }
+        }
+        if joins.is_empty() {
+            return;
+        }
+        // Each room once, with the references it gains.
+        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut rooms: Vec<(Arc<str>, usize)> = Vec::new();
+        for (room, _) in &joins {
+            let i = *index.entry(room.clone()).or_insert_with(|| {
+                rooms.push((room.clone(), 0));
+                rooms.len() - 1
+            });
+            rooms[i].1 += 1;
+        }
+        let results = if link.is_open() {
+            match self.rooms.subscribe_many(&self.shared, link, &rooms).await {
+                Ok(results) => results,
+                Err(e) => {
+                    self.lost(link);
+                    vec![Err(e); rooms.len()]
+                }
+            }
+        } else {
+            // Only a room already followed can be joined while the link is
+            // closed: nothing could confirm a new one.
+            rooms
+                .iter()
+                .map(|(room, refs)| {
+                    if self.rooms.add_live_refs(room, *refs) {
+                        Ok(())
+                    } else {
+                        Err(down("pub/sub connection down"))
+                    }
+                })
+                .collect()
+        };
+        for (room, reply) in joins {
+            let r = index
+                .get(&room)
+                .and_then(|i| results.get(*i))
+                .cloned()
+                .unwrap_or_else(|| Err(BrokerError::Internal("join not answered".into())));
+            let _ = reply.send(r);
         }
     }
 
     /// Unsubscribes the rooms left long enough ago (a room left and joined
-    /// again in between keeps its subscription).
+    /// again in between keeps its subscription), all in one go.
     async fn sweep(&mut self, link: &mut Link) {
-        for room in self.rooms.take_idle() {
-            self.unconfirmed.remove(&room);
-            if !link.is_open() {
-                // A closed connection took its subscriptions with it.
-                continue;
-            }
-            if let Err(e) = link.unsubscribe(self.shared.keys.channel(&room)).await {
-                tracing::warn!(room = %room, error = %e, "redis unsubscribe failed; resubscribing");
-                self.lost(link);
-            }
+        let idle = self.rooms.take_idle();
+        for room in &idle {
+            self.unconfirmed.remove(room);
+        }
+        if idle.is_empty() || !link.is_open() {
+            // A closed connection took its subscriptions with it.
+            return;
+        }
+        let channels = idle.iter().map(|r| self.shared.keys.channel(r)).collect();
+        if let Err(e) = link.unsubscribe_all(channels).await {
+            tracing::warn!(rooms = idle.len(), error = %e, "redis unsubscribe failed; resubscribing");
+            self.lost(link);
         }
     }
 
@@ -228,7 +282,7 @@ impl Task {
         self.unconfirmed.retain(|r| self.rooms.contains(r));
         let rooms: Vec<Arc<str>> = self.unconfirmed.iter().cloned().collect();
         let channels = rooms.iter().map(|r| self.shared.keys.channel(r)).collect();
-        if let Err(e) = link.resubscribe(channels).await {
+        if let Err(e) = link.subscribe_all(channels).await {
             tracing::warn!(error = %e, "redis resubscribe failed; retrying");
             return self.failed(link);
         }

@@ -11,23 +11,6 @@ use super::catchup::{RoomPos, catch_up, on_message};
 use super::link::Link;
 use super::{Shared, UNSUBSCRIBE_DELAY, unavailable};
 
-/// Why a room could not be subscribed.
-pub(super) enum SubscribeError {
-    /// The link failed (its subscriptions are then restored).
-    Link(BrokerError),
-    /// The room's position could not be read; its channel was unsubscribed
-    /// again.
-    Room(BrokerError),
-}
-
-impl SubscribeError {
-    pub(super) fn into_inner(self) -> BrokerError {
-        match self {
-            SubscribeError::Link(e) | SubscribeError::Room(e) => e,
-        }
-    }
-}
-
 /// A room the node is subscribed to.
 struct RoomSub {
     /// Subscribe calls not yet matched by an unsubscribe.
@@ -46,64 +29,81 @@ pub(super) struct Rooms {
 }
 
 impl Rooms {
-    /// One more reference to a room already subscribed (even one left and
-    /// waiting to be unsubscribed); false when it is not.
-    fn add_ref(&mut self, room: &str) -> bool {
-        let Some(r) = self.map.get_mut(room) else {
-            return false;
-        };
-        r.refs += 1;
-        r.idle_since = None;
-        true
-    }
-
-    /// One more reference to a room that still has one; false otherwise
-    /// (while the connection is down a room cannot be subscribed anew).
-    pub(super) fn add_live_ref(&mut self, room: &str) -> bool {
+    /// `refs` more references to a room that still has one; false
+    /// otherwise (while the connection is down a room cannot be subscribed
+    /// anew).
+    pub(super) fn add_live_refs(&mut self, room: &str, refs: usize) -> bool {
         match self.map.get_mut(room).filter(|r| r.refs > 0) {
             Some(r) => {
-                r.refs += 1;
+                r.refs += refs;
                 true
             }
             None => false,
         }
     }
 
-    /// One more local reference to `room`: only a room not followed yet
-    /// costs a round trip, its channel subscribed first and its position
-    /// read only then, so anything published from there on arrives over
-    /// pub/sub.
-    pub(super) async fn subscribe(
+    /// `refs` more local references to each of `rooms`, for the joins
+    /// that came in one turn of the pub/sub task; the result of each, in
+    /// order. A room already followed costs nothing. The others' channels
+    /// are subscribed first, in one command (one per channel on a cluster),
+    /// and their positions read only then, all at once, so anything
+    /// published from there on arrives over pub/sub, and a wave of joins
+    /// costs two round trips rather than two per room. An `Err`: the link
+    /// failed (its subscriptions are then restored), and none was added.
+    pub(super) async fn subscribe_many(
         &mut self,
         shared: &Shared,
         link: &mut Link,
-        room: Arc<str>,
-    ) -> Result<(), SubscribeError> {
-        if self.add_ref(&room) {
-            return Ok(());
-        }
-        let channel = shared.keys.channel(&room);
-        if let Err(e) = link.subscribe(channel.clone()).await {
-            return Err(SubscribeError::Link(unavailable(e)));
-        }
-        match shared.recover_raw(&room, -1).await {
-            Ok((epoch, top, _)) => {
-                let pos = RoomPos::new(&room, epoch, top);
-                self.map.insert(
-                    room,
-                    RoomSub {
-                        refs: 1,
-                        pos,
-                        idle_since: None,
-                    },
-                );
-                Ok(())
-            }
-            Err(e) => {
-                let _ = link.unsubscribe(channel).await;
-                Err(SubscribeError::Room(e))
+        rooms: &[(Arc<str>, usize)],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let mut results: Vec<Result<(), BrokerError>> = vec![Ok(()); rooms.len()];
+        let mut new: Vec<usize> = Vec::new();
+        for (i, (room, refs)) in rooms.iter().enumerate() {
+            match self.map.get_mut(room) {
+                Some(r) => {
+                    r.refs += refs;
+                    r.idle_since = None;
+                }
+                None => new.push(i),
             }
         }
+        if new.is_empty() {
+            return Ok(results);
+        }
+        let channels: Vec<String> = new
+            .iter()
+            .map(|i| shared.keys.channel(&rooms[*i].0))
+            .collect();
+        link.subscribe_all(channels).await.map_err(unavailable)?;
+        let reads = new.iter().map(|i| shared.recover_raw(&rooms[*i].0, -1));
+        let positions = futures_util::future::join_all(reads).await;
+        let mut unread: Vec<String> = Vec::new();
+        for (i, read) in new.into_iter().zip(positions) {
+            let (room, refs) = &rooms[i];
+            match read {
+                Ok((epoch, top, _)) => {
+                    let pos = RoomPos::new(room, epoch, top);
+                    self.map.insert(
+                        room.clone(),
+                        RoomSub {
+                            refs: *refs,
+                            pos,
+                            idle_since: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    unread.push(shared.keys.channel(room));
+                    results[i] = Err(e);
+                }
+            }
+        }
+        if !unread.is_empty() {
+            // Not followed, so not subscribed either; a failure here leaves
+            // only a channel whose messages nobody takes.
+            let _ = link.unsubscribe_all(unread).await;
+        }
+        Ok(results)
     }
 
     /// Drops one reference to a room; the channel itself is unsubscribed a

@@ -12,6 +12,11 @@ const META_EPOCH: &str = include_str!("lua/meta_epoch.lua");
 /// top, `since`).
 const META_PRELUDE: &str = include_str!("lua/meta_prelude.lua");
 
+/// The webhook helpers the presence scripts start with
+/// (`lua/webhooks.lua`); they act only when the caller passes the webhook
+/// keys.
+const WEBHOOKS: &str = include_str!("lua/webhooks.lua");
+
 /// The scripts, loaded once.
 pub(super) struct Scripts {
     pub(super) publish: Script,
@@ -21,19 +26,24 @@ pub(super) struct Scripts {
     pub(super) presence_leave: Script,
     pub(super) connect: Script,
     pub(super) disconnect: Script,
+    pub(super) webhook_promote: Script,
+    pub(super) webhook_lease: Script,
 }
 
 impl Scripts {
     pub(super) fn load() -> Self {
+        let with_webhooks = |body: &str| Script::new(&format!("{WEBHOOKS}{body}"));
         let with_prelude = |body: &str| Script::new(&format!("{META_EPOCH}{META_PRELUDE}{body}"));
         Self {
             publish: Script::new(&format!("{META_EPOCH}{}", include_str!("lua/publish.lua"))),
             recover: with_prelude(include_str!("lua/recover.lua")),
             history: with_prelude(include_str!("lua/history.lua")),
-            presence_join: Script::new(include_str!("lua/presence_join.lua")),
-            presence_leave: Script::new(include_str!("lua/presence_leave.lua")),
-            connect: Script::new(include_str!("lua/connect.lua")),
-            disconnect: Script::new(include_str!("lua/disconnect.lua")),
+            presence_join: with_webhooks(include_str!("lua/presence_join.lua")),
+            presence_leave: with_webhooks(include_str!("lua/presence_leave.lua")),
+            connect: with_webhooks(include_str!("lua/connect.lua")),
+            disconnect: with_webhooks(include_str!("lua/disconnect.lua")),
+            webhook_promote: with_webhooks(include_str!("lua/webhook_promote.lua")),
+            webhook_lease: Script::new(include_str!("lua/webhook_lease.lua")),
         }
     }
 }

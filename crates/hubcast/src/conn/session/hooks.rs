@@ -15,21 +15,6 @@ fn failed(hook: Hook, e: &HookError) -> Reject {
 }
 
 impl Session {
-    /// The join hook's word on `room`: allowed, or `rejected` with the
-    /// backend's message (`unavailable` when it could not be asked).
-    pub(super) async fn ask_join(&mut self, room: &str) -> Result<(), Reject> {
-        let Some(hooks) = &self.app.hooks else {
-            return Err(Reject::new(
-                ErrorCode::Forbidden,
-                format!("cannot join {room}: the join hook decides and no [hooks] url is set"),
-            ));
-        };
-        hooks
-            .join(&self.conn.id, &self.conn.user, room, self.conn.trace_id)
-            .await
-            .map_err(|(code, message)| Reject::new(code, message))
-    }
-
     /// The publish hook's word on a publish: `None` to publish the
     /// client's `data`, `Some` to publish the backend's instead.
     pub(super) async fn ask_publish(
@@ -39,7 +24,7 @@ impl Session {
         data: &RawValue,
         msg_id: &str,
     ) -> Result<Option<Box<RawValue>>, Reject> {
-        let Some(hooks) = &self.app.hooks else {
+        let Some(hooks) = self.app.hooks() else {
             return Err(Reject::new(
                 ErrorCode::Forbidden,
                 format!(
@@ -92,7 +77,7 @@ impl Session {
         method: &str,
         data: &RawValue,
     ) -> Result<(), Reject> {
-        let hooks = match &self.app.hooks {
+        let hooks = match self.app.hooks() {
             Some(h) if h.settings().rpc => h,
             _ => {
                 return Err(Reject::new(

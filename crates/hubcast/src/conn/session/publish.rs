@@ -50,8 +50,10 @@ impl Session {
         Box::pin(async move {
             let id = id.as_deref();
             let room = req.room.clone();
+            let parts = app.webhook_parts(&req);
             match app.broker.publish(req).await {
                 Ok(result) => {
+                    app.note_published(&room, parts, &result).await;
                     if !result.duplicate {
                         app.count_published(crate::metrics::Entry::Ws);
                     }

@@ -6,27 +6,33 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::{Reject, Session, client_info, record_error};
+use crate::admission;
 use crate::broker::{PresencePage, Recovery};
 use crate::hub::{Join, Subscriber};
 use crate::protocol::{self, ErrorCode, out};
-use crate::rules::{Joiners, Publishers};
+use crate::rules::Publishers;
 
 impl Session {
-    /// Whether the token (or anonymity) allows this room: personal rooms are
-    /// their owner's (and admins'), others follow the `rooms` claim.
+    /// Whether the token (or anonymity) allows this room
+    /// ([`admission::check_grants`]).
     pub(super) fn check_room(&self, room: &str, what: &str) -> Result<(), Reject> {
-        if self.conn.grants.allows(&self.conn.user, room) {
-            return Ok(());
-        }
-        let why = if protocol::is_personal(room) {
-            "personal rooms belong to their user"
-        } else {
-            "not in this token's rooms"
+        admission::check_grants(&self.conn.user, &self.conn.grants, room, what)
+            .map_err(|(code, m)| Reject::new(code, m))
+    }
+
+    /// Whether this connection may join `room` ([`admission::check_join`]).
+    /// `&mut`: a `Session` is not `Sync`, and this future is held across
+    /// the join hook's request.
+    async fn check_join(&mut self, room: &str) -> Result<(), Reject> {
+        let who = admission::Joiner {
+            conn: &self.conn.id,
+            user: &self.conn.user,
+            grants: &self.conn.grants,
+            trace: self.conn.trace_id,
         };
-        Err(Reject::new(
-            ErrorCode::Forbidden,
-            format!("cannot {what} {room}: {why}"),
-        ))
+        admission::check_join(&self.app, &who, room)
+            .await
+            .map_err(|(code, m)| Reject::new(code, m))
     }
 
     /// Whether the room's rule lets clients publish there (`publish =
@@ -63,15 +69,8 @@ impl Session {
     /// the others are joined all the same.
     pub(super) async fn join_subs(&mut self, subs: Vec<String>) {
         for room in subs {
-            let checked = protocol::check_room(&room)
-                .map_err(|m| Reject::new(ErrorCode::BadRequest, m))
-                .and_then(|()| self.check_room(&room, "join"));
-            let asked = match checked {
-                Ok(()) if self.hook_joins(&room) => self.ask_join(&room).await,
-                other => other,
-            };
-            let joined = match asked {
-                Ok(()) => self.join_checked(None, &room, None).await,
+            let joined = match self.check_join(&room).await {
+                Ok(()) => self.join_room(None, &room, None).await,
                 Err(r) => Err(r),
             };
             if let Err(r) = joined {
@@ -82,11 +81,6 @@ impl Session {
                 self.push(protocol::room_error_frame(&room, r.code, &message));
             }
         }
-    }
-
-    /// Whether the room's rule says the join hook decides.
-    fn hook_joins(&self, room: &str) -> bool {
-        self.app.live().rules.for_room(room).join == Joiners::Hook
     }
 
     pub(super) async fn join(
@@ -101,24 +95,7 @@ impl Session {
                 "too many joins; slow down",
             ));
         }
-        // After the token allows the room, the join hook decides
-        // (PROTOCOL.md section 7).
-        if self.hook_joins(room) {
-            self.check_room(room, "join")?;
-            self.ask_join(room).await?;
-        }
-        self.join_checked(id, room, since).await
-    }
-
-    /// A join past the rate limit and the room rule: the token's grants,
-    /// then [`Session::join_room`].
-    async fn join_checked(
-        &mut self,
-        id: Option<&RawValue>,
-        room: &str,
-        since: Option<(u64, Option<&str>)>,
-    ) -> Result<(), Reject> {
-        self.check_room(room, "join")?;
+        self.check_join(room).await?;
         self.join_room(id, room, since).await
     }
 

@@ -1,0 +1,167 @@
+//! Webhooks over several nodes on Redis: each event once per webhook
+//! whatever the number of nodes; a SIGKILLed node's members' events come
+//! after its presence lease; events it held undelivered come from another
+//! node.
+
+use std::process::{Command, Stdio};
+
+use hubcast::config::{BrokerKind, Config};
+use serde_json::Value;
+
+use super::{JWT, Receiver, connect, count, user};
+use crate::common::{self, Server};
+
+/// An in-process Redis node `node` on `prefix` with `r`'s webhook.
+async fn node(prefix: &str, node: &str, r: &Receiver) -> Server {
+    Server::with_config(
+        Config {
+            node_id: node.into(),
+            broker: BrokerKind::Redis,
+            redis_url: common::redis_url(),
+            redis_prefix: prefix.into(),
+            presence_lease: 2,
+            webhook_offline_delay: 1,
+            webhooks: vec![r.table()],
+            jwt_secret: Some(JWT.into()),
+            ..Config::default()
+        },
+        Some(prefix.into()),
+    )
+    .await
+}
+
+/// A `hubcast serve` child on `prefix` with `r`'s webhook (from a config
+/// file), ready: the child, its port, and the file's directory.
+async fn child(prefix: &str, r: &Receiver) -> (std::process::Child, u16, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("hubcast-wh-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hubcast.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "jwt_secret = \"{JWT}\"\nwebhook_offline_delay = 1\n\n[[webhooks]]\nurl = \"{}\"\nsecret = \"{}\"\n",
+            r.url,
+            super::SECRET
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubcast"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--broker", "redis"])
+        .args([
+            "--redis-url",
+            &common::redis_url(),
+            "--redis-prefix",
+            prefix,
+        ])
+        .args(["--presence-lease", "2", "--node-id", "doomed"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = common::listening_port(&mut child).await;
+    common::wait_for(port, "/readyz").await;
+    (child, port, dir)
+}
+
+/// Connects as `user` to the child on `port`.
+async fn connect_port(port: u16, user: &str) -> common::Client {
+    let exp = hubcast::unix_ms() as u64 / 1000 + 600;
+    let token = common::hs256(JWT, &serde_json::json!({"sub": user, "exp": exp}));
+    common::Client::connect(&format!("ws://127.0.0.1:{port}/ws?token={token}")).await
+}
+
+fn ids_unique(events: &[Value]) {
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "each event once: {events:?}");
+}
+
+#[tokio::test]
+async fn each_event_is_sent_once_whatever_the_number_of_nodes() {
+    let r = Receiver::start().await;
+    let prefix = common::unique_prefix();
+    let (a, b) = (node(&prefix, "a", &r).await, node(&prefix, "b", &r).await);
+    let room = format!("both.{}", uuid::Uuid::new_v4().simple());
+    let (u1, u2) = (user("on-a"), user("on-b"));
+    let mut c1 = connect(&a, &u1).await;
+    let mut c2 = connect(&b, &u2).await;
+    let mut c3 = connect(&b, &u1).await;
+    c1.join(&room).await;
+    c2.join(&room).await;
+    c3.join_quiet(&room).await;
+    // Barrier: a room occupied after all of the above.
+    let end = format!("end.{}", uuid::Uuid::new_v4().simple());
+    c2.join(&end).await;
+    let events = r.until_event("room.occupied", &end).await;
+    assert_eq!(count(&events, "room.occupied", &room), 1, "{events:?}");
+    assert_eq!(count(&events, "member.joined", &room), 2, "{events:?}");
+    assert_eq!(count(&events, "user.online", &u1), 1, "{events:?}");
+    ids_unique(&events);
+    r.assert_all_signed();
+}
+
+#[tokio::test]
+async fn a_killed_nodes_members_leave_after_its_lease() {
+    let r = Receiver::start().await;
+    let prefix = common::unique_prefix();
+    let (mut doomed, port, dir) = child(&prefix, &r).await;
+    let survivor = node(&prefix, "survivor", &r).await;
+    let room = format!("doomed.{}", uuid::Uuid::new_v4().simple());
+    let ghost = user("ghost");
+    let mut c = connect_port(port, &ghost).await;
+    c.join(&room).await;
+    r.until_event("member.joined", &room).await;
+    doomed.kill().unwrap(); // SIGKILL: no cleanup on that node
+    doomed.wait().unwrap();
+    r.until_event("member.left", &room).await;
+    r.until_event("room.vacated", &room).await;
+    let events = r.until_event("user.offline", &ghost).await;
+    assert_eq!(count(&events, "member.left", &room), 1, "{events:?}");
+    ids_unique(&r.delivered());
+    drop(c);
+    survivor.stop().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn events_a_killed_node_held_undelivered_come_from_another_node() {
+    let r = Receiver::start().await;
+    r.answer_always(Some(503));
+    let prefix = common::unique_prefix();
+    let (mut doomed, port, dir) = child(&prefix, &r).await;
+    let room = format!("held.{}", uuid::Uuid::new_v4().simple());
+    let held = user("held");
+    let mut c = connect_port(port, &held).await;
+    c.join(&room).await;
+    // The doomed node read the first batch and retries it: it holds
+    // events noticed and not delivered.
+    common::wait_until(|| async { (!r.requests().is_empty()).then_some(()) }).await;
+    assert!(r.delivered().is_empty());
+    let survivor = node(&prefix, "survivor", &r).await;
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    r.answer_always(None);
+    // The survivor takes the webhook's lease once the dead node's expires,
+    // and reads its pending entries first. `until` waits up to 10 s; the
+    // lease is 10 s, so wait for it in two steps.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let events = r.until_event("member.joined", &room).await;
+    assert_eq!(count(&events, "room.occupied", &room), 1, "{events:?}");
+    let delivered = r.delivered();
+    let at = |ty: &str| {
+        delivered
+            .iter()
+            .position(|e| super::is(e, ty, &room))
+            .unwrap()
+    };
+    assert!(
+        at("room.occupied") < at("member.joined"),
+        "in order: {delivered:?}"
+    );
+    drop(c);
+    survivor.stop().await;
+    std::fs::remove_dir_all(dir).ok();
+}
