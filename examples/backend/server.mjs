@@ -6,6 +6,7 @@
 // `rpc` calls; hubcast's webhooks land here too (`/hubcast/events`).
 //
 //   node examples/backend/server.mjs        (or examples/backend/run)
+// GET /messages and GET /events show what it stored and received.
 //
 // Settings (environment): PORT (3000; 0 picks one), HOOK_SECRET (the
 // [hooks] and [[webhooks]] secret in hubcast.toml), CHAT_URL (where the

@@ -2,8 +2,8 @@
 // Debian's Chromium: a person signs in on the backend's page, lands on the
 // chat page signed in by the session cookie (the connect hook), and
 // chats; the backend stores each message (the publish hook), refuses one
-// it does not allow, and answers the page's rpc. A handshake without the
-// cookie is refused.
+// it does not allow, answers the page's rpc and receives the webhooks'
+// events. A handshake without the cookie is refused.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -68,6 +68,11 @@ rpc = true
 [[rooms]]
 match = "lobby"
 publish = "hook"
+
+[[webhooks]]
+url = "${backendUrl}/hubcast/events"
+secret = "${SECRET}"
+events = ["user.online", "member.joined"]
 `);
   server = await startServer({ port, args: ['--config', config] });
   browser = await chromium.launch({
@@ -123,6 +128,13 @@ test('signed in by the backend cookie, messages stored and refused by the publis
 
   const recent = await page.evaluate(() => window.hubcast.rpc('messages.recent', { room: 'lobby' }));
   assert.deepEqual(recent.map((m) => m.data.text), ['hello from Ada']);
+
+  // The webhooks told the backend (signed, checked by it) who came.
+  await waitFor(async () => {
+    const events = await (await fetch(`${backendUrl}/events`)).json();
+    return events.some((e) => e.type === 'user.online' && e.user === 'ada-lovelace')
+      && events.some((e) => e.type === 'member.joined' && e.user === 'ada-lovelace' && e.room === 'lobby');
+  }, 'user.online and member.joined for Ada at the backend');
   assert.deepEqual(problems, []);
   await context.close();
 });
