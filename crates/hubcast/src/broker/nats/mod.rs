@@ -106,6 +106,13 @@ struct Shared {
     /// The stream exists as this engine configured it (cleared when a
     /// publish finds it gone, so the next creates it again).
     stream_ok: AtomicBool,
+    /// One turn at a time per room for this node's publishes, taken in the
+    /// order they come (tokio's mutex is fair). Concurrent publishes to a
+    /// room race for its next offset and the loser retries after the
+    /// winner, so without turns one connection's pipelined publishes could
+    /// get offsets out of their order. An entry lives while a publish to
+    /// its room holds or waits for it.
+    turns: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The NATS JetStream engine.
@@ -190,6 +197,7 @@ impl NatsBroker {
             ttl,
             lease: settings.lease,
             stream_ok: AtomicBool::new(false),
+            turns: std::sync::Mutex::default(),
         });
         retry(|| shared.ensure_stream(largest)).await?;
         retry(|| shared.renew_lease()).await?;

@@ -270,6 +270,21 @@ impl Shared {
     }
 
     pub(super) async fn publish(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
+        let gate = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            turns.entry(req.room.clone()).or_default().clone()
+        };
+        let _entry = TurnEntry {
+            shared: self,
+            room: req.room.clone(),
+            gate: gate.clone(),
+        };
+        let _turn = gate.lock_owned().await;
+        self.publish_in_turn(req).await
+    }
+
+    /// [`Shared::publish`] once the room's turn is this publish's.
+    async fn publish_in_turn(&self, req: PublishRequest) -> Result<PublishResult, BrokerError> {
         let room = &*req.room;
         let subject = self.names.room_subject(room);
         let tail = Bytes::from(req.parts.tail().to_owned());
@@ -477,5 +492,25 @@ impl Shared {
                 .collect(),
             complete,
         })
+    }
+}
+
+/// A publish's hold on its room's entry in [`Shared::turns`]: the last
+/// holder or waiter to go (finished or cancelled) removes the entry.
+/// Clones of the gate are made only under the map's lock, so its count
+/// cannot rise while this one looks at it.
+struct TurnEntry<'a> {
+    shared: &'a Shared,
+    room: Arc<str>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for TurnEntry<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.shared.turns.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's and this one's: nobody else holds or waits.
+        if Arc::strong_count(&self.gate) == 2 {
+            turns.remove(&self.room);
+        }
     }
 }
