@@ -116,6 +116,10 @@ async fn a_killed_nodes_members_leave_after_its_lease() {
     r.until_event("member.joined", &room).await;
     doomed.kill().unwrap(); // SIGKILL: no cleanup on that node
     doomed.wait().unwrap();
+    // The dead node may have been the webhook's delivering node: the
+    // survivor then delivers once that lease (10 s) has passed, after the
+    // presence lease's reaping. `until` waits up to 10 s: wait in two steps.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
     r.until_event("member.left", &room).await;
     r.until_event("room.vacated", &room).await;
     let events = r.until_event("user.offline", &ghost).await;
