@@ -125,10 +125,15 @@ impl Backend {
     }
 }
 
-/// The receiver's check, written here from the contract (not the server's
-/// code): `t=<s>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`, t within
-/// five minutes.
+/// The receiver's check with this backend's [`SECRET`].
 pub(crate) fn verify(header: &str, body: &[u8]) -> bool {
+    verify_with(SECRET, header, body)
+}
+
+/// A receiver's check (hooks' and webhooks' alike), written here from the
+/// contract (not the server's code): `t=<s>,v1=<hex HMAC-SHA256(secret,
+/// t + "." + body)>`, t within five minutes.
+pub(crate) fn verify_with(secret: &str, header: &str, body: &[u8]) -> bool {
     let mut parts = header.split(',');
     let (Some(t), Some(v1)) = (
         parts.next().and_then(|p| p.strip_prefix("t=")),
@@ -142,7 +147,7 @@ pub(crate) fn verify(header: &str, body: &[u8]) -> bool {
     if (hubcast::unix_ms() / 1000 - sent).abs() > 300 {
         return false;
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.").as_bytes());
     mac.update(body);
     let expected: String = mac
