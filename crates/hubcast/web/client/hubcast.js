@@ -157,6 +157,8 @@ export class Room extends Emitter {
   #changes = [];
   /** Counts connections: a list asked for on an earlier one never comes. */
   #generation = 0;
+  /** The member list a `join` in flight asked for. */
+  #joinAsk = undefined;
 
   constructor(hc, name, opts) {
     super();
@@ -223,7 +225,7 @@ export class Room extends Emitter {
 
   /** The `join` frame for a (re)join. */
   _joinFrame() {
-    this._joinAsk = this.#asked();
+    this.#joinAsk = this.#asked();
     const f = { type: 'join', room: this.name };
     if (this.offset !== undefined) {
       f.since = this.offset;
@@ -238,8 +240,8 @@ export class Room extends Emitter {
     const stash = this.#stash;
     this.#stash = null;
     this.joined = true;
-    const ask = this._joinAsk;
-    this._joinAsk = undefined;
+    const ask = this.#joinAsk;
+    this.#joinAsk = undefined;
     this.#setMembers(frame.members || [], frame.total, ask?.mark);
     if (ask !== undefined) this.#answered(ask);
     if (frame.recovered === false) {
@@ -401,7 +403,7 @@ export class Room extends Emitter {
     this.#generation += 1;
     this.#lists = 0;
     this.#changes = [];
-    this._joinAsk = undefined;
+    this.#joinAsk = undefined;
   }
 
   _dispose() {
