@@ -72,6 +72,7 @@ pub(crate) async fn connect_broker(config: &Config) -> anyhow::Result<Arc<dyn En
             node: config.node_id.clone(),
             rules,
             lease: Duration::from_secs(config.presence_lease),
+            memory_storage: config.nats_storage == crate::config::NatsStorage::Memory,
             user: config.nats_user.clone(),
             password: config.nats_password.clone(),
             token: config.nats_token.clone(),

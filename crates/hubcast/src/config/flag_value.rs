@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::builder::ValueParser;
 use clap::{Arg, ArgAction, ArgMatches, ValueEnum};
 
-use super::{BrokerKind, LogFormat};
+use super::{BrokerKind, LogFormat, NatsStorage};
 
 /// A type one flag value parses to.
 pub(super) trait Scalar: Clone + Send + Sync + 'static {
@@ -73,7 +73,7 @@ macro_rules! named {
         }
     )*};
 }
-named!(LogFormat, BrokerKind);
+named!(LogFormat, BrokerKind, NatsStorage);
 
 /// How a setting's type is read from its flag or variable, and shown as a
 /// default.
@@ -102,7 +102,16 @@ macro_rules! single {
     )*};
 }
 single!(
-    u32, u64, usize, bool, String, SocketAddr, PathBuf, LogFormat, BrokerKind
+    u32,
+    u64,
+    usize,
+    bool,
+    String,
+    SocketAddr,
+    PathBuf,
+    LogFormat,
+    BrokerKind,
+    NatsStorage
 );
 
 /// A setting that may be unset: the flag gives `Some`.

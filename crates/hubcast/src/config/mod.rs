@@ -50,6 +50,16 @@ pub enum BrokerKind {
     Nats,
 }
 
+/// Where the NATS engine's stream keeps the rooms' history.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsStorage {
+    /// On disk: history survives a NATS restart.
+    File,
+    /// In memory: faster, lost when NATS restarts (rooms start new epochs).
+    Memory,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::declare::{Verdict, at_least, declare_settings, within};
-use super::{BrokerKind, HooksTable, LogFormat, RoomTable, WebhookTable};
+use super::{BrokerKind, HooksTable, LogFormat, NatsStorage, RoomTable, WebhookTable};
 
 declare_settings! {
     /// Address the HTTP and WebSocket listener binds.
@@ -257,6 +257,15 @@ declare_settings! {
             }
             Ok(())
         },
+    }
+    /// Where the NATS stream of rooms' history lives: `file` survives a
+    /// NATS restart; with `memory` a restart loses every room's history
+    /// and the rooms start new epochs (clients are told). Fixed when the
+    /// stream is created: a node refuses a stream stored otherwise.
+    nats_storage: NatsStorage {
+        default: NatsStorage::File,
+        value: "STORAGE",
+        help: "Storage of the NATS stream of history: file (survives a NATS restart) or memory (lost then: new epochs)",
     }
     /// User name for NATS (with `nats_password`).
     nats_user: Option<String> {

@@ -102,6 +102,7 @@ fn all_changed() -> Config {
         redis_prefix: "pfx".into(),
         nats_url: "nats://n:1,tls://n:2".into(),
         nats_prefix: "npfx".into(),
+        nats_storage: NatsStorage::Memory,
         nats_user: Some("nu".into()),
         nats_password: Some("np".into()),
         nats_token: Some("nt".into()),
@@ -173,6 +174,7 @@ fn every_flag_reaches_its_field() {
         "--redis-prefix=pfx",
         "--nats-url=nats://n:1,tls://n:2",
         "--nats-prefix=npfx",
+        "--nats-storage=memory",
         "--nats-user=nu",
         "--nats-password=np",
         "--nats-token=nt",
@@ -257,6 +259,7 @@ web = false
 redis_prefix = "pfx"
 nats_url = "nats://n:1,tls://n:2"
 nats_prefix = "npfx"
+nats_storage = "memory"
 nats_user = "nu"
 nats_password = "np"
 nats_token = "nt"

@@ -208,6 +208,7 @@ fn nats_settings(prefix: &str, node: &str) -> NatsSettings {
             ttl: Duration::from_secs(60),
         })),
         lease: Duration::from_secs(30),
+        memory_storage: false,
         user: None,
         password: None,
         token: None,

@@ -33,6 +33,7 @@ mod limits;
 mod metrics;
 mod multinode;
 mod nats_outage;
+mod nats_restart;
 mod openapi;
 mod operate;
 #[cfg(feature = "otlp")]

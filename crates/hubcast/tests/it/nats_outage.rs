@@ -16,14 +16,14 @@ use serde_json::json;
 
 /// A nats-server with JetStream of this test's own, killed however the
 /// test ends.
-struct OwnNats {
+pub(crate) struct OwnNats {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
 }
 
 impl OwnNats {
-    fn start() -> OwnNats {
+    pub(crate) fn start() -> OwnNats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -42,12 +42,12 @@ impl OwnNats {
         n
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// Starts the server (again, on the same port and store).
-    fn resume(&mut self) {
+    pub(crate) fn resume(&mut self) {
         let child = Command::new("nats-server")
             .args([
                 "-a",
@@ -72,7 +72,7 @@ impl OwnNats {
         panic!("nats-server did not start on {}", self.port);
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -87,7 +87,7 @@ impl Drop for OwnNats {
     }
 }
 
-async fn ready(s: &Server) -> u16 {
+pub(crate) async fn ready(s: &Server) -> u16 {
     reqwest::get(s.http("/readyz"))
         .await
         .unwrap()

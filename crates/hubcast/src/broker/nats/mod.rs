@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream;
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,6 +76,9 @@ pub struct NatsSettings {
     pub rules: Arc<Rules>,
     /// How long a dead node's presence lingers.
     pub lease: Duration,
+    /// Keep the stream of history in memory instead of on disk (lost when
+    /// NATS restarts: the rooms then start new epochs).
+    pub memory_storage: bool,
     /// User name and password.
     pub user: Option<String>,
     pub password: Option<String>,
@@ -103,6 +107,8 @@ struct Shared {
     /// How long an offline user's status is remembered.
     ttl: Duration,
     lease: Duration,
+    /// The stream's storage (`nats_storage`).
+    storage: jetstream::stream::StorageType,
     /// The stream exists as this engine configured it (cleared when a
     /// publish finds it gone, so the next creates it again).
     stream_ok: AtomicBool,
@@ -196,6 +202,11 @@ impl NatsBroker {
             handler: OnceLock::new(),
             ttl,
             lease: settings.lease,
+            storage: if settings.memory_storage {
+                jetstream::stream::StorageType::Memory
+            } else {
+                jetstream::stream::StorageType::File
+            },
             stream_ok: AtomicBool::new(false),
             turns: std::sync::Mutex::default(),
         });
@@ -310,9 +321,24 @@ impl Broker for NatsBroker {
         }
         // A JetStream request, not only the connection: JetStream can be
         // unavailable on a server that is up (no quorum in a cluster).
-        let probe = s.js.get_stream(s.names.stream());
+        let probe = async {
+            match s.js.get_stream(s.names.stream()).await {
+                Ok(_) => Ok(()),
+                // Gone (a NATS restart with memory storage, or deleted):
+                // created again here too, or a node without rooms or
+                // publishes would stay unready for ever.
+                Err(e)
+                    if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    s.stream_ok.store(false, Ordering::SeqCst);
+                    s.ensure_stream(s.rules.largest()).await
+                }
+                Err(e) => Err(down(e)),
+            }
+        };
         match tokio::time::timeout(REQUEST_TIMEOUT, probe).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "nats readiness probe failed");
                 Err(Unavailability::Down)

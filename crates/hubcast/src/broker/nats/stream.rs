@@ -90,6 +90,14 @@ macro_rules! unix_ms {
     };
 }
 
+/// A storage type as `nats_storage` names it.
+fn storage_name(s: stream::StorageType) -> &'static str {
+    match s {
+        stream::StorageType::File => "file",
+        stream::StorageType::Memory => "memory",
+    }
+}
+
 fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
@@ -106,7 +114,7 @@ impl Shared {
             max_messages_per_subject: per_subject,
             max_age: largest.ttl,
             duplicate_window: largest.ttl,
-            storage: stream::StorageType::File,
+            storage: self.storage,
             allow_direct: true,
             ..Default::default()
         };
@@ -117,6 +125,18 @@ impl Shared {
                     .await
                     .map_err(|e| down(format!("stream info: {e}")))?;
                 let c = &info.config;
+                if c.storage != self.storage {
+                    // JetStream cannot change it; serving on anyway would
+                    // keep history where the operator said not to.
+                    return Err(down(format!(
+                        "stream {} is stored in {}, but nats_storage is {}: a stream's \
+                         storage cannot change; delete the stream (its history goes) or set \
+                         nats_storage to match",
+                        config.name,
+                        storage_name(c.storage),
+                        storage_name(self.storage)
+                    )));
+                }
                 if c.max_messages_per_subject != per_subject
                     || c.max_age != largest.ttl
                     || c.duplicate_window != largest.ttl
