@@ -80,8 +80,8 @@ struct Common {
     /// Settings for the spawned nodes, as one string: --serve-args "--broker redis".
     #[arg(long, value_name = "ARGS", global = true, allow_hyphen_values = true)]
     serve_args: Option<String>,
-    /// Redis server pid: adds Redis CPU per delivery.
-    #[arg(long, value_name = "PID", global = true)]
+    /// Redis (or NATS) server pid: adds its CPU per delivery (as `redis_cpu_*`).
+    #[arg(long, visible_alias = "broker-pid", value_name = "PID", global = true)]
     redis_pid: Option<u32>,
     /// Spread connections over source addresses 127.0.0.1..N (1: no binding).
     #[arg(long, default_value_t = 20, global = true)]
