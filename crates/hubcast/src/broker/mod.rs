@@ -57,6 +57,10 @@ pub struct PublishRequest {
     /// A local connection not to deliver to (the publisher, when `echo` is
     /// false).
     pub skip: Option<ConnKey>,
+    /// Some webhook wants this room's `message.published`: the engine
+    /// records it in its webhook log in the same step as the message
+    /// (never for a duplicate), so an acknowledged publish has its event.
+    pub webhook: bool,
 }
 
 /// What `publish` did.

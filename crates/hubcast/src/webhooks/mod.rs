@@ -7,8 +7,9 @@
 //! loop of its own (`deliver`) while this node holds the webhook's lease,
 //! and one promoter moves the delayed events (`room.vacated`,
 //! `user.offline`) into the log when they are due. `message.published` is
-//! appended by the node after the engine acknowledged the publish
-//! ([`Webhooks::published`]).
+//! recorded by the engine with the message itself (the publish request
+//! says so when [`Webhooks::wants_messages`]), so an acknowledged publish
+//! has its event whatever happens to the node next.
 
 mod deliver;
 
@@ -21,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::RoomPattern;
-use crate::broker::{BrokerError, EventType, PublishResult, WebhookEvent, WebhookLog};
+use crate::broker::{BrokerError, EventType, WebhookEvent, WebhookLog};
 use crate::config::{Config, WebhookTable};
-use crate::protocol::{self, EnvelopeParts};
+use crate::protocol;
 
 /// How often due delayed events are looked for.
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
@@ -144,32 +145,11 @@ impl Webhooks {
     }
 
     /// Whether a message published in `room` is sent to some webhook: the
-    /// caller then keeps the envelope's parts for [`Webhooks::published`].
+    /// engine then records its `message.published` with the message.
     pub(crate) fn wants_messages(&self, room: &str) -> bool {
         self.targets
             .iter()
             .any(|t| t.events.contains(&EventType::MessagePublished) && t.wants_room(room))
-    }
-
-    /// Appends `message.published` for a message the engine acknowledged
-    /// (a duplicate is not one). A failure is logged: the message is
-    /// published, only its event is lost.
-    pub(crate) async fn published(
-        &self,
-        parts: &EnvelopeParts,
-        result: &PublishResult,
-        room: &str,
-    ) {
-        if result.duplicate {
-            return;
-        }
-        let event = WebhookEvent {
-            message: Some(parts.encode(result.offset, &result.epoch)),
-            ..WebhookEvent::room(EventType::MessagePublished, room, parts.timestamp)
-        };
-        if let Err(e) = self.log.append(event).await {
-            tracing::warn!(room, error = %e, "webhooks: message.published not recorded");
-        }
     }
 }
 

@@ -250,6 +250,7 @@ fn request(room: &str, msg_id: &str, idempotent: bool, skip: Option<u64>) -> Pub
         idempotent,
         parts: parts(room, msg_id),
         skip,
+        webhook: false,
     }
 }
 
@@ -608,6 +609,83 @@ mod cases {
     }
 }
 
+/// Webhooks' `message.published` is recorded by the publish itself (the
+/// request says a webhook wants it), so an acknowledged publish has its
+/// event in the log whatever happens to the node next; a publish nobody
+/// wants and a duplicate record nothing.
+mod webhook_log {
+    use super::*;
+    use hubcast::broker::EventType;
+
+    pub(super) async fn message_published_is_logged_by_the_publish(s: &Subject) {
+        let group = "wh-contract".to_string();
+        s.engine
+            .enable_webhooks(std::slice::from_ref(&group), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let wanted = PublishRequest {
+            webhook: true,
+            ..request("wh", "w1", true, None)
+        };
+        let first = s.engine.publish(wanted.clone()).await.unwrap();
+        // Not wanted by any webhook: nothing recorded.
+        s.publish("wh", "w2", false).await;
+        // A duplicate is not a message.
+        let dup = s.engine.publish(wanted).await.unwrap();
+        assert!(dup.duplicate);
+        let third = s
+            .engine
+            .publish(PublishRequest {
+                webhook: true,
+                ..request("wh", "w3", false, None)
+            })
+            .await
+            .unwrap();
+        assert!(
+            s.engine
+                .lead(&group, Duration::from_secs(10))
+                .await
+                .unwrap()
+        );
+        let logged = s.engine.read(&group, 100).await.unwrap();
+        type Logged<'a> = (EventType, Option<&'a str>, Option<Vec<u8>>);
+        let got: Vec<Logged> = logged
+            .iter()
+            .map(|e| {
+                (
+                    e.event.kind,
+                    e.event.room.as_deref(),
+                    e.event.message.as_ref().map(|m| m.to_vec()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    EventType::MessagePublished,
+                    Some("wh"),
+                    Some(expected_envelope("wh", "w1", first.offset, &first.epoch))
+                ),
+                (
+                    EventType::MessagePublished,
+                    Some("wh"),
+                    Some(expected_envelope("wh", "w3", third.offset, &third.epoch))
+                ),
+            ]
+        );
+        // Read again until acknowledged, with the same ids.
+        let again = s.engine.read(&group, 100).await.unwrap();
+        assert_eq!(
+            again.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            logged.iter().map(|e| &e.id).collect::<Vec<_>>()
+        );
+        let ids: Vec<String> = logged.iter().map(|e| e.id.clone()).collect();
+        s.engine.ack(&group, &ids).await.unwrap();
+        assert!(s.engine.read(&group, 100).await.unwrap().is_empty());
+    }
+}
+
 /// Runs every case against each named engine: `contract!(memory, redis)`
 /// makes `memory::<case>` and `redis::<case>` (and so on).
 macro_rules! contract {
@@ -623,6 +701,17 @@ macro_rules! contract {
                     presence_events_and_lists,
                     connect_disconnect_and_status,
                 );
+                contract!(@webhooks $engine: message_published_is_logged_by_the_publish);
+            }
+        )*
+    };
+    (@webhooks $engine:ident: $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let s = super::Subject::start(stringify!($engine)).await;
+                super::webhook_log::$case(&s).await;
+                s.finish().await;
             }
         )*
     };

@@ -12,6 +12,7 @@ fn req(room: &str, msg_id: &str, idempotent: bool) -> PublishRequest {
         idempotent,
         parts: EnvelopeParts::new(room, msg_id, 1, "e", "u", "1"),
         skip: None,
+        webhook: false,
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::NatsBroker;
-use crate::broker::{BrokerError, LoggedEvent, WebhookEvent, WebhookLog};
+use crate::broker::{BrokerError, LoggedEvent, WebhookLog};
 
 fn unsupported() -> BrokerError {
     BrokerError::Internal(
@@ -32,10 +32,6 @@ impl WebhookLog for NatsBroker {
         if groups.is_empty() {
             return Ok(());
         }
-        Err(unsupported())
-    }
-
-    async fn append(&self, _event: WebhookEvent) -> Result<(), BrokerError> {
         Err(unsupported())
     }
 

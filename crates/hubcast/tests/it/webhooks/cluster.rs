@@ -1,7 +1,7 @@
 //! Webhooks over several nodes on Redis: each event once per webhook
 //! whatever the number of nodes; a SIGKILLed node's members' events come
-//! after its presence lease; events it held undelivered come from another
-//! node.
+//! after its presence lease; events it held undelivered (a message's
+//! included) come from another node.
 
 use std::process::{Command, Stdio};
 
@@ -140,6 +140,9 @@ async fn events_a_killed_node_held_undelivered_come_from_another_node() {
     let held = user("held");
     let mut c = connect_port(port, &held).await;
     c.join(&room).await;
+    // An acknowledged publish has its event in the engine's log, whatever
+    // happens to the node next.
+    let ack = c.publish(&room, serde_json::json!({"n": 1})).await;
     // The doomed node read the first batch and retries it: it holds
     // events noticed and not delivered.
     common::wait_until(|| async { (!r.requests().is_empty()).then_some(()) }).await;
@@ -152,8 +155,11 @@ async fn events_a_killed_node_held_undelivered_come_from_another_node() {
     // and reads its pending entries first. `until` waits up to 10 s; the
     // lease is 10 s, so wait for it in two steps.
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
-    let events = r.until_event("member.joined", &room).await;
+    let events = r.until_event("message.published", &room).await;
     assert_eq!(count(&events, "room.occupied", &room), 1, "{events:?}");
+    let published = events.last().unwrap();
+    assert_eq!(published["message"]["offset"], ack["offset"], "{published}");
+    assert_eq!(published["message"]["msgId"], ack["msgId"], "{published}");
     let delivered = r.delivered();
     let at = |ty: &str| {
         delivered
@@ -162,7 +168,7 @@ async fn events_a_killed_node_held_undelivered_come_from_another_node() {
             .unwrap()
     };
     assert!(
-        at("room.occupied") < at("member.joined"),
+        at("room.occupied") < at("member.joined") && at("member.joined") < at("message.published"),
         "in order: {delivered:?}"
     );
     drop(c);
