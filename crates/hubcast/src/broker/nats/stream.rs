@@ -355,6 +355,11 @@ impl Shared {
                 time_ms: crate::unix_ms(),
             };
             self.announce(room, &stored).await;
+            if req.webhook {
+                let envelope =
+                    codec::envelope(&json_string(room), top + 1, &epoch, &stored.payload);
+                self.wh_published(room, envelope, req.parts.timestamp).await;
+            }
             return Ok(PublishResult {
                 offset: top + 1,
                 epoch,

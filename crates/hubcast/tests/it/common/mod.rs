@@ -411,26 +411,6 @@ macro_rules! both_engines {
     };
 }
 
-/// [`both_engines!`] for the memory and Redis engines only: for what the
-/// NATS engine does not offer yet (webhooks, which it refuses at start).
-macro_rules! memory_and_redis {
-    ($(#[$attr:meta])* async fn $name:ident($engine:ident) $body:block) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn body($engine: $crate::common::Engine) $body
-            $(#[$attr])*
-            async fn memory() {
-                body($crate::common::Engine::Memory).await
-            }
-            $(#[$attr])*
-            async fn redis() {
-                body($crate::common::Engine::Redis).await
-            }
-        }
-    };
-}
-
 /// A server running in this test's runtime.
 pub(crate) struct Server {
     pub addr: SocketAddr,
