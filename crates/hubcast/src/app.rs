@@ -64,8 +64,8 @@ pub(crate) struct App {
     pub samples: Mutex<VecDeque<(Instant, u64, u64)>>,
     /// Recent errors and notable closes, for the dashboard.
     pub recent: Arc<recent::Recent>,
-    /// The webhooks (`[[webhooks]]`); none without any.
-    pub webhooks: Option<crate::webhooks::Webhooks>,
+    /// The webhooks in force (`[[webhooks]]`, reloadable).
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl App {
@@ -98,10 +98,7 @@ impl App {
     /// Marks a publish whose `message.published` some webhook wants: the
     /// engine then records the event with the message, in one step.
     pub(crate) fn mark_for_webhooks(&self, req: &mut broker::PublishRequest) {
-        req.webhook = self
-            .webhooks
-            .as_ref()
-            .is_some_and(|w| w.wants_messages(&req.room));
+        req.webhook = self.webhooks.wants_messages(&req.room);
     }
 
     /// The backend hooks' client in force (`[hooks]`, reloadable); none

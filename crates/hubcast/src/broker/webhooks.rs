@@ -166,9 +166,11 @@ impl LoggedEvent {
 /// The engine's webhook log; see the module documentation.
 #[async_trait]
 pub trait WebhookLog: Send + Sync + 'static {
-    /// Starts recording transitions for the consumer groups named (one per
-    /// webhook), with `webhook_offline_delay`. Called once at start, and
-    /// only with webhooks configured: without, the engine records nothing.
+    /// Records transitions for the consumer groups named (one per
+    /// webhook, the ones in force: a group not named any more is
+    /// forgotten), with `webhook_offline_delay`. Called at start with
+    /// webhooks configured, and again by each reload that changes them;
+    /// with none, the engine records nothing (more).
     async fn enable_webhooks(&self, groups: &[String], delay: Duration) -> Result<(), BrokerError>;
 
     /// Moves the pending events whose delay has passed into the log, once

@@ -185,8 +185,14 @@ impl WebhookLog for MemoryBroker {
             .store(log.enabled, std::sync::atomic::Ordering::SeqCst);
         log.delay = delay;
         let start = log.first + log.entries.len() as u64;
+        // A webhook removed by a reload holds nothing back any more.
+        log.groups.retain(|g, _| groups.contains(g));
         for g in groups {
             log.groups.entry(g.clone()).or_insert(start);
+        }
+        log.trim();
+        if !log.enabled {
+            log.pending.clear();
         }
         Ok(())
     }

@@ -112,6 +112,8 @@ impl WebhookLog for RedisBroker {
     async fn enable_webhooks(&self, groups: &[String], delay: Duration) -> Result<(), BrokerError> {
         let s = &self.shared;
         if groups.is_empty() {
+            // The last webhook was removed (a reload): record nothing.
+            s.webhook_delay_ms.store(-1, Ordering::SeqCst);
             return Ok(());
         }
         if s.publish_cmd == "spublish" {
