@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hubcast_client::{Client, Event, Options, Publish};
+use hubcast_client::{Client, Error as ClientError, Event, Joined, Options, Publish, backoff};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +47,9 @@ pub(crate) struct SubLog {
     pub welcomes: u64,
     /// Frames the client could not decode.
     pub unreadable: u64,
+    /// First joins the server refused for a passing reason, and that were
+    /// sent again ([`join_retrying`]).
+    pub join_retries: u64,
 }
 
 /// One acknowledged publish.
@@ -153,11 +156,15 @@ impl Clients {
         for batch in subscribers.chunks(JOINING_AT_ONCE) {
             let joins = batch.iter().enumerate().map(|(i, s)| async move {
                 for room in rooms {
-                    let j = tokio::time::timeout(Duration::from_secs(20), s.client.join(room))
-                        .await
-                        .with_context(|| format!("subscriber {i}: join {room}: timeout"))?
-                        .with_context(|| format!("subscriber {i}: join {room}"))?;
+                    let (j, retries) = tokio::time::timeout(
+                        JOIN_WITHIN + Duration::from_secs(20),
+                        join_retrying(async || s.client.join(room).await, JOIN_WITHIN),
+                    )
+                    .await
+                    .with_context(|| format!("subscriber {i}: join {room}: timeout"))?
+                    .with_context(|| format!("subscriber {i}: join {room}"))?;
                     let mut g = lock(&s.log);
+                    g.join_retries += u64::from(retries);
                     let r = g.rooms.entry(room.clone()).or_default();
                     r.start = Some((j.epoch.clone(), j.offset));
                     r.pos.get_or_insert((j.epoch, j.offset));
@@ -236,6 +243,48 @@ impl Clients {
             }
         })
         .await;
+    }
+}
+
+/// How long a subscriber keeps sending again a first join refused for a
+/// passing reason before the run fails.
+const JOIN_WITHIN: Duration = Duration::from_secs(60);
+
+/// The backoff of those retries: full jitter under a cap that starts here
+/// and doubles per refusal, up to [`JOIN_RETRY_MAX`].
+const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs `join` until the server answers it: a refusal for a passing
+/// reason (`unavailable`, `timeout`, `rate_limited`, which thousands of
+/// subscribers joining through a balancer while nodes drain and start can
+/// meet) is sent again after a backoff with full jitter, as the client
+/// retries a refused rejoin, until `within` has passed; any other refusal
+/// is the answer. Returns the reply and how many refusals came before it.
+async fn join_retrying(
+    mut join: impl AsyncFnMut() -> Result<Joined, ClientError>,
+    within: Duration,
+) -> Result<(Joined, u32), ClientError> {
+    let give_up = tokio::time::Instant::now() + within;
+    let mut refused = 0;
+    loop {
+        match join().await {
+            Ok(j) => return Ok((j, refused)),
+            Err(e) if e.is_passing() => {
+                let pause = backoff::delay(
+                    JOIN_RETRY_MIN,
+                    JOIN_RETRY_MAX,
+                    refused,
+                    backoff::random_fraction(),
+                );
+                if tokio::time::Instant::now() + pause >= give_up {
+                    return Err(e);
+                }
+                refused += 1;
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -334,5 +383,81 @@ impl Publisher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn joined() -> Joined {
+        Joined {
+            room: "r".into(),
+            offset: 7,
+            epoch: "e".into(),
+            recovered: None,
+            members: serde_json::Value::Null,
+        }
+    }
+
+    fn refused(code: &str) -> ClientError {
+        ClientError::Server {
+            code: code.into(),
+            message: "not now".into(),
+        }
+    }
+
+    /// Answers the calls with `answers`, one each, counting them.
+    fn server(
+        answers: Vec<Result<Joined, ClientError>>,
+    ) -> (
+        Arc<Mutex<u32>>,
+        impl AsyncFnMut() -> Result<Joined, ClientError>,
+    ) {
+        let calls = Arc::new(Mutex::new(0));
+        let (c, mut it) = (calls.clone(), answers.into_iter());
+        let join = async move || {
+            *lock(&c) += 1;
+            it.next().unwrap_or_else(|| Err(refused("unavailable")))
+        };
+        (calls, join)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_join_refused_for_a_passing_reason_is_sent_again() {
+        let (calls, join) = server(vec![
+            Err(refused("rate_limited")),
+            Err(refused("unavailable")),
+            Err(refused("timeout")),
+            Ok(joined()),
+        ]);
+        let start = tokio::time::Instant::now();
+        let (j, retries) = join_retrying(join, JOIN_WITHIN).await.unwrap();
+        assert_eq!((j, retries, *lock(&calls)), (joined(), 3, 4));
+        // Backoff: the pauses are at most the doubling caps (200, 400,
+        // 800 ms), never more.
+        assert!(start.elapsed() <= Duration::from_millis(1400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_other_refusal_is_the_answer_at_once() {
+        let (calls, join) = server(vec![Err(refused("forbidden")), Ok(joined())]);
+        let e = join_retrying(join, JOIN_WITHIN).await.unwrap_err();
+        assert_eq!((e, *lock(&calls)), (refused("forbidden"), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_end_when_the_time_allowed_has_passed() {
+        let (calls, join) = server(Vec::new());
+        let start = tokio::time::Instant::now();
+        let e = join_retrying(join, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(e, refused("unavailable"));
+        assert!(start.elapsed() < Duration::from_secs(30));
+        // Backed off: far fewer tries than one per minimum pause.
+        let n = *lock(&calls);
+        assert!((3..150).contains(&n), "{n} tries");
     }
 }
