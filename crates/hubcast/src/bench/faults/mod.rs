@@ -354,7 +354,7 @@ async fn presence(
         }
         for node in &cluster.nodes {
             for room in rooms {
-                let Some((200, body)) = nodes::get(
+                let Some((200, body)) = crate::bench::net::get(
                     node.listen,
                     &format!("/api/rooms/{room}/presence"),
                     Duration::from_secs(5),
