@@ -22,6 +22,7 @@
 //! name there.
 
 pub mod controls;
+pub(crate) mod lease;
 pub mod memory;
 pub mod nats;
 pub mod redis;
