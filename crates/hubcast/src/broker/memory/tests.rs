@@ -1,5 +1,5 @@
 //! The memory engine's own cases (the shared ones are in
-//! tests/broker_contract.rs).
+//! tests/it/broker_contract/).
 
 use super::*;
 use crate::broker::{ClientInfo, PresenceManager};
