@@ -17,11 +17,12 @@
 //! - Presence changes ([`PresenceManager`]) are reported to the same
 //!   handler as events for the room.
 //!
-//! `tests/broker_contract.rs` runs one set of cases for this contract
+//! `tests/it/broker_contract/` runs one set of cases for this contract
 //! against every engine; a new engine implements both traits and adds its
 //! name there.
 
 pub mod controls;
+pub(crate) mod lease;
 pub mod memory;
 pub mod nats;
 pub mod redis;

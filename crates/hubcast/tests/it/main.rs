@@ -36,6 +36,7 @@ mod openapi;
 mod operate;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod outage;
 mod poll;
 mod presence_storm;
 mod protocol;

@@ -33,10 +33,12 @@
 //! connecting, and implements [`Broker`].
 
 mod controls;
+mod epoch;
 mod keys;
 mod kv;
 mod live;
 mod presence;
+mod pull;
 mod stream;
 mod webhooks;
 

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use async_trait::async_trait;
@@ -26,6 +25,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::lease::Rounds;
 use crate::broker::redis::codec::parse_status;
 use crate::broker::{
     BrokerError, ClientInfo, EventType, PresenceEvent, PresenceManager, PresencePage, UserStatus,
@@ -270,14 +270,8 @@ impl Shared {
 
 /// Renews this node's lease every third of it and reaps dead nodes.
 pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
-    let period = (shared.lease / 3).max(Duration::from_millis(200));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut rounds = Rounds::new(shared.lease, cancel);
+    while rounds.next().await {
         if shared.connected().is_err() {
             continue;
         }
