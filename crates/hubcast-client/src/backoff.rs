@@ -1,5 +1,7 @@
 //! Reconnect delays: exponential backoff with full jitter, and the random
-//! fraction the jitter (and publish retries) draw from.
+//! fraction the jitter (and publish retries) draw from. Public so that a
+//! caller retrying a refused request on its own (a load tool's first
+//! joins) spreads its retries as the client spreads its reconnects.
 
 use std::hash::BuildHasher;
 use std::time::Duration;
@@ -9,14 +11,14 @@ use tokio::time::Instant;
 /// The delay before reconnect attempt `attempt` (0 first): a uniformly
 /// random part of a cap that starts at `min` and doubles per attempt up
 /// to `max`. Full jitter spreads the clients a restarted node dropped.
-pub(crate) fn delay(min: Duration, max: Duration, attempt: u32, fraction: f64) -> Duration {
+pub fn delay(min: Duration, max: Duration, attempt: u32, fraction: f64) -> Duration {
     let cap = min.saturating_mul(1 << attempt.min(16)).min(max);
     cap.mul_f64(fraction)
 }
 
 /// A uniformly distributed number in [0, 1), for jitter (std's randomly
 /// keyed hasher; jitter needs spread, not secrecy).
-pub(crate) fn random_fraction() -> f64 {
+pub fn random_fraction() -> f64 {
     let n = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
     (n >> 11) as f64 / (1u64 << 53) as f64
 }

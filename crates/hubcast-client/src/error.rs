@@ -1,5 +1,7 @@
 //! What can go wrong, for every call of the client.
 
+use hubcast_protocol::ErrorCode;
+
 /// What can go wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -41,4 +43,18 @@ pub enum Error {
     /// refused for good (1008).
     #[error("the client is closed")]
     ClientClosed,
+}
+
+impl Error {
+    /// Whether the server refused for a passing reason (`unavailable`,
+    /// `timeout`, `rate_limited`: it could not serve the request now), so
+    /// the same request may be sent again later. The client itself does
+    /// so for a rejoin and a publish; a caller whose first `join` was
+    /// refused so may retry it with backoff ([`crate::backoff`]).
+    pub fn is_passing(&self) -> bool {
+        matches!(self, Error::Server { code, .. }
+            if code == ErrorCode::Unavailable.as_str()
+                || code == ErrorCode::RateLimited.as_str()
+                || code == ErrorCode::Timeout.as_str())
+    }
 }

@@ -47,14 +47,14 @@
 //! - `error`: [`Error`].
 //! - `rooms`: one room's delivery state (order, dedupe, gaps, replays).
 //! - `driver`: the task that owns all state: reconnects with backoff
-//!   (`backoff`), runs each connection, keeps the offline queue, retries
+//!   ([`backoff`], public for callers that retry on their own), runs each connection, keeps the offline queue, retries
 //!   and times out publishes, pings; it sleeps until its next deadline.
 //! - [`raw`]: one WebSocket connection without bookkeeping.
 //!
 //! Frames are the [`protocol`] crate's types (the server's own definition):
 //! the client builds typed frames and names close codes from there.
 
-mod backoff;
+pub mod backoff;
 mod client;
 mod driver;
 mod error;

@@ -64,8 +64,8 @@ pub(crate) struct App {
     pub samples: Mutex<VecDeque<(Instant, u64, u64)>>,
     /// Recent errors and notable closes, for the dashboard.
     pub recent: Arc<recent::Recent>,
-    /// The webhooks (`[[webhooks]]`); none without any.
-    pub webhooks: Option<crate::webhooks::Webhooks>,
+    /// The webhooks in force (`[[webhooks]]`, reloadable).
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl App {
@@ -95,29 +95,10 @@ impl App {
         self.live.load()
     }
 
-    /// The envelope's parts of a publish into `room`, kept when a webhook
-    /// sends its `message.published` (see [`App::note_published`]).
-    pub(crate) fn webhook_parts(
-        &self,
-        req: &broker::PublishRequest,
-    ) -> Option<protocol::EnvelopeParts> {
-        self.webhooks
-            .as_ref()
-            .filter(|w| w.wants_messages(&req.room))
-            .map(|_| req.parts.clone())
-    }
-
-    /// Records `message.published` for a publish the engine acknowledged
-    /// (with the parts [`App::webhook_parts`] kept, if any).
-    pub(crate) async fn note_published(
-        &self,
-        room: &str,
-        parts: Option<protocol::EnvelopeParts>,
-        result: &broker::PublishResult,
-    ) {
-        if let (Some(w), Some(parts)) = (&self.webhooks, parts) {
-            w.published(&parts, result, room).await;
-        }
+    /// Marks a publish whose `message.published` some webhook wants: the
+    /// engine then records the event with the message, in one step.
+    pub(crate) fn mark_for_webhooks(&self, req: &mut broker::PublishRequest) {
+        req.webhook = self.webhooks.wants_messages(&req.room);
     }
 
     /// The backend hooks' client in force (`[hooks]`, reloadable); none

@@ -50,6 +50,7 @@ impl Publish<'_> {
             idempotent,
             parts,
             skip: self.skip,
+            webhook: false,
         }
     }
 }

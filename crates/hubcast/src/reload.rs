@@ -24,7 +24,8 @@ use crate::rules::Rules;
 /// The keys a reload applies. The per-connection ones (`rate_limit_*`,
 /// `join_rate_per_conn`, `max_rooms_per_conn`, `max_message_bytes`) hold
 /// for connections opened after the reload; `log_level` is applied by the
-/// `hubcast` command, which owns the log subscriber.
+/// `hubcast` command, which owns the log subscriber; the webhooks by
+/// `crate::webhooks::Webhooks::apply` once the rest is in force.
 pub(crate) const RELOADED: &[&str] = &[
     "api_keys",
     "jwt_secret",
@@ -48,6 +49,9 @@ pub(crate) const RELOADED: &[&str] = &[
     "rate_limit_burst",
     "join_rate_per_conn",
     "hooks",
+    "webhooks",
+    "webhook_offline_delay",
+    "webhook_retry_for",
 ];
 
 /// The settings in force now.
@@ -208,7 +212,7 @@ mod tests {
         for key in RELOADED {
             // The two file-only tables are settings of their own kind.
             assert!(
-                keys.contains(key) || ["rooms", "hooks"].contains(key),
+                keys.contains(key) || ["rooms", "hooks", "webhooks"].contains(key),
                 "{key}"
             );
         }

@@ -221,14 +221,7 @@ mod tests {
     use super::*;
 
     fn table(pattern: &str) -> RoomTable {
-        RoomTable {
-            pattern: pattern.into(),
-            publish: Publishers::Members,
-            join: Joiners::Open,
-            history_size: None,
-            history_ttl: None,
-            presence: true,
-        }
+        RoomTable::new(pattern)
     }
 
     fn rules(tables: Vec<RoomTable>) -> Result<Rules, String> {

@@ -122,7 +122,7 @@ async fn serve_app(
     // refuses from its first handshake.
     let sink: std::sync::Weak<dyn broker::ControlSink> = Arc::downgrade(&controls) as _;
     user_controls.follow(sink).await?;
-    let webhooks = crate::webhooks::Webhooks::new(&config, webhook_log)?;
+    let webhooks = crate::webhooks::Webhooks::new(webhook_log);
     let app = Arc::new(App {
         webhooks,
         config,
@@ -145,13 +145,11 @@ async fn serve_app(
         samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
         recent: Arc::default(),
     });
-    if let Some(w) = &app.webhooks {
-        // Before serving: the engine records transitions from the first
-        // connection on.
-        w.start(&app.tasks, &app.stop)
-            .await
-            .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
-    }
+    // Before serving: the engine records transitions from the first
+    // connection on.
+    app.webhooks
+        .apply(&app.config, &app.tasks, &app.stop)
+        .await?;
     app.tasks.spawn(sample_rates(app.clone()));
     app.tasks.spawn(crate::drain::run(app.clone(), signal));
     // The JWKS fetches (at start, then for unknown `kid`s) end at stop or
@@ -215,6 +213,14 @@ async fn apply_reloads(app: Arc<App>, mut reloads: tokio::sync::watch::Receiver<
             r = reloads.changed() => if r.is_err() { return },
         }
         let config = reloads.borrow_and_update().clone();
-        crate::reload::apply(&app, config);
+        let changed = crate::reload::apply(&app, config);
+        if changed.iter().any(|k| k.starts_with("webhook")) {
+            let config = app.live().config.clone();
+            match app.webhooks.apply(&config, &app.tasks, &app.stop).await {
+                Ok(()) => tracing::info!("webhooks reloaded"),
+                // The engine did not answer: the webhooks that ran go on.
+                Err(e) => tracing::error!(error = %e, "webhooks not reloaded"),
+            }
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! The server's frames on a connection: messages (to their room's
 //! delivery state), presence and error events, and replies to requests.
 
-use hubcast_protocol::ErrorCode;
 use hubcast_protocol::server::read::{ErrorReply, Head, Position};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -20,15 +19,6 @@ fn server_error(text: &[u8]) -> Error {
         code: e.code,
         message: e.message,
     }
-}
-
-/// Whether an error reply is for a passing reason (the server could not
-/// serve it now), so the same request may be sent again later.
-fn passing(err: &Error) -> bool {
-    matches!(err, Error::Server { code, .. }
-        if code == ErrorCode::Unavailable.as_str()
-            || code == ErrorCode::RateLimited.as_str()
-            || code == ErrorCode::Timeout.as_str())
 }
 
 /// The report of a frame that could not be decoded, not even its place.
@@ -148,7 +138,7 @@ impl Driver {
                         // passing reason: the room stays, and is joined
                         // again with the same `since` a little later, so
                         // what was published meanwhile is still recovered.
-                        Some(r) if r.waiters.is_empty() && passing(&e) => {
+                        Some(r) if r.waiters.is_empty() && e.is_passing() => {
                             r.rejoin_at = Some(now + retry);
                             return;
                         }
@@ -172,7 +162,7 @@ impl Driver {
             Waiting::Out(key) => {
                 // `timeout` too: the outcome is unknown, and the retry
                 // carries the same msgId, so the server acks it once.
-                if err.as_ref().is_some_and(passing) {
+                if err.as_ref().is_some_and(Error::is_passing) {
                     self.retry_later(key, now);
                     return;
                 }

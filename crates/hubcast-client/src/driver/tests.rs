@@ -8,6 +8,7 @@ use std::time::Duration;
 use hubcast_protocol::server::read::Head;
 use hubcast_protocol::{ClientFrame, ErrorCode, PublishFrame, close, encode, error_frame, out};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -118,6 +119,29 @@ fn ty(frame: &[u8]) -> String {
         .and_then(|h| h.ty())
         .unwrap_or_default()
         .to_string()
+}
+
+/// A client frame, which must be a `join`: its id and room.
+fn join_of(frame: &[u8]) -> (Box<RawValue>, String) {
+    match hubcast_protocol::parse_client_frame(frame) {
+        Ok((Some(id), ClientFrame::Join { room, .. })) => (id, room.into_owned()),
+        _ => panic!("not a join: {}", String::from_utf8_lossy(frame)),
+    }
+}
+
+/// The `joined` reply to the join `id` of `room` (none: a join the server
+/// made), at offset 0 of epoch `e1`, no members.
+fn joined(room: &str, id: Option<&RawValue>) -> bytes::Bytes {
+    encode(&out::Joined {
+        ty: "joined",
+        id,
+        room,
+        offset: 0,
+        epoch: "e1",
+        recovered: None,
+        members: &[],
+        total: 0,
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -308,24 +332,9 @@ async fn a_gap_is_given_up_on_after_gap_timeout() {
     let start = Instant::now();
     let server_side = async {
         write_text(&mut server, &welcome("ada")).await;
-        let join = read_frame(&mut server).await.unwrap();
-        let Ok((Some(id), ClientFrame::Join { room, .. })) =
-            hubcast_protocol::parse_client_frame(&join)
-        else {
-            panic!("not a join: {}", String::from_utf8_lossy(&join));
-        };
+        let (id, room) = join_of(&read_frame(&mut server).await.unwrap());
         assert_eq!(room, "@ada");
-        let joined = encode(&out::Joined {
-            ty: "joined",
-            id: Some(&id),
-            room: "@ada",
-            offset: 0,
-            epoch: "e1",
-            recovered: None,
-            members: &[],
-            total: 0,
-        });
-        write_text(&mut server, &joined).await;
+        write_text(&mut server, &joined("@ada", Some(&id))).await;
         // Offset 1 never comes: 2 waits for it, then is delivered anyway.
         let message = br#"{"type":"message","room":"@ada","offset":2,"epoch":"e1","msgId":"m2","timestamp":1,"eventType":"dm","source":"bob","data":null}"#;
         write_text(&mut server, message).await;
@@ -354,22 +363,8 @@ async fn a_message_the_client_cannot_decode_is_reported_in_its_place_without_a_g
     let start = Instant::now();
     let server_side = async {
         write_text(&mut server, &welcome("ada")).await;
-        let join = read_frame(&mut server).await.unwrap();
-        let Ok((Some(id), ClientFrame::Join { .. })) = hubcast_protocol::parse_client_frame(&join)
-        else {
-            panic!("not a join: {}", String::from_utf8_lossy(&join));
-        };
-        let joined = encode(&out::Joined {
-            ty: "joined",
-            id: Some(&id),
-            room: "@ada",
-            offset: 0,
-            epoch: "e1",
-            recovered: None,
-            members: &[],
-            total: 0,
-        });
-        write_text(&mut server, &joined).await;
+        let (id, _) = join_of(&read_frame(&mut server).await.unwrap());
+        write_text(&mut server, &joined("@ada", Some(&id))).await;
         // serde_json reads neither data (a server that relays them): each
         // is reported at its offset, and the message after them is not
         // held up.
@@ -440,28 +435,11 @@ async fn a_server_side_left_drops_the_room_unless_a_join_of_ours_is_in_flight() 
     let (ws, mut server) = connection();
     let server_side = async {
         write_text(&mut server, &welcome("ada")).await;
-        let join = read_frame(&mut server).await.unwrap();
-        let Ok((Some(id), ClientFrame::Join { room, .. })) =
-            hubcast_protocol::parse_client_frame(&join)
-        else {
-            panic!("not a join: {}", String::from_utf8_lossy(&join));
-        };
+        let (id, room) = join_of(&read_frame(&mut server).await.unwrap());
         assert_eq!(room, "@ada");
         // The personal room's join is in flight: a `left` of it is older
         // than the join's reply, and changes nothing.
         write_text(&mut server, br#"{"type":"left","room":"@ada"}"#).await;
-        let joined = |room: &str, id: Option<&serde_json::value::RawValue>| {
-            encode(&out::Joined {
-                ty: "joined",
-                id,
-                room,
-                offset: 0,
-                epoch: "e1",
-                recovered: None,
-                members: &[],
-                total: 0,
-            })
-        };
         write_text(&mut server, &joined("@ada", Some(&id))).await;
         // A room the server joined us to, then took us out of.
         write_text(&mut server, &joined("news", None)).await;
@@ -510,25 +488,15 @@ async fn an_unavailable_rejoin_is_sent_again_after_the_retry_delay() {
         while joins.len() < 2 {
             let next = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut server));
             let Ok(Some(f)) = next.await else { break };
-            let Ok((Some(id), ClientFrame::Join { room, .. })) =
-                hubcast_protocol::parse_client_frame(&f)
-            else {
+            if ty(&f) != "join" {
                 continue;
-            };
-            joins.push((room.to_string(), start.elapsed()));
+            }
+            let (id, room) = join_of(&f);
+            joins.push((room.clone(), start.elapsed()));
             let reply = if joins.len() == 1 {
                 error_frame(Some(&id), ErrorCode::Unavailable, "engine slow")
             } else {
-                encode(&out::Joined {
-                    ty: "joined",
-                    id: Some(&id),
-                    room: &room,
-                    offset: 0,
-                    epoch: "e1",
-                    recovered: None,
-                    members: &[],
-                    total: 0,
-                })
+                joined(&room, Some(&id))
             };
             write_text(&mut server, &reply).await;
         }

@@ -28,6 +28,7 @@ pub(crate) mod faults;
 pub(crate) mod hist;
 pub(crate) mod net;
 pub(crate) mod nodes;
+pub(crate) mod process;
 pub(crate) mod procfs;
 pub(crate) mod scenarios;
 

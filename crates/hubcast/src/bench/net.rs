@@ -93,6 +93,14 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// The node listening at `addr`, its WebSocket endpoint at `/ws`.
+    pub(crate) fn at(addr: SocketAddr) -> Node {
+        Node {
+            addr,
+            ws_url: format!("ws://{addr}/ws"),
+        }
+    }
+
     /// A node from its WebSocket URL (`ws://127.0.0.1:8080/ws`).
     pub(crate) fn from_url(url: &str) -> anyhow::Result<Node> {
         let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
@@ -121,6 +129,26 @@ pub(crate) struct Dialer {
     pub token: Option<String>,
     /// API key for `/api/*`.
     pub api_key: Option<String>,
+}
+
+/// One GET of `path` from the node at `addr` within `within`: status and
+/// body; `None` when there is no answer (a node stopped, dead or not
+/// started yet).
+pub(crate) async fn get(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16, Bytes)> {
+    let dialer = Dialer {
+        src_ips: 1,
+        token: None,
+        api_key: None,
+    };
+    let wire = Arc::new(Wire::default());
+    tokio::time::timeout(within, async {
+        let mut h = dialer.http(&Node::at(addr), 0, &wire).await.ok()?;
+        let (s, body) = h.request(hyper::Method::GET, path, None).await.ok()?;
+        Some((s.as_u16(), body))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// The source address for connection `i`.

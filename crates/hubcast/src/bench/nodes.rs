@@ -3,12 +3,13 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::net::{Dialer, Node, Wire};
+use super::net::{Node, get};
+use super::process::Process;
 
 /// The nodes of a run, and the processes to measure.
 pub(crate) struct Nodes {
@@ -17,7 +18,7 @@ pub(crate) struct Nodes {
     /// Server processes whose CPU and memory are reported.
     pub pids: Vec<u32>,
     /// Nodes this run started; stopped when dropped.
-    children: Vec<Child>,
+    children: Vec<Process>,
     /// Their logs (stderr), removed with them.
     logs: Vec<PathBuf>,
 }
@@ -25,8 +26,7 @@ pub(crate) struct Nodes {
 impl Drop for Nodes {
     fn drop(&mut self) {
         for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
         for log in &self.logs {
             let _ = std::fs::remove_file(log);
@@ -75,42 +75,33 @@ impl Nodes {
                 .join(format!("hubcast-bench-{}-node{k}.log", std::process::id()));
             let err =
                 std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-            let child = Command::new(&exe)
-                .arg("serve")
-                .arg("--listen")
-                .arg(addr.to_string())
-                .args(serve_args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(err)
-                .spawn()
+            let mut child = Process::default();
+            child
+                .start(
+                    Command::new(&exe)
+                        .arg("serve")
+                        .arg("--listen")
+                        .arg(addr.to_string())
+                        .args(serve_args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(err),
+                )
                 .with_context(|| format!("start {}", exe.display()))?;
-            nodes.pids.push(child.id());
+            nodes.pids.extend(child.pid());
             nodes.children.push(child);
             nodes.logs.push(log);
-            nodes.nodes.push(Node {
-                addr,
-                ws_url: format!("ws://{addr}/ws"),
-            });
+            nodes.nodes.push(Node::at(addr));
         }
-        let dialer = Dialer {
-            src_ips: 1,
-            token: None,
-            api_key: None,
-        };
         for (k, node) in nodes.nodes.iter().enumerate() {
             let mut ready = false;
             for _ in 0..100 {
-                if let Some(c) = nodes.children.get_mut(k)
-                    && let Ok(Some(status)) = c.try_wait()
-                {
+                if let Some(status) = nodes.children.get_mut(k).and_then(Process::exited) {
                     let log = std::fs::read_to_string(&nodes.logs[k]).unwrap_or_default();
                     bail!("node {k} exited ({status}):\n{log}");
                 }
-                let wire = std::sync::Arc::new(Wire::default());
-                if let Ok(mut h) = dialer.http(node, 0, &wire).await
-                    && let Ok((s, _)) = h.request(hyper::Method::GET, "/readyz", None).await
-                    && s.is_success()
+                if let Some((200..=299, _)) =
+                    get(node.addr, "/readyz", Duration::from_secs(30)).await
                 {
                     ready = true;
                     break;

@@ -17,11 +17,12 @@
 //! - Presence changes ([`PresenceManager`]) are reported to the same
 //!   handler as events for the room.
 //!
-//! `tests/broker_contract.rs` runs one set of cases for this contract
+//! `tests/it/broker_contract/` runs one set of cases for this contract
 //! against every engine; a new engine implements both traits and adds its
 //! name there.
 
 pub mod controls;
+pub(crate) mod lease;
 pub mod memory;
 pub mod nats;
 pub mod redis;
@@ -57,6 +58,10 @@ pub struct PublishRequest {
     /// A local connection not to deliver to (the publisher, when `echo` is
     /// false).
     pub skip: Option<ConnKey>,
+    /// Some webhook wants this room's `message.published`: the engine
+    /// records it in its webhook log in the same step as the message
+    /// (never for a duplicate), so an acknowledged publish has its event.
+    pub webhook: bool,
 }
 
 /// What `publish` did.

@@ -12,7 +12,7 @@ use super::{
     Broker, BrokerError, BrokerHandler, ClientInfo, Engine, HistoryPage, PresenceManager,
     PresencePage, PublishRequest, PublishResult, Recovery, Unavailability, UserStatus,
     controls::{ControlSink, UserCommand, UserControls},
-    webhooks::{LoggedEvent, WebhookEvent, WebhookLog},
+    webhooks::{LoggedEvent, WebhookLog},
 };
 use crate::metrics::BROKER_LATENCY;
 use crate::protocol::Status;
@@ -154,9 +154,6 @@ impl WebhookLog for Timed {
         delay: std::time::Duration,
     ) -> Result<(), BrokerError> {
         self.inner.enable_webhooks(groups, delay).await
-    }
-    async fn append(&self, event: WebhookEvent) -> Result<(), BrokerError> {
-        timed!("webhook_append", self.inner.append(event))
     }
     async fn promote(&self) -> Result<(), BrokerError> {
         timed!("webhook_promote", self.inner.promote())

@@ -8,7 +8,9 @@
 //! `user.offline` wait `webhook_offline_delay` as pending entries; a
 //! return within the delay cancels them (and sends no second
 //! `room.occupied` / `user.online`); [`WebhookLog::promote`] moves the
-//! due ones into the log.
+//! due ones into the log. `message.published` is recorded by the publish
+//! itself when its request says a webhook wants it
+//! (`PublishRequest::webhook`), in the same step as the message.
 //!
 //! The log is read per webhook (a consumer group of one fixed consumer):
 //! [`WebhookLog::read`] returns the entries not yet acknowledged, oldest
@@ -164,13 +166,12 @@ impl LoggedEvent {
 /// The engine's webhook log; see the module documentation.
 #[async_trait]
 pub trait WebhookLog: Send + Sync + 'static {
-    /// Starts recording transitions for the consumer groups named (one per
-    /// webhook), with `webhook_offline_delay`. Called once at start, and
-    /// only with webhooks configured: without, the engine records nothing.
+    /// Records transitions for the consumer groups named (one per
+    /// webhook, the ones in force: a group not named any more is
+    /// forgotten), with `webhook_offline_delay`. Called at start with
+    /// webhooks configured, and again by each reload that changes them;
+    /// with none, the engine records nothing (more).
     async fn enable_webhooks(&self, groups: &[String], delay: Duration) -> Result<(), BrokerError>;
-
-    /// Appends an event decided outside the engine (`message.published`).
-    async fn append(&self, event: WebhookEvent) -> Result<(), BrokerError>;
 
     /// Moves the pending events whose delay has passed into the log, once
     /// for the cluster whichever node calls it.

@@ -37,6 +37,21 @@ fn keeps_presence() -> bool {
     true
 }
 
+impl RoomTable {
+    /// The table `[[rooms]]` with only `match = pattern` reads: every
+    /// other key at its default.
+    pub fn new(pattern: &str) -> RoomTable {
+        RoomTable {
+            pattern: pattern.into(),
+            publish: Publishers::default(),
+            join: Joiners::default(),
+            history_size: None,
+            history_ttl: None,
+            presence: keeps_presence(),
+        }
+    }
+}
+
 /// A file error inside a `[[rooms]]` table (a bad type or value, an
 /// unknown or missing key), named `rooms[N].key`; `None` for any other
 /// error. Figment counts the tables from 0 in its error paths.
@@ -65,4 +80,16 @@ pub(super) fn named(e: &figment::Error) -> Option<ConfigError> {
         format!("rooms[{n}].{key}")
     };
     Some(ConfigError::Invalid { key, message })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_new_table_is_one_that_names_only_its_pattern() {
+        let read: RoomTable = serde_json::from_str(r#"{"match": "chat.*"}"#).unwrap();
+        assert_eq!(RoomTable::new("chat.*"), read);
+    }
 }

@@ -17,68 +17,75 @@ use crate::outbound::{CloseReason, Taken};
 use crate::protocol::close;
 
 /// Writes until the close frame is out or the socket fails.
-pub(super) async fn write_loop<W>(
+///
+/// Not an `async fn`, which would hold its arguments twice for the
+/// connection's life (see `super::serve`).
+#[allow(clippy::manual_async_fn)]
+pub(super) fn write_loop<W>(
     io: &mut W,
     conn: &Conn,
     seen: &Seen,
     heartbeat: Duration,
     write_delay: Duration,
-) where
+) -> impl Future<Output = ()>
+where
     W: AsyncWrite + Unpin,
 {
-    // One timer for the next ping, the heartbeat deadline and the token's
-    // expiry, whichever comes first; a frame arriving does not touch it (it
-    // is re-armed when it fires), and an idle connection holds one timer.
-    let mut next_ping = Instant::now() + heartbeat;
-    let expiry = conn.expires.unwrap_or_else(far_future);
-    let due = |next_ping: Instant| next_ping.min(seen.deadline()).min(expiry);
-    let timer = sleep_until(due(next_ping));
-    tokio::pin!(timer);
-    loop {
-        // Scoped: nothing of a batch is kept while the connection waits.
-        {
-            let mut queue = VecDeque::new();
-            let taken = conn.out.take(&mut queue);
-            let closing = taken.close;
-            if !queue.is_empty() || taken.pong.is_some() || closing.is_some() {
-                let mut batch = batch(&queue, taken);
-                // An idle connection keeps no queue buffer (the thread
-                // keeps a few spares).
-                crate::pool::recycle_queue(queue);
-                if !send(io, &mut batch, conn, seen).await || closing.is_some() {
-                    return;
-                }
-                continue;
-            }
-        }
-        tokio::select! {
-            biased;
-            _ = conn.out.notified() => {
-                // The first frame after a quiet spell waits `write_delay`
-                // (off by default) so the frames queued meanwhile share its
-                // write. Frames pushed onto a queue that is not empty wake
-                // nobody, so what ends the wait early is a close or a pong;
-                // neither waits to begin with. Boxed: an idle connection's
-                // task keeps no room for it.
-                if !write_delay.is_zero() && !conn.out.urgent() {
-                    let _ = Box::pin(timeout(write_delay, conn.out.notified())).await;
-                }
-            }
-            _ = &mut timer => {
-                let now = Instant::now();
-                if now >= expiry {
-                    conn.out.close(close::TOKEN_EXPIRED, "token expired");
-                } else if now >= seen.deadline() {
-                    conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                } else if now >= next_ping {
-                    next_ping = now + heartbeat;
-                    let mut batch = Batch::default();
-                    batch.frame(frame::opcode::PING, &Bytes::new());
-                    if !send(io, &mut batch, conn, seen).await {
+    async move {
+        // One timer for the next ping, the heartbeat deadline and the token's
+        // expiry, whichever comes first; a frame arriving does not touch it (it
+        // is re-armed when it fires), and an idle connection holds one timer.
+        let mut next_ping = Instant::now() + heartbeat;
+        let expiry = conn.expires.unwrap_or_else(far_future);
+        let due = |next_ping: Instant| next_ping.min(seen.deadline()).min(expiry);
+        let timer = sleep_until(due(next_ping));
+        tokio::pin!(timer);
+        loop {
+            // Scoped: nothing of a batch is kept while the connection waits.
+            {
+                let mut queue = VecDeque::new();
+                let taken = conn.out.take(&mut queue);
+                let closing = taken.close;
+                if !queue.is_empty() || taken.pong.is_some() || closing.is_some() {
+                    let mut batch = batch(&queue, taken);
+                    // An idle connection keeps no queue buffer (the thread
+                    // keeps a few spares).
+                    crate::pool::recycle_queue(queue);
+                    if !send(io, &mut batch, conn, seen).await || closing.is_some() {
                         return;
                     }
+                    continue;
                 }
-                timer.as_mut().reset(due(next_ping));
+            }
+            tokio::select! {
+                biased;
+                _ = conn.out.notified() => {
+                    // The first frame after a quiet spell waits `write_delay`
+                    // (off by default) so the frames queued meanwhile share its
+                    // write. Frames pushed onto a queue that is not empty wake
+                    // nobody, so what ends the wait early is a close or a pong;
+                    // neither waits to begin with. Boxed: an idle connection's
+                    // task keeps no room for it.
+                    if !write_delay.is_zero() && !conn.out.urgent() {
+                        let _ = Box::pin(timeout(write_delay, conn.out.notified())).await;
+                    }
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expiry {
+                        conn.out.close(close::TOKEN_EXPIRED, "token expired");
+                    } else if now >= seen.deadline() {
+                        conn.out.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                    } else if now >= next_ping {
+                        next_ping = now + heartbeat;
+                        let mut batch = Batch::default();
+                        batch.frame(frame::opcode::PING, &Bytes::new());
+                        if !send(io, &mut batch, conn, seen).await {
+                            return;
+                        }
+                    }
+                    timer.as_mut().reset(due(next_ping));
+                }
             }
         }
     }

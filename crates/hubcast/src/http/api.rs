@@ -179,7 +179,7 @@ async fn do_publish(
     req: ApiPublish<'_>,
     trace: Option<RequestTrace>,
 ) -> Result<Response, HttpError> {
-    let request = Publish {
+    let mut request = Publish {
         room: &req.room,
         event: &req.event,
         data: req.data.get(),
@@ -192,10 +192,9 @@ async fn do_publish(
         skip: None,
     }
     .request();
+    app.mark_for_webhooks(&mut request);
     let msg_id = request.msg_id.clone();
-    let parts = app.webhook_parts(&request);
     let result = app.broker.publish(request).await?;
-    app.note_published(&req.room, parts, &result).await;
     tracing::debug!(
         room = %req.room,
         msg_id = %msg_id,

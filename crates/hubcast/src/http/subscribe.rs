@@ -8,14 +8,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::error::HttpError;
-use super::users::{bad, object, to_every_connection, user_field};
+use super::users::{JsonObject, bad, to_every_connection, user_field};
 use crate::App;
 use crate::broker::UserCommand;
 use crate::protocol;
@@ -46,10 +44,8 @@ fn room_field(m: &Map<String, Value>) -> Result<Arc<str>, HttpError> {
 /// refuses, which it is told in an `error` frame.
 pub(crate) async fn subscribe<const JOIN: bool>(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
+    JsonObject(m): JsonObject,
 ) -> Result<Response, HttpError> {
-    let m = object(&app, &headers, body).await?;
     let user = user_field(&m)?;
     let room = room_field(&m)?;
     let cmd = if JOIN {

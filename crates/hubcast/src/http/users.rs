@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -24,7 +25,7 @@ pub(super) fn bad(message: impl Into<String>) -> HttpError {
 }
 
 /// The body as a JSON object.
-pub(super) async fn object(
+async fn object(
     app: &App,
     headers: &HeaderMap,
     body: Body,
@@ -34,6 +35,33 @@ pub(super) async fn object(
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(bad("the body must be a JSON object")),
         Err(e) => Err(bad(format!("malformed JSON: {e}"))),
+    }
+}
+
+/// A handler's body, a JSON object ([`json_body`]'s content type and size
+/// checks first).
+pub(crate) struct JsonObject(pub(crate) Map<String, Value>);
+
+impl FromRequest<Arc<App>> for JsonObject {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, HttpError> {
+        let (parts, body) = req.into_parts();
+        object(app, &parts.headers, body).await.map(JsonObject)
+    }
+}
+
+/// A handler's `{user}` path segment, checked as a user id.
+pub(crate) struct UserPath(pub(crate) Arc<str>);
+
+impl FromRequestParts<Arc<App>> for UserPath {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, HttpError> {
+        let Path(user) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| bad(e.body_text()))?;
+        checked_user(&user).map(UserPath)
     }
 }
 
@@ -89,10 +117,8 @@ fn now_secs() -> u64 {
 /// every node just before.
 pub(crate) async fn disconnect(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
+    JsonObject(m): JsonObject,
 ) -> Result<Response, HttpError> {
-    let m = object(&app, &headers, body).await?;
     let user = user_field(&m)?;
     match m.get("reason") {
         None | Some(Value::Null | Value::String(_)) => {}
@@ -124,11 +150,10 @@ pub(super) async fn to_every_connection(
 /// `PUT /api/users/{user}/block`: an optional body `{"ttl"}` (seconds).
 pub(crate) async fn block(
     State(app): State<Arc<App>>,
-    Path(user): Path<String>,
+    UserPath(user): UserPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let user = checked_user(&user)?;
     // The body is optional: none (or an empty one) blocks until unblocked.
     let empty = headers
         .get(header::CONTENT_LENGTH)
@@ -157,9 +182,8 @@ pub(crate) async fn block(
 /// `DELETE /api/users/{user}/block`.
 pub(crate) async fn unblock(
     State(app): State<Arc<App>>,
-    Path(user): Path<String>,
+    UserPath(user): UserPath,
 ) -> Result<Response, HttpError> {
-    let user = checked_user(&user)?;
     app.user_controls
         .command(UserCommand::Unblock { user: user.clone() })
         .await?;
@@ -173,10 +197,8 @@ pub(crate) async fn unblock(
 /// must not close the connections that used the token).
 pub(crate) async fn revoke_jti(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
+    JsonObject(m): JsonObject,
 ) -> Result<Response, HttpError> {
-    let m = object(&app, &headers, body).await?;
     let jti: Arc<str> = match m.get("jti") {
         None => return Err(bad("`jti` is required")),
         Some(Value::String(j)) if !j.is_empty() && j.chars().count() <= 256 => {
@@ -212,12 +234,9 @@ pub(crate) async fn revoke_jti(
 /// The revocation lasts until every token issued before it has expired.
 pub(crate) async fn revoke_user_tokens(
     State(app): State<Arc<App>>,
-    Path(user): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    UserPath(user): UserPath,
+    JsonObject(m): JsonObject,
 ) -> Result<Response, HttpError> {
-    let user = checked_user(&user)?;
-    let m = object(&app, &headers, body).await?;
     let before = match m.get("issuedBefore") {
         None => return Err(bad("`issuedBefore` is required")),
         Some(v) => whole(v).filter(|b| *b <= MAX_UNIX_SECS).ok_or_else(|| {

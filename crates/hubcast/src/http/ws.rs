@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::FutureExt as _;
+use futures_util::future::OptionFuture;
 use hyper_util::rt::TokioIo;
 
 use super::error::HttpError;
@@ -176,27 +178,33 @@ pub(crate) async fn upgrade(
     let task_app = app.clone();
     // No span for the connection's life (it would hold memory in the log
     // registry for every idle connection); `Conn::span` is entered while
-    // the connection does something.
-    app.tasks.spawn(async move {
-        // Holds the connection's place in the limits until it ends.
-        let _slot = slot;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
+    // the connection does something. What only the upgrade needs (the
+    // remote address, the wait for the upgrade) lives in the first state
+    // of `then`, which the connection's future replaces: an `async` block
+    // would keep all it captured in the task for the connection's life.
+    let task = on_upgrade.then(move |upgraded| {
+        let served = match upgraded {
+            Ok(upgraded) => {
+                let max = task_app.live().config.max_message_bytes;
+                // hyper-util's server wraps every connection in a private
+                // type (HTTP version detection), so the upgraded stream
+                // cannot be taken back as a TcpStream: tokio's split it is
+                // (a lock taken per read or write call, not per frame).
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                let reader = Reader::new(r, max);
+                tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, trace_id = %conn.trace_id, "connection opened");
+                // The slot holds the connection's place in the limits until
+                // it ends.
+                Some(conn::serve(task_app, reader, w, conn, subs, slot))
+            }
             Err(e) => {
                 tracing::debug!(remote = %remote, error = %e, "upgrade failed");
-                return;
+                None
             }
         };
-        let max = task_app.live().config.max_message_bytes;
-        // hyper-util's server wraps every connection in a private type
-        // (HTTP version detection), so the upgraded stream cannot be taken
-        // back as a TcpStream: tokio's split it is (a lock taken per read
-        // or write call, not per frame).
-        let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-        let reader = Reader::new(r, max);
-        tracing::info!(conn = %conn.id, user = %conn.user, remote = %remote, trace_id = %conn.trace_id, "connection opened");
-        conn::serve(task_app, reader, w, conn, subs).await;
+        OptionFuture::from(served)
     });
+    app.tasks.spawn(task);
 
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = resp.headers_mut();

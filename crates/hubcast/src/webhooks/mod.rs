@@ -7,23 +7,29 @@
 //! loop of its own (`deliver`) while this node holds the webhook's lease,
 //! and one promoter moves the delayed events (`room.vacated`,
 //! `user.offline`) into the log when they are due. `message.published` is
-//! appended by the node after the engine acknowledged the publish
-//! ([`Webhooks::published`]).
+//! recorded by the engine with the message itself (the publish request
+//! says so when [`Webhooks::wants_messages`]), so an acknowledged publish
+//! has its event whatever happens to the node next.
+//!
+//! A SIGHUP reloads `[[webhooks]]` ([`Webhooks::apply`]): a table left as
+//! it was keeps its loop; one removed stops; one added starts.
 
 mod deliver;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::RoomPattern;
-use crate::broker::{BrokerError, EventType, PublishResult, WebhookEvent, WebhookLog};
+use crate::broker::{EventType, WebhookEvent, WebhookLog};
 use crate::config::{Config, WebhookTable};
-use crate::protocol::{self, EnvelopeParts};
+use crate::{lock, protocol};
 
 /// How often due delayed events are looked for.
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
@@ -85,91 +91,124 @@ impl Target {
     }
 }
 
-/// Every webhook of the config.
-pub(crate) struct Webhooks {
-    targets: Vec<Arc<Target>>,
-    log: Arc<dyn WebhookLog>,
+/// A delivery loop running: the table and `webhook_retry_for` it was
+/// started with, its target, and what stops it.
+struct Running {
+    table: WebhookTable,
     retry_for: Duration,
-    delay: Duration,
+    target: Arc<Target>,
+    stop: CancellationToken,
+}
+
+/// The webhooks in force (`[[webhooks]]`, reloadable): their delivery
+/// loops, and the targets a publish checks.
+pub(crate) struct Webhooks {
+    log: Arc<dyn WebhookLog>,
+    /// The targets in force, read without a lock by every publish.
+    targets: ArcSwap<Vec<Arc<Target>>>,
+    /// The loops running. Changed by [`Webhooks::apply`] only, which the
+    /// start and the reloads call one after the other; never held across
+    /// an await.
+    running: Mutex<Vec<Running>>,
+    /// The promoter runs (started with the first webhook, for good).
+    promoting: AtomicBool,
 }
 
 impl Webhooks {
-    /// The webhooks of `config` over the engine's log; `None` without any.
-    pub(crate) fn new(
-        config: &Config,
-        log: Arc<dyn WebhookLog>,
-    ) -> anyhow::Result<Option<Webhooks>> {
-        if config.webhooks.is_empty() {
-            return Ok(None);
+    /// No webhook yet over the engine's log: [`Webhooks::apply`] starts
+    /// those of a config.
+    pub(crate) fn new(log: Arc<dyn WebhookLog>) -> Webhooks {
+        Webhooks {
+            log,
+            targets: ArcSwap::from_pointee(Vec::new()),
+            running: Mutex::new(Vec::new()),
+            promoting: AtomicBool::new(false),
         }
-        let targets = config
+    }
+
+    /// Makes `config`'s webhooks the ones in force: tells the engine which
+    /// to record for (and `webhook_offline_delay`), then stops the loops
+    /// of the tables gone or changed and starts those of the new ones, on
+    /// `tasks` until `stop`. A table unchanged (and `webhook_retry_for`
+    /// with it) keeps its loop, mid-retry or not; a changed one starts
+    /// again where its group stands in the log (same url, events and
+    /// rooms: same group). Without any webhook the engine records nothing.
+    pub(crate) async fn apply(
+        &self,
+        config: &Config,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let targets: Vec<Target> = config
             .webhooks
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                Target::new(i + 1, t)
-                    .map(Arc::new)
-                    .map_err(|e| anyhow::anyhow!("webhooks[{}]: {e}", i + 1))
+                Target::new(i + 1, t).map_err(|e| anyhow::anyhow!("webhooks[{}]: {e}", i + 1))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Some(Webhooks {
-            targets,
-            log,
-            retry_for: Duration::from_secs(config.webhook_retry_for),
-            delay: Duration::from_secs(config.webhook_offline_delay),
-        }))
-    }
-
-    /// Tells the engine to record events, then starts the delivery loops
-    /// and the promoter on `tasks`; they end when `stop` fires.
-    pub(crate) async fn start(
-        &self,
-        tasks: &TaskTracker,
-        stop: &CancellationToken,
-    ) -> Result<(), BrokerError> {
-        let groups: Vec<String> = self.targets.iter().map(|t| t.group.clone()).collect();
-        self.log.enable_webhooks(&groups, self.delay).await?;
+        let retry_for = Duration::from_secs(config.webhook_retry_for);
+        let groups: Vec<String> = targets.iter().map(|t| t.group.clone()).collect();
+        let had_any = !lock(&self.running).is_empty();
+        if !groups.is_empty() || had_any {
+            self.log
+                .enable_webhooks(&groups, Duration::from_secs(config.webhook_offline_delay))
+                .await
+                .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
+        }
         let http = crate::hooks::http_client();
-        for target in &self.targets {
+        let mut running = lock(&self.running);
+        let mut kept: Vec<Running> = Vec::new();
+        for r in running.drain(..) {
+            let same = r.retry_for == retry_for
+                && config.webhooks.contains(&r.table)
+                && !kept.iter().any(|k| k.table == r.table);
+            if same {
+                kept.push(r);
+            } else {
+                r.stop.cancel();
+            }
+        }
+        for (table, target) in config.webhooks.iter().zip(targets) {
+            if kept.iter().any(|k| &k.table == table) {
+                continue;
+            }
+            let target = Arc::new(target);
+            let token = stop.child_token();
             tasks.spawn(deliver::run(deliver::Delivery {
                 target: target.clone(),
                 log: self.log.clone(),
                 http: http.clone(),
-                retry_for: self.retry_for,
-                stop: stop.clone(),
+                retry_for,
+                stop: token.clone(),
             }));
+            kept.push(Running {
+                table: table.clone(),
+                retry_for,
+                target,
+                stop: token,
+            });
         }
-        tasks.spawn(promote(self.log.clone(), stop.clone()));
+        // In the file's order.
+        kept.sort_by_key(|r| config.webhooks.iter().position(|t| *t == r.table));
+        self.targets
+            .store(Arc::new(kept.iter().map(|r| r.target.clone()).collect()));
+        let any = !kept.is_empty();
+        *running = kept;
+        drop(running);
+        if any && !self.promoting.swap(true, Ordering::SeqCst) {
+            tasks.spawn(promote(self.log.clone(), stop.clone()));
+        }
         Ok(())
     }
 
     /// Whether a message published in `room` is sent to some webhook: the
-    /// caller then keeps the envelope's parts for [`Webhooks::published`].
+    /// engine then records its `message.published` with the message.
     pub(crate) fn wants_messages(&self, room: &str) -> bool {
         self.targets
+            .load()
             .iter()
             .any(|t| t.events.contains(&EventType::MessagePublished) && t.wants_room(room))
-    }
-
-    /// Appends `message.published` for a message the engine acknowledged
-    /// (a duplicate is not one). A failure is logged: the message is
-    /// published, only its event is lost.
-    pub(crate) async fn published(
-        &self,
-        parts: &EnvelopeParts,
-        result: &PublishResult,
-        room: &str,
-    ) {
-        if result.duplicate {
-            return;
-        }
-        let event = WebhookEvent {
-            message: Some(parts.encode(result.offset, &result.epoch)),
-            ..WebhookEvent::room(EventType::MessagePublished, room, parts.timestamp)
-        };
-        if let Err(e) = self.log.append(event).await {
-            tracing::warn!(room, error = %e, "webhooks: message.published not recorded");
-        }
     }
 }
 

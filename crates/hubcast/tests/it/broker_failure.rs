@@ -248,10 +248,6 @@ impl hubcast::broker::WebhookLog for Flaky {
     ) -> Result<(), BrokerError> {
         self.inner.enable_webhooks(groups, delay).await
     }
-    async fn append(&self, event: hubcast::broker::WebhookEvent) -> Result<(), BrokerError> {
-        self.check()?;
-        self.inner.append(event).await
-    }
     async fn promote(&self) -> Result<(), BrokerError> {
         self.inner.promote().await
     }

@@ -38,6 +38,7 @@ mod openapi;
 mod operate;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod outage;
 mod poll;
 mod presence_storm;
 mod protocol;

@@ -5,7 +5,7 @@
 //! stopped.
 #![allow(clippy::unwrap_used)]
 
-use crate::common;
+use crate::{common, outage};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -87,55 +87,20 @@ impl Drop for OwnNats {
     }
 }
 
-pub(crate) async fn ready(s: &Server) -> u16 {
-    reqwest::get(s.http("/readyz"))
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_and_back() {
     let mut nats = OwnNats::start();
     let mut config = common::nats_config("outage", "outage-node");
     config.nats_url = nats.url();
     let s = Server::with_config(config, None).await;
-    let mut sub = s.client().await;
-    let j = sub.join("r").await;
-    let epoch = j["epoch"].clone();
-    let mut p = s.client().await;
-    p.publish("r", json!(1)).await;
-    assert_eq!(sub.expect("message").await["offset"], 1);
-    assert_eq!(ready(&s).await, 200);
+    let (mut sub, mut p, epoch) = outage::traffic(&s).await;
 
     nats.kill();
-    // The first publish may be sent before the client notices: `timeout`
-    // (its fate unknown) or `unavailable`; once it knows, `unavailable`.
-    let e = p
-        .call(json!({"type":"publish","room":"r","event":"e","data":2}))
-        .await;
-    assert_eq!(e["type"], "error");
-    assert!(e["code"] == "timeout" || e["code"] == "unavailable", "{e}");
-    let e = p
-        .call(json!({"type":"publish","room":"r","event":"e","data":2}))
-        .await;
-    assert_eq!(e["type"], "error");
-    assert_eq!(e["code"], "unavailable", "{e}");
-    assert_eq!(ready(&s).await, 503);
-    assert_eq!(sub.call(json!({"type":"ping"})).await["type"], "pong");
+    outage::assert_down(&s, &mut p, &mut sub).await;
 
     // NATS returns with its store: the room goes on where it was.
     nats.resume();
-    let mut up = false;
-    for _ in 0..200 {
-        if ready(&s).await == 200 {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "ready again after NATS returned");
+    outage::wait_ready(&s).await;
     let ack = p.publish("r", json!(3)).await;
     assert_eq!(ack["offset"], 2, "offset 1 was kept on disk");
     assert_eq!(ack["epoch"], epoch, "nothing acked was lost: same epoch");

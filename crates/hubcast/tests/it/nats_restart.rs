@@ -11,7 +11,8 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
-use crate::nats_outage::{OwnNats, ready};
+use crate::nats_outage::OwnNats;
+use crate::outage::ready;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -368,6 +368,87 @@ async fn sighup_adds_changes_and_removes_the_backend_hooks() {
     assert!(status.success(), "{status:?}\n{log}");
 }
 
+/// `[[webhooks]]` reloads: a SIGHUP that adds a webhook starts it (with
+/// the events from then on); one that adds another keeps the first one's
+/// loop (its batch, mid-retry, goes on with the same body id); one that
+/// removes the first stops it; a bad file changes nothing.
+#[tokio::test]
+async fn sighup_adds_keeps_and_removes_webhooks() {
+    use crate::webhooks::{Receiver, SECRET, count};
+    let (a, b) = (Receiver::start().await, Receiver::start().await);
+    let base = "listen = \"127.0.0.1:0\"\nanonymous = true\n";
+    let table = |r: &Receiver| {
+        format!(
+            "[[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"room.occupied\"]\n",
+            r.url
+        )
+    };
+    let file = scratch("reload-webhooks", base);
+    let mut node = Node::start(&file, &[]).await;
+    let mut c = Client::connect(&node.ws(None)).await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let room = |n: u32| format!("wh{n}.{tag}");
+    c.join(&room(0)).await; // no webhook yet: nobody hears of it
+
+    // Added: `a` answers 503 twice first (1 s, then 2 s of backoff).
+    a.answer_first(&[503, 503]);
+    std::fs::write(&file, format!("{base}{}", table(&a))).unwrap();
+    node.signal("-HUP");
+    node.wait_log("webhooks reloaded").await;
+    c.join(&room(1)).await;
+    common::wait_until(|| async { (!a.requests().is_empty()).then_some(()) }).await;
+    // Another one added while `a` retries.
+    std::fs::write(&file, format!("{base}{}{}", table(&a), table(&b))).unwrap();
+    node.signal("-HUP");
+    node.wait_log("webhooks reloaded").await;
+    c.join(&room(2)).await;
+    let got = b.until_event("room.occupied", &room(2)).await;
+    assert_eq!(count(&got, "room.occupied", &room(1)), 0, "{got:?}");
+    let got = a.until_event("room.occupied", &room(2)).await;
+    assert_eq!(count(&got, "room.occupied", &room(0)), 0, "{got:?}");
+    assert_eq!(count(&got, "room.occupied", &room(1)), 1, "{got:?}");
+    // `a` kept its loop: one batch, tried three times across the reload.
+    let tries: Vec<(u16, Value)> = a
+        .requests()
+        .into_iter()
+        .take(3)
+        .map(|q| (q.status, q.body["id"].clone()))
+        .collect();
+    assert_eq!(
+        tries.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [503, 503, 200]
+    );
+    assert!(tries.iter().all(|t| t.1 == tries[0].1), "{tries:?}");
+
+    // Removed: `a` hears of nothing more.
+    std::fs::write(&file, format!("{base}{}", table(&b))).unwrap();
+    node.signal("-HUP");
+    node.wait_log("webhooks reloaded").await;
+    c.join(&room(3)).await;
+    b.until_event("room.occupied", &room(3)).await;
+    // A bad file changes nothing: `b` goes on, `a` stays removed.
+    std::fs::write(
+        &file,
+        format!(
+            "{base}{}[[webhooks]]\nurl = \"{}\"\nsecret = \"short\"\n",
+            table(&b),
+            a.url
+        ),
+    )
+    .unwrap();
+    node.signal("-HUP");
+    node.wait_log("reload refused").await;
+    c.join(&room(4)).await;
+    b.until_event("room.occupied", &room(4)).await;
+    let heard = a.delivered();
+    for n in [3, 4] {
+        assert_eq!(count(&heard, "room.occupied", &room(n)), 0, "{heard:?}");
+    }
+    node.signal("-TERM");
+    let (status, log) = node.exit().await;
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
 #[tokio::test]
 async fn a_bad_file_on_sighup_changes_nothing_and_is_logged() {
     let key = "the-api-key-0123456789";

@@ -67,6 +67,8 @@ both_engines! {
         let epoch = j["epoch"].clone();
         let seen = read_run(&mut c, "busy", start, start + 50).await;
         let last = seen.last().unwrap()["offset"].as_u64().unwrap();
+        // The epoch the join told is the one the messages carry.
+        assert_eq!(seen.last().unwrap()["epoch"], epoch, "first join: {j}");
         c.close().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -191,6 +193,33 @@ both_engines! {
         for i in 1..=10 {
             let m = d.expect("message").await;
             assert_eq!(m["offset"], i);
+        }
+        s.stop().await;
+    }
+}
+
+both_engines! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_racing_a_rooms_first_publish_gets_that_messages_epoch(engine) {
+        // A client that joined an empty room and later sends the epoch it
+        // was told must find the room's messages under it: the epoch a
+        // joiner is told is the one the first message carries, however the
+        // join and that publish interleave.
+        let s = Server::on(engine).await;
+        let mut p = s.client().await;
+        let mut c = s.client().await;
+        for round in 0..25 {
+            let room = format!("first-{round}");
+            let (ack, (joined, _)) = tokio::join!(
+                p.publish(&room, json!(round)),
+                c.request(json!({"type":"join","room":room}))
+            );
+            assert_eq!(joined["type"], "joined", "{joined}");
+            assert_eq!(joined["epoch"], ack["epoch"], "round {round}: {joined} {ack}");
+            if joined["offset"] == 0 {
+                let m = c.messages(&room, 1).await;
+                assert_eq!(m[0]["epoch"], joined["epoch"], "round {round}");
+            }
         }
         s.stop().await;
     }

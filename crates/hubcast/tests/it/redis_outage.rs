@@ -6,11 +6,11 @@
 //! shared Redis, which the tests running beside these use.
 #![allow(clippy::unwrap_used)]
 
-use crate::common;
+use crate::{common, outage};
 
 use std::time::Duration;
 
-use common::{Client, Server, redis_socket_url, socket_path, start_redis};
+use common::{Client, OwnRedis, Server};
 use hubcast::config::{BrokerKind, Config};
 use serde_json::json;
 
@@ -27,9 +27,8 @@ fn redis_config(url: String, prefix: &str) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_pubsub_connection_loses_nothing() {
     let prefix = common::unique_prefix();
-    let socket = socket_path();
-    let mut redis = start_redis(&socket);
-    let redis_url = redis_socket_url(&socket);
+    let redis = OwnRedis::start();
+    let redis_url = redis.url();
     let a = Server::with_config(redis_config(redis_url.clone(), &prefix), None).await;
     let mut b_cfg = redis_config(redis_url.clone(), &prefix);
     b_cfg.node_id = "outage-node-2".into();
@@ -67,66 +66,25 @@ async fn killing_the_pubsub_connection_loses_nothing() {
     b.barrier(&mut sub, "kill").await;
     a.stop().await;
     b.stop().await;
-    redis.kill().unwrap();
-    redis.wait().unwrap();
-    std::fs::remove_file(&socket).ok();
-}
-
-async fn ready(s: &Server) -> u16 {
-    reqwest::get(s.http("/readyz"))
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_and_back() {
-    let socket = socket_path();
-    let mut redis = start_redis(&socket);
-    let url = redis_socket_url(&socket);
-    let s = Server::with_config(redis_config(url, "outage"), None).await;
-    let mut sub = s.client().await;
-    let j = sub.join("r").await;
-    let epoch = j["epoch"].clone();
-    let mut p = s.client().await;
-    p.publish("r", json!(1)).await;
-    assert_eq!(sub.expect("message").await["offset"], 1);
-    assert_eq!(ready(&s).await, 200);
+    let mut redis = OwnRedis::start();
+    let s = Server::with_config(redis_config(redis.url(), "outage"), None).await;
+    let (mut sub, mut p, epoch) = outage::traffic(&s).await;
 
-    redis.kill().unwrap();
-    redis.wait().unwrap();
-    // Publishing fails loudly; the server says it is not ready; clients stay.
+    redis.kill();
     // The first command learns of the closed connection by a broken pipe,
     // which cannot tell whether it was written before: `timeout`, or
-    // `unavailable` when the node noticed first. Then the node reconnects,
-    // is refused, and nothing is sent: `unavailable`.
-    let e = p
-        .call(json!({"type":"publish","room":"r","event":"e","data":2}))
-        .await;
-    assert_eq!(e["type"], "error");
-    assert!(e["code"] == "timeout" || e["code"] == "unavailable", "{e}");
-    let e = p
-        .call(json!({"type":"publish","room":"r","event":"e","data":2}))
-        .await;
-    assert_eq!(e["type"], "error");
-    assert_eq!(e["code"], "unavailable");
-    assert_eq!(ready(&s).await, 503);
-    assert_eq!(sub.call(json!({"type":"ping"})).await["type"], "pong");
+    // `unavailable` when the node noticed first.
+    outage::assert_down(&s, &mut p, &mut sub).await;
 
     // Redis comes back (empty: it kept nothing). The node reconnects and
     // resubscribes by itself; the room's history is gone, so it restarts
     // with a new epoch, which every subscriber sees in the envelopes.
-    let mut redis = start_redis(&socket);
-    let mut up = false;
-    for _ in 0..100 {
-        if ready(&s).await == 200 {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "ready again after Redis returned");
+    redis.restart();
+    outage::wait_ready(&s).await;
     let ack = p.publish("r", json!(3)).await;
     assert_eq!(ack["offset"], 1);
     assert_ne!(ack["epoch"], epoch, "lost history means a new epoch");
@@ -138,9 +96,6 @@ async fn redis_down_and_back() {
     assert_eq!(j2["epoch"], ack["epoch"]);
     assert_eq!(j2["offset"], 1);
     s.stop().await;
-    redis.kill().unwrap();
-    redis.wait().unwrap();
-    std::fs::remove_file(&socket).ok();
 }
 
 /// Redis restarts empty while users are connected: each node notices its
@@ -148,9 +103,8 @@ async fn redis_down_and_back() {
 /// users are present (and online) again without reconnecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_comes_back_after_redis_loses_it() {
-    let socket = socket_path();
-    let mut redis = start_redis(&socket);
-    let url = redis_socket_url(&socket);
+    let mut redis = OwnRedis::start();
+    let url = redis.url();
     let mut a_cfg = redis_config(url.clone(), "relost");
     a_cfg.node_id = "relost-a".into();
     a_cfg.presence_lease = 3;
@@ -169,9 +123,7 @@ async fn presence_comes_back_after_redis_loses_it() {
         (json!("join"), json!("Bob"))
     );
 
-    redis.kill().unwrap();
-    redis.wait().unwrap();
-    let mut redis = start_redis(&socket);
+    redis.restart();
 
     // Within a lease period both nodes register again; each side sees the
     // other's join event again, and a newcomer sees both in the list.
@@ -226,7 +178,4 @@ async fn presence_comes_back_after_redis_loses_it() {
     assert_eq!(ev["action"], "leave");
     a.stop().await;
     b.stop().await;
-    redis.kill().unwrap();
-    redis.wait().unwrap();
-    std::fs::remove_file(&socket).ok();
 }

@@ -8,19 +8,12 @@ use crate::common;
 use crate::sse::Sse;
 use common::{Server, offsets, reply_offsets};
 use hubcast::config::RoomTable;
-use hubcast::rules::{Joiners, Publishers};
+use hubcast::rules::Publishers;
 use serde_json::{Value, json};
 
 /// A table for `pattern` with every other key at its default.
 fn rule(pattern: &str) -> RoomTable {
-    RoomTable {
-        pattern: pattern.into(),
-        publish: Publishers::Members,
-        join: Joiners::Open,
-        history_size: None,
-        history_ttl: None,
-        presence: true,
-    }
+    RoomTable::new(pattern)
 }
 
 /// `GET` of an API path: the status and the JSON body.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::nodes::get;
+use crate::bench::net::get;
 use crate::lock::lock;
 
 /// How often each node's `/readyz` is asked; one 503 (or silence) takes

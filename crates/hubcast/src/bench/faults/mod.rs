@@ -256,6 +256,7 @@ async fn scenario(
     let tally = check::check(&subs, &publog.0);
     let reconnects: u64 = logs.iter().map(|l| l.welcomes.saturating_sub(1)).sum();
     let unreadable: u64 = logs.iter().map(|l| l.unreadable).sum();
+    let join_retries: u64 = logs.iter().map(|l| l.join_retries).sum();
     drop(clients);
     drop(balancer);
     drop(cluster);
@@ -273,6 +274,7 @@ async fn scenario(
         abandoned: publog.2,
         reconnects,
         unreadable,
+        join_retries,
         drained,
         presence: &presence,
         rss: &rss,
@@ -352,7 +354,7 @@ async fn presence(
         }
         for node in &cluster.nodes {
             for room in rooms {
-                let Some((200, body)) = nodes::get(
+                let Some((200, body)) = crate::bench::net::get(
                     node.listen,
                     &format!("/api/rooms/{room}/presence"),
                     Duration::from_secs(5),

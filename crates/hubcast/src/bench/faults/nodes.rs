@@ -4,39 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
 
 use super::proxy::Proxy;
-use crate::bench::net::{Dialer, Node as NetNode, Wire};
+use crate::bench::net::get;
 use crate::bench::nodes::free_port;
-
-/// One GET to `addr` within `within`: status and body; `None` when there
-/// is no answer (a stopped or dead node).
-pub(crate) async fn get(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16, Bytes)> {
-    let node = NetNode {
-        addr,
-        ws_url: format!("ws://{addr}/ws"),
-    };
-    let dialer = Dialer {
-        src_ips: 1,
-        token: None,
-        api_key: None,
-    };
-    let wire = Arc::new(Wire::default());
-    tokio::time::timeout(within, async {
-        let mut h = dialer.http(&node, 0, &wire).await.ok()?;
-        let (s, body) = h.request(hyper::Method::GET, path, None).await.ok()?;
-        Some((s.as_u16(), body))
-    })
-    .await
-    .ok()
-    .flatten()
-}
+use crate::bench::process::Process;
 
 /// One node.
 pub(crate) struct Node {
@@ -50,12 +26,13 @@ pub(crate) struct Node {
     pub client_link: Proxy,
     args: Vec<String>,
     log: PathBuf,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl Drop for Node {
+    /// The process first, then its proxies.
     fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 
@@ -94,7 +71,7 @@ impl Node {
             client_link,
             args,
             log: dir.join(format!("node{k}.log")),
-            child: None,
+            child: Process::default(),
         };
         node.spawn()?;
         node.wait_ready(Duration::from_secs(20)).await?;
@@ -108,7 +85,7 @@ impl Node {
 
     /// The process id, while it runs.
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -119,29 +96,23 @@ impl Node {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("open {}", self.log.display()))?;
-        let child = Command::new(&exe)
-            .args(&self.args)
+        let mut cmd = Command::new(&exe);
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("start {}", exe.display()))?;
-        self.child = Some(child);
-        Ok(())
+            .stderr(err);
+        self.child
+            .start(&mut cmd)
+            .with_context(|| format!("start {}", exe.display()))
     }
 
     /// SIGKILL, and waits for the process to be gone.
     pub(crate) fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // A stopped process dies of SIGKILL too.
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
-    /// Starts it again on the same port after [`Node::kill`].
+    /// Kills it and starts it again on the same port.
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
         self.spawn()?;
         self.wait_ready(Duration::from_secs(20)).await
     }
@@ -156,10 +127,7 @@ impl Node {
         self.signal("TERM")?;
         let start = tokio::time::Instant::now();
         while start.elapsed() < within {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                self.child = None;
+            if let Some(status) = self.child.exited() {
                 return Ok((status, start.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -205,9 +173,7 @@ impl Node {
     pub(crate) async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let end = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < end {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
+            if let Some(status) = self.child.exited() {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 // The end of its log: why it stopped.
                 let lines: Vec<&str> = log.lines().collect();

@@ -7,10 +7,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+
+use crate::bench::process::Process;
 
 /// A `redis-server` this run started; killed when dropped.
 pub(crate) struct Redis {
@@ -18,13 +20,7 @@ pub(crate) struct Redis {
     dir: PathBuf,
     /// `appendfsync always` (else `everysec`).
     fsync_always: bool,
-    child: Option<Child>,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    child: Process,
 }
 
 impl Redis {
@@ -36,7 +32,7 @@ impl Redis {
             addr,
             dir: dir.to_path_buf(),
             fsync_always,
-            child: None,
+            child: Process::default(),
         };
         redis.restart().await?;
         Ok(redis)
@@ -45,19 +41,15 @@ impl Redis {
     /// SIGKILL: no shutdown, no last save; what survives is what the
     /// append-only file holds.
     pub(crate) fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
-    /// Starts it (again) on the same port and directory, and waits until it
-    /// answers PING (with the append-only file loaded).
+    /// Starts it (again: killed first) on the same port and directory, and
+    /// waits until it answers PING (with the append-only file loaded).
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
         let log = self.dir.join("redis.log");
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port"])
             .arg(self.addr.port().to_string())
             .arg("--dir")
             .arg(&self.dir)
@@ -79,17 +71,15 @@ impl Redis {
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .stderr(Stdio::null());
+        self.child
+            .start(&mut cmd)
             .context("start redis-server (is it installed?)")?;
-        self.child = Some(child);
         for _ in 0..200 {
             if self.ping().await {
                 return Ok(());
             }
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
+            if let Some(status) = self.child.exited() {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 bail!("redis-server exited ({status}):\n{text}");
             }

@@ -28,6 +28,9 @@ pub(crate) struct Report<'a> {
     pub abandoned: u64,
     pub reconnects: u64,
     pub unreadable: u64,
+    /// Subscribers' first joins refused for a passing reason and sent
+    /// again.
+    pub join_retries: u64,
     pub drained: bool,
     pub presence: &'a Presence,
     pub rss: &'a [Series],
@@ -204,6 +207,7 @@ impl Report<'_> {
         put("excused", json!(t.excused));
         put("conflicting_acks", json!(t.conflicting_acks));
         put("reconnects", json!(self.reconnects));
+        put("join_retries", json!(self.join_retries));
         if let Some((peak, burst)) = self.peak_reconnects {
             put("restarts", json!(self.injected.len()));
             put("drain_delay_s", json!(a.drain_delay));

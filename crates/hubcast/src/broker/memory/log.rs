@@ -185,6 +185,13 @@ impl MemoryBroker {
             }
         }
         let epoch = log.epoch.clone();
+        if req.webhook
+            && let Some(mut events) = self.event_log()
+        {
+            // Under the room's lock (the event log's is taken after it,
+            // never before): the event is there when the publish is.
+            events.published(&req.room, publication.envelope.clone(), req.parts.timestamp);
+        }
         // Delivered under the room's lock: this is what keeps every
         // subscriber's stream in offset order.
         if let Some(h) = handler {

@@ -1,5 +1,5 @@
 //! The memory engine's own cases (the shared ones are in
-//! tests/broker_contract.rs).
+//! tests/it/broker_contract/).
 
 use super::*;
 use crate::broker::{ClientInfo, PresenceManager};
@@ -12,6 +12,7 @@ fn req(room: &str, msg_id: &str, idempotent: bool) -> PublishRequest {
         idempotent,
         parts: EnvelopeParts::new(room, msg_id, 1, "e", "u", "1"),
         skip: None,
+        webhook: false,
     }
 }
 
@@ -178,12 +179,9 @@ async fn offline_users_are_remembered_for_a_while_and_within_a_cap() {
 /// for `ttl` seconds (global ttl when `None`).
 fn table(pattern: &str, size: Option<usize>, ttl: Option<u64>) -> crate::config::RoomTable {
     crate::config::RoomTable {
-        pattern: pattern.into(),
-        publish: crate::rules::Publishers::Members,
-        join: crate::rules::Joiners::Open,
         history_size: size,
         history_ttl: ttl,
-        presence: true,
+        ..crate::config::RoomTable::new(pattern)
     }
 }
 

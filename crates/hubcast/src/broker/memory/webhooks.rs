@@ -1,7 +1,9 @@
 //! The memory engine's webhook log (`crate::broker::webhooks`): the same
 //! semantics as the Redis engine's stream, on one node. Transitions are
 //! recorded under the presence lock (the lock order is presence, then this
-//! log), so the log holds them in the order presence changed.
+//! log), so the log holds them in the order presence changed;
+//! `message.published` under the room's log lock (room, then this log), so
+//! an acknowledged publish has its event.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -114,6 +116,16 @@ impl EventLog {
         }
     }
 
+    /// `message.published`, with the envelope clients got.
+    pub(super) fn published(&mut self, room: &str, envelope: bytes::Bytes, time: i64) {
+        if self.enabled {
+            self.push(WebhookEvent {
+                message: Some(envelope),
+                ..WebhookEvent::room(EventType::MessagePublished, room, time)
+            });
+        }
+    }
+
     fn delay(&mut self, key: Pending, event: WebhookEvent) {
         let n = self.next_pending;
         self.next_pending += 1;
@@ -173,16 +185,14 @@ impl WebhookLog for MemoryBroker {
             .store(log.enabled, std::sync::atomic::Ordering::SeqCst);
         log.delay = delay;
         let start = log.first + log.entries.len() as u64;
+        // A webhook removed by a reload holds nothing back any more.
+        log.groups.retain(|g, _| groups.contains(g));
         for g in groups {
             log.groups.entry(g.clone()).or_insert(start);
         }
-        Ok(())
-    }
-
-    async fn append(&self, event: WebhookEvent) -> Result<(), BrokerError> {
-        let mut log = lock(&self.events);
-        if log.enabled {
-            log.push(event);
+        log.trim();
+        if !log.enabled {
+            log.pending.clear();
         }
         Ok(())
     }

@@ -60,6 +60,21 @@ impl Names {
     pub(super) fn nodes_bucket(&self) -> String {
         format!("{}_nodes", self.flat)
     }
+
+    /// The stream of webhook events (`webhooks`).
+    pub(super) fn webhook_stream(&self) -> String {
+        format!("{}_WEBHOOKS", self.flat)
+    }
+
+    /// The webhook events' subject.
+    pub(super) fn webhook_subject(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+
+    /// The bucket of webhook cursors, leases and pending events.
+    pub(super) fn webhook_bucket(&self) -> String {
+        format!("{}_webhooks", self.flat)
+    }
 }
 
 /// Keys in the state bucket.

@@ -188,17 +188,11 @@ impl Live {
 /// The room's latest message as a position (an empty room: sequence 0,
 /// offset 0, the epoch its first message will carry).
 async fn position(s: &Shared, room: &str) -> Result<Pos, BrokerError> {
-    Ok(match s.last(room).await? {
-        Some(last) => Pos {
-            seq: last.seq,
-            offset: last.offset,
-            epoch: last.epoch,
-        },
-        None => Pos {
-            seq: 0,
-            offset: 0,
-            epoch: s.run_epoch(room, false).await?,
-        },
+    let (offset, epoch, last) = s.position(room).await?;
+    Ok(Pos {
+        seq: last.map_or(0, |l| l.seq),
+        offset,
+        epoch,
     })
 }
 

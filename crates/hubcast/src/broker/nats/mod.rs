@@ -12,6 +12,7 @@
 //! | user status | bucket `<P>_state`, key `u.<user>` | status, name, connections (id → node), rooms, last seen |
 //! | controls | bucket `<P>_state`, keys `c.*`; core subject `<p>.controls` | kept blocks and revocations; every command |
 //! | leases | bucket `<P>_nodes`, key `n.<node>` | alive while renewed (the bucket's max age is the lease) |
+//! | webhooks | stream `<P>_WEBHOOKS`, bucket `<P>_webhooks` | events, each webhook's cursor and lease, pending delayed events (see `webhooks`) |
 //!
 //! Offsets (`stream`): the room's latest message carries its offset and
 //! epoch; a publish reads it and writes the next one with
@@ -28,14 +29,16 @@
 //! compare-and-set), `stream` (publish,
 //! reading history, epochs), `live` (the node's room subscriptions and
 //! in-order delivery), `presence` (presence, user status, leases and the
-//! reaper), `controls` (user controls). This file holds the shared state,
+//! reaper), `controls` (user controls), `webhooks` (the webhook log). This file holds the shared state,
 //! connecting, and implements [`Broker`].
 
 mod controls;
+mod epoch;
 mod keys;
 mod kv;
 mod live;
 mod presence;
+mod pull;
 mod stream;
 mod webhooks;
 
@@ -119,6 +122,9 @@ struct Shared {
     /// get offsets out of their order. An entry lives while a publish to
     /// its room holds or waits for it.
     turns: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    /// The webhook log, once webhooks are on (`webhooks`): without, no
+    /// transition costs anything more.
+    webhooks: OnceLock<webhooks::Log>,
 }
 
 /// The NATS JetStream engine.
@@ -209,6 +215,7 @@ impl NatsBroker {
             },
             stream_ok: AtomicBool::new(false),
             turns: std::sync::Mutex::default(),
+            webhooks: OnceLock::new(),
         });
         retry(|| shared.ensure_stream(largest)).await?;
         retry(|| shared.renew_lease()).await?;

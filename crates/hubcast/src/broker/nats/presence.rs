@@ -6,7 +6,8 @@
 //! connections with their node, rooms, last seen), each changed by
 //! compare-and-set, so two nodes changing one key concurrently both land.
 //! The node whose change made a user's first connection join a room (or
-//! its last leave) sends the presence event on the room's live subject.
+//! its last leave) sends the presence event on the room's live subject,
+//! and records the webhook events the change decided (`webhooks`).
 //!
 //! Leases: each node keeps `n.<node>` in the nodes bucket, whose entries
 //! expire after the lease, renewing it every third of it. Every node also
@@ -16,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use async_trait::async_trait;
@@ -25,13 +25,15 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::lease::Rounds;
 use crate::broker::redis::codec::parse_status;
 use crate::broker::{
-    BrokerError, ClientInfo, PresenceEvent, PresenceManager, PresencePage, UserStatus,
+    BrokerError, ClientInfo, EventType, PresenceEvent, PresenceManager, PresencePage, UserStatus,
 };
 use crate::protocol::{Member, PresenceAction, Status};
 
 use super::kv::modify;
+use super::webhooks::Pending;
 use super::{NatsBroker, Shared, down, keys};
 
 /// A room's presence: connection id → entry.
@@ -126,10 +128,15 @@ impl Shared {
                 return (None, None);
             };
             let last = !p.values().any(|o| o.u == e.u);
-            (Some(encode(&p)), Some((e, last)))
+            (Some(encode(&p)), Some((e, last, p.is_empty())))
         })
         .await?;
-        if let Some((e, true)) = removed {
+        if let Some((e, true, empty)) = removed {
+            // Webhooks: decided by the compare-and-set above.
+            self.wh_member(EventType::MemberLeft, room, &e.u).await;
+            if empty {
+                self.wh_gone(Pending::Room(room)).await;
+            }
             let status = self.user_room(&e.u, room, false).await?;
             self.announce_presence(
                 room,
@@ -153,22 +160,27 @@ impl Shared {
         ephemeral: bool,
     ) -> Result<(), BrokerError> {
         let now = crate::unix_ms();
-        modify(&self.state, &keys::user_key(user), |v| {
+        let gone = modify(&self.state, &keys::user_key(user), |v| {
             let mut rec: UserRecord = parse(v);
             if rec.c.remove(conn).is_none() {
-                return (None, ());
+                return (None, false);
             }
             if rec.c.is_empty() {
                 if ephemeral && rec.r.is_empty() {
                     // Nobody can connect as this user again.
-                    return (Some(Vec::new()), ());
+                    return (Some(Vec::new()), true);
                 }
                 rec.s = Status::Offline.as_str().into();
                 rec.l = Some(now);
             }
-            (Some(encode(&rec)), ())
+            let gone = rec.c.is_empty();
+            (Some(encode(&rec)), gone)
         })
-        .await
+        .await?;
+        if gone {
+            self.wh_gone(Pending::User(user)).await;
+        }
+        Ok(())
     }
 
     /// Renews this node's lease.
@@ -258,14 +270,8 @@ impl Shared {
 
 /// Renews this node's lease every third of it and reaps dead nodes.
 pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
-    let period = (shared.lease / 3).max(Duration::from_millis(200));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut rounds = Rounds::new(shared.lease, cancel);
+    while rounds.next().await {
         if shared.connected().is_err() {
             continue;
         }
@@ -289,14 +295,21 @@ impl PresenceManager for NatsBroker {
             n: client.name.to_string(),
             d: s.node.to_string(),
         };
-        let first = modify(&s.state, &keys::presence_key(room), |v| {
+        let (first, occupied) = modify(&s.state, &keys::presence_key(room), |v| {
             let mut p: RoomPresence = parse(v);
             let first = !p.values().any(|o| o.u == entry.u);
+            let occupied = p.is_empty();
             p.insert(client.conn_id.to_string(), entry.clone());
-            (Some(encode(&p)), first)
+            (Some(encode(&p)), (first, occupied))
         })
         .await?;
+        // Webhooks: decided by the compare-and-set above.
+        if occupied {
+            s.wh_back(Pending::Room(room)).await;
+        }
         if first {
+            s.wh_member(EventType::MemberJoined, room, &client.user)
+                .await;
             let status = s.user_room(&client.user, room, true).await?;
             s.announce_presence(
                 room,
@@ -353,17 +366,22 @@ impl PresenceManager for NatsBroker {
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
         s.connected()?;
-        modify(&s.state, &keys::user_key(&client.user), |v| {
+        let online = modify(&s.state, &keys::user_key(&client.user), |v| {
             let mut rec: UserRecord = parse(v);
-            if rec.c.is_empty() {
+            let online = rec.c.is_empty();
+            if online {
                 rec.s = Status::Online.as_str().into();
             }
             rec.n = client.name.to_string();
             rec.l = None;
             rec.c.insert(client.conn_id.to_string(), s.node.to_string());
-            (Some(encode(&rec)), ())
+            (Some(encode(&rec)), online)
         })
-        .await
+        .await?;
+        if online {
+            s.wh_back(Pending::User(&client.user)).await;
+        }
+        Ok(())
     }
 
     async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {

@@ -21,7 +21,6 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
-use futures_util::StreamExt;
 
 use crate::broker::redis::codec;
 use crate::broker::{
@@ -31,7 +30,7 @@ use crate::protocol::json_string;
 use crate::rules::History;
 
 use super::kv::modify;
-use super::{REQUEST_TIMEOUT, Shared, down, keys};
+use super::{Shared, down, epoch, keys};
 
 const OFFSET: &str = "Hubcast-Offset";
 const EPOCH: &str = "Hubcast-Epoch";
@@ -42,9 +41,6 @@ const EXPECTED_LAST: &str = "Nats-Expected-Last-Subject-Sequence";
 
 /// Attempts of one publish racing other publishers of the room.
 const MAX_ATTEMPTS: usize = 50;
-
-/// Most messages read from the stream in one batch.
-const BATCH: usize = 1000;
 
 /// A stored publication as read back.
 #[derive(Debug, Clone)]
@@ -64,7 +60,7 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Stored {
-    fn from_parts(
+    pub(super) fn from_parts(
         seq: u64,
         headers: Option<&HeaderMap>,
         payload: Bytes,
@@ -193,7 +189,14 @@ impl Shared {
     }
 
     /// The room's messages from stream sequence `from` on (all with 0), in
-    /// order. Reads through a short-lived consumer filtered on the room.
+    /// order, as far as the stream held them when the read began. Reads
+    /// through a short-lived consumer filtered on the room.
+    ///
+    /// The result is whole or an error, never a silent prefix: a pull that
+    /// ends before its messages came (the request expired on a busy server)
+    /// is asked again, and the read ends early only when the server says
+    /// nothing is left for the consumer (the rest was trimmed meanwhile). A
+    /// short read would make `recover` report a recoverable room as lost.
     pub(super) async fn read(&self, room: &str, from: u64) -> Result<Vec<Stored>, BrokerError> {
         self.connected()?;
         let stream = self.stream().await?;
@@ -204,7 +207,7 @@ impl Shared {
                 start_sequence: from,
             }
         };
-        let c = stream
+        let mut c = stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: self.names.room_subject(room),
                 deliver_policy,
@@ -217,75 +220,48 @@ impl Shared {
             .await
             .map_err(|e| down(format!("read {room}: {e}")))?;
         let name = c.cached_info().name.clone();
-        let mut pending = c.cached_info().num_pending as usize;
-        let mut out = Vec::with_capacity(pending.min(BATCH));
-        let r: Result<(), BrokerError> = async {
-            while pending > 0 {
-                let mut batch = c
-                    .batch()
-                    .max_messages(pending.min(BATCH))
-                    .expires(REQUEST_TIMEOUT)
-                    .messages()
-                    .await
-                    .map_err(|e| down(format!("read {room}: {e}")))?;
-                let mut got = 0;
-                while let Some(m) = batch.next().await {
-                    let m = m.map_err(|e| down(format!("read {room}: {e}")))?;
-                    got += 1;
-                    let (seq, time) = match m.info() {
-                        Ok(i) => (i.stream_sequence, unix_ms!(i.published)),
-                        Err(_) => continue,
-                    };
-                    if let Some(s) =
-                        Stored::from_parts(seq, m.headers.as_ref(), m.payload.clone(), time)
-                    {
-                        out.push(s);
-                    }
-                }
-                if got == 0 {
-                    // Trimmed while reading.
-                    break;
-                }
-                pending = pending.saturating_sub(got);
-            }
-            Ok(())
-        }
-        .await;
+        let wanted = c.cached_info().num_pending;
+        let r = super::pull::read_all(&mut c, room, wanted).await;
         let _ = stream.delete_consumer(&name).await;
-        r.map(|()| out)
+        r
     }
 
-    /// The epoch an empty room's next message gets; with `claim`, marks it
-    /// used (the caller is about to store a message with it), starting a
-    /// new epoch when a message already used the current one.
+    /// The epoch an empty room's next message gets (see [`epoch`]); with
+    /// `claim`, the caller is about to store that message.
     pub(super) async fn run_epoch(&self, room: &str, claim: bool) -> Result<Arc<str>, BrokerError> {
         let fresh = new_epoch();
+        let keep_ms = self.rules.largest().ttl.as_millis() as i64;
+        let now_ms = crate::unix_ms();
         let epoch = modify(&self.state, &keys::epoch_key(room), |v| {
-            let (used, current) = match v.and_then(|v| std::str::from_utf8(v).ok()) {
-                Some(v) => match v.split_once(':') {
-                    Some(("u", e)) => (true, Some(e.to_string())),
-                    Some((_, e)) => (false, Some(e.to_string())),
-                    None => (true, None),
-                },
-                None => (false, None),
-            };
-            match (used, current, claim) {
-                (false, Some(e), false) => (None, e),
-                (false, Some(e), true) => (Some(format!("u:{e}").into_bytes()), e),
-                (_, _, false) => (Some(format!("f:{fresh}").into_bytes()), fresh.clone()),
-                (_, _, true) => (Some(format!("u:{fresh}").into_bytes()), fresh.clone()),
-            }
+            epoch::next_run(&epoch::State::parse(v), claim, now_ms, keep_ms, &fresh)
         })
         .await?;
         Ok(Arc::from(epoch))
     }
 
-    /// The room's position: its latest message, or the epoch of an empty
-    /// room.
-    async fn position(&self, room: &str) -> Result<(u64, Arc<str>, Option<Stored>), BrokerError> {
+    /// Marks a claimed epoch used once its run's first message is stored.
+    async fn run_stored(&self, room: &str, stored: &str) -> Result<(), BrokerError> {
+        modify(&self.state, &keys::epoch_key(room), |v| {
+            (epoch::stored(&epoch::State::parse(v), stored), ())
+        })
+        .await
+    }
+
+    /// The room's position: its latest message, or, for an empty room, the
+    /// epoch its next message will carry.
+    pub(super) async fn position(
+        &self,
+        room: &str,
+    ) -> Result<(u64, Arc<str>, Option<Stored>), BrokerError> {
+        if let Some(last) = self.last(room).await? {
+            return Ok((last.offset, last.epoch.clone(), Some(last)));
+        }
+        let epoch = self.run_epoch(room, false).await?;
+        // A run's epoch is marked used only after its first message was
+        // stored: if the key said so, that message is found now.
         match self.last(room).await? {
             Some(last) => Ok((last.offset, last.epoch.clone(), Some(last))),
-            None => Ok((0, self.run_epoch(room, false).await?, None)),
+            None => Ok((0, epoch, None)),
         }
     }
 
@@ -365,6 +341,12 @@ impl Shared {
                     duplicate: true,
                 });
             }
+            if seq == 0
+                && let Err(e) = self.run_stored(room, &epoch).await
+            {
+                // The claim then lapses after the longest keep (see epoch).
+                tracing::warn!(room, error = %e, "cannot mark the room's epoch used");
+            }
             let stored = Stored {
                 seq: ack.sequence,
                 offset: top + 1,
@@ -375,6 +357,11 @@ impl Shared {
                 time_ms: crate::unix_ms(),
             };
             self.announce(room, &stored).await;
+            if req.webhook {
+                let envelope =
+                    codec::envelope(&json_string(room), top + 1, &epoch, &stored.payload);
+                self.wh_published(room, envelope, req.parts.timestamp).await;
+            }
             return Ok(PublishResult {
                 offset: top + 1,
                 epoch,

@@ -251,9 +251,8 @@ impl Broker for RedisBroker {
         // the first publication.
         let check = req.idempotent || cluster;
         let keep = s.rules.history(room);
-        let (offset, epoch, dup): (u64, String, u8) = s
-            .scripts
-            .publish
+        let mut script = s.scripts.publish.prepare_invoke();
+        script
             .key(s.keys.room(room, "m"))
             .key(s.keys.room(room, "s"))
             .key(s.keys.channel(room))
@@ -268,7 +267,16 @@ impl Broker for RedisBroker {
             .arg(req.skip.map(|k| k.to_string()).unwrap_or_default())
             .arg(crate::unix_ms())
             .arg(if check { "1" } else { "0" })
-            .arg(s.publish_cmd)
+            .arg(s.publish_cmd);
+        if req.webhook
+            && s.webhook_delay_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 0
+        {
+            // `message.published` in the same script (see `webhooks`).
+            script.key(s.keys.webhook_stream()).arg(room);
+        }
+        let (offset, epoch, dup): (u64, String, u8) = script
             .invoke_async(&mut conn)
             .await
             .map_err(|e| publish_error(&e, &req.msg_id, cluster))?;

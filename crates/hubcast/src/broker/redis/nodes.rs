@@ -4,11 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::lease::Rounds;
 use crate::broker::{BrokerError, ClientInfo};
 use crate::protocol::Status;
 
@@ -210,14 +210,8 @@ impl Shared {
 
 /// Renews this node's lease every third of it and reaps dead nodes.
 pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
-    let period = (shared.lease / 3).max(Duration::from_millis(200));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut rounds = Rounds::new(shared.lease, cancel);
+    while rounds.next().await {
         match shared.renew_lease().await {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew the node lease");

@@ -2,7 +2,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:wh:s` | stream | events: `t` type, `ts` time (ms), `r` room, `u` user, `m` envelope; `MAXLEN ~ 100000` |
+//! | `P:wh:s` | stream | events: `t` type, `ts` time (ms), `r` room, `u` user; `message.published`: `o` offset, `e` epoch, `d` payload (the envelope is built from them when read); `MAXLEN ~ 100000` |
 //! | `P:wh:z` | sorted set | pending `room.vacated` (`r\n<room>`) / `user.offline` (`u\n<user>`) → due (ms) |
 //! | `P:wh:t` | hash | pending member → when the last one left (ms) |
 //! | `P:wh:l:<group>` | string | the node delivering that webhook (`SET NX PX` lease) |
@@ -15,6 +15,9 @@
 //! follow. Each webhook is a consumer group read by one fixed consumer
 //! name, so a node that takes over the lease reads the dead leader's
 //! pending entries first (`XREADGROUP … 0`), then new ones (`>`).
+//! `message.published` is appended by `lua/publish.lua` itself when the
+//! publish request says a webhook wants it: the event exists once the
+//! publish is acknowledged.
 //!
 //! Redis Cluster: the stream is one key in one slot while the presence
 //! scripts run on a room's or a user's slot, so one script cannot do both;
@@ -33,8 +36,6 @@ use crate::broker::webhooks::{EventType, LoggedEvent, WebhookEvent, WebhookLog};
 
 /// The one consumer of every group (see the module documentation).
 const CONSUMER: &str = "delivery";
-/// Bound of the stream (approximate trim at each append).
-const MAXLEN: usize = 100_000;
 
 impl Shared {
     fn webhook_keys(&self) -> [String; 3] {
@@ -87,11 +88,32 @@ fn text(map: &std::collections::HashMap<String, redis::Value>, key: &str) -> Opt
     field(map, key).and_then(|b| String::from_utf8(b).ok())
 }
 
+/// A `message.published` entry's envelope: built from the room, offset,
+/// epoch and payload `publish.lua` recorded (`m`, a whole envelope, from a
+/// node that appended it itself, still reads).
+fn message(map: &std::collections::HashMap<String, redis::Value>) -> Option<bytes::Bytes> {
+    if let Some(m) = field(map, "m") {
+        return Some(bytes::Bytes::from(m));
+    }
+    let room = text(map, "r")?;
+    let offset = text(map, "o")?.parse::<u64>().ok()?;
+    let epoch = text(map, "e")?;
+    let payload = field(map, "d")?;
+    Some(super::codec::envelope(
+        &crate::protocol::json_string(&room),
+        offset,
+        &epoch,
+        &payload,
+    ))
+}
+
 #[async_trait]
 impl WebhookLog for RedisBroker {
     async fn enable_webhooks(&self, groups: &[String], delay: Duration) -> Result<(), BrokerError> {
         let s = &self.shared;
         if groups.is_empty() {
+            // The last webhook was removed (a reload): record nothing.
+            s.webhook_delay_ms.store(-1, Ordering::SeqCst);
             return Ok(());
         }
         if s.publish_cmd == "spublish" {
@@ -114,37 +136,6 @@ impl WebhookLog for RedisBroker {
         }
         s.webhook_delay_ms
             .store(delay.as_millis() as i64, Ordering::SeqCst);
-        Ok(())
-    }
-
-    async fn append(&self, event: WebhookEvent) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        if s.webhook_delay_ms.load(Ordering::Relaxed) < 0 {
-            return Ok(());
-        }
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(s.keys.webhook_stream())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(MAXLEN)
-            .arg("*")
-            .arg("t")
-            .arg(event.kind.as_str())
-            .arg("ts")
-            .arg(event.time);
-        if let Some(r) = &event.room {
-            cmd.arg("r").arg(&**r);
-        }
-        if let Some(u) = &event.user {
-            cmd.arg("u").arg(&**u);
-        }
-        if let Some(m) = &event.message {
-            cmd.arg("m").arg(&m[..]);
-        }
-        let _: String = cmd
-            .query_async(&mut s.conn.clone())
-            .await
-            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -210,7 +201,7 @@ impl WebhookLog for RedisBroker {
                     time,
                     room: text(&id.map, "r").map(Into::into),
                     user: text(&id.map, "u").map(Into::into),
-                    message: field(&id.map, "m").map(bytes::Bytes::from),
+                    message: message(&id.map),
                 },
                 id: id.id,
             });

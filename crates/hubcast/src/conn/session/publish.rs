@@ -33,7 +33,7 @@ impl Session {
         msg_id: Option<&str>,
         echo: bool,
     ) -> ReplyFuture {
-        let req = Publish {
+        let mut req = Publish {
             room,
             event,
             data: data.get(),
@@ -43,6 +43,7 @@ impl Session {
             skip: (!echo).then_some(self.conn.key),
         }
         .request();
+        self.app.mark_for_webhooks(&mut req);
         let msg_id = req.msg_id.clone();
         let app = self.app.clone();
         let conn = self.conn.clone();
@@ -50,10 +51,8 @@ impl Session {
         Box::pin(async move {
             let id = id.as_deref();
             let room = req.room.clone();
-            let parts = app.webhook_parts(&req);
             match app.broker.publish(req).await {
                 Ok(result) => {
-                    app.note_published(&room, parts, &result).await;
                     if !result.duplicate {
                         app.count_published(crate::metrics::Entry::Ws);
                     }

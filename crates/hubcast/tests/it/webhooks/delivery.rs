@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{Receiver, Request, SECRET, connect, count, is, server, user, verify};
 use crate::common::{metric_value, wait_until};
 
-memory_and_redis! {
+both_engines! {
     #[tokio::test]
     async fn every_batch_is_signed_and_a_tampered_body_fails_the_check(engine) {
         let r = Receiver::start().await;
@@ -44,7 +44,7 @@ memory_and_redis! {
     }
 }
 
-memory_and_redis! {
+both_engines! {
     #[tokio::test]
     async fn events_carry_the_contracts_fields_in_the_order_they_happened(engine) {
         let r = Receiver::start().await;
@@ -114,7 +114,7 @@ memory_and_redis! {
     }
 }
 
-memory_and_redis! {
+both_engines! {
     #[tokio::test]
     async fn a_batch_is_retried_with_backoff_while_the_receiver_answers_503(engine) {
         let r = Receiver::start().await;
@@ -165,7 +165,7 @@ memory_and_redis! {
     }
 }
 
-memory_and_redis! {
+both_engines! {
     #[tokio::test]
     async fn a_batch_is_dropped_after_webhook_retry_for_logged_and_counted(engine) {
         let r = Receiver::start().await;

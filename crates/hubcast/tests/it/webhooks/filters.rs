@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::{Receiver, connect, server, user};
 use hubcast::config::WebhookTable;
 
-memory_and_redis! {
+both_engines! {
     #[tokio::test]
     async fn two_webhooks_each_get_their_events_and_rooms(engine) {
         let (r1, r2) = (Receiver::start().await, Receiver::start().await);
@@ -73,26 +73,4 @@ memory_and_redis! {
             [p("member.joined", &by), p("member.joined", &bz)]
         );
     }
-}
-
-/// The NATS engine does not queue webhook events cluster-wide yet: a
-/// server with `[[webhooks]]` on it refuses to start, saying so, rather
-/// than sending each event once per node or losing it with a node.
-#[tokio::test]
-async fn the_nats_engine_refuses_webhooks_at_start() {
-    let r = super::Receiver::start().await;
-    let prefix = crate::common::unique_nats_prefix();
-    let mut config = crate::common::nats_config(&prefix, "webhooks-nats");
-    config.webhooks = vec![r.table()];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let run = hubcast::run(config, listener, tokio_util::sync::CancellationToken::new());
-    let err = tokio::time::timeout(crate::common::WAIT, run)
-        .await
-        .expect("the start ends")
-        .expect_err("refused");
-    assert!(
-        format!("{err:#}").contains("not supported with broker = \"nats\""),
-        "{err:#}"
-    );
-    crate::common::clean_nats(&prefix);
 }

@@ -4,7 +4,7 @@
 
 use super::{Receiver, connect, count, server, until_offline, user};
 
-memory_and_redis! {
+both_engines! {
     #[tokio::test]
     async fn a_return_within_the_delay_sends_nothing_and_a_longer_absence_one_event(engine) {
         let r = Receiver::start().await;

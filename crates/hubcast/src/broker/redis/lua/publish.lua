@@ -7,6 +7,11 @@
 -- 9 check the msgId ('1': the publisher's, and every one on a cluster,
 -- whose client may send a script twice), 10 publish command
 -- (publish or spublish).
+-- With webhooks wanting this room's messages, also KEYS[5] the webhook
+-- event stream and ARGV 11 the room: `message.published` is appended in
+-- this script, so an acknowledged publish has its event (the node builds
+-- the envelope from `o`, `e` and `d` when it reads the event). A
+-- duplicate is not a message, and records nothing.
 -- Every msgId is remembered, the server's own too: a publish that timed out
 -- is retried with its msgId (then as the publisher's), and the retry must
 -- find the first attempt if that went through.
@@ -27,5 +32,8 @@ if tonumber(ARGV[2]) > 0 then
 end
 redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+if KEYS[5] then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', '100000', '*', 't', 'message.published', 'ts', ARGV[8], 'r', ARGV[11], 'o', offset, 'e', epoch, 'd', ARGV[1])
+end
 redis.call(ARGV[10], KEYS[3], offset .. '\n' .. epoch .. '\n' .. ARGV[6] .. '\n' .. ARGV[7] .. '\n' .. ARGV[1])
 return {offset, epoch, 0}

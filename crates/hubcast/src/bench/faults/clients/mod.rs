@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hubcast_client::{Client, Event, Options, Publish};
+use hubcast_client::{Client, Error as ClientError, Event, Joined, Options, Publish, backoff};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +47,9 @@ pub(crate) struct SubLog {
     pub welcomes: u64,
     /// Frames the client could not decode.
     pub unreadable: u64,
+    /// First joins the server refused for a passing reason, and that were
+    /// sent again ([`join_retrying`]).
+    pub join_retries: u64,
 }
 
 /// One acknowledged publish.
@@ -153,11 +156,15 @@ impl Clients {
         for batch in subscribers.chunks(JOINING_AT_ONCE) {
             let joins = batch.iter().enumerate().map(|(i, s)| async move {
                 for room in rooms {
-                    let j = tokio::time::timeout(Duration::from_secs(20), s.client.join(room))
-                        .await
-                        .with_context(|| format!("subscriber {i}: join {room}: timeout"))?
-                        .with_context(|| format!("subscriber {i}: join {room}"))?;
+                    let (j, retries) = tokio::time::timeout(
+                        JOIN_WITHIN + Duration::from_secs(20),
+                        join_retrying(async || s.client.join(room).await, JOIN_WITHIN),
+                    )
+                    .await
+                    .with_context(|| format!("subscriber {i}: join {room}: timeout"))?
+                    .with_context(|| format!("subscriber {i}: join {room}"))?;
                     let mut g = lock(&s.log);
+                    g.join_retries += u64::from(retries);
                     let r = g.rooms.entry(room.clone()).or_default();
                     r.start = Some((j.epoch.clone(), j.offset));
                     r.pos.get_or_insert((j.epoch, j.offset));
@@ -236,6 +243,48 @@ impl Clients {
             }
         })
         .await;
+    }
+}
+
+/// How long a subscriber keeps sending again a first join refused for a
+/// passing reason before the run fails.
+const JOIN_WITHIN: Duration = Duration::from_secs(60);
+
+/// The backoff of those retries: full jitter under a cap that starts here
+/// and doubles per refusal, up to [`JOIN_RETRY_MAX`].
+const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs `join` until the server answers it: a refusal for a passing
+/// reason (`unavailable`, `timeout`, `rate_limited`, which thousands of
+/// subscribers joining through a balancer while nodes drain and start can
+/// meet) is sent again after a backoff with full jitter, as the client
+/// retries a refused rejoin, until `within` has passed; any other refusal
+/// is the answer. Returns the reply and how many refusals came before it.
+async fn join_retrying(
+    mut join: impl AsyncFnMut() -> Result<Joined, ClientError>,
+    within: Duration,
+) -> Result<(Joined, u32), ClientError> {
+    let give_up = tokio::time::Instant::now() + within;
+    let mut refused = 0;
+    loop {
+        match join().await {
+            Ok(j) => return Ok((j, refused)),
+            Err(e) if e.is_passing() => {
+                let pause = backoff::delay(
+                    JOIN_RETRY_MIN,
+                    JOIN_RETRY_MAX,
+                    refused,
+                    backoff::random_fraction(),
+                );
+                if tokio::time::Instant::now() + pause >= give_up {
+                    return Err(e);
+                }
+                refused += 1;
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -336,3 +385,6 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
