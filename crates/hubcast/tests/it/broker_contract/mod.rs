@@ -95,7 +95,6 @@ impl Drop for Subject {
         }
         if let Some(p) = self.nats_prefix.take() {
             common::clean_nats(&p);
-            crate::webhooks::clean_nats_webhooks(&p);
         }
     }
 }

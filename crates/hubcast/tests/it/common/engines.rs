@@ -34,8 +34,9 @@ pub(crate) fn unique_nats_prefix() -> String {
     format!("hct_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// Deletes the stream and buckets of a NATS prefix. From a thread of its
-/// own: it runs in `Drop`, maybe inside a runtime.
+/// Deletes the streams and buckets of a NATS prefix (rooms, state, nodes,
+/// and the webhooks' when there are any). From a thread of its own: it
+/// runs in `Drop`, maybe inside a runtime.
 pub(crate) fn clean_nats(prefix: &str) {
     let prefix = prefix.to_string();
     let _ = std::thread::spawn(move || {
@@ -54,6 +55,8 @@ pub(crate) fn clean_nats(prefix: &str) {
                 format!("{prefix}_ROOMS"),
                 format!("KV_{prefix}_state"),
                 format!("KV_{prefix}_nodes"),
+                format!("{prefix}_WEBHOOKS"),
+                format!("KV_{prefix}_webhooks"),
             ] {
                 let _ = js.delete_stream(name).await;
             }

@@ -22,7 +22,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if let Cluster::Nats(prefix) = self {
             common::clean_nats(prefix);
-            super::clean_nats_webhooks(prefix);
         }
     }
 }

@@ -190,63 +190,14 @@ pub(crate) async fn server(
     engine: Engine,
     tables: Vec<WebhookTable>,
     f: impl FnOnce(&mut Config),
-) -> WebhookServer {
-    let server = Server::start_on(engine, move |c| {
+) -> Server {
+    Server::start_on(engine, move |c| {
         c.webhooks = tables;
         c.jwt_secret = Some(JWT.into());
         c.anonymous = Some(true);
         f(c);
     })
-    .await;
-    WebhookServer(server)
-}
-
-/// A [`Server`] whose NATS webhook stream and bucket, if any, are deleted
-/// with it (the common clean-up knows the engine's other objects only).
-pub(crate) struct WebhookServer(pub Server);
-
-impl std::ops::Deref for WebhookServer {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.0
-    }
-}
-
-impl Drop for WebhookServer {
-    fn drop(&mut self) {
-        self.0.shutdown.cancel();
-        if let Some(prefix) = self.0.nats_prefix() {
-            clean_nats_webhooks(&prefix);
-        }
-    }
-}
-
-/// Deletes the webhook stream and bucket of a NATS prefix (from a thread
-/// of its own, as `common::clean_nats`: it runs in `Drop`).
-pub(crate) fn clean_nats_webhooks(prefix: &str) {
-    let prefix = prefix.to_string();
-    let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            let Ok(client) = async_nats::connect(crate::common::nats_url()).await else {
-                return;
-            };
-            let js = async_nats::jetstream::new(client.clone());
-            for name in [
-                format!("{prefix}_WEBHOOKS"),
-                format!("KV_{prefix}_webhooks"),
-            ] {
-                let _ = js.delete_stream(name).await;
-            }
-            let _ = client.flush().await;
-        });
-    })
-    .join();
+    .await
 }
 
 /// A fresh user id of this test.
