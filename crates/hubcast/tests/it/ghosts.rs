@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Client, Engine, Server};
 use hubcast::config::{BrokerKind, Config};
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod a_killed_node_leaves_no_ghost_presence {
     use super::*;
@@ -36,7 +36,7 @@ async fn killed_node_leaves_no_ghost(engine: Engine) {
     assert_eq!(j["members"].as_array().unwrap().len(), 2, "{j}");
     // The ghost's user is connected only on the doomed node.
     let user = ghost.user();
-    let st = status(&survivor, &user).await;
+    let st = survivor.user_status(&user).await;
     assert_eq!(
         (st["status"].as_str(), st["connections"].as_u64()),
         (Some("online"), Some(1)),
@@ -69,23 +69,13 @@ async fn killed_node_leaves_no_ghost(engine: Engine) {
     common::wait_until(|| {
         let (survivor, user) = (&survivor, &user);
         async move {
-            let st = status(survivor, user).await;
+            let st = survivor.user_status(user).await;
             (st["status"] == "offline" && st["connections"] == 0).then_some(())
         }
     })
     .await;
     drop(ghost);
     survivor.stop().await;
-}
-
-/// `GET /api/users/{user}/status` on `s`.
-async fn status(s: &Server, user: &str) -> Value {
-    reqwest::get(s.http(&format!("/api/users/{user}/status")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// A node cut off past its lease is reaped by another; a renewal it had

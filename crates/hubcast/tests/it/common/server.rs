@@ -189,6 +189,16 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// What `GET /api/users/{user}/status` reports.
+    pub(crate) async fn user_status(&self, user: &str) -> Value {
+        reqwest::get(self.http(&format!("/api/users/{user}/status")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Connects a client (reads its `welcome`).
     pub(crate) async fn client(&self) -> Client {
         Client::connect(&self.ws_url()).await

@@ -212,17 +212,7 @@ pub(crate) async fn connect(s: &Server, user: &str) -> Client {
     Client::connect(&format!("{}?token={token}", s.ws_url())).await
 }
 
-/// The status `GET /api/users/{user}/status` reports.
-pub(crate) async fn status(s: &Server, user: &str) -> Value {
-    reqwest::get(s.http(&format!("/api/users/{user}/status")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits until the server has seen `user`'s last connection close.
 pub(crate) async fn until_offline(s: &Server, user: &str) {
-    wait_until(|| async { (status(s, user).await["status"] == "offline").then_some(()) }).await;
+    wait_until(|| async { (s.user_status(user).await["status"] == "offline").then_some(()) }).await;
 }
