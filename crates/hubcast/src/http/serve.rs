@@ -90,7 +90,8 @@ pub(crate) async fn serve(
             None
         } else {
             let Some(slot) = app.limits.accept(remote.ip()) else {
-                conns.spawn(refuse(Lingering::new(tcp, None, max_message), http.clone()));
+                let io = Lingering::new(tcp, None, max_message);
+                conns.spawn(refuse(io, remote, router.clone(), http.clone()));
                 continue;
             };
             Some(slot)
@@ -164,20 +165,44 @@ fn log_end(r: Result<(), hyper::Error>, remote: SocketAddr) {
 
 /// The answer to a socket over its address's cap: its request is read
 /// (within the header timeout) and answered 429 like a refused handshake,
-/// and the connection closed, with the lingering close.
-async fn refuse(io: Lingering, http: Arc<http1::Builder>) {
-    let service = hyper::service::service_fn(|_req: hyper::Request<Incoming>| async {
-        let mut answer = HttpError::new(
-            ErrorCode::RateLimited,
-            "too many connections from this address",
-        )
-        .retry_after(5)
-        .into_response();
-        answer.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-        Ok::<_, std::convert::Infallible>(answer)
+/// and the connection closed, with the lingering close. A health probe
+/// (`GET /healthz`, `GET /readyz`) is answered as usual instead: behind a
+/// load balancer every client shares the balancer's address, and a node
+/// whose clients fill that address's cap must still tell the balancer (or
+/// the kubelet) that it is alive and ready, or it is taken out of rotation
+/// or restarted for being full.
+async fn refuse(io: Lingering, remote: SocketAddr, router: Router, http: Arc<http1::Builder>) {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let router = router.clone();
+        async move {
+            let probe = req.method() == hyper::Method::GET
+                && matches!(req.uri().path(), "/healthz" | "/readyz");
+            let mut answer = if probe {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                // Not a trusted proxy's socket (those take no place), so
+                // the peer is the client.
+                req.extensions_mut().insert(super::forwarded::ClientAddr {
+                    peer: remote,
+                    ip: remote.ip(),
+                });
+                match router.oneshot(req.map(axum::body::Body::new)).await {
+                    Ok(answer) => answer,
+                    Err(never) => match never {},
+                }
+            } else {
+                HttpError::new(
+                    ErrorCode::RateLimited,
+                    "too many connections from this address",
+                )
+                .retry_after(5)
+                .into_response()
+            };
+            answer.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            Ok::<_, std::convert::Infallible>(answer)
+        }
     });
     let _ = http.serve_connection(TokioIo::new(io), service).await;
 }
