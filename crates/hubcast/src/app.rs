@@ -33,6 +33,8 @@ pub(crate) struct App {
     pub broker: Arc<dyn Broker>,
     /// The same engine's presence and user status.
     pub presence: Arc<dyn PresenceManager>,
+    /// Member-list reads shared by the joins of a reconnect wave.
+    pub lists: Arc<broker::list_reads::ListReads>,
     /// The same engine's cluster-wide user controls.
     pub user_controls: Arc<dyn broker::UserControls>,
     /// This node's blocks and revocations, checked at every handshake.
@@ -71,16 +73,23 @@ pub(crate) struct App {
 impl App {
     /// A room's presence as every reply lists it: nobody for a personal
     /// room or one whose rule keeps no presence, else the first
-    /// `max_presence_members` and the total.
+    /// `max_presence_members` and the total, read after this call (never
+    /// older than the ask) and shared with the callers that ask while it
+    /// waits to start (`broker::list_reads`).
     pub(crate) async fn presence_page(
         &self,
         room: &str,
-    ) -> Result<broker::PresencePage, broker::BrokerError> {
+    ) -> Result<Arc<broker::PresencePage>, broker::BrokerError> {
         if !self.keeps_presence(room) {
-            return Ok(broker::PresencePage::default());
+            return Ok(Arc::default());
         }
         let max = self.live().config.max_presence_members;
-        self.presence.list(room, max).await
+        let engine = self.presence.clone();
+        self.lists
+            .read(room, move |room| {
+                Box::pin(async move { engine.list(&room, max).await })
+            })
+            .await
     }
 
     /// Whether the room's members are recorded and listed: never for a

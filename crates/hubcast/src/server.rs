@@ -130,6 +130,7 @@ async fn serve_app(
         hub,
         broker: broker.clone(),
         presence,
+        lists: Arc::default(),
         user_controls,
         controls,
         draining: signal.clone(),

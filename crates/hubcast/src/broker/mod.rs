@@ -23,6 +23,7 @@
 
 pub mod controls;
 pub(crate) mod lease;
+pub(crate) mod list_reads;
 pub mod memory;
 pub mod nats;
 pub mod redis;

@@ -127,7 +127,7 @@ impl Session {
             }
             app.presence_page(room).await
         };
-        let reply = |rec: &Recovery, page: PresencePage| {
+        let reply = |rec: &Recovery, page: Arc<PresencePage>| {
             Some(protocol::encode(&out::Joined {
                 ty: "joined",
                 id,
