@@ -158,10 +158,81 @@ pub(crate) fn check(subs: &[&SubLog], acks: &[AckRec]) -> Tally {
     t
 }
 
+/// A presence reply against the connected subscribers (user -> their
+/// connections): the entries listed beyond them (ghosts) and those not
+/// listed (missing), one name a connection. A reply lists the first
+/// `max_presence_members` users by id and counts them all (`total`), as
+/// users run it: the listed page is compared with the same first users
+/// of the expected ones, and the users past it by their count alone.
+pub(crate) fn compare_lists(
+    reply: &serde_json::Value,
+    expected: &HashMap<String, u64>,
+) -> (Vec<String>, Vec<String>) {
+    let mut listed: HashMap<&str, u64> = HashMap::new();
+    for m in reply["members"].as_array().into_iter().flatten() {
+        if let Some(u) = m["user"].as_str() {
+            listed.insert(u, m["connections"].as_u64().unwrap_or(1));
+        }
+    }
+    let shown = listed.len();
+    let total = reply["total"].as_u64().map_or(shown, |t| t as usize);
+    let mut users: Vec<&String> = expected.keys().collect();
+    users.sort_unstable();
+    let (page, rest) = users.split_at(shown.min(users.len()));
+    let (mut ghosts, mut missing) = (Vec::new(), Vec::new());
+    for (u, n) in &listed {
+        let want = expected.get(*u).copied().unwrap_or(0);
+        ghosts.extend((want..*n).map(|_| u.to_string()));
+    }
+    for u in page {
+        let have = listed.get(u.as_str()).copied().unwrap_or(0);
+        missing.extend((have..expected[*u]).map(|_| u.to_string()));
+    }
+    // Past the page only the count can be compared.
+    let unlisted = total.saturating_sub(shown);
+    if unlisted > rest.len() {
+        ghosts.extend((rest.len()..unlisted).map(|i| format!("(unlisted user {i})")));
+    } else {
+        missing.extend(rest[unlisted..].iter().map(|u| u.to_string()));
+    }
+    (ghosts, missing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::clients::RoomLog;
     use super::*;
+
+    fn lists(reply: serde_json::Value, expected: &[(&str, u64)]) -> (Vec<String>, Vec<String>) {
+        let expected = expected.iter().map(|(u, n)| (u.to_string(), *n)).collect();
+        compare_lists(&reply, &expected)
+    }
+
+    #[test]
+    fn presence_lists_compare_the_page_by_name_and_the_rest_by_count() {
+        let m = |u: &str, n: u64| serde_json::json!({"user": u, "connections": n});
+        let want = [("a", 1), ("b", 2), ("c", 1), ("d", 1)];
+        // Whole and exact.
+        let all = serde_json::json!({"members": [m("a", 1), m("b", 2), m("c", 1), m("d", 1)], "total": 4});
+        assert_eq!(lists(all, &want), (vec![], vec![]));
+        // A page of two: exact when its users are the first two and the
+        // total counts the other two.
+        let page = serde_json::json!({"members": [m("a", 1), m("b", 2)], "total": 4});
+        assert_eq!(lists(page, &want), (vec![], vec![]));
+        // A connection short and a ghost on the page: c, which sorts
+        // before the ghost, would have been listed.
+        let off = serde_json::json!({"members": [m("a", 1), m("b", 1), m("x", 1)], "total": 4});
+        assert_eq!(
+            lists(off, &want),
+            (
+                vec!["x".to_string()],
+                vec!["b".to_string(), "c".to_string()]
+            )
+        );
+        // More counted past the page than are connected: ghosts.
+        let more = serde_json::json!({"members": [m("a", 1), m("b", 2)], "total": 5});
+        assert_eq!(lists(more, &want).0, vec!["(unlisted user 2)".to_string()]);
+    }
 
     fn ack(offset: u64, id: &str) -> AckRec {
         AckRec {

@@ -134,10 +134,18 @@ async fn scenario(
         delay_s: a.drain_delay,
         shutdown_timeout_s: a.shutdown_timeout,
     };
-    let serve_args = match a.schedule {
+    let mut serve_args = match a.schedule {
         Schedule::Rolling => node_drain.args(),
         _ => Vec::new(),
     };
+    // Every client comes from 127.0.0.1 (through the balancer or a
+    // proxy), as behind a TCP load balancer: one node must take them all
+    // at once, with room for the sockets a reconnect wave leaves closing.
+    let clients = a.subscribers + a.publishers;
+    serve_args.extend([
+        "--max-connections-per-ip".to_string(),
+        (2 * clients + 64).max(2000).to_string(),
+    ]);
     let mut nodes = Vec::new();
     for k in 0..a.nodes {
         nodes.push(nodes::Node::start(k, redis.addr, run_id, a.lease, dir, &serve_args).await?);
@@ -365,26 +373,15 @@ async fn presence(
                     continue;
                 };
                 let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let mut listed: HashMap<String, u64> = HashMap::new();
-                for m in v["members"].as_array().into_iter().flatten() {
-                    if let Some(u) = m["user"].as_str() {
-                        listed.insert(u.to_string(), m["connections"].as_u64().unwrap_or(1));
-                    }
-                }
-                for (u, n) in &listed {
-                    let extra = n.saturating_sub(expected.get(u).copied().unwrap_or(0));
-                    p.ghosts += extra;
-                    if extra > 0 && p.examples.len() < 6 {
-                        p.examples
-                            .push(format!("node {} lists {u} in {room} {n} times", node.k));
-                    }
-                }
-                for (u, n) in &expected {
-                    let short = n.saturating_sub(listed.get(u).copied().unwrap_or(0));
-                    p.missing += short;
-                    if short > 0 && p.examples.len() < 6 {
-                        p.examples
-                            .push(format!("node {} does not list {u} in {room}", node.k));
+                let (ghosts, missing) = check::compare_lists(&v, &expected);
+                p.ghosts += ghosts.len() as u64;
+                p.missing += missing.len() as u64;
+                for (what, users) in [("lists", ghosts), ("does not list", missing)] {
+                    for u in users {
+                        if p.examples.len() < 6 {
+                            p.examples
+                                .push(format!("node {} {what} {u} in {room}", node.k));
+                        }
                     }
                 }
             }

@@ -334,3 +334,31 @@ pub(super) async fn connect_disconnect_and_status(s: &Subject) {
     );
     s.engine.unsubscribe("r").await.unwrap();
 }
+
+/// Offsets 2 and 3 stored by `lose` without being announced: the next
+/// announced message (4) makes the engine read them from its store, so
+/// the subscriber gets 1 to 4 in order, without a reset. `lose` is the
+/// engine's own way of storing without announcing (Redis and NATS).
+pub(super) async fn a_gap_is_filled_from_the_store_in_order(
+    s: Subject,
+    lose: impl std::future::Future<Output = ()>,
+) {
+    let room: Arc<str> = Arc::from("r");
+    s.engine.subscribe(&room).await.unwrap();
+    let epoch = s.publish("r", "m1", false).await.epoch.to_string();
+    s.wait_until("offset 1", |s| s.delivered("r").len() == 1)
+        .await;
+    lose.await;
+    assert_eq!(s.publish("r", "m4", false).await.offset, 4);
+    s.wait_until("offsets 2 to 4", |s| s.delivered("r").len() >= 4)
+        .await;
+    let offsets: Vec<u64> = s.delivered("r").into_iter().map(|(o, _)| o).collect();
+    assert_eq!(offsets, vec![1, 2, 3, 4]);
+    assert_eq!(
+        s.delivered("r")[3].1,
+        expected_envelope("r", "m4", 4, &epoch)
+    );
+    assert!(!s.events().contains(&Event::Reset { room: "r".into() }));
+    s.engine.unsubscribe("r").await.unwrap();
+    s.finish().await;
+}

@@ -54,23 +54,8 @@ fn lose(prefix: &str, room: &str, n: u64) {
 async fn a_gap_is_filled_from_the_stream_in_order() {
     let s = Subject::start("redis").await;
     let prefix = s.prefix.clone().unwrap();
-    let room: Arc<str> = Arc::from("r");
-    s.engine.subscribe(&room).await.unwrap();
-    let epoch = s.publish("r", "m1", false).await.epoch.to_string();
-    s.wait_until("offset 1", |s| s.delivered("r").len() == 1)
+    cases::a_gap_is_filled_from_the_store_in_order(s, async { add_unpublished(&prefix, "r", 2) })
         .await;
-    add_unpublished(&prefix, "r", 2);
-    assert_eq!(s.publish("r", "m4", false).await.offset, 4);
-    s.wait_until("offsets 2 to 4", |s| s.delivered("r").len() >= 4)
-        .await;
-    let offsets: Vec<u64> = s.delivered("r").into_iter().map(|(o, _)| o).collect();
-    assert_eq!(offsets, vec![1, 2, 3, 4]);
-    assert_eq!(
-        s.delivered("r")[3].1,
-        expected_envelope("r", "m4", 4, &epoch)
-    );
-    assert!(!s.events().contains(&Event::Reset { room: "r".into() }));
-    s.finish().await;
 }
 
 /// A dropped pub/sub connection (killed as `redis_outage` does: every
