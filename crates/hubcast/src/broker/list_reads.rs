@@ -5,7 +5,7 @@
 //! reconnect wave of n clients into an n-member room would read n lists
 //! of n entries from the engine: O(n²) work for Redis or NATS at the very
 //! moment a rolling restart moves every client of a node
-//! ([design](../../../../docs/design.md#presence-in-a-reconnect-wave)).
+//! ([design](../../../../docs/design.md#presence-in-a-reconnect-wave-brokerlist_readsrs)).
 //! Here, per room and node, at most one read runs and at most one waits
 //! behind it; every caller that asks meanwhile takes the waiting one. A
 //! wave then costs a few reads, not one a join.
