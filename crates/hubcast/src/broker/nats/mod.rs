@@ -40,6 +40,7 @@ mod live;
 mod presence;
 mod pull;
 mod stream;
+mod tops;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -122,6 +123,8 @@ struct Shared {
     /// get offsets out of their order. An entry lives while a publish to
     /// its room holds or waits for it.
     turns: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where this node's last publish left each room (`tops`).
+    tops: tops::Tops,
     /// The webhook log, once webhooks are on (`webhooks`): without, no
     /// transition costs anything more.
     webhooks: OnceLock<webhooks::Log>,
@@ -215,6 +218,7 @@ impl NatsBroker {
             },
             stream_ok: AtomicBool::new(false),
             turns: std::sync::Mutex::default(),
+            tops: tops::Tops::new(reconnects_rx.clone()),
             webhooks: OnceLock::new(),
         });
         retry(|| shared.ensure_stream(largest)).await?;

@@ -30,7 +30,7 @@ use crate::protocol::json_string;
 use crate::rules::History;
 
 use super::kv::modify;
-use super::{Shared, down, epoch, keys};
+use super::{Shared, down, epoch, keys, tops};
 
 const OFFSET: &str = "Hubcast-Offset";
 const EPOCH: &str = "Hubcast-Epoch";
@@ -148,6 +148,9 @@ impl Shared {
                     .create_stream(config)
                     .await
                     .map_err(|e| down(format!("create stream: {e}")))?;
+                // Its sequences start again: no position learnt before
+                // holds (`tops`).
+                self.tops.clear();
             }
         }
         self.stream_ok.store(true, Ordering::SeqCst);
@@ -289,10 +292,17 @@ impl Shared {
         // find the first attempt), but only the publisher's is checked: a
         // server msgId found again gets a suffix and is stored anew.
         let mut msg_id = format!("{}/{}", keys::encode(room), req.msg_id);
+        // Where this node's last publish left the room; if another node
+        // published since, the server refuses the expected sequence and
+        // the next attempt reads the room.
+        let mut known = self.tops.take(room);
         for _ in 0..MAX_ATTEMPTS {
-            let (seq, top, epoch) = match self.last(room).await? {
-                Some(last) => (last.seq, last.offset, last.epoch),
-                None => (0, 0, self.run_epoch(room, true).await?),
+            let (seq, top, epoch) = match known.take() {
+                Some(t) => (t.seq, t.offset, t.epoch),
+                None => match self.last(room).await? {
+                    Some(last) => (last.seq, last.offset, last.epoch),
+                    None => (0, 0, self.run_epoch(room, true).await?),
+                },
             };
             let mut h = HeaderMap::new();
             // Per stream, not per room: the room is part of the id.
@@ -356,6 +366,14 @@ impl Shared {
                 payload: tail,
                 time_ms: crate::unix_ms(),
             };
+            self.tops.put(
+                &req.room,
+                tops::Top {
+                    seq: ack.sequence,
+                    offset: top + 1,
+                    epoch: epoch.clone(),
+                },
+            );
             self.announce(room, &stored).await;
             if req.webhook {
                 let envelope =

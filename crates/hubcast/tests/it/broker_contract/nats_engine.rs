@@ -91,6 +91,42 @@ async fn a_purged_room_starts_a_new_epoch_and_resets_its_subscribers() {
     s.finish().await;
 }
 
+/// Each node remembers where its last publish left a room and publishes
+/// the next from there without reading the room; when another node has
+/// published since, the server refuses the stale expectation and the
+/// publish reads the room: offsets stay strictly +1 in one epoch however
+/// the nodes take turns.
+#[tokio::test]
+async fn nodes_taking_turns_at_a_room_keep_its_offsets_strict() {
+    let a = start(Duration::from_secs(30)).await;
+    let prefix = a.nats_prefix.clone().unwrap();
+    let b: Arc<dyn Engine> = NatsBroker::connect(nats_settings(&prefix, "contract-node-b"))
+        .await
+        .unwrap();
+    let first = a.publish("r", "m1", false).await;
+    let mut offset = first.offset;
+    for (i, on_a) in [true, false, true, false, false, true, true, false]
+        .into_iter()
+        .enumerate()
+    {
+        let req = request("r", &format!("m{}", i + 2), false, None);
+        let r = if on_a {
+            a.engine.publish(req).await.unwrap()
+        } else {
+            b.publish(req).await.unwrap()
+        };
+        assert_eq!(r.offset, offset + 1, "publish {} (on a: {on_a})", i + 2);
+        assert_eq!(r.epoch, first.epoch);
+        offset = r.offset;
+    }
+    // The stream as either node reads it (it keeps the contract's last 5).
+    let page = b.history("r", None, 100).await.unwrap();
+    let offsets: Vec<u64> = page.publications.iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, (5..=9).collect::<Vec<_>>());
+    b.close().await;
+    a.finish().await;
+}
+
 #[tokio::test]
 async fn a_dead_nodes_presence_is_removed_with_leave_events() {
     let s = start(Duration::from_secs(1)).await;
