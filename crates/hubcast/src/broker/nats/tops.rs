@@ -11,7 +11,7 @@
 //! was learnt on lasts (a NATS restart is a reconnect) and for at most
 //! [`FRESH`] after it was learnt, and a node that makes the stream anew
 //! forgets them all. Asking the stream cost a JetStream request a publish:
-//! measured in docs/benchmarks.md ("NATS: a publish without the read").
+//! measured in docs/benchmarks.md ("a publish without the read").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
