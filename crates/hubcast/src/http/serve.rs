@@ -91,7 +91,13 @@ pub(crate) async fn serve(
         } else {
             let Some(slot) = app.limits.accept(remote.ip()) else {
                 let io = Lingering::new(tcp, None, max_message);
-                conns.spawn(refuse(io, remote, router.clone(), http.clone()));
+                conns.spawn(refuse(
+                    io,
+                    remote,
+                    app.clone(),
+                    router.clone(),
+                    http.clone(),
+                ));
                 continue;
             };
             Some(slot)
@@ -135,14 +141,8 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Handlers read the peer as axum's `ConnectInfo`, the client as a
-    // `ClientAddr`; the trusted proxies are read per request, so a reload
-    // applies to kept-alive connections too.
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        let client = app.live().proxies.client(remote, req.headers());
-        req.extensions_mut().insert(ConnectInfo(remote));
-        req.extensions_mut().insert(client);
-        router.clone().oneshot(req.map(axum::body::Body::new))
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        route(&app, &router, remote, req)
     });
     let conn = http
         .serve_connection(TokioIo::new(io), service)
@@ -163,6 +163,21 @@ fn log_end(r: Result<(), hyper::Error>, remote: SocketAddr) {
     }
 }
 
+/// Hands a request to the router. Handlers read the peer as axum's
+/// `ConnectInfo`, the client as a `ClientAddr`; the trusted proxies are
+/// read per request, so a reload applies to kept-alive connections too.
+fn route(
+    app: &App,
+    router: &Router,
+    remote: SocketAddr,
+    mut req: hyper::Request<Incoming>,
+) -> tower::util::Oneshot<Router, axum::extract::Request> {
+    let client = app.live().proxies.client(remote, req.headers());
+    req.extensions_mut().insert(ConnectInfo(remote));
+    req.extensions_mut().insert(client);
+    router.clone().oneshot(req.map(axum::body::Body::new))
+}
+
 /// The answer to a socket over its address's cap: its request is read
 /// (within the header timeout) and answered 429 like a refused handshake,
 /// and the connection closed, with the lingering close. A health probe
@@ -171,21 +186,20 @@ fn log_end(r: Result<(), hyper::Error>, remote: SocketAddr) {
 /// whose clients fill that address's cap must still tell the balancer (or
 /// the kubelet) that it is alive and ready, or it is taken out of rotation
 /// or restarted for being full.
-async fn refuse(io: Lingering, remote: SocketAddr, router: Router, http: Arc<http1::Builder>) {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        let router = router.clone();
+async fn refuse(
+    io: Lingering,
+    remote: SocketAddr,
+    app: Arc<App>,
+    router: Router,
+    http: Arc<http1::Builder>,
+) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let probe = req.method() == hyper::Method::GET
+            && matches!(req.uri().path(), "/healthz" | "/readyz");
+        let routed = probe.then(|| route(&app, &router, remote, req));
         async move {
-            let probe = req.method() == hyper::Method::GET
-                && matches!(req.uri().path(), "/healthz" | "/readyz");
-            let mut answer = if probe {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                // Not a trusted proxy's socket (those take no place), so
-                // the peer is the client.
-                req.extensions_mut().insert(super::forwarded::ClientAddr {
-                    peer: remote,
-                    ip: remote.ip(),
-                });
-                match router.oneshot(req.map(axum::body::Body::new)).await {
+            let mut answer = if let Some(routed) = routed {
+                match routed.await {
                     Ok(answer) => answer,
                     Err(never) => match never {},
                 }

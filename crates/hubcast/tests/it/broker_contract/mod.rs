@@ -127,6 +127,12 @@ impl Subject {
             }
             other => panic!("no engine {other}"),
         };
+        Self::of(engine, prefix, nats_prefix)
+    }
+
+    /// `engine` under test with a recorder as its handler; the prefixes
+    /// are cleaned up when the subject is dropped.
+    fn of(engine: Arc<dyn Engine>, prefix: Option<String>, nats_prefix: Option<String>) -> Subject {
         let recorder = Arc::new(Recorder::default());
         let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&recorder) as _;
         engine.set_handler(weak);

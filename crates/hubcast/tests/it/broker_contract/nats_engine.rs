@@ -9,15 +9,7 @@ async fn start(lease: Duration) -> Subject {
     let mut settings = nats_settings(&prefix, "contract-node");
     settings.lease = lease;
     let engine: Arc<dyn Engine> = NatsBroker::connect(settings).await.unwrap();
-    let recorder = Arc::new(Recorder::default());
-    let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&recorder) as _;
-    engine.set_handler(weak);
-    Subject {
-        engine,
-        recorder,
-        prefix: None,
-        nats_prefix: Some(prefix),
-    }
+    Subject::of(engine, None, Some(prefix))
 }
 
 async fn js() -> jetstream::Context {
