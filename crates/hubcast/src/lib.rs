@@ -27,7 +27,8 @@
 //!   WebSocket frames and the HTTP API alike.
 //! - [`broker`]: the [`broker::Broker`] trait (offsets, history, recovery,
 //!   idempotency), the [`broker::PresenceManager`] trait (presence, user
-//!   status) and their engines (memory, Redis), each a folder.
+//!   status) and their engines (memory, Redis, NATS JetStream), each a
+//!   folder.
 //! - `admission`: who may join a room (name, token grants, join hook),
 //!   the one check every way in asks.
 //! - `hub`: node-local room membership and fan-out of broker deliveries

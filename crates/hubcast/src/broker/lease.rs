@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Rounds {
     tick: Interval,
     cancel: CancellationToken,
+    period: Duration,
 }
 
 impl Rounds {
@@ -22,7 +23,11 @@ impl Rounds {
         // A round late behind a slow engine delays the next; none is run
         // twice to catch up.
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Rounds { tick, cancel }
+        Rounds {
+            tick,
+            cancel,
+            period,
+        }
     }
 
     /// Waits for the next round: false once the engine is closing.
@@ -31,5 +36,53 @@ impl Rounds {
             _ = self.cancel.cancelled() => false,
             _ = self.tick.tick() => true,
         }
+    }
+
+    /// Runs one step of a round (`what` names it in the log): `None` when
+    /// the engine closes meanwhile, or when the step takes longer than a
+    /// round. A read that stalls must neither keep the next renewal from
+    /// coming (the lease would run out under a live node) nor keep the
+    /// engine from closing; every step is safe to stop half-way and is
+    /// done again next round.
+    pub(crate) async fn step<T>(&self, what: &str, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => None,
+            r = tokio::time::timeout(self.period, work) => match r {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    tracing::warn!(
+                        step = what,
+                        period_ms = self.period.as_millis() as u64,
+                        "a lease round's step took longer than a round: stopped, done again next round"
+                    );
+                    None
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_that_stalls_is_stopped_after_a_round_and_on_close() {
+        let cancel = CancellationToken::new();
+        let rounds = Rounds::new(Duration::from_secs(30), cancel.clone());
+        assert_eq!(rounds.step("quick", async { 7 }).await, Some(7));
+        let start = tokio::time::Instant::now();
+        let stalled = rounds.step("stalled", std::future::pending::<()>()).await;
+        assert_eq!((stalled, start.elapsed()), (None, Duration::from_secs(10)));
+        let closing = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        };
+        let start = tokio::time::Instant::now();
+        let (stopped, ()) = tokio::join!(
+            rounds.step("stalled", std::future::pending::<()>()),
+            closing
+        );
+        assert_eq!((stopped, start.elapsed()), (None, Duration::from_secs(1)));
     }
 }

@@ -35,16 +35,22 @@ pub(crate) async fn traffic(s: &Server) -> (Client, Client, Value) {
 /// ready, and connections stay open. The first publish may be sent before
 /// the node noticed, and its fate is unknown: `timeout`, or `unavailable`
 /// when the node noticed first; once it knows, `unavailable`.
-pub(crate) async fn assert_down(s: &Server, p: &mut Client, sub: &mut Client) {
+///
+/// Returns whether that first publish was answered `timeout`: it may then
+/// be stored once the engine is back (a client that buffered it sends it
+/// on reconnecting).
+pub(crate) async fn assert_down(s: &Server, p: &mut Client, sub: &mut Client) -> bool {
     let publish = json!({"type":"publish","room":"r","event":"e","data":2});
     let e = p.call(publish.clone()).await;
     assert_eq!(e["type"], "error");
     assert!(e["code"] == "timeout" || e["code"] == "unavailable", "{e}");
+    let timed_out = e["code"] == "timeout";
     let e = p.call(publish).await;
     assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "unavailable", "{e}");
     assert_eq!(ready(s).await, 503);
     assert_eq!(sub.call(json!({"type":"ping"})).await["type"], "pong");
+    timed_out
 }
 
 /// Waits (up to 10 s) until the node is ready again by itself.

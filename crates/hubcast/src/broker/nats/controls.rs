@@ -93,10 +93,7 @@ impl UserControls for NatsBroker {
             .publish(s.names.controls_subject(), body.into())
             .await
             .map_err(|e| down(format!("control command: {e}")))?;
-        s.client
-            .flush()
-            .await
-            .map_err(|e| down(format!("control command: {e}")))
+        s.flush("control command").await
     }
 
     async fn follow(&self, sink: Weak<dyn ControlSink>) -> Result<(), BrokerError> {

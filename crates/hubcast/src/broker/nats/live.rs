@@ -147,10 +147,7 @@ impl Live {
             .subscribe(s.names.live_subject(room))
             .await
             .map_err(|e| down(format!("subscribe: {e}")))?;
-        s.client
-            .flush()
-            .await
-            .map_err(|e| down(format!("subscribe: {e}")))?;
+        s.flush("subscribe").await?;
         let pos = position(s, room).await?;
         let task = RoomTask {
             shared: s.clone(),

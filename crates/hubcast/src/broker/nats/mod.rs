@@ -39,6 +39,7 @@ mod kv;
 mod live;
 mod presence;
 mod pull;
+mod room_writes;
 mod stream;
 mod tops;
 mod webhooks;
@@ -125,6 +126,11 @@ struct Shared {
     turns: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// Where this node's last publish left each room (`tops`).
     tops: tops::Tops,
+    /// This node's presence changes waiting per room (`room_writes`).
+    room_writes: room_writes::RoomWrites,
+    /// The engine's tasks (the room writers among them), waited for by
+    /// `close`.
+    tasks: TaskTracker,
     /// The webhook log, once webhooks are on (`webhooks`): without, no
     /// transition costs anything more.
     webhooks: OnceLock<webhooks::Log>,
@@ -146,6 +152,17 @@ fn down(what: impl std::fmt::Display) -> BrokerError {
 impl Shared {
     fn handler(&self) -> Option<Arc<dyn BrokerHandler>> {
         self.handler.get().and_then(Weak::upgrade)
+    }
+
+    /// Writes out what the client buffered, within [`REQUEST_TIMEOUT`]:
+    /// the client's own flush has no deadline, and one that never returns
+    /// would hold its caller (a subscribe, `close`) for good.
+    async fn flush(&self, what: &str) -> Result<(), BrokerError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(down(format!("{what}: {e}"))),
+            Err(_) => Err(down(format!("{what}: flush timed out"))),
+        }
     }
 
     /// Fails fast while the connection is down: the client would queue the
@@ -219,12 +236,14 @@ impl NatsBroker {
             stream_ok: AtomicBool::new(false),
             turns: std::sync::Mutex::default(),
             tops: tops::Tops::new(reconnects_rx.clone()),
+            room_writes: room_writes::RoomWrites::default(),
+            tasks: TaskTracker::new(),
             webhooks: OnceLock::new(),
         });
         retry(|| shared.ensure_stream(largest)).await?;
         retry(|| shared.renew_lease()).await?;
         let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
+        let tasks = shared.tasks.clone();
         let live = Live::new(shared.clone(), reconnects_rx, &tasks, cancel.clone());
         tasks.spawn(presence::lease_task(shared.clone(), cancel.clone()));
         Ok(Arc::new(NatsBroker {
@@ -372,7 +391,7 @@ impl Broker for NatsBroker {
             .nodes
             .purge(keys::node_key(&self.shared.node))
             .await;
-        let _ = self.shared.client.flush().await;
+        let _ = self.shared.flush("close").await;
         self.shared.stream_ok.store(false, Ordering::SeqCst);
     }
 }

@@ -5,9 +5,11 @@
 //! node) and a user's status another (`u.<user>`: status, name, open
 //! connections with their node, rooms, last seen), each changed by
 //! compare-and-set, so two nodes changing one key concurrently both land.
-//! The node whose change made a user's first connection join a room (or
-//! its last leave) sends the presence event on the room's live subject,
-//! and records the webhook events the change decided (`webhooks`).
+//! A node's changes of one room's presence are written together, by one
+//! writer per room (`room_writes`). The node whose change made a user's
+//! first connection join a room (or its last leave) sends the presence
+//! event on the room's live subject, and records the webhook events the
+//! change decided (`webhooks`).
 //!
 //! Leases: each node keeps `n.<node>` in the nodes bucket, whose entries
 //! expire after the lease, renewing it every third of it. Every node also
@@ -28,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::lease::Rounds;
 use crate::broker::redis::codec::parse_status;
 use crate::broker::{
-    BrokerError, ClientInfo, EventType, PresenceEvent, PresenceManager, PresencePage, UserStatus,
+    BrokerError, ClientInfo, PresenceEvent, PresenceManager, PresencePage, UserStatus,
 };
 use crate::protocol::{Member, PresenceAction, Status};
 
 use super::kv::modify;
+use super::room_writes::Change;
 use super::webhooks::Pending;
 use super::{NatsBroker, Shared, down, keys};
 
@@ -40,14 +43,14 @@ use super::{NatsBroker, Shared, down, keys};
 const STATUS_READS: usize = 32;
 
 /// A room's presence: connection id → entry.
-type RoomPresence = BTreeMap<String, PresenceEntry>;
+pub(super) type RoomPresence = BTreeMap<String, PresenceEntry>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PresenceEntry {
-    u: String,
-    n: String,
+pub(super) struct PresenceEntry {
+    pub u: String,
+    pub n: String,
     /// The node holding the connection.
-    d: String,
+    pub d: String,
 }
 
 /// A user's status record.
@@ -65,12 +68,12 @@ struct UserRecord {
     l: Option<i64>,
 }
 
-fn parse<T: Default + for<'de> Deserialize<'de>>(v: Option<&[u8]>) -> T {
+pub(super) fn parse<T: Default + for<'de> Deserialize<'de>>(v: Option<&[u8]>) -> T {
     v.and_then(|v| serde_json::from_slice(v).ok())
         .unwrap_or_default()
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
@@ -95,7 +98,12 @@ impl Shared {
 
     /// Adds `room` to (or removes it from) the user's rooms; the user's
     /// status.
-    async fn user_room(&self, user: &str, room: &str, add: bool) -> Result<Status, BrokerError> {
+    pub(super) async fn user_room(
+        &self,
+        user: &str,
+        room: &str,
+        add: bool,
+    ) -> Result<Status, BrokerError> {
         modify(&self.state, &keys::user_key(user), |v| {
             let mut rec: UserRecord = parse(v);
             let status = if rec.s.is_empty() {
@@ -123,36 +131,15 @@ impl Shared {
 
     /// Removes connection `conn` from the room's presence; when it was its
     /// user's last there, forgets the room for the user and sends the
-    /// leave event.
-    async fn remove_presence(&self, room: &str, conn: &str) -> Result<(), BrokerError> {
-        let removed = modify(&self.state, &keys::presence_key(room), |v| {
-            let mut p: RoomPresence = parse(v);
-            let Some(e) = p.remove(conn) else {
-                return (None, None);
-            };
-            let last = !p.values().any(|o| o.u == e.u);
-            (Some(encode(&p)), Some((e, last, p.is_empty())))
-        })
-        .await?;
-        if let Some((e, true, empty)) = removed {
-            // Webhooks: decided by the compare-and-set above.
-            self.wh_member(EventType::MemberLeft, room, &e.u).await;
-            if empty {
-                self.wh_gone(Pending::Room(room)).await;
-            }
-            let status = self.user_room(&e.u, room, false).await?;
-            self.announce_presence(
-                room,
-                &PresenceEvent {
-                    action: PresenceAction::Leave,
-                    user: Arc::from(e.u.as_str()),
-                    name: Arc::from(e.n.as_str()),
-                    status,
-                },
-            )
-            .await;
-        }
-        Ok(())
+    /// leave event (`room_writes`).
+    async fn remove_presence(self: &Arc<Self>, room: &str, conn: &str) -> Result<(), BrokerError> {
+        self.change_presence(
+            room,
+            Change::Leave {
+                conn: conn.to_string(),
+            },
+        )
+        .await
     }
 
     /// Removes connection `conn` from its user's open connections.
@@ -213,7 +200,7 @@ impl Shared {
 
     /// Removes the presence entries and connections of nodes whose lease
     /// expired, sending the leave events.
-    async fn reap(&self) -> Result<(), BrokerError> {
+    async fn reap(self: &Arc<Self>) -> Result<(), BrokerError> {
         let mut keys = self
             .state
             .keys()
@@ -247,12 +234,21 @@ impl Shared {
                     alive.insert(node.clone(), self.alive(node).await?);
                 }
             }
-            for (conn, e) in &p {
-                if alive.get(&e.d) == Some(&false) {
-                    tracing::warn!(node = %e.d, room = %room, "node lease expired: removing its presence");
-                    self.remove_presence(&room, conn).await?;
-                }
+            let dead: Vec<&String> = p
+                .iter()
+                .filter(|(_, e)| alive.get(&e.d) == Some(&false))
+                .map(|(conn, _)| conn)
+                .collect();
+            if !dead.is_empty() {
+                tracing::warn!(room = %room, connections = dead.len(), "node lease expired: removing its presence");
             }
+            // Queued together, the room's dead connections leave in one
+            // write (`room_writes`).
+            futures_util::future::try_join_all(
+                dead.into_iter()
+                    .map(|conn| self.remove_presence(&room, conn)),
+            )
+            .await?;
         }
         for user in users.into_iter().flatten() {
             let Some(rec) = self.user_record(&user).await? else {
@@ -278,11 +274,15 @@ pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
         if shared.connected().is_err() {
             continue;
         }
-        if let Err(e) = shared.renew_lease().await {
-            tracing::warn!(error = %e, "cannot renew the node lease");
-            continue;
+        match rounds.step("renew", shared.renew_lease()).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot renew the node lease");
+                continue;
+            }
+            None => continue,
         }
-        if let Err(e) = shared.reap().await {
+        if let Some(Err(e)) = rounds.step("reap", shared.reap()).await {
             tracing::warn!(error = %e, "cannot reap dead nodes");
         }
     }
@@ -298,34 +298,14 @@ impl PresenceManager for NatsBroker {
             n: client.name.to_string(),
             d: s.node.to_string(),
         };
-        let (first, occupied) = modify(&s.state, &keys::presence_key(room), |v| {
-            let mut p: RoomPresence = parse(v);
-            let first = !p.values().any(|o| o.u == entry.u);
-            let occupied = p.is_empty();
-            p.insert(client.conn_id.to_string(), entry.clone());
-            (Some(encode(&p)), (first, occupied))
-        })
-        .await?;
-        // Webhooks: decided by the compare-and-set above.
-        if occupied {
-            s.wh_back(Pending::Room(room)).await;
-        }
-        if first {
-            s.wh_member(EventType::MemberJoined, room, &client.user)
-                .await;
-            let status = s.user_room(&client.user, room, true).await?;
-            s.announce_presence(
-                room,
-                &PresenceEvent {
-                    action: PresenceAction::Join,
-                    user: client.user.clone(),
-                    name: client.name.clone(),
-                    status,
-                },
-            )
-            .await;
-        }
-        Ok(())
+        s.change_presence(
+            room,
+            Change::Join {
+                conn: client.conn_id.to_string(),
+                entry,
+            },
+        )
+        .await
     }
 
     async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {

@@ -212,14 +212,18 @@ impl Shared {
 pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut rounds = Rounds::new(shared.lease, cancel);
     while rounds.next().await {
-        match shared.renew_lease().await {
-            Err(e) => {
+        match rounds.step("renew", shared.renew_lease()).await {
+            None => continue,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot renew the node lease");
                 continue;
             }
-            Ok(true) => {
-                if let Err(e) = shared.register_again().await {
-                    tracing::warn!(error = %e, "cannot register this node's entries again");
+            Some(Ok(true)) => {
+                let registered = rounds.step("register", shared.register_again()).await;
+                if !matches!(registered, Some(Ok(_))) {
+                    if let Some(Err(e)) = registered {
+                        tracing::warn!(error = %e, "cannot register this node's entries again");
+                    }
                     // Drop the lease again so the next tick retries.
                     let _: Result<i64, _> = shared
                         .conn
@@ -228,9 +232,9 @@ pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
                         .await;
                 }
             }
-            Ok(false) => {}
+            Some(Ok(false)) => {}
         }
-        if let Err(e) = shared.reap_dead_nodes().await {
+        if let Some(Err(e)) = rounds.step("reap", shared.reap_dead_nodes()).await {
             tracing::warn!(error = %e, "cannot reap dead nodes");
         }
     }

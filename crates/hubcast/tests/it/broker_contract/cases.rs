@@ -267,6 +267,65 @@ pub(super) async fn presence_events_and_lists(s: &Subject) {
     s.engine.unsubscribe("r").await.unwrap();
 }
 
+/// Joins into one room all at once are all let in, and the events they
+/// send, replayed, give the room's member list; so do a user's leaving
+/// and coming back on another connection at the same time.
+pub(super) async fn a_join_wave_into_one_room_lets_everyone_in(s: &Subject) {
+    const WAVE: usize = 300;
+    let room: Arc<str> = Arc::from("wave");
+    s.engine.subscribe(&room).await.unwrap();
+    let clients: Vec<ClientInfo> = (0..WAVE)
+        .map(|i| client(&format!("c{i:03}"), &format!("u{i:03}")))
+        .collect();
+    let joined =
+        futures_util::future::join_all(clients.iter().map(|c| s.engine.join("wave", c))).await;
+    let refused = joined.iter().filter(|r| r.is_err()).count();
+    assert_eq!(
+        refused,
+        0,
+        "refused joins: {:?}",
+        joined.iter().find(|r| r.is_err())
+    );
+    assert_eq!(s.engine.list("wave", 10).await.unwrap().total, WAVE);
+    // Every other user leaves on its connection while coming back on a
+    // new one, all at once: whichever lands first, the user is present.
+    let again: Vec<ClientInfo> = (0..WAVE)
+        .step_by(2)
+        .map(|i| client(&format!("d{i:03}"), &format!("u{i:03}")))
+        .collect();
+    let leaves = clients.iter().step_by(2).map(|c| s.engine.leave("wave", c));
+    let joins = again.iter().map(|c| s.engine.join("wave", c));
+    let (left, rejoined) = tokio::join!(
+        futures_util::future::join_all(leaves),
+        futures_util::future::join_all(joins)
+    );
+    assert!(left.iter().chain(&rejoined).all(Result::is_ok));
+    let page = s.engine.list("wave", 1000).await.unwrap();
+    assert_eq!(page.total, WAVE);
+    assert!(page.members.iter().all(|m| m.connections == 1));
+    // A barrier: one more user, whose join is the last event.
+    s.engine
+        .join("wave", &client("z", "zz-last"))
+        .await
+        .unwrap();
+    s.wait_until("the barrier's join", |s| {
+        s.presence_events("wave")
+            .iter()
+            .any(|(_, u, _)| u == "zz-last")
+    })
+    .await;
+    let mut present = std::collections::BTreeSet::new();
+    for (action, user, _) in s.presence_events("wave") {
+        match action {
+            PresenceAction::Join => assert!(present.insert(user.clone()), "{user} joined twice"),
+            PresenceAction::Leave => assert!(present.remove(&user), "{user} left unjoined"),
+            PresenceAction::Status => {}
+        }
+    }
+    assert_eq!(present.len(), WAVE + 1, "the events replayed give the list");
+    s.engine.unsubscribe("wave").await.unwrap();
+}
+
 pub(super) async fn connect_disconnect_and_status(s: &Subject) {
     let unknown = s.engine.user_status("nobody").await.unwrap();
     assert_eq!(

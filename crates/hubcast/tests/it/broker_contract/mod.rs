@@ -299,6 +299,7 @@ macro_rules! contract {
                     recover_by_epoch_and_trimmed_history,
                     subscribed_delivery_in_order,
                     presence_events_and_lists,
+                    a_join_wave_into_one_room_lets_everyone_in,
                     connect_disconnect_and_status,
                 );
                 contract!(@webhooks $engine: message_published_is_logged_by_the_publish);
