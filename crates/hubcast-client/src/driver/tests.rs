@@ -121,6 +121,15 @@ fn ty(frame: &[u8]) -> String {
         .to_string()
 }
 
+/// The server's side of a session's start for user `ada`: the welcome,
+/// then the personal room's join answered.
+async fn open_personal_room(server: &mut DuplexStream) {
+    write_text(server, &welcome("ada")).await;
+    let (id, room) = join_of(&read_frame(server).await.unwrap());
+    assert_eq!(room, "@ada");
+    write_text(server, &joined("@ada", Some(&id))).await;
+}
+
 /// A client frame, which must be a `join`: its id and room.
 fn join_of(frame: &[u8]) -> (Box<RawValue>, String) {
     match hubcast_protocol::parse_client_frame(frame) {
@@ -323,18 +332,14 @@ async fn an_unacked_publish_times_out_at_its_deadline_while_connected() {
 
 #[tokio::test(start_paused = true)]
 async fn a_gap_is_given_up_on_after_gap_timeout() {
-    let opts = Options {
+    let (mut d, _cmds, mut events) = driver_with_events(Options {
         gap_timeout: Duration::from_millis(3050),
         ..Options::default()
-    };
-    let (mut d, _cmds, mut events) = driver_with_events(opts);
+    });
     let (ws, mut server) = connection();
     let start = Instant::now();
     let server_side = async {
-        write_text(&mut server, &welcome("ada")).await;
-        let (id, room) = join_of(&read_frame(&mut server).await.unwrap());
-        assert_eq!(room, "@ada");
-        write_text(&mut server, &joined("@ada", Some(&id))).await;
+        open_personal_room(&mut server).await;
         // Offset 1 never comes: 2 waits for it, then is delivered anyway.
         let message = br#"{"type":"message","room":"@ada","offset":2,"epoch":"e1","msgId":"m2","timestamp":1,"eventType":"dm","source":"bob","data":null}"#;
         write_text(&mut server, message).await;
@@ -354,17 +359,14 @@ async fn a_gap_is_given_up_on_after_gap_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_message_the_client_cannot_decode_is_reported_in_its_place_without_a_gap() {
-    let opts = Options {
+    let (mut d, _cmds, mut events) = driver_with_events(Options {
         gap_timeout: Duration::from_secs(5),
         ..Options::default()
-    };
-    let (mut d, _cmds, mut events) = driver_with_events(opts);
+    });
     let (ws, mut server) = connection();
     let start = Instant::now();
     let server_side = async {
-        write_text(&mut server, &welcome("ada")).await;
-        let (id, _) = join_of(&read_frame(&mut server).await.unwrap());
-        write_text(&mut server, &joined("@ada", Some(&id))).await;
+        open_personal_room(&mut server).await;
         // serde_json reads neither data (a server that relays them): each
         // is reported at its offset, and the message after them is not
         // held up.
