@@ -1,11 +1,72 @@
 //! The pace of a node's lease in the engines with many nodes (Redis,
 //! NATS): a round every third of the lease (renew this node's lease, then
-//! reap what the nodes whose lease ran out left behind) until shutdown.
+//! reap what the nodes whose lease ran out left behind) until shutdown;
+//! and the [`Registry`] of what the node registered, which it registers
+//! again when its entries were lost.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+
+use super::ClientInfo;
+
+/// This node's connections and presence entries, as it registered them in
+/// its engine. An entry is added once its write succeeded and removed
+/// before its removal is written, so a registration running meanwhile
+/// (`register_again`) can tell an entry that went away and undo its own.
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) conns: HashMap<Arc<str>, ClientInfo>,
+    /// Room → connection ids present there.
+    presence: HashMap<Arc<str>, HashSet<Arc<str>>>,
+}
+
+impl Registry {
+    pub(crate) fn has_conn(&self, conn_id: &str) -> bool {
+        self.conns.contains_key(conn_id)
+    }
+
+    pub(crate) fn has_presence(&self, room: &str, conn_id: &str) -> bool {
+        self.presence.get(room).is_some_and(|c| c.contains(conn_id))
+    }
+
+    /// Connection `conn_id` is present in `room`.
+    pub(crate) fn joined(&mut self, room: &str, conn_id: &Arc<str>) {
+        self.presence
+            .entry(Arc::from(room))
+            .or_default()
+            .insert(conn_id.clone());
+    }
+
+    /// Connection `conn_id` is no longer present in `room`.
+    pub(crate) fn left(&mut self, room: &str, conn_id: &str) {
+        if let Some(ids) = self.presence.get_mut(room) {
+            ids.remove(conn_id);
+            if ids.is_empty() {
+                self.presence.remove(room);
+            }
+        }
+    }
+
+    /// Everything registered: the connections, and (room, connection) for
+    /// each presence entry of a registered connection.
+    pub(crate) fn entries(&self) -> (Vec<ClientInfo>, Vec<(Arc<str>, ClientInfo)>) {
+        let conns = self.conns.values().cloned().collect();
+        let presence = self
+            .presence
+            .iter()
+            .flat_map(|(room, ids)| {
+                ids.iter()
+                    .filter_map(|id| self.conns.get(id))
+                    .map(|c| (room.clone(), c.clone()))
+            })
+            .collect();
+        (conns, presence)
+    }
+}
 
 /// The rounds of a lease task: `while rounds.next().await { ... }`.
 pub(crate) struct Rounds {

@@ -1,11 +1,12 @@
 //! The fault-injection harness (`hubcast bench faults`), short schedule:
-//! three nodes on a private Redis (append-only file on), clients on the
-//! Rust client, one of each fault (pub/sub connections killed, a node
-//! SIGKILLed and restarted, a node SIGSTOPped past its presence lease,
-//! Redis SIGKILLed and restarted, a node's Redis link blackholed, a node's
-//! clients' link blackholed, both links delayed). The harness starts and
-//! stops every process and port it uses; its Redis is its own, so no key
-//! outlives it. It takes about a minute and a half.
+//! three nodes on a private Redis (append-only file on), and again on a
+//! private NATS JetStream, clients on the Rust client, one of each fault
+//! (pub/sub connections killed, on Redis; a node SIGKILLed and restarted;
+//! a node SIGSTOPped past its presence lease; the engine's server SIGKILLed
+//! and restarted; a node's link to it blackholed; a node's clients' link
+//! blackholed; both links delayed). The harness starts and stops every
+//! process and port it uses; its engine's server is its own, so nothing
+//! outlives it. Each takes about a minute and a half.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt as _;
@@ -32,7 +33,44 @@ pub(crate) fn num(r: &Value, k: &str) -> u64 {
 
 #[test]
 fn short_schedule_loses_and_duplicates_nothing() {
+    short_schedule(
+        "redis",
+        &[
+            "pubsub_kill",
+            "node_kill",
+            "node_stop",
+            "redis_restart",
+            "redis_cut",
+            "client_cut",
+            "delay",
+        ],
+    );
+}
+
+/// The same on NATS JetStream (its own `nats-server -js`): every fault but
+/// the pub/sub kill, which is Redis's own. A node stopped or cut off past
+/// its lease registers its presence again.
+#[test]
+fn short_schedule_on_nats_loses_and_duplicates_nothing() {
+    short_schedule(
+        "nats",
+        &[
+            "node_kill",
+            "node_stop",
+            "nats_restart",
+            "nats_cut",
+            "client_cut",
+            "delay",
+        ],
+    );
+}
+
+/// The short schedule on `broker`: each of `kinds` injected once, and the
+/// verdict and counts of a pass.
+fn short_schedule(broker: &str, kinds: &[&str]) {
     let (r, stderr, status) = run_faults(&[
+        "--broker",
+        broker,
         "--schedule",
         "short",
         "--nodes",
@@ -47,25 +85,19 @@ fn short_schedule_loses_and_duplicates_nothing() {
         "10",
     ]);
     let faults = &r["faults"];
-    for kind in [
-        "pubsub_kill",
-        "node_kill",
-        "node_stop",
-        "redis_restart",
-        "redis_cut",
-        "client_cut",
-        "delay",
-    ] {
+    for kind in kinds {
         assert_eq!(faults[kind], 1, "one {kind}: {r}");
     }
+    assert_eq!(r["broker"], broker, "{r}");
     assert!(num(&r, "acked") > 0, "{r}");
     assert_eq!(num(&r, "lost"), 0, "{r}\n{stderr}");
     assert_eq!(num(&r, "duplicated"), 0, "{r}\n{stderr}");
     assert_eq!(num(&r, "out_of_order"), 0, "{r}");
     assert_eq!(num(&r, "silent_gaps"), 0, "{r}");
     assert_eq!(num(&r, "presence_ghosts"), 0, "{r}");
-    assert_eq!(num(&r, "presence_missing"), 0, "{r}");
-    // Cut off from Redis, the node said so within seconds, and came back.
+    assert_eq!(num(&r, "presence_missing"), 0, "{r}\n{stderr}");
+    // Cut off from its engine, the node said so within seconds, and came
+    // back.
     let not_ready = r["not_ready_after_ms"].as_array().expect("readiness");
     assert_eq!(not_ready.len(), 1, "{r}");
     assert!(not_ready[0].as_u64().is_some_and(|ms| ms <= 10_000), "{r}");

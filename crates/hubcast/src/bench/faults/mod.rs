@@ -1,11 +1,13 @@
-//! `hubcast bench faults`: several nodes on a private Redis, clients on the
-//! Rust client, and a schedule of faults; then a verdict.
+//! `hubcast bench faults`: several nodes on a private Redis or NATS
+//! (`--broker`), clients on the Rust client, and a schedule of faults; then
+//! a verdict.
 //!
-//! - `redis`: the private `redis-server` (append-only file, fsync always);
+//! - `backing`: the engine's private server, `redis` (`redis-server`,
+//!   append-only file, fsync always) or `nats` (`nats-server -js`);
 //! - `proxy`: the userspace TCP proxy that cuts and delays links (`tc
 //!   netem` needs `sch_netem`, which not every kernel has);
-//! - `nodes`: `hubcast serve` children, each behind a proxy to Redis and a
-//!   proxy from its clients;
+//! - `nodes`: `hubcast serve` children, each behind a proxy to the engine
+//!   and a proxy from its clients;
 //! - `schedule`: the faults, injected, held, healed and logged;
 //! - `balancer`, `rolling`: the rolling schedule's load balancer (round
 //!   robin over the nodes whose `/readyz` is 200) and its restarts;
@@ -17,12 +19,14 @@
 //!
 //! The run fails (exit 1) when an acked message was lost or duplicated, a
 //! gap went untold, presence kept a ghost or missed a live connection past
-//! the lease, a node cut off from Redis stayed ready, or (long runs) a
+//! the lease, a node cut off from its engine stayed ready, or (long runs) a
 //! node's memory kept growing.
 
+mod backing;
 mod balancer;
 mod check;
 mod clients;
+mod nats;
 mod nodes;
 mod proxy;
 mod redis;
@@ -42,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lock::lock;
+use backing::{Backing, Engine};
 use clients::Clients;
-use schedule::{ALL, Cluster, Injected, Rng, Schedule};
+use schedule::{Cluster, Injected, Rng, Schedule, kinds};
 
 /// `hubcast bench faults`.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +56,9 @@ pub(crate) struct FaultsArgs {
     /// Nodes (at least 2).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// The engine the nodes share, on a server of the run's own.
+    #[arg(long, value_enum, default_value = "redis")]
+    pub(crate) broker: Engine,
     /// `short`: one of each fault, about a minute; `long`: random faults
     /// for --seconds; `rolling`: a rolling restart behind a load balancer.
     #[arg(long, value_enum, default_value = "short")]
@@ -113,7 +121,7 @@ pub(crate) async fn run(a: &FaultsArgs, label: &str) -> anyhow::Result<(Map<Stri
             let _ = std::fs::remove_dir_all(&dir);
         }
         _ => eprintln!(
-            "hubcast bench faults: logs of the nodes and Redis kept in {}",
+            "hubcast bench faults: logs of the nodes and the engine's server kept in {}",
             dir.display()
         ),
     }
@@ -129,7 +137,7 @@ async fn scenario(
 ) -> anyhow::Result<(Map<String, Value>, bool)> {
     let t0 = Instant::now();
     let fsync_always = a.schedule != Schedule::Rolling;
-    let redis = redis::Redis::start(&dir.join("redis"), fsync_always).await?;
+    let engine = Backing::start(a.broker, dir, fsync_always).await?;
     let node_drain = rolling::Drain {
         delay_s: a.drain_delay,
         shutdown_timeout_s: a.shutdown_timeout,
@@ -148,13 +156,16 @@ async fn scenario(
     ]);
     let mut nodes = Vec::new();
     for k in 0..a.nodes {
-        nodes.push(nodes::Node::start(k, redis.addr, run_id, a.lease, dir, &serve_args).await?);
+        // A NATS prefix is at most 32 characters; the server is the run's
+        // own either way.
+        let prefix = &run_id[..17];
+        nodes.push(nodes::Node::start(k, &engine, prefix, a.lease, dir, &serve_args).await?);
     }
     let pids = Arc::new(Mutex::new(
         nodes.iter().map(nodes::Node::pid).collect::<Vec<_>>(),
     ));
     let mut cluster = Cluster {
-        redis,
+        engine,
         nodes,
         pids: pids.clone(),
         lease: a.lease,
@@ -194,7 +205,7 @@ async fn scenario(
     let schedule_start = Instant::now();
     match a.schedule {
         Schedule::Short => {
-            for (i, kind) in ALL.iter().enumerate() {
+            for (i, kind) in kinds(a.broker).iter().enumerate() {
                 let k = i % a.nodes;
                 injected.push(cluster.inject(*kind, k, a.schedule, &mut rng).await?);
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -204,7 +215,8 @@ async fn scenario(
             // Room for the last fault to heal before the end.
             let end = t0 + Duration::from_secs(a.seconds.saturating_sub(40).max(10));
             while Instant::now() < end {
-                let kind = ALL[rng.range(0, ALL.len() as u64 - 1) as usize];
+                let all = kinds(a.broker);
+                let kind = all[rng.range(0, all.len() as u64 - 1) as usize];
                 let k = rng.range(0, a.nodes as u64 - 1) as usize;
                 injected.push(cluster.inject(kind, k, a.schedule, &mut rng).await?);
                 tokio::time::sleep(Duration::from_secs(rng.range(3, 10))).await;

@@ -1,6 +1,7 @@
 //! The nodes under test: `hubcast serve` children of this binary on the
-//! Redis engine, each reaching Redis through its own proxy (to cut or slow
-//! that link) and reached by its clients through another (to cut theirs).
+//! run's engine (Redis or NATS), each reaching it through its own proxy (to
+//! cut or slow that link) and reached by its clients through another (to
+//! cut theirs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use super::backing::Backing;
 use super::proxy::Proxy;
 use crate::bench::net::get;
 use crate::bench::nodes::free_port;
@@ -20,8 +22,8 @@ pub(crate) struct Node {
     pub k: usize,
     /// Where it listens (the clients' proxy forwards here).
     pub listen: SocketAddr,
-    /// Its link to Redis.
-    pub redis_link: Proxy,
+    /// Its link to the engine's server.
+    pub engine_link: Proxy,
     /// Its clients' link to it.
     pub client_link: Proxy,
     args: Vec<String>,
@@ -37,37 +39,30 @@ impl Drop for Node {
 }
 
 impl Node {
-    /// Starts node `k` on Redis at `redis` (through a proxy), keys under
-    /// `prefix`, its log in `dir`, with `extra` arguments to `serve`.
+    /// Starts node `k` on `engine` (through a proxy), keys or stream
+    /// under `prefix`, its log in `dir`, with `extra` arguments to `serve`.
     pub(crate) async fn start(
         k: usize,
-        redis: SocketAddr,
+        engine: &Backing,
         prefix: &str,
         lease: u64,
         dir: &std::path::Path,
         extra: &[String],
     ) -> anyhow::Result<Node> {
         let listen = free_port()?;
-        let redis_link = Proxy::start(redis).await?;
+        let engine_link = Proxy::start(engine.addr()).await?;
         let client_link = Proxy::start(listen).await?;
-        let args = vec![
-            "serve".to_string(),
-            "--listen".into(),
-            listen.to_string(),
-            "--broker".into(),
-            "redis".into(),
-            "--redis-url".into(),
-            format!("redis://{}/", redis_link.addr),
-            "--redis-prefix".into(),
-            prefix.into(),
-            "--presence-lease".into(),
-            lease.to_string(),
-        ];
-        let args = [args, extra.to_vec()].concat();
+        let args = [
+            vec!["serve".to_string(), "--listen".into(), listen.to_string()],
+            engine.serve_args(engine_link.addr, prefix),
+            vec!["--presence-lease".into(), lease.to_string()],
+            extra.to_vec(),
+        ]
+        .concat();
         let mut node = Node {
             k,
             listen,
-            redis_link,
+            engine_link,
             client_link,
             args,
             log: dir.join(format!("node{k}.log")),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::bench::process::Process;
 
@@ -72,55 +72,20 @@ impl Redis {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        let url = self.url();
         self.child
-            .start(&mut cmd)
-            .context("start redis-server (is it installed?)")?;
-        for _ in 0..200 {
-            if self.ping().await {
-                return Ok(());
-            }
-            if let Some(status) = self.child.exited() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("redis-server exited ({status}):\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("redis-server on {} did not answer in 10 s", self.addr)
+            .start_serving(&mut cmd, "redis-server", &log, || ping(url.clone()))
+            .await
     }
 
     fn url(&self) -> String {
         format!("redis://{}/", self.addr)
     }
 
-    async fn conn(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(self.url())?;
-        let conn = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .context("connect to redis: timeout")??;
-        Ok(conn)
-    }
-
-    async fn ping(&self) -> bool {
-        let Ok(mut c) = self.conn().await else {
-            return false;
-        };
-        matches!(
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                redis::cmd("PING").query_async::<String>(&mut c)
-            )
-            .await,
-            Ok(Ok(_))
-        )
-    }
-
     /// `CLIENT KILL TYPE pubsub`: every node loses its subscriptions'
     /// connection at once; how many were killed.
     pub(crate) async fn kill_pubsub(&self) -> anyhow::Result<i64> {
-        let mut c = self.conn().await?;
+        let mut c = conn(&self.url()).await?;
         let n = tokio::time::timeout(
             Duration::from_secs(2),
             redis::cmd("CLIENT")
@@ -133,4 +98,31 @@ impl Redis {
         .context("CLIENT KILL: timeout")??;
         Ok(n)
     }
+}
+
+async fn conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .context("connect to redis: timeout")??;
+    Ok(conn)
+}
+
+/// Whether the Redis at `url` answers PING (with its append-only file
+/// loaded).
+async fn ping(url: String) -> bool {
+    let Ok(mut c) = conn(&url).await else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("PING").query_async::<String>(&mut c)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }

@@ -4,11 +4,11 @@
 use serde_json::{Map, Value, json};
 
 use super::check::Tally;
-use super::schedule::{ALL, Injected, Kind, Schedule};
+use super::schedule::{Injected, Kind, Schedule, kinds};
 use super::{FaultsArgs, Presence, Series};
 use crate::bench::round;
 
-/// A node cut off from Redis must answer not ready within this.
+/// A node cut off from its engine must answer not ready within this.
 const NOT_READY_WITHIN_MS: u64 = 10_000;
 
 /// Growth over the second half of a long run that counts as a leak, when
@@ -152,7 +152,7 @@ impl Report<'_> {
             match r.not_ready_after_ms {
                 Some(ms) if ms <= NOT_READY_WITHIN_MS => {}
                 _ => failures.push(format!(
-                    "a node cut off from Redis was not reported not ready within {NOT_READY_WITHIN_MS} ms"
+                    "a node cut off from its engine was not reported not ready within {NOT_READY_WITHIN_MS} ms"
                 )),
             }
             if r.ready_again_ms.is_none() {
@@ -169,15 +169,16 @@ impl Report<'_> {
         }
 
         let mut by_kind = Map::new();
-        for kind in ALL.into_iter().chain([Kind::Restart]) {
+        for kind in kinds(a.broker).into_iter().chain([Kind::Restart]) {
             let n = self.injected.iter().filter(|i| i.kind == kind).count();
-            by_kind.insert(kind.name().into(), json!(n));
+            by_kind.insert(kind.name(a.broker).into(), json!(n));
         }
         let mut r = Map::new();
         let mut put = |k: &str, v: Value| {
             r.insert(k.into(), v);
         };
         put("label", json!(self.label));
+        put("broker", json!(a.broker.key()));
         put(
             "schedule",
             json!(format!("{:?}", a.schedule).to_lowercase()),
@@ -254,7 +255,12 @@ impl Report<'_> {
         put("memory_judged", json!(self.judge_memory));
         put(
             "fault_log",
-            json!(self.injected.iter().map(Injected::json).collect::<Vec<_>>()),
+            json!(
+                self.injected
+                    .iter()
+                    .map(|i| i.json(a.broker))
+                    .collect::<Vec<_>>()
+            ),
         );
         if !self.presence.examples.is_empty() {
             put("presence_examples", json!(self.presence.examples));

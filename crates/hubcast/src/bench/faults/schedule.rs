@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::backing::{Backing, Engine};
 use super::nodes::Node;
 use super::proxy::Link;
-use super::redis::Redis;
 use crate::lock::lock;
 
 /// Which schedule.
@@ -29,46 +29,58 @@ pub(crate) enum Schedule {
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// `CLIENT KILL TYPE pubsub` on Redis.
+    /// `CLIENT KILL TYPE pubsub` on Redis (Redis only).
     PubsubKill,
     /// SIGKILL a node, start it again.
     NodeKill,
     /// SIGSTOP a node past its presence lease, then SIGCONT.
     NodeStop,
-    /// SIGKILL Redis, start it again from its append-only file.
-    RedisRestart,
-    /// Blackhole a node's link to Redis; it must report not ready.
-    RedisCut,
+    /// SIGKILL the engine's server, start it again from its files.
+    EngineRestart,
+    /// Blackhole a node's link to the engine; it must report not ready.
+    EngineCut,
     /// Blackhole a node's clients' link to it.
     ClientCut,
-    /// Delay a node's links, to Redis and to its clients.
+    /// Delay a node's links, to the engine and to its clients.
     Delay,
     /// SIGTERM a node (it drains), start it again (`rolling`).
     Restart,
 }
 
 /// Every kind, in the short schedule's order.
-pub(crate) const ALL: [Kind; 7] = [
+const ALL: [Kind; 7] = [
     Kind::PubsubKill,
     Kind::NodeKill,
     Kind::NodeStop,
-    Kind::RedisRestart,
-    Kind::RedisCut,
+    Kind::EngineRestart,
+    Kind::EngineCut,
     Kind::ClientCut,
     Kind::Delay,
 ];
 
+/// The kinds of fault a schedule draws from on `engine`, in the short
+/// schedule's order.
+pub(crate) fn kinds(engine: Engine) -> Vec<Kind> {
+    ALL.into_iter()
+        .filter(|k| engine == Engine::Redis || *k != Kind::PubsubKill)
+        .collect()
+}
+
 impl Kind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Kind::PubsubKill => "pubsub_kill",
-            Kind::NodeKill => "node_kill",
-            Kind::NodeStop => "node_stop",
-            Kind::RedisRestart => "redis_restart",
-            Kind::RedisCut => "redis_cut",
-            Kind::ClientCut => "client_cut",
-            Kind::Delay => "delay",
-            Kind::Restart => "rolling_restart",
+    /// Its name in the log and the report (`redis_restart` on Redis,
+    /// `nats_restart` on NATS).
+    pub(crate) fn name(self, engine: Engine) -> &'static str {
+        match (self, engine) {
+            (Kind::PubsubKill, _) => "pubsub_kill",
+            (Kind::NodeKill, _) => "node_kill",
+            (Kind::NodeStop, _) => "node_stop",
+            (Kind::EngineRestart, Engine::Redis) => "redis_restart",
+            (Kind::EngineRestart, Engine::Nats) => "nats_restart",
+            (Kind::EngineCut, Engine::Redis) => "redis_cut",
+            (Kind::EngineCut, Engine::Nats) => "nats_cut",
+            (Kind::ClientCut, _) => "client_cut",
+            (Kind::Delay, _) => "delay",
+            (Kind::Restart, _) => "rolling_restart",
         }
     }
 }
@@ -98,7 +110,7 @@ impl Rng {
 
 /// The cluster the faults act on.
 pub(crate) struct Cluster {
-    pub redis: Redis,
+    pub engine: Backing,
     pub nodes: Vec<Node>,
     /// Each node's pid now, for the memory sampler.
     pub pids: Arc<Mutex<Vec<Option<u32>>>>,
@@ -108,7 +120,7 @@ pub(crate) struct Cluster {
     pub t0: Instant,
 }
 
-/// How a node answered `/readyz` around a cut of its Redis link.
+/// How a node answered `/readyz` around a cut of its engine link.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Readiness {
     /// First 503 after the cut, ms after it (none: stayed ready).
@@ -132,9 +144,9 @@ pub(crate) struct Injected {
 }
 
 impl Injected {
-    pub(crate) fn json(&self) -> Value {
+    pub(crate) fn json(&self, engine: Engine) -> Value {
         let mut v = json!({
-            "fault": self.kind.name(),
+            "fault": self.kind.name(engine),
             "at_s": crate::bench::round(self.at_s, 1),
             "healed_s": crate::bench::round(self.healed_s, 1),
             "detail": self.detail,
@@ -156,7 +168,7 @@ impl Injected {
 /// How long a fault is held, by schedule.
 struct Holds {
     kill_down: Duration,
-    redis_down: Duration,
+    engine_down: Duration,
     cut: Duration,
     client_cut: Duration,
     delay: Duration,
@@ -168,7 +180,7 @@ fn holds(schedule: Schedule, rng: &mut Rng) -> Holds {
     match schedule {
         Schedule::Short | Schedule::Rolling => Holds {
             kill_down: s(2),
-            redis_down: s(1),
+            engine_down: s(1),
             cut: s(6),
             client_cut: s(5),
             delay: s(6),
@@ -176,7 +188,7 @@ fn holds(schedule: Schedule, rng: &mut Rng) -> Holds {
         },
         Schedule::Long => Holds {
             kill_down: s(rng.range(1, 5)),
-            redis_down: s(rng.range(1, 5)),
+            engine_down: s(rng.range(1, 5)),
             cut: s(rng.range(5, 15)),
             client_cut: s(rng.range(4, 12)),
             delay: s(rng.range(5, 20)),
@@ -208,11 +220,16 @@ impl Cluster {
         let at_s = self.since();
         let mut node = Some(k);
         let mut readiness = None;
-        eprintln!("[{at_s:7.1}s] {} {}", kind.name(), node_label(kind, k));
+        let engine = self.engine.engine();
+        eprintln!(
+            "[{at_s:7.1}s] {} {}",
+            kind.name(engine),
+            node_label(kind, k)
+        );
         let detail = match kind {
             Kind::PubsubKill => {
                 node = None;
-                let n = self.redis.kill_pubsub().await?;
+                let n = self.engine.kill_pubsub().await?;
                 format!("{n} pub/sub connections killed")
             }
             Kind::NodeKill => {
@@ -232,19 +249,20 @@ impl Cluster {
                 self.nodes[k].signal("CONT")?;
                 format!("SIGSTOP for {hold:?} (lease {} s), SIGCONT", self.lease)
             }
-            Kind::RedisRestart => {
+            Kind::EngineRestart => {
                 node = None;
-                self.redis.kill();
-                tokio::time::sleep(h.redis_down).await;
-                self.redis.restart().await?;
+                self.engine.kill();
+                tokio::time::sleep(h.engine_down).await;
+                self.engine.restart().await?;
                 format!(
-                    "SIGKILL, restarted from its append-only file after {:?}",
-                    h.redis_down
+                    "{} SIGKILLed, restarted from its files after {:?}",
+                    engine.name(),
+                    h.engine_down
                 )
             }
-            Kind::RedisCut => {
+            Kind::EngineCut => {
                 let n = &self.nodes[k];
-                n.redis_link.set(Link {
+                n.engine_link.set(Link {
                     blackhole: true,
                     delay: Duration::ZERO,
                 });
@@ -256,7 +274,7 @@ impl Cluster {
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                n.redis_link.set(Link::default());
+                n.engine_link.set(Link::default());
                 let healed = Instant::now();
                 let mut again = None;
                 while healed.elapsed() < Duration::from_secs(30) {
@@ -271,7 +289,8 @@ impl Cluster {
                     ready_again_ms: again,
                 });
                 format!(
-                    "Redis link blackholed for {:?}: not ready after {} ms, ready again {} ms after the heal",
+                    "{} link blackholed for {:?}: not ready after {} ms, ready again {} ms after the heal",
+                    engine.name(),
                     h.cut,
                     not_ready.map_or("-".into(), |v| v.to_string()),
                     again.map_or("-".into(), |v| v.to_string()),
@@ -297,14 +316,16 @@ impl Cluster {
                     blackhole: false,
                     delay: h.delay_by,
                 };
-                n.redis_link.set(link);
+                n.engine_link.set(link);
                 n.client_link.set(link);
                 tokio::time::sleep(h.delay).await;
-                n.redis_link.set(Link::default());
+                n.engine_link.set(Link::default());
                 n.client_link.set(Link::default());
                 format!(
-                    "{:?} added on its Redis and client links for {:?}",
-                    h.delay_by, h.delay
+                    "{:?} added on its {} and client links for {:?}",
+                    h.delay_by,
+                    engine.name(),
+                    h.delay
                 )
             }
         };
@@ -327,7 +348,7 @@ impl Cluster {
 
 fn node_label(kind: Kind, k: usize) -> String {
     match kind {
-        Kind::PubsubKill | Kind::RedisRestart => String::new(),
+        Kind::PubsubKill | Kind::EngineRestart => String::new(),
         _ => format!("node {k}"),
     }
 }

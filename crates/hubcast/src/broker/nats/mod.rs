@@ -37,6 +37,7 @@ mod epoch;
 mod keys;
 mod kv;
 mod live;
+mod nodes;
 mod presence;
 mod pull;
 mod room_writes;
@@ -131,6 +132,11 @@ struct Shared {
     /// The engine's tasks (the room writers among them), waited for by
     /// `close`.
     tasks: TaskTracker,
+    /// What this node registered (`nodes`: written again after its lease
+    /// ran out).
+    registry: std::sync::Mutex<crate::broker::lease::Registry>,
+    /// The revision of this node's last lease write (0: none yet).
+    lease_revision: std::sync::atomic::AtomicU64,
     /// The webhook log, once webhooks are on (`webhooks`): without, no
     /// transition costs anything more.
     webhooks: OnceLock<webhooks::Log>,
@@ -238,6 +244,8 @@ impl NatsBroker {
             tops: tops::Tops::new(reconnects_rx.clone()),
             room_writes: room_writes::RoomWrites::default(),
             tasks: TaskTracker::new(),
+            registry: std::sync::Mutex::default(),
+            lease_revision: std::sync::atomic::AtomicU64::new(0),
             webhooks: OnceLock::new(),
         });
         retry(|| shared.ensure_stream(largest)).await?;
@@ -245,7 +253,7 @@ impl NatsBroker {
         let cancel = CancellationToken::new();
         let tasks = shared.tasks.clone();
         let live = Live::new(shared.clone(), reconnects_rx, &tasks, cancel.clone());
-        tasks.spawn(presence::lease_task(shared.clone(), cancel.clone()));
+        tasks.spawn(nodes::lease_task(shared.clone(), cancel.clone()));
         Ok(Arc::new(NatsBroker {
             shared,
             live,

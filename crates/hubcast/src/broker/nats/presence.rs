@@ -1,5 +1,5 @@
-//! Room presence, user status and node leases in JetStream key-value
-//! buckets.
+//! Room presence and user status in JetStream key-value buckets (the
+//! node leases that keep them true are `nodes`).
 //!
 //! A room's presence is one key (`p.<room>`: connection id → user, name,
 //! node) and a user's status another (`u.<user>`: status, name, open
@@ -9,25 +9,16 @@
 //! writer per room (`room_writes`). The node whose change made a user's
 //! first connection join a room (or its last leave) sends the presence
 //! event on the room's live subject, and records the webhook events the
-//! change decided (`webhooks`).
-//!
-//! Leases: each node keeps `n.<node>` in the nodes bucket, whose entries
-//! expire after the lease, renewing it every third of it. Every node also
-//! scans the presence and user keys at that pace and removes the entries
-//! of nodes whose lease is gone, sending the leave events: a SIGKILLed
-//! node's members leave within about a lease and a third.
+//! change decided (`webhooks`). What this node wrote is kept in its
+//! registry too, to write again if its lease runs out.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_nats::jetstream::kv;
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
-use crate::broker::lease::Rounds;
 use crate::broker::redis::codec::parse_status;
 use crate::broker::{
     BrokerError, ClientInfo, PresenceEvent, PresenceManager, PresencePage, UserStatus,
@@ -55,13 +46,13 @@ pub(super) struct PresenceEntry {
 
 /// A user's status record.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct UserRecord {
+pub(super) struct UserRecord {
     /// Status (`online`, `away`, `busy`, `offline`).
     s: String,
     /// Display name.
     n: String,
     /// Open connections → node.
-    c: BTreeMap<String, String>,
+    pub c: BTreeMap<String, String>,
     /// Rooms the user is present in.
     r: Vec<String>,
     /// Last disconnect, Unix ms.
@@ -78,7 +69,7 @@ pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Shared {
-    async fn user_record(&self, user: &str) -> Result<Option<UserRecord>, BrokerError> {
+    pub(super) async fn user_record(&self, user: &str) -> Result<Option<UserRecord>, BrokerError> {
         let v = self
             .state
             .get(keys::user_key(user))
@@ -129,10 +120,45 @@ impl Shared {
         .await
     }
 
+    /// `client`'s entry in a room's presence.
+    pub(super) fn presence_entry(&self, client: &ClientInfo) -> PresenceEntry {
+        PresenceEntry {
+            u: client.user.to_string(),
+            n: client.name.to_string(),
+            d: self.node.to_string(),
+        }
+    }
+
+    /// Adds `client`'s connection to its user's record: online, if it is
+    /// the user's only one.
+    pub(super) async fn register_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        let online = modify(&self.state, &keys::user_key(&client.user), |v| {
+            let mut rec: UserRecord = parse(v);
+            let online = rec.c.is_empty();
+            if online {
+                rec.s = Status::Online.as_str().into();
+            }
+            rec.n = client.name.to_string();
+            rec.l = None;
+            rec.c
+                .insert(client.conn_id.to_string(), self.node.to_string());
+            (Some(encode(&rec)), online)
+        })
+        .await?;
+        if online {
+            self.wh_back(Pending::User(&client.user)).await;
+        }
+        Ok(())
+    }
+
     /// Removes connection `conn` from the room's presence; when it was its
     /// user's last there, forgets the room for the user and sends the
     /// leave event (`room_writes`).
-    async fn remove_presence(self: &Arc<Self>, room: &str, conn: &str) -> Result<(), BrokerError> {
+    pub(super) async fn remove_presence(
+        self: &Arc<Self>,
+        room: &str,
+        conn: &str,
+    ) -> Result<(), BrokerError> {
         self.change_presence(
             room,
             Change::Leave {
@@ -143,7 +169,7 @@ impl Shared {
     }
 
     /// Removes connection `conn` from its user's open connections.
-    async fn remove_conn(
+    pub(super) async fn remove_conn(
         &self,
         user: &str,
         conn: &str,
@@ -172,120 +198,6 @@ impl Shared {
         }
         Ok(())
     }
-
-    /// Renews this node's lease.
-    pub(super) async fn renew_lease(&self) -> Result<(), BrokerError> {
-        self.nodes
-            .put(
-                keys::node_key(&self.node),
-                Bytes::from(crate::unix_ms().to_string()),
-            )
-            .await
-            .map_err(|e| down(format!("lease: {e}")))?;
-        Ok(())
-    }
-
-    /// Whether `node`'s lease is alive (this node's always is).
-    async fn alive(&self, node: &str) -> Result<bool, BrokerError> {
-        if node == &*self.node {
-            return Ok(true);
-        }
-        let e = self
-            .nodes
-            .entry(keys::node_key(node))
-            .await
-            .map_err(|e| down(format!("lease of {node}: {e}")))?;
-        Ok(e.is_some_and(|e| e.operation == kv::Operation::Put))
-    }
-
-    /// Removes the presence entries and connections of nodes whose lease
-    /// expired, sending the leave events.
-    async fn reap(self: &Arc<Self>) -> Result<(), BrokerError> {
-        let mut keys = self
-            .state
-            .keys()
-            .await
-            .map_err(|e| down(format!("keys: {e}")))?;
-        let mut presence = Vec::new();
-        let mut users = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(|e| down(format!("keys: {e}")))?;
-            if let Some(room) = k.strip_prefix("p.") {
-                presence.push((keys::decode(room), k.clone()));
-            } else if let Some(user) = k.strip_prefix("u.") {
-                users.push(keys::decode(user));
-            }
-        }
-        let mut alive: BTreeMap<String, bool> = BTreeMap::new();
-        for (room, key) in presence {
-            let Some(room) = room else { continue };
-            let Some(v) = self
-                .state
-                .get(&key)
-                .await
-                .map_err(|e| down(format!("{key}: {e}")))?
-            else {
-                continue;
-            };
-            let p: RoomPresence = parse(Some(&v));
-            let nodes: HashSet<&String> = p.values().map(|e| &e.d).collect();
-            for node in nodes {
-                if !alive.contains_key(node) {
-                    alive.insert(node.clone(), self.alive(node).await?);
-                }
-            }
-            let dead: Vec<&String> = p
-                .iter()
-                .filter(|(_, e)| alive.get(&e.d) == Some(&false))
-                .map(|(conn, _)| conn)
-                .collect();
-            if !dead.is_empty() {
-                tracing::warn!(room = %room, connections = dead.len(), "node lease expired: removing its presence");
-            }
-            // Queued together, the room's dead connections leave in one
-            // write (`room_writes`).
-            futures_util::future::try_join_all(
-                dead.into_iter()
-                    .map(|conn| self.remove_presence(&room, conn)),
-            )
-            .await?;
-        }
-        for user in users.into_iter().flatten() {
-            let Some(rec) = self.user_record(&user).await? else {
-                continue;
-            };
-            for (conn, node) in &rec.c {
-                if !alive.contains_key(node) {
-                    alive.insert(node.clone(), self.alive(node).await?);
-                }
-                if alive.get(node) == Some(&false) {
-                    self.remove_conn(&user, conn, false).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Renews this node's lease every third of it and reaps dead nodes.
-pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut rounds = Rounds::new(shared.lease, cancel);
-    while rounds.next().await {
-        if shared.connected().is_err() {
-            continue;
-        }
-        match rounds.step("renew", shared.renew_lease()).await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot renew the node lease");
-                continue;
-            }
-            None => continue,
-        }
-        if let Some(Err(e)) = rounds.step("reap", shared.reap()).await {
-            tracing::warn!(error = %e, "cannot reap dead nodes");
-        }
-    }
 }
 
 #[async_trait]
@@ -293,24 +205,25 @@ impl PresenceManager for NatsBroker {
     async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
         s.connected()?;
-        let entry = PresenceEntry {
-            u: client.user.to_string(),
-            n: client.name.to_string(),
-            d: s.node.to_string(),
-        };
         s.change_presence(
             room,
             Change::Join {
                 conn: client.conn_id.to_string(),
-                entry,
+                entry: s.presence_entry(client),
             },
         )
-        .await
+        .await?;
+        s.registry().joined(room, &client.conn_id);
+        Ok(())
     }
 
     async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        self.shared.connected()?;
-        self.shared.remove_presence(room, &client.conn_id).await
+        let s = &self.shared;
+        s.connected()?;
+        // Forgotten first: a registration running meanwhile then undoes
+        // its own entry (`nodes`).
+        s.registry().left(room, &client.conn_id);
+        s.remove_presence(room, &client.conn_id).await
     }
 
     async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
@@ -361,28 +274,18 @@ impl PresenceManager for NatsBroker {
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
         s.connected()?;
-        let online = modify(&s.state, &keys::user_key(&client.user), |v| {
-            let mut rec: UserRecord = parse(v);
-            let online = rec.c.is_empty();
-            if online {
-                rec.s = Status::Online.as_str().into();
-            }
-            rec.n = client.name.to_string();
-            rec.l = None;
-            rec.c.insert(client.conn_id.to_string(), s.node.to_string());
-            (Some(encode(&rec)), online)
-        })
-        .await?;
-        if online {
-            s.wh_back(Pending::User(&client.user)).await;
-        }
+        s.register_conn(client).await?;
+        s.registry()
+            .conns
+            .insert(client.conn_id.clone(), client.clone());
         Ok(())
     }
 
     async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        self.shared.connected()?;
-        self.shared
-            .remove_conn(&client.user, &client.conn_id, client.ephemeral)
+        let s = &self.shared;
+        s.connected()?;
+        s.registry().conns.remove(&client.conn_id);
+        s.remove_conn(&client.user, &client.conn_id, client.ephemeral)
             .await
     }
 

@@ -17,10 +17,11 @@ use crate::rules::Rules;
 
 use super::keys::Keys;
 use super::link::Link;
-use super::nodes::{Registry, lease_task};
+use super::nodes::lease_task;
 use super::pubsub::pubsub_task;
 use super::scripts::Scripts;
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, RedisBroker, Shared, down, unavailable};
+use crate::broker::lease::Registry;
 
 /// The command connection: one Redis server, or a Redis Cluster (commands
 /// routed by key slot).

@@ -88,10 +88,10 @@ use crate::rules::Rules;
 
 use self::conn::Conn;
 use self::keys::Keys;
-use self::nodes::Registry;
 use self::pubsub::SubCmd;
 use self::scripts::Scripts;
 use self::stream::{parse_entries, position, since_arg};
+use crate::broker::lease::Registry;
 
 /// How long the meta hash (epoch, offset) outlives the last activity in a
 /// room. Past it, the room starts a new epoch.

@@ -1,15 +1,15 @@
 //! Node leases: each node renews its lease in Redis, registers its entries
 //! again when Redis lost them, and reaps what dead nodes left behind.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::lease::Rounds;
-use crate::broker::{BrokerError, ClientInfo};
+use crate::broker::BrokerError;
+use crate::broker::lease::{Registry, Rounds};
 use crate::protocol::Status;
 
 use super::{Shared, unavailable};
@@ -17,23 +17,6 @@ use super::{Shared, unavailable};
 /// How long a reaped node's mark lives: longer than any partition a node
 /// comes back from with its connections still open.
 const REAPED_MARK_SECS: u64 = 24 * 3600;
-
-/// This node's connections and presence entries, as registered in Redis.
-#[derive(Default)]
-pub(super) struct Registry {
-    pub(super) conns: HashMap<Arc<str>, ClientInfo>,
-    /// Room → connection ids present there.
-    pub(super) presence: HashMap<Arc<str>, HashSet<Arc<str>>>,
-}
-
-impl Registry {
-    pub(super) fn has_conn(&self, conn_id: &str) -> bool {
-        self.conns.contains_key(conn_id)
-    }
-    pub(super) fn has_presence(&self, room: &str, conn_id: &str) -> bool {
-        self.presence.get(room).is_some_and(|c| c.contains(conn_id))
-    }
-}
 
 impl Shared {
     /// Extends this node's lease. Returns true when the lease had been
@@ -71,20 +54,7 @@ impl Shared {
     /// or never knew). An entry removed locally meanwhile is removed from
     /// Redis again, so a connection closing during this leaves no ghost.
     pub(super) async fn register_again(&self) -> Result<(), BrokerError> {
-        let (conns, presence): (Vec<ClientInfo>, Vec<(Arc<str>, ClientInfo)>) = {
-            let reg = self.registry();
-            let conns = reg.conns.values().cloned().collect();
-            let presence = reg
-                .presence
-                .iter()
-                .flat_map(|(room, ids)| {
-                    ids.iter()
-                        .filter_map(|id| reg.conns.get(id))
-                        .map(|c| (room.clone(), c.clone()))
-                })
-                .collect();
-            (conns, presence)
-        };
+        let (conns, presence) = self.registry().entries();
         tracing::warn!(
             connections = conns.len(),
             presence = presence.len(),

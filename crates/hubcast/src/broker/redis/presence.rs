@@ -1,7 +1,6 @@
 //! Room presence and user status in Redis.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -152,11 +151,7 @@ impl PresenceManager for RedisBroker {
         let s = &self.shared;
         let (status, _) = s.user_status_name(&client.user).await;
         s.join_presence(room, client, status).await?;
-        s.registry()
-            .presence
-            .entry(Arc::from(room))
-            .or_default()
-            .insert(client.conn_id.clone());
+        s.registry().joined(room, &client.conn_id);
         Ok(())
     }
 
@@ -164,15 +159,7 @@ impl PresenceManager for RedisBroker {
         let s = &self.shared;
         // Forget it first: a re-registration running meanwhile then undoes
         // its own entry (see `Shared::register_again`).
-        {
-            let mut reg = s.registry();
-            if let Some(ids) = reg.presence.get_mut(room) {
-                ids.remove(&client.conn_id);
-                if ids.is_empty() {
-                    reg.presence.remove(room);
-                }
-            }
-        }
+        s.registry().left(room, &client.conn_id);
         let (status, _) = s.user_status_name(&client.user).await;
         s.leave_presence(room, &client.conn_id, &client.user, &client.name, status)
             .await

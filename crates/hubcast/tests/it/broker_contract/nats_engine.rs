@@ -160,3 +160,44 @@ async fn a_dead_nodes_presence_is_removed_with_leave_events() {
     s.engine.unsubscribe("r").await.unwrap();
     s.finish().await;
 }
+
+/// A node whose lease ran out (stopped, or cut off from NATS, past it) may
+/// have been reaped: it registers its connections and presence again.
+#[tokio::test]
+async fn a_node_whose_lease_ran_out_registers_its_entries_again() {
+    let s = start(Duration::from_secs(1)).await;
+    let prefix = s.nats_prefix.clone().unwrap();
+    let ann = client("a1", "ann");
+    s.engine.connect(&ann).await.unwrap();
+    s.engine.join("r", &ann).await.unwrap();
+    // What a reaper leaves after this node's lease ran out: its entries
+    // gone, and no lease.
+    let js = js().await;
+    let state = js.get_key_value(format!("{prefix}_state")).await.unwrap();
+    state.put("p.r", "{}".into()).await.unwrap();
+    let reaped = serde_json::json!({"s":"offline","n":"ann name","c":{},"r":[],"l":1});
+    state
+        .put("u.ann", serde_json::to_vec(&reaped).unwrap().into())
+        .await
+        .unwrap();
+    let nodes = js.get_key_value(format!("{prefix}_nodes")).await.unwrap();
+    nodes.delete("n.contract-node").await.unwrap();
+    assert_eq!(s.engine.list("r", 10).await.unwrap().total, 0);
+    // Back within two rounds (a third of the lease each).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = s.engine.list("r", 10).await.unwrap().total;
+        let st = s.engine.user_status("ann").await.unwrap();
+        if (listed, st.status, st.connections) == (1, Status::Online, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not registered again: {listed} listed, {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.engine.leave("r", &ann).await.unwrap();
+    s.engine.disconnect(&ann).await.unwrap();
+    s.finish().await;
+}
