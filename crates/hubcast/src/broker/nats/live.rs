@@ -294,8 +294,16 @@ impl RoomTask {
     }
 
     /// Reads what the stream holds after the position and delivers it in
-    /// order; a break in the offsets is a reset.
-    async fn catch_up(&mut self) {
+    /// order; a break in the offsets is a reset. Boxed: a room's task
+    /// lives as long as the room has local members (every connection's
+    /// personal room), and the reads' state, kept inline, made each task's
+    /// future about 8 KiB while it waits for the next message; a catch-up
+    /// is rare enough to pay an allocation.
+    fn catch_up(&mut self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.catch_up_now())
+    }
+
+    async fn catch_up_now(&mut self) {
         match self.try_catch_up().await {
             Ok(()) => {
                 self.behind = false;
