@@ -154,11 +154,11 @@ async fn scenario(
         "--max-connections-per-ip".to_string(),
         (2 * clients + 64).max(2000).to_string(),
     ]);
+    // A NATS prefix is at most 32 characters; the server is the run's own
+    // either way.
+    let prefix = &run_id[..17];
     let mut nodes = Vec::new();
     for k in 0..a.nodes {
-        // A NATS prefix is at most 32 characters; the server is the run's
-        // own either way.
-        let prefix = &run_id[..17];
         nodes.push(nodes::Node::start(k, &engine, prefix, a.lease, dir, &serve_args).await?);
     }
     let pids = Arc::new(Mutex::new(
@@ -214,8 +214,8 @@ async fn scenario(
         Schedule::Long => {
             // Room for the last fault to heal before the end.
             let end = t0 + Duration::from_secs(a.seconds.saturating_sub(40).max(10));
+            let all = kinds(a.broker);
             while Instant::now() < end {
-                let all = kinds(a.broker);
                 let kind = all[rng.range(0, all.len() as u64 - 1) as usize];
                 let k = rng.range(0, a.nodes as u64 - 1) as usize;
                 injected.push(cluster.inject(kind, k, a.schedule, &mut rng).await?);

@@ -20,7 +20,6 @@ use crate::broker::BrokerError;
 use crate::broker::lease::{Registry, Rounds};
 
 use super::presence::{RoomPresence, parse};
-use super::room_writes::Change;
 use super::{Shared, down, keys};
 
 impl Shared {
@@ -77,14 +76,7 @@ impl Shared {
         }
         // Each room's entries queued together: one write a room.
         futures_util::future::try_join_all(presence.iter().map(|(room, c)| async move {
-            self.change_presence(
-                room,
-                Change::Join {
-                    conn: c.conn_id.to_string(),
-                    entry: self.presence_entry(c),
-                },
-            )
-            .await?;
+            self.add_presence(room, c).await?;
             if !self.registry().has_presence(room, &c.conn_id) {
                 self.remove_presence(room, &c.conn_id).await?;
             }
@@ -189,11 +181,8 @@ pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
             continue;
         }
         match rounds.step("renew", shared.renew_lease()).await {
-            Some(Ok(lost)) => {
-                if lost {
-                    register = 2;
-                }
-            }
+            Some(Ok(true)) => register = 2,
+            Some(Ok(false)) => {}
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot renew the node lease");
                 continue;

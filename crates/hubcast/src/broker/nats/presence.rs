@@ -120,13 +120,22 @@ impl Shared {
         .await
     }
 
-    /// `client`'s entry in a room's presence.
-    pub(super) fn presence_entry(&self, client: &ClientInfo) -> PresenceEntry {
-        PresenceEntry {
+    /// Adds `client`'s connection to the room's presence; when it is its
+    /// user's first there, adds the room to the user's and sends the join
+    /// event (`room_writes`).
+    pub(super) async fn add_presence(
+        self: &Arc<Self>,
+        room: &str,
+        client: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        let entry = PresenceEntry {
             u: client.user.to_string(),
             n: client.name.to_string(),
             d: self.node.to_string(),
-        }
+        };
+        let conn = client.conn_id.to_string();
+        self.change_presence(room, Change::Join { conn, entry })
+            .await
     }
 
     /// Adds `client`'s connection to its user's record: online, if it is
@@ -205,14 +214,7 @@ impl PresenceManager for NatsBroker {
     async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
         let s = &self.shared;
         s.connected()?;
-        s.change_presence(
-            room,
-            Change::Join {
-                conn: client.conn_id.to_string(),
-                entry: s.presence_entry(client),
-            },
-        )
-        .await?;
+        s.add_presence(room, client).await?;
         s.registry().joined(room, &client.conn_id);
         Ok(())
     }

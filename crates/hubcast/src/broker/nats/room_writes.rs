@@ -44,10 +44,9 @@ pub(super) enum Change {
 pub(super) struct Effect {
     /// The room had nobody before it.
     pub occupied: bool,
-    /// It made its user a member: (user, name).
-    pub joined: Option<(String, String)>,
-    /// It took the user's last connection out: (user, name).
-    pub left: Option<(String, String)>,
+    /// It made its user a member (`Join`), or took the user's last
+    /// connection out (`Leave`): (action, user, name).
+    pub member: Option<(PresenceAction, String, String)>,
     /// The room has nobody after it.
     pub vacated: bool,
     /// It changed the room's presence.
@@ -63,7 +62,7 @@ pub(super) fn apply(p: &mut RoomPresence, change: &Change) -> Effect {
             p.insert(conn.clone(), entry.clone());
             Effect {
                 occupied,
-                joined: joined.then(|| (entry.u.clone(), entry.n.clone())),
+                member: joined.then(|| (PresenceAction::Join, entry.u.clone(), entry.n.clone())),
                 changed: true,
                 ..Effect::default()
             }
@@ -74,7 +73,7 @@ pub(super) fn apply(p: &mut RoomPresence, change: &Change) -> Effect {
             };
             let last = !p.values().any(|o| o.u == e.u);
             Effect {
-                left: last.then_some((e.u, e.n)),
+                member: last.then_some((PresenceAction::Leave, e.u, e.n)),
                 vacated: p.is_empty(),
                 changed: true,
                 ..Effect::default()
@@ -194,11 +193,12 @@ impl Writer {
             if e.occupied {
                 s.wh_back(Pending::Room(room)).await;
             }
-            if let Some((user, _)) = &e.joined {
-                s.wh_member(EventType::MemberJoined, room, user).await;
-            }
-            if let Some((user, _)) = &e.left {
-                s.wh_member(EventType::MemberLeft, room, user).await;
+            if let Some((action, user, _)) = &e.member {
+                let kind = match action {
+                    PresenceAction::Leave => EventType::MemberLeft,
+                    _ => EventType::MemberJoined,
+                };
+                s.wh_member(kind, room, user).await;
             }
             if e.vacated {
                 s.wh_gone(Pending::Room(room)).await;
@@ -208,17 +208,8 @@ impl Writer {
         // apart from each other.
         let mut per_user: BTreeMap<&str, Vec<(usize, PresenceAction, &str)>> = BTreeMap::new();
         for (i, e) in effects.iter().enumerate() {
-            if let Some((user, name)) = &e.joined {
-                per_user
-                    .entry(user)
-                    .or_default()
-                    .push((i, PresenceAction::Join, name));
-            }
-            if let Some((user, name)) = &e.left {
-                per_user
-                    .entry(user)
-                    .or_default()
-                    .push((i, PresenceAction::Leave, name));
+            if let Some((action, user, name)) = &e.member {
+                per_user.entry(user).or_default().push((i, *action, name));
             }
         }
         let mut results: Vec<Result<(), BrokerError>> = changes.iter().map(|_| Ok(())).collect();
@@ -269,8 +260,8 @@ mod tests {
         Change::Leave { conn: conn.into() }
     }
 
-    fn who(user: &str) -> Option<(String, String)> {
-        Some((user.into(), format!("{user} name")))
+    fn who(action: PresenceAction, user: &str) -> Option<(PresenceAction, String, String)> {
+        Some((action, user.into(), format!("{user} name")))
     }
 
     #[test]
@@ -295,28 +286,28 @@ mod tests {
             vec![
                 changed(Effect {
                     occupied: true,
-                    joined: who("ann"),
+                    member: who(PresenceAction::Join, "ann"),
                     ..Effect::default()
                 }),
                 changed(Effect::default()),
                 changed(Effect {
-                    joined: who("bob"),
+                    member: who(PresenceAction::Join, "bob"),
                     ..Effect::default()
                 }),
                 changed(Effect::default()),
                 Effect::default(),
                 changed(Effect {
-                    left: who("ann"),
+                    member: who(PresenceAction::Leave, "ann"),
                     ..Effect::default()
                 }),
                 changed(Effect {
-                    left: who("bob"),
+                    member: who(PresenceAction::Leave, "bob"),
                     vacated: true,
                     ..Effect::default()
                 }),
                 changed(Effect {
                     occupied: true,
-                    joined: who("ann"),
+                    member: who(PresenceAction::Join, "ann"),
                     ..Effect::default()
                 }),
             ]
