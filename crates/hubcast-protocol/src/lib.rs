@@ -33,7 +33,7 @@ pub mod server;
 pub mod version;
 
 pub use client::{
-    ApiPublish, ClientFrame, FrameError, FrameId, PublishFrame, parse_api_publish,
+    ApiPublish, ClientFrame, FrameError, FrameId, Message, PublishFrame, parse_api_publish,
     parse_client_frame,
 };
 pub use error::ErrorCode;

@@ -151,26 +151,14 @@ pub fn client_frame(data: &[u8]) {
                 "room {:?} passed unchecked",
                 p.room
             );
-            envelope_reads_back(
-                &p.room,
-                &p.event,
-                p.data.get(),
-                "user-1",
-                p.msg_id.as_deref(),
-            );
+            envelope_reads_back(&p.room, &p.message, "user-1");
         }
-        ClientFrame::Send {
-            to,
-            event,
-            data,
-            msg_id,
-        } => {
+        ClientFrame::Send { to, message } => {
             assert!(
                 protocol::check_user(&to).is_ok(),
                 "to {to:?} passed unchecked"
             );
-            let room = protocol::personal_room(&to);
-            envelope_reads_back(&room, &event, data.get(), "user-1", msg_id.as_deref());
+            envelope_reads_back(&protocol::personal_room(&to), &message, "user-1");
         }
         ClientFrame::Status { status } => {
             assert!(
@@ -213,18 +201,19 @@ pub fn api_body(data: &[u8]) {
         );
     }
     let source = p.source.as_deref().unwrap_or("api");
-    envelope_reads_back(&p.room, &p.event, p.data.get(), source, p.msg_id.as_deref());
+    envelope_reads_back(&p.room, &p.message, source);
 }
 
 /// The envelope the server writes for a checked publish must be JSON that
 /// the Rust client decodes, with the fields it was given.
-fn envelope_reads_back(room: &str, event: &str, data: &str, source: &str, msg_id: Option<&str>) {
+fn envelope_reads_back(room: &str, message: &protocol::Message<'_>, source: &str) {
+    let (event, data) = (message.event.as_ref(), message.data.get());
     let req = Publish {
         room,
         event,
         data,
         source,
-        msg_id,
+        msg_id: message.msg_id.as_deref(),
         trace_id: None,
         skip: None,
     }

@@ -263,12 +263,12 @@ async fn retried_after_the_retry_delay_with_its_msg_id(code: ErrorCode) {
             let Some(f) = read_frame(&mut server).await else {
                 break;
             };
-            let Ok((Some(id), ClientFrame::Publish(PublishFrame { msg_id, .. }))) =
+            let Ok((Some(id), ClientFrame::Publish(PublishFrame { message, .. }))) =
                 hubcast_protocol::parse_client_frame(&f)
             else {
                 continue;
             };
-            attempts.push((msg_id.map(|m| m.into_owned()), start.elapsed()));
+            attempts.push((message.msg_id.map(|m| m.into_owned()), start.elapsed()));
             let reply = if attempts.len() == 1 {
                 if code == ErrorCode::Timeout {
                     hubcast_protocol::timeout_frame(Some(&id), "m7", "engine slow")

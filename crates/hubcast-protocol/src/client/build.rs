@@ -260,9 +260,9 @@ mod tests {
         assert_eq!(id.unwrap().get(), "9");
         match frame {
             ClientFrame::Publish(p) => {
-                assert_eq!((p.room.as_ref(), p.event.as_ref()), ("r", "e"));
-                assert_eq!(p.data.get(), "[1,2]");
-                assert_eq!(p.msg_id.as_deref(), Some("m"));
+                assert_eq!((p.room.as_ref(), p.message.event.as_ref()), ("r", "e"));
+                assert_eq!(p.message.data.get(), "[1,2]");
+                assert_eq!(p.message.msg_id.as_deref(), Some("m"));
                 assert!(p.echo);
             }
             other => panic!("{other:?}"),

@@ -19,17 +19,25 @@ pub use parse::{ApiPublish, parse_api_publish, parse_client_frame};
 /// echoes it exactly (number or string).
 pub type FrameId = Box<RawValue>;
 
+/// What a publish or a send carries, checked the same way whether it came
+/// as a WebSocket frame or an HTTP API body.
+#[derive(Debug)]
+pub struct Message<'a> {
+    /// Event type.
+    pub event: Cow<'a, str>,
+    /// Payload, any JSON, as received.
+    pub data: &'a RawValue,
+    /// Caller-chosen idempotency key.
+    pub msg_id: Option<Cow<'a, str>>,
+}
+
 /// A parsed, checked `publish` frame.
 #[derive(Debug)]
 pub struct PublishFrame<'a> {
     /// Target room.
     pub room: Cow<'a, str>,
-    /// Event type.
-    pub event: Cow<'a, str>,
-    /// Payload, any JSON, as received.
-    pub data: &'a RawValue,
-    /// Client-chosen idempotency key.
-    pub msg_id: Option<Cow<'a, str>>,
+    /// What is published.
+    pub message: Message<'a>,
     /// Deliver to the publishing connection too.
     pub echo: bool,
 }
@@ -57,12 +65,8 @@ pub enum ClientFrame<'a> {
     Send {
         /// Recipient user id.
         to: Cow<'a, str>,
-        /// Event type.
-        event: Cow<'a, str>,
-        /// Payload.
-        data: &'a RawValue,
-        /// Client-chosen idempotency key.
-        msg_id: Option<Cow<'a, str>>,
+        /// What is sent.
+        message: Message<'a>,
     },
     /// `presence`
     Presence {

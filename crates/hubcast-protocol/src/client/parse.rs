@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ClientFrame, FrameError, FrameId, PublishFrame};
+use super::{ClientFrame, FrameError, FrameId, Message, PublishFrame};
 use crate::error::ErrorCode;
 use crate::json::{MAX_DATA_DEPTH, check_number, check_value};
 use crate::names::{
@@ -128,6 +128,15 @@ impl<'a> Fields<'a, '_> {
         }
         Ok(msg_id)
     }
+
+    /// `event`, `data` and `msgId`, as every publish and send has them.
+    fn message(&self) -> Result<Message<'a>, FrameError> {
+        Ok(Message {
+            event: self.event()?,
+            data: self.data()?,
+            msg_id: self.msg_id()?,
+        })
+    }
 }
 
 /// The body of `POST /api/publish` or `POST /api/send`, checked like the
@@ -136,12 +145,8 @@ impl<'a> Fields<'a, '_> {
 pub struct ApiPublish<'a> {
     /// Target room (`@to` for a send).
     pub room: Cow<'a, str>,
-    /// Event type.
-    pub event: Cow<'a, str>,
-    /// Payload.
-    pub data: &'a RawValue,
-    /// Caller-chosen idempotency key.
-    pub msg_id: Option<Cow<'a, str>>,
+    /// What is published.
+    pub message: Message<'a>,
     /// The envelope's `source` (default `api`).
     pub source: Option<Cow<'a, str>>,
 }
@@ -165,18 +170,14 @@ pub fn parse_api_publish(body: &[u8], send: bool) -> Result<ApiPublish<'_>, Fram
     } else {
         f.room()?
     };
-    let event = f.event()?;
-    let data = f.data()?;
-    let msg_id = f.msg_id()?;
+    let message = f.message()?;
     let source = f.string("source", raw.source)?;
     if let Some(s) = &source {
         check_user(s).map_err(|m| f.err(format!("field `source`: {m}")))?;
     }
     Ok(ApiPublish {
         room,
-        event,
-        data,
-        msg_id,
+        message,
         source,
     })
 }
@@ -209,9 +210,7 @@ pub fn parse_client_frame(text: &[u8]) -> Result<(Option<FrameId>, ClientFrame<'
         "leave" => ClientFrame::Leave { room: f.room()? },
         "publish" => ClientFrame::Publish(PublishFrame {
             room: f.room()?,
-            event: f.event()?,
-            data: f.data()?,
-            msg_id: f.msg_id()?,
+            message: f.message()?,
             echo: match raw.echo {
                 None => false,
                 Some(v) => serde_json::from_str::<bool>(v.get())
@@ -221,14 +220,9 @@ pub fn parse_client_frame(text: &[u8]) -> Result<(Option<FrameId>, ClientFrame<'
         "send" => {
             let to = f.required_string("to", raw.to)?;
             check_user(&to).map_err(|m| f.err(format!("field `to`: {m}")))?;
-            let event = f.event()?;
-            let data = f.data()?;
-            let msg_id = f.msg_id()?;
             ClientFrame::Send {
                 to,
-                event,
-                data,
-                msg_id,
+                message: f.message()?,
             }
         }
         "presence" => ClientFrame::Presence { room: f.room()? },
@@ -329,7 +323,7 @@ mod tests {
                 .unwrap();
         match f {
             ClientFrame::Publish(p) => {
-                assert_eq!(p.data.get(), "[1, 2]");
+                assert_eq!(p.message.data.get(), "[1, 2]");
                 assert!(!p.echo);
             }
             other => panic!("{other:?}"),

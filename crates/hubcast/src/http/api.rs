@@ -181,10 +181,10 @@ async fn do_publish(
 ) -> Result<Response, HttpError> {
     let mut request = Publish {
         room: &req.room,
-        event: &req.event,
-        data: req.data.get(),
+        event: &req.message.event,
+        data: req.message.data.get(),
         source: req.source.as_deref().unwrap_or("api"),
-        msg_id: req.msg_id.as_deref(),
+        msg_id: req.message.msg_id.as_deref(),
         trace_id: trace
             .as_ref()
             .filter(|t| t.propagated)

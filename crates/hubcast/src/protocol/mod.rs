@@ -5,7 +5,7 @@
 
 pub(crate) use hubcast_protocol::json::{MAX_DATA_DEPTH, check_value};
 pub(crate) use hubcast_protocol::{
-    ApiPublish, DEFAULT_HISTORY_LIMIT, ErrorCode, FrameError, MAX_HISTORY_LIMIT, Member,
+    ApiPublish, DEFAULT_HISTORY_LIMIT, ErrorCode, FrameError, MAX_HISTORY_LIMIT, Member, Message,
     PROTOCOL_VERSION, SUBPROTOCOL, check_method, check_user, close, encode, error_frame,
     is_bidi_control, is_personal, out, parse_api_publish, personal_room, room_error_frame,
     timeout_frame,

@@ -210,34 +210,32 @@ impl Session {
                 .and_then(|()| self.check_publisher(&p.room))
             {
                 Ok(false) => {
-                    Ok(self.publish(id, &p.room, &p.event, p.data, p.msg_id.as_deref(), p.echo))
+                    let m = &p.message;
+                    let msg_id = m.msg_id.as_deref();
+                    Ok(self.publish(id, &p.room, &m.event, m.data, msg_id, p.echo))
                 }
                 // The publish hook decides: asked in the frame's turn,
                 // after the replies before it, with the msgId the message
                 // will have.
                 Ok(true) => {
                     self.drain().await;
-                    let msg_id = p
+                    let m = &p.message;
+                    let msg_id = m
                         .msg_id
                         .as_deref()
                         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-                    self.ask_publish(&p.room, &p.event, p.data, &msg_id)
+                    self.ask_publish(&p.room, &m.event, m.data, &msg_id)
                         .await
                         .map(|replaced| {
-                            let data = replaced.as_deref().unwrap_or(p.data);
-                            self.publish(id, &p.room, &p.event, data, Some(&msg_id), p.echo)
+                            let data = replaced.as_deref().unwrap_or(m.data);
+                            self.publish(id, &p.room, &m.event, data, Some(&msg_id), p.echo)
                         })
                 }
                 Err(r) => Err(r),
             },
-            ClientFrame::Send {
-                to,
-                event,
-                data,
-                msg_id,
-            } => {
+            ClientFrame::Send { to, message: m } => {
                 let room = protocol::personal_room(&to);
-                Ok(self.publish(id, &room, &event, data, msg_id.as_deref(), false))
+                Ok(self.publish(id, &room, &m.event, m.data, m.msg_id.as_deref(), false))
             }
             other => {
                 self.drain().await;
