@@ -9,21 +9,34 @@ use serde_json::value::RawValue;
 
 use super::Hook;
 
+/// The connection a hook asks about: every body names it, and the user
+/// once one is known (every hook but `connect`).
+#[derive(Clone, Copy, Serialize)]
+pub(crate) struct Caller<'a> {
+    pub conn: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+}
+
 /// A body as sent: `hook`, a request `id` (UUIDv7, unique per request, for
-/// the backend's logs and deduplication), then the hook's own fields.
+/// the backend's logs and deduplication), the caller, then the hook's own
+/// fields.
 #[derive(Serialize)]
 pub(super) struct Envelope<'a, B> {
     pub hook: &'static str,
     pub id: String,
     #[serde(flatten)]
+    pub caller: Caller<'a>,
+    #[serde(flatten)]
     pub body: &'a B,
 }
 
 impl<'a, B> Envelope<'a, B> {
-    pub(super) fn new(hook: Hook, body: &'a B) -> Self {
+    pub(super) fn new(hook: Hook, caller: Caller<'a>, body: &'a B) -> Self {
         Self {
             hook: hook.as_str(),
             id: uuid::Uuid::now_v7().to_string(),
+            caller,
             body,
         }
     }
@@ -32,7 +45,6 @@ impl<'a, B> Envelope<'a, B> {
 /// `connect`: who is knocking, as the handshake showed it.
 #[derive(Serialize)]
 pub(crate) struct ConnectBody<'a> {
-    pub conn: &'a str,
     /// The client's IP address (the peer's, or the one a trusted proxy
     /// names: `crate::http::forwarded`).
     pub remote: String,
@@ -44,16 +56,12 @@ pub(crate) struct ConnectBody<'a> {
 /// `join`.
 #[derive(Serialize)]
 pub(crate) struct JoinBody<'a> {
-    pub conn: &'a str,
-    pub user: &'a str,
     pub room: &'a str,
 }
 
 /// `publish`.
 #[derive(Serialize)]
 pub(crate) struct PublishBody<'a> {
-    pub conn: &'a str,
-    pub user: &'a str,
     pub room: &'a str,
     pub event: &'a str,
     pub data: &'a RawValue,
@@ -64,8 +72,6 @@ pub(crate) struct PublishBody<'a> {
 /// `rpc`.
 #[derive(Serialize)]
 pub(crate) struct RpcBody<'a> {
-    pub conn: &'a str,
-    pub user: &'a str,
     pub method: &'a str,
     pub data: &'a RawValue,
 }
@@ -185,14 +191,32 @@ mod tests {
 
     #[test]
     fn bodies_carry_hook_and_id() {
-        let body = JoinBody {
+        let caller = Caller {
             conn: "c-1",
-            user: "u",
-            room: "r",
+            user: Some("u"),
         };
-        let v = serde_json::to_value(Envelope::new(Hook::Join, &body)).unwrap();
-        assert_eq!(v["hook"], "join");
+        let body = JoinBody { room: "r" };
+        let text = serde_json::to_string(&Envelope::new(Hook::Join, caller, &body)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            [field("hook"), field("conn"), field("user")],
+            ["join", "c-1", "u"]
+        );
         assert_eq!(v["room"], "r");
         assert!(v["id"].as_str().is_some_and(|id| id.len() == 36));
+        // The fields in the order PROTOCOL.md lists them.
+        assert!(text.starts_with(r#"{"hook":"join","id":"#), "{text}");
+        assert!(
+            text.ends_with(r#","conn":"c-1","user":"u","room":"r"}"#),
+            "{text}"
+        );
+        // `connect` knows no user yet: the field is left out.
+        let caller = Caller {
+            conn: "c-1",
+            user: None,
+        };
+        let v = serde_json::to_value(Envelope::new(Hook::Connect, caller, &body)).unwrap();
+        assert!(v.get("user").is_none(), "{v}");
     }
 }

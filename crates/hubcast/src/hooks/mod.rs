@@ -27,7 +27,7 @@ use crate::config::HooksTable;
 use crate::protocol::ErrorCode;
 use crate::trace::TraceId;
 pub(crate) use answers::{
-    ConnectAnswer, ConnectBody, JoinBody, PublishBody, RpcAnswer, RpcBody, Verdict,
+    Caller, ConnectAnswer, ConnectBody, JoinBody, PublishBody, RpcAnswer, RpcBody, Verdict,
 };
 
 /// Largest answer read from the backend: room for the largest `data` a
@@ -161,9 +161,12 @@ impl Hooks {
         room: &str,
         trace: TraceId,
     ) -> Result<(), (ErrorCode, String)> {
-        let body = JoinBody { conn, user, room };
+        let caller = Caller {
+            conn,
+            user: Some(user),
+        };
         let verdict: Verdict = self
-            .call(Hook::Join, &body, trace)
+            .call(Hook::Join, caller, &JoinBody { room }, trace)
             .await
             .map_err(|e| (ErrorCode::Unavailable, e.client_message(Hook::Join)))?;
         if verdict.allow {
@@ -178,15 +181,20 @@ impl Hooks {
     pub(crate) async fn call<A: DeserializeOwned>(
         &self,
         hook: Hook,
+        caller: Caller<'_>,
         body: &impl Serialize,
         trace: TraceId,
     ) -> Result<A, HookError> {
         let name = hook.as_str();
         metrics::counter!(crate::metrics::HOOK_REQUESTS, "hook" => name).increment(1);
         let started = Instant::now();
-        let result = self.exchange(hook, body, trace).await.and_then(|bytes| {
-            serde_json::from_slice::<A>(&bytes).map_err(|e| HookError::Unreadable(e.to_string()))
-        });
+        let result = self
+            .exchange(hook, caller, body, trace)
+            .await
+            .and_then(|bytes| {
+                serde_json::from_slice::<A>(&bytes)
+                    .map_err(|e| HookError::Unreadable(e.to_string()))
+            });
         metrics::histogram!(crate::metrics::HOOK_LATENCY, "hook" => name)
             .record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
@@ -202,13 +210,14 @@ impl Hooks {
     async fn exchange(
         &self,
         hook: Hook,
+        caller: Caller<'_>,
         body: &impl Serialize,
         trace: TraceId,
     ) -> Result<BytesMut, HookError> {
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
             return Err(HookError::Busy);
         };
-        let body = serde_json::to_vec(&answers::Envelope::new(hook, body))
+        let body = serde_json::to_vec(&answers::Envelope::new(hook, caller, body))
             .map_err(|e| HookError::Unreadable(e.to_string()))?;
         let t = (crate::unix_ms() / 1000).max(0) as u64;
         let signature = sign::signature(&self.secret, t, &body);

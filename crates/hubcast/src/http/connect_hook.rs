@@ -44,16 +44,19 @@ impl Handshake<'_> {
             })
             .collect();
         let body = ConnectBody {
-            conn: self.conn_id,
             remote: self.remote.ip.to_string(),
             headers,
             query: self.query,
+        };
+        let caller = crate::hooks::Caller {
+            conn: self.conn_id,
+            user: None,
         };
         let unavailable = |e: crate::hooks::HookError| {
             HttpError::new(ErrorCode::Unavailable, e.client_message(Hook::Connect)).retry_after(1)
         };
         let answer: ConnectAnswer = hooks
-            .call(Hook::Connect, &body, self.trace)
+            .call(Hook::Connect, caller, &body, self.trace)
             .await
             .map_err(unavailable)?;
         if let Some(e) = answer.error {

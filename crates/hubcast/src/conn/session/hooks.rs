@@ -6,7 +6,7 @@
 use serde_json::value::RawValue;
 
 use super::{Reject, Session};
-use crate::hooks::{Hook, HookError, PublishBody, RpcBody, Verdict, bad_answer};
+use crate::hooks::{Caller, Hook, HookError, PublishBody, RpcBody, Verdict, bad_answer};
 use crate::protocol::{self, ErrorCode, out};
 
 /// A hook that could not be asked never allows: `unavailable`.
@@ -15,6 +15,14 @@ fn failed(hook: Hook, e: &HookError) -> Reject {
 }
 
 impl Session {
+    /// This connection, as a hook body names it.
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            conn: &self.conn.id,
+            user: Some(&self.conn.user),
+        }
+    }
+
     /// The publish hook's word on a publish: `None` to publish the
     /// client's `data`, `Some` to publish the backend's instead.
     pub(super) async fn ask_publish(
@@ -33,15 +41,13 @@ impl Session {
             ));
         };
         let body = PublishBody {
-            conn: &self.conn.id,
-            user: &self.conn.user,
             room,
             event,
             data,
             msg_id,
         };
         let verdict: Verdict = hooks
-            .call(Hook::Publish, &body, self.conn.trace_id)
+            .call(Hook::Publish, self.caller(), &body, self.conn.trace_id)
             .await
             .map_err(|e| failed(Hook::Publish, &e))?;
         if !verdict.allow {
@@ -86,14 +92,9 @@ impl Session {
                 ));
             }
         };
-        let body = RpcBody {
-            conn: &self.conn.id,
-            user: &self.conn.user,
-            method,
-            data,
-        };
+        let body = RpcBody { method, data };
         let answer = hooks
-            .call::<crate::hooks::RpcAnswer>(Hook::Rpc, &body, self.conn.trace_id)
+            .call::<crate::hooks::RpcAnswer>(Hook::Rpc, self.caller(), &body, self.conn.trace_id)
             .await
             .and_then(|a| a.result().map_err(|why| bad_answer(Hook::Rpc, why)));
         let frame = match &answer {
