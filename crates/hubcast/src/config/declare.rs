@@ -142,6 +142,36 @@ pub(super) fn at_least<T: PartialOrd>(
     }
 }
 
+/// A file error inside a `[[rooms]]` or `[[webhooks]]` table (a bad type
+/// or value, an unknown or missing key), named `rooms[N].key`; `None` for
+/// any other error. Figment counts the tables from 0 in its error paths.
+pub(super) fn in_table(e: &figment::Error) -> Option<ConfigError> {
+    use figment::error::Kind;
+    let [table, index, rest @ ..] = e.path.as_slice() else {
+        return None;
+    };
+    let keys = match table.as_str() {
+        "rooms" => super::rooms::KEYS,
+        "webhooks" => super::webhooks::KEYS,
+        _ => return None,
+    };
+    let n = index.parse::<usize>().ok()? + 1;
+    let (key, message) = match &e.kind {
+        Kind::UnknownField(field, _) => (
+            field.clone(),
+            format!("unknown key; a [[{table}]] table has {keys}"),
+        ),
+        Kind::MissingField(field) => (field.to_string(), "is required".to_string()),
+        kind => (rest.join("."), kind.to_string()),
+    };
+    let key = if key.is_empty() {
+        format!("{table}[{n}]")
+    } else {
+        format!("{table}[{n}].{key}")
+    };
+    Some(ConfigError::Invalid { key, message })
+}
+
 /// A file value that cannot be read as its key's type, named by the key
 /// (a `[[rooms]]` table's as `rooms[N].key`).
 pub(super) fn named(key: &str, e: &figment::Error) -> ConfigError {
@@ -152,12 +182,10 @@ pub(super) fn named(key: &str, e: &figment::Error) -> ConfigError {
         e.path.pop();
     }
     e.path.insert(0, key.to_string());
-    super::rooms::named(&e)
-        .or_else(|| super::webhooks::named(&e))
-        .unwrap_or_else(|| ConfigError::Invalid {
-            key: key.into(),
-            message: e.kind.to_string(),
-        })
+    in_table(&e).unwrap_or_else(|| ConfigError::Invalid {
+        key: key.into(),
+        message: e.kind.to_string(),
+    })
 }
 
 /// Clap's error without its `error: ` prefix and usage lines.

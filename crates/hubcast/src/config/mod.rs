@@ -104,13 +104,11 @@ impl Config {
         }
         fig = fig.merge(Serialized::defaults(args));
         let mut cfg: Config = fig.extract().map_err(|e| {
-            rooms::named(&e)
-                .or_else(|| webhooks::named(&e))
-                .unwrap_or_else(|| {
-                    // figment prefixes keys with the profile ("default."); users
-                    // never see profiles, so drop it.
-                    ConfigError::Parse(e.to_string().replace("default.", ""))
-                })
+            declare::in_table(&e).unwrap_or_else(|| {
+                // figment prefixes keys with the profile ("default."); users
+                // never see profiles, so drop it.
+                ConfigError::Parse(e.to_string().replace("default.", ""))
+            })
         })?;
         cfg.validate()?;
         if cfg.node_id.is_empty() {

@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
 use crate::rules::{Joiners, Publishers};
 
 /// One `[[rooms]]` table as the file gives it (`Config::rooms`);
@@ -52,35 +51,8 @@ impl RoomTable {
     }
 }
 
-/// A file error inside a `[[rooms]]` table (a bad type or value, an
-/// unknown or missing key), named `rooms[N].key`; `None` for any other
-/// error. Figment counts the tables from 0 in its error paths.
-pub(super) fn named(e: &figment::Error) -> Option<ConfigError> {
-    use figment::error::Kind;
-    let [first, index, rest @ ..] = e.path.as_slice() else {
-        return None;
-    };
-    if first != "rooms" {
-        return None;
-    }
-    let n = index.parse::<usize>().ok()? + 1;
-    let (key, message) = match &e.kind {
-        Kind::UnknownField(field, _) => (
-            field.clone(),
-            "unknown key; a [[rooms]] table has match, publish, join, history_size, \
-             history_ttl and presence"
-                .to_string(),
-        ),
-        Kind::MissingField(field) => (field.to_string(), "is required".to_string()),
-        kind => (rest.join("."), kind.to_string()),
-    };
-    let key = if key.is_empty() {
-        format!("rooms[{n}]")
-    } else {
-        format!("rooms[{n}].{key}")
-    };
-    Some(ConfigError::Invalid { key, message })
-}
+/// What a `[[rooms]]` table may hold, for the error naming an unknown key.
+pub(super) const KEYS: &str = "match, publish, join, history_size, history_ttl and presence";
 
 #[cfg(test)]
 mod tests {

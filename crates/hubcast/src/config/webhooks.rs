@@ -92,29 +92,5 @@ pub(super) fn check(tables: &[WebhookTable], _: &Config) -> Result<(), ConfigErr
     Ok(())
 }
 
-/// A file error inside a `[[webhooks]]` table (a bad type, an unknown or
-/// missing key), named `webhooks[N].key`; `None` for any other error.
-pub(super) fn named(e: &figment::Error) -> Option<ConfigError> {
-    use figment::error::Kind;
-    let [first, index, rest @ ..] = e.path.as_slice() else {
-        return None;
-    };
-    if first != "webhooks" {
-        return None;
-    }
-    let n = index.parse::<usize>().ok()? + 1;
-    let (key, message) = match &e.kind {
-        Kind::UnknownField(field, _) => (
-            field.clone(),
-            "unknown key; a [[webhooks]] table has url, secret, events and rooms".to_string(),
-        ),
-        Kind::MissingField(field) => (field.to_string(), "is required".to_string()),
-        kind => (rest.join("."), kind.to_string()),
-    };
-    let key = if key.is_empty() {
-        format!("webhooks[{n}]")
-    } else {
-        format!("webhooks[{n}].{key}")
-    };
-    Some(ConfigError::Invalid { key, message })
-}
+/// What a `[[webhooks]]` table may hold, for the error naming an unknown key.
+pub(super) const KEYS: &str = "url, secret, events and rooms";
