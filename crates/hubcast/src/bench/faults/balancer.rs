@@ -19,6 +19,8 @@ use tokio_util::task::TaskTracker;
 use crate::bench::net::get;
 use crate::lock::lock;
 
+use super::Owned;
+
 /// How often each node's `/readyz` is asked; one 503 (or silence) takes
 /// the node out of rotation, one 200 puts it back. The nodes' drain delay
 /// must be longer, so that no client is sent to a draining node.
@@ -45,15 +47,7 @@ pub(crate) struct Balancer {
     /// Where clients connect.
     pub addr: SocketAddr,
     state: Arc<State>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        self.tasks.close();
-    }
+    owned: Owned,
 }
 
 impl Balancer {
@@ -76,15 +70,15 @@ impl Balancer {
         let b = Balancer {
             addr,
             state,
-            cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            owned: Owned::default(),
         };
-        b.tasks.spawn(check(b.state.clone(), b.cancel.clone()));
-        b.tasks.spawn(accept(
+        let (cancel, tasks) = (&b.owned.cancel, &b.owned.tasks);
+        tasks.spawn(check(b.state.clone(), cancel.clone()));
+        tasks.spawn(accept(
             listener,
             b.state.clone(),
-            b.cancel.clone(),
-            b.tasks.clone(),
+            cancel.clone(),
+            tasks.clone(),
         ));
         Ok(b)
     }

@@ -28,11 +28,14 @@ mod check;
 mod clients;
 mod nats;
 mod nodes;
+mod owned;
 mod proxy;
 mod redis;
 mod report;
 mod rolling;
 mod schedule;
+
+use owned::Owned;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,8 +45,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::lock::lock;
 use backing::{Backing, Engine};
@@ -415,25 +416,16 @@ pub(crate) type Series = Vec<(f64, u32, u64)>;
 /// Samples each node's RSS every 2 s, in a task it owns.
 struct Memory {
     series: Arc<Mutex<Vec<Series>>>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl Drop for Memory {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        self.tasks.close();
-    }
+    owned: Owned,
 }
 
 impl Memory {
     fn start(pids: Arc<Mutex<Vec<Option<u32>>>>, t0: Instant) -> Memory {
         let n = lock(&pids).len();
         let series = Arc::new(Mutex::new(vec![Series::new(); n]));
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let (s, c) = (series.clone(), cancel.clone());
-        tasks.spawn(async move {
+        let owned = Owned::default();
+        let (s, c) = (series.clone(), owned.cancel.clone());
+        owned.tasks.spawn(async move {
             loop {
                 let now: Vec<Option<u32>> = lock(&pids).clone();
                 for (k, pid) in now.iter().enumerate() {
@@ -450,17 +442,11 @@ impl Memory {
                 }
             }
         });
-        Memory {
-            series,
-            cancel,
-            tasks,
-        }
+        Memory { series, owned }
     }
 
     async fn stop(self) -> Vec<Series> {
-        self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.owned.stop().await;
         std::mem::take(&mut *lock(&self.series))
     }
 }

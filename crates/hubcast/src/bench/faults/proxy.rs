@@ -20,6 +20,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Owned;
+
 /// What the link does now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Link {
@@ -37,15 +39,7 @@ pub(crate) struct Proxy {
     /// Where to connect instead of the target.
     pub addr: SocketAddr,
     link: watch::Sender<Link>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        self.tasks.close();
-    }
+    owned: Owned,
 }
 
 impl Proxy {
@@ -54,20 +48,18 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (link, _) = watch::channel(Link::default());
-        let cancel = CancellationToken::new();
         let proxy = Proxy {
             addr,
             link,
-            cancel,
-            tasks: TaskTracker::new(),
+            owned: Owned::default(),
         };
         let accept = Accept {
             target,
             link: proxy.link.clone(),
-            cancel: proxy.cancel.clone(),
-            tasks: proxy.tasks.clone(),
+            cancel: proxy.owned.cancel.clone(),
+            tasks: proxy.owned.tasks.clone(),
         };
-        proxy.tasks.spawn(accept.run(listener));
+        proxy.owned.tasks.spawn(accept.run(listener));
         Ok(proxy)
     }
 

@@ -11,9 +11,10 @@ use anyhow::Context as _;
 use hubcast_client::{Client, Error as ClientError, Event, Joined, Options, Publish, backoff};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::lock::lock;
+
+use super::Owned;
 
 /// What a subscriber saw in one room, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,15 +114,7 @@ pub(crate) struct Clients {
     pub publog: Arc<Mutex<PubLog>>,
     /// Publishers stop starting new messages.
     stop_publishing: CancellationToken,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        self.tasks.close();
-    }
+    owned: Owned,
 }
 
 impl Clients {
@@ -133,15 +126,14 @@ impl Clients {
         rooms: &[String],
         patient: bool,
     ) -> anyhow::Result<Clients> {
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
+        let owned = Owned::default();
         let mut subscribers = Vec::new();
         for i in 0..count {
             let url = &urls[i % urls.len()];
             let (client, mut events) = Client::connect(url, options(format!("sub{i}"), patient));
             let log = Arc::new(Mutex::new(SubLog::default()));
-            let (l, c) = (log.clone(), cancel.clone());
-            tasks.spawn(async move {
+            let (l, c) = (log.clone(), owned.cancel.clone());
+            owned.tasks.spawn(async move {
                 loop {
                     let ev = tokio::select! {
                         _ = c.cancelled() => return,
@@ -180,8 +172,7 @@ impl Clients {
             publishers: Vec::new(),
             publog: Arc::new(Mutex::new(PubLog::default())),
             stop_publishing: CancellationToken::new(),
-            cancel,
-            tasks,
+            owned,
         })
     }
 
@@ -204,8 +195,8 @@ impl Clients {
             self.publishers.push(client.clone());
             // Nobody reads a publisher's events; they are drained so the
             // channel does not grow.
-            let c = self.cancel.clone();
-            self.tasks.spawn(async move {
+            let c = self.owned.cancel.clone();
+            self.owned.tasks.spawn(async move {
                 loop {
                     tokio::select! {
                         _ = c.cancelled() => return,
@@ -222,8 +213,8 @@ impl Clients {
                 log: self.publog.clone(),
                 stop: self.stop_publishing.clone(),
             };
-            let c = self.cancel.clone();
-            self.tasks.spawn(async move {
+            let c = self.owned.cancel.clone();
+            self.owned.tasks.spawn(async move {
                 tokio::select! {
                     _ = c.cancelled() => {}
                     _ = p.run() => {}
