@@ -1,17 +1,18 @@
 //! The pace of a node's lease in the engines with many nodes (Redis,
 //! NATS): a round every third of the lease (renew this node's lease, then
 //! reap what the nodes whose lease ran out left behind) until shutdown;
-//! and the [`Registry`] of what the node registered, which it registers
-//! again when its entries were lost.
+//! the [`Registry`] of what the node registered, and [`NodeEntries`], the
+//! one sequence both engines register, remove and re-register entries in.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::ClientInfo;
+use super::{BrokerError, ClientInfo};
 
 /// This node's connections and presence entries, as it registered them in
 /// its engine. An entry is added once its write succeeded and removed
@@ -65,6 +66,98 @@ impl Registry {
             })
             .collect();
         (conns, presence)
+    }
+}
+
+/// One node's entries in an engine with many nodes: the engine writes
+/// and erases them; the order around the [`Registry`] is kept here, once.
+/// An entry is recorded after its write succeeded and forgotten before its
+/// erasure, so that [`NodeEntries::register_again`], running meanwhile,
+/// can tell an entry that went away and erase its own write again: a
+/// connection closing during a re-registration leaves no ghost.
+#[async_trait]
+pub(crate) trait NodeEntries: Send + Sync {
+    /// The engine's name, for the logs.
+    const ENGINE: &'static str;
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry>;
+
+    /// Fails at once where the engine knows it is cut off.
+    fn reachable(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Counts a connection for its user's status and in the node's list.
+    async fn put_conn(&self, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Undoes [`NodeEntries::put_conn`].
+    async fn erase_conn(&self, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Adds a connection to a room's presence (the join event for the
+    /// user's first there).
+    async fn put_presence(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Undoes [`NodeEntries::put_presence`] (the leave event for the
+    /// user's last connection there).
+    async fn erase_presence(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError>;
+
+    async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.reachable()?;
+        self.put_conn(client).await?;
+        self.registry()
+            .conns
+            .insert(client.conn_id.clone(), client.clone());
+        Ok(())
+    }
+
+    async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.reachable()?;
+        self.registry().conns.remove(&client.conn_id);
+        self.erase_conn(client).await
+    }
+
+    async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.reachable()?;
+        self.put_presence(room, client).await?;
+        self.registry().joined(room, &client.conn_id);
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.reachable()?;
+        self.registry().left(room, &client.conn_id);
+        self.erase_presence(room, client).await
+    }
+
+    /// Writes every recorded entry again, after the engine lost them (the
+    /// node's lease ran out and others reaped it, or the store lost its
+    /// data): connections first, then presence, with join events, since
+    /// the other nodes saw the members go or never knew them. Each room's
+    /// entries are written together (concurrently).
+    async fn register_again(&self) -> Result<(), BrokerError> {
+        let (conns, presence) = self.registry().entries();
+        tracing::warn!(
+            engine = Self::ENGINE,
+            connections = conns.len(),
+            presence = presence.len(),
+            "this node's entries were lost (its lease ran out, or the store lost them): \
+             registering them again"
+        );
+        for c in &conns {
+            self.put_conn(c).await?;
+            if !self.registry().has_conn(&c.conn_id) {
+                self.erase_conn(c).await?;
+            }
+        }
+        futures_util::future::try_join_all(presence.iter().map(|(room, c)| async move {
+            self.put_presence(room, c).await?;
+            if !self.registry().has_presence(room, &c.conn_id) {
+                self.erase_presence(room, c).await?;
+            }
+            Ok::<_, BrokerError>(())
+        }))
+        .await?;
+        Ok(())
     }
 }
 

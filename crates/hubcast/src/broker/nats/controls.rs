@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::kv::list_keys;
 use super::{NatsBroker, Shared, down, keys};
 use crate::broker::{BrokerError, ControlSink, UserCommand, UserControls};
 
@@ -41,18 +42,13 @@ fn in_force(cmd: &UserCommand, now: u64) -> bool {
 impl Shared {
     /// Every kept command still in force.
     async fn kept(&self) -> Result<Vec<UserCommand>, BrokerError> {
-        let mut names = self
-            .state
-            .keys()
-            .await
-            .map_err(|e| down(format!("controls: {e}")))?;
+        let names = list_keys(&self.state, "controls", |k| {
+            k.starts_with("c.").then_some(k)
+        })
+        .await?;
         let mut out = Vec::new();
         let now = crate::unix_ms().max(0) as u64;
-        while let Some(k) = names.next().await {
-            let k = k.map_err(|e| down(format!("controls: {e}")))?;
-            if !k.starts_with("c.") {
-                continue;
-            }
+        for k in names {
             let Some(v) = self
                 .state
                 .get(&k)

@@ -1,10 +1,11 @@
-//! Key-value helpers: creating a bucket that nats-server 2.9 accepts, and
-//! compare-and-set changes of one key.
+//! Key-value helpers: creating a bucket that nats-server 2.9 accepts,
+//! listing a bucket's keys, and compare-and-set changes of one key.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use crate::broker::BrokerError;
 
@@ -43,6 +44,24 @@ pub(super) async fn bucket(
     js.get_key_value(&name)
         .await
         .map_err(|e| down(format!("bucket {name}: {e}")))
+}
+
+/// What `pick` keeps of the bucket's keys, read to the end (an ordered
+/// consumer: one pass); `what` names the listing in an error.
+pub(super) async fn list_keys<T>(
+    store: &kv::Store,
+    what: &str,
+    mut pick: impl FnMut(String) -> Option<T>,
+) -> Result<Vec<T>, BrokerError> {
+    let mut names = store
+        .keys()
+        .await
+        .map_err(|e| down(format!("{what}: {e}")))?;
+    let mut out = Vec::new();
+    while let Some(k) = names.next().await {
+        out.extend(pick(k.map_err(|e| down(format!("{what}: {e}")))?));
+    }
+    Ok(out)
 }
 
 /// Reads `key`'s value (`None` when missing or deleted), applies `f`, and

@@ -13,20 +13,16 @@ use std::sync::atomic::Ordering;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
-use crate::broker::lease::{Registry, Rounds};
+use crate::broker::lease::{NodeEntries, Rounds};
 
+use super::kv::list_keys;
 use super::presence::{RoomPresence, parse};
 use super::{Shared, down, keys};
 
 impl Shared {
-    pub(super) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        crate::lock(&self.registry)
-    }
-
     /// Renews this node's lease. Returns true when the lease had run out
     /// since the last renewal: the renewal states the revision it last
     /// wrote, which an expired (or deleted) entry no longer has, so a
@@ -55,37 +51,6 @@ impl Shared {
         Ok(last != 0)
     }
 
-    /// Registers this node's connections and presence entries again, after
-    /// its lease ran out: the users' records and the rooms' presence (with
-    /// join events, since the other nodes saw them leave). Entries still
-    /// there are left as they are and send nothing. An entry removed
-    /// locally meanwhile is removed again, so a connection closing during
-    /// this leaves no ghost.
-    pub(super) async fn register_again(self: &Arc<Self>) -> Result<(), BrokerError> {
-        let (conns, presence) = self.registry().entries();
-        tracing::warn!(
-            connections = conns.len(),
-            presence = presence.len(),
-            "this node's nats lease ran out: registering its entries again"
-        );
-        for c in &conns {
-            self.register_conn(c).await?;
-            if !self.registry().has_conn(&c.conn_id) {
-                self.remove_conn(&c.user, &c.conn_id, c.ephemeral).await?;
-            }
-        }
-        // Each room's entries queued together: one write a room.
-        futures_util::future::try_join_all(presence.iter().map(|(room, c)| async move {
-            self.add_presence(room, c).await?;
-            if !self.registry().has_presence(room, &c.conn_id) {
-                self.remove_presence(room, &c.conn_id).await?;
-            }
-            Ok::<_, BrokerError>(())
-        }))
-        .await?;
-        Ok(())
-    }
-
     /// Whether `node`'s lease is alive (this node's always is).
     async fn alive(&self, node: &str) -> Result<bool, BrokerError> {
         if node == &*self.node {
@@ -102,15 +67,13 @@ impl Shared {
     /// Removes the presence entries and connections of nodes whose lease
     /// expired, sending the leave events.
     async fn reap(self: &Arc<Self>) -> Result<(), BrokerError> {
-        let mut keys = self
-            .state
-            .keys()
-            .await
-            .map_err(|e| down(format!("keys: {e}")))?;
+        let names = list_keys(&self.state, "keys", |k| {
+            (k.starts_with("p.") || k.starts_with("u.")).then_some(k)
+        })
+        .await?;
         let mut presence = Vec::new();
         let mut users = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(|e| down(format!("keys: {e}")))?;
+        for k in names {
             if let Some(room) = k.strip_prefix("p.") {
                 presence.push((keys::decode(room), k.clone()));
             } else if let Some(user) = k.strip_prefix("u.") {

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::broker::lease::{NodeEntries, Registry};
 use crate::broker::redis::codec::parse_status;
 use crate::broker::{
     BrokerError, ClientInfo, PresenceEvent, PresenceManager, PresencePage, UserStatus,
@@ -209,23 +210,46 @@ impl Shared {
     }
 }
 
+/// `Arc`: a presence change is queued to a room's writer task, which holds
+/// the engine (`room_writes`).
+#[async_trait]
+impl NodeEntries for Arc<Shared> {
+    const ENGINE: &'static str = "nats";
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        crate::lock(&self.registry)
+    }
+
+    fn reachable(&self) -> Result<(), BrokerError> {
+        self.connected()
+    }
+
+    async fn put_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.register_conn(client).await
+    }
+
+    async fn erase_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.remove_conn(&client.user, &client.conn_id, client.ephemeral)
+            .await
+    }
+
+    async fn put_presence(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.add_presence(room, client).await
+    }
+
+    async fn erase_presence(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.remove_presence(room, &client.conn_id).await
+    }
+}
+
 #[async_trait]
 impl PresenceManager for NatsBroker {
     async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        s.connected()?;
-        s.add_presence(room, client).await?;
-        s.registry().joined(room, &client.conn_id);
-        Ok(())
+        NodeEntries::join(&self.shared, room, client).await
     }
 
     async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        s.connected()?;
-        // Forgotten first: a registration running meanwhile then undoes
-        // its own entry (`nodes`).
-        s.registry().left(room, &client.conn_id);
-        s.remove_presence(room, &client.conn_id).await
+        NodeEntries::leave(&self.shared, room, client).await
     }
 
     async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
@@ -274,21 +298,11 @@ impl PresenceManager for NatsBroker {
     }
 
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        s.connected()?;
-        s.register_conn(client).await?;
-        s.registry()
-            .conns
-            .insert(client.conn_id.clone(), client.clone());
-        Ok(())
+        NodeEntries::connect(&self.shared, client).await
     }
 
     async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        s.connected()?;
-        s.registry().conns.remove(&client.conn_id);
-        s.remove_conn(&client.user, &client.conn_id, client.ephemeral)
-            .await
+        NodeEntries::disconnect(&self.shared, client).await
     }
 
     async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {

@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
-use crate::broker::lease::{Registry, Rounds};
+use crate::broker::lease::{NodeEntries, Rounds};
 use crate::protocol::Status;
 
 use super::{Shared, unavailable};
@@ -44,37 +44,10 @@ impl Shared {
         Ok((added == 1 && before) || reaped)
     }
 
-    pub(super) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        crate::lock(&self.registry)
-    }
-
-    /// Registers this node's connections and presence entries again, after
-    /// Redis lost them: user status counts, the node's connection list, and
-    /// presence (with join events, since the other nodes saw them vanish
-    /// or never knew). An entry removed locally meanwhile is removed from
-    /// Redis again, so a connection closing during this leaves no ghost.
-    pub(super) async fn register_again(&self) -> Result<(), BrokerError> {
-        let (conns, presence) = self.registry().entries();
-        tracing::warn!(
-            connections = conns.len(),
-            presence = presence.len(),
-            "redis lost this node's entries: registering them again"
-        );
-        for c in &conns {
-            self.register_conn(c).await?;
-            if !self.registry().has_conn(&c.conn_id) {
-                self.unregister_conn(c).await?;
-            }
-        }
-        for (room, c) in &presence {
-            let (status, _) = self.user_status_name(&c.user).await;
-            self.join_presence(room, c, status).await?;
-            if !self.registry().has_presence(room, &c.conn_id) {
-                self.leave_presence(room, &c.conn_id, &c.user, &c.name, status)
-                    .await?;
-            }
-        }
-        // Registered again: a reaper's mark is answered.
+    /// Registers this node's entries again ([`NodeEntries::register_again`])
+    /// after Redis lost them, then answers a reaper's mark.
+    pub(super) async fn register_again_answered(&self) -> Result<(), BrokerError> {
+        NodeEntries::register_again(self).await?;
         let _: () = self
             .conn
             .clone()
@@ -189,7 +162,9 @@ pub(super) async fn lease_task(shared: Arc<Shared>, cancel: CancellationToken) {
                 continue;
             }
             Some(Ok(true)) => {
-                let registered = rounds.step("register", shared.register_again()).await;
+                let registered = rounds
+                    .step("register", shared.register_again_answered())
+                    .await;
                 if !matches!(registered, Some(Ok(_))) {
                     if let Some(Err(e)) = registered {
                         tracing::warn!(error = %e, "cannot register this node's entries again");

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
+use crate::broker::lease::{NodeEntries, Registry};
 use crate::broker::{BrokerError, ClientInfo, PresenceManager, PresencePage, UserStatus};
 use crate::protocol::{Member, Status};
 
@@ -146,23 +147,41 @@ impl Shared {
 }
 
 #[async_trait]
+impl NodeEntries for Shared {
+    const ENGINE: &'static str = "redis";
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        crate::lock(&self.registry)
+    }
+
+    async fn put_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.register_conn(client).await
+    }
+
+    async fn erase_conn(&self, client: &ClientInfo) -> Result<(), BrokerError> {
+        self.unregister_conn(client).await
+    }
+
+    async fn put_presence(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let (status, _) = self.user_status_name(&client.user).await;
+        self.join_presence(room, client, status).await
+    }
+
+    async fn erase_presence(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
+        let (status, _) = self.user_status_name(&client.user).await;
+        let (conn, user, name) = (&client.conn_id, &client.user, &client.name);
+        self.leave_presence(room, conn, user, name, status).await
+    }
+}
+
+#[async_trait]
 impl PresenceManager for RedisBroker {
     async fn join(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        let (status, _) = s.user_status_name(&client.user).await;
-        s.join_presence(room, client, status).await?;
-        s.registry().joined(room, &client.conn_id);
-        Ok(())
+        NodeEntries::join(&*self.shared, room, client).await
     }
 
     async fn leave(&self, room: &str, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        // Forget it first: a re-registration running meanwhile then undoes
-        // its own entry (see `Shared::register_again`).
-        s.registry().left(room, &client.conn_id);
-        let (status, _) = s.user_status_name(&client.user).await;
-        s.leave_presence(room, &client.conn_id, &client.user, &client.name, status)
-            .await
+        NodeEntries::leave(&*self.shared, room, client).await
     }
 
     async fn list(&self, room: &str, limit: usize) -> Result<PresencePage, BrokerError> {
@@ -217,18 +236,11 @@ impl PresenceManager for RedisBroker {
     }
 
     async fn connect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        s.register_conn(client).await?;
-        s.registry()
-            .conns
-            .insert(client.conn_id.clone(), client.clone());
-        Ok(())
+        NodeEntries::connect(&*self.shared, client).await
     }
 
     async fn disconnect(&self, client: &ClientInfo) -> Result<(), BrokerError> {
-        let s = &self.shared;
-        s.registry().conns.remove(&client.conn_id);
-        s.unregister_conn(client).await
+        NodeEntries::disconnect(&*self.shared, client).await
     }
 
     async fn set_status(&self, user: &str, status: Status) -> Result<(), BrokerError> {

@@ -5,9 +5,9 @@
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::super::kv::list_keys;
 use super::{Log, Shared, down, keys};
 use crate::broker::{BrokerError, EventType, WebhookEvent};
 
@@ -150,18 +150,13 @@ impl Shared {
     /// Moves the pending events due now into the log, in the order they
     /// were noticed.
     pub(super) async fn wh_promote_due(&self, log: &Log) -> Result<(), BrokerError> {
-        let mut names = log
-            .bucket
-            .keys()
-            .await
-            .map_err(|e| down(format!("webhook keys: {e}")))?;
+        let names = list_keys(&log.bucket, "webhook keys", |k| {
+            k.starts_with("z.").then_some(k)
+        })
+        .await?;
         let now = crate::unix_ms();
         let mut due = Vec::new();
-        while let Some(k) = names.next().await {
-            let k = k.map_err(|e| down(format!("webhook keys: {e}")))?;
-            if !k.starts_with("z.") {
-                continue;
-            }
+        for k in names {
             let Some(entry) = log
                 .bucket
                 .entry(&k)
