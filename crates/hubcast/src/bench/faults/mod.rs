@@ -424,8 +424,8 @@ impl Memory {
         let n = lock(&pids).len();
         let series = Arc::new(Mutex::new(vec![Series::new(); n]));
         let owned = Owned::default();
-        let (s, c) = (series.clone(), owned.cancel.clone());
-        owned.tasks.spawn(async move {
+        let s = series.clone();
+        owned.spawn(async move {
             loop {
                 let now: Vec<Option<u32>> = lock(&pids).clone();
                 for (k, pid) in now.iter().enumerate() {
@@ -436,10 +436,7 @@ impl Memory {
                         v.push((t0.elapsed().as_secs_f64(), *pid, sample.rss_kib));
                     }
                 }
-                tokio::select! {
-                    _ = c.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         });
         Memory { series, owned }

@@ -2,6 +2,8 @@
 //! the memory sampler) owns: cancelled and closed when the part is
 //! dropped, so that no task outlives a run that failed half-way.
 
+use std::future::Future;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -12,6 +14,17 @@ pub(super) struct Owned {
 }
 
 impl Owned {
+    /// Runs `work` as one of these tasks, until it ends or they stop.
+    pub(super) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = work => {}
+            }
+        });
+    }
+
     /// Stops the tasks and waits until they have.
     pub(super) async fn stop(&self) {
         self.cancel.cancel();

@@ -132,14 +132,9 @@ impl Clients {
             let url = &urls[i % urls.len()];
             let (client, mut events) = Client::connect(url, options(format!("sub{i}"), patient));
             let log = Arc::new(Mutex::new(SubLog::default()));
-            let (l, c) = (log.clone(), owned.cancel.clone());
-            owned.tasks.spawn(async move {
-                loop {
-                    let ev = tokio::select! {
-                        _ = c.cancelled() => return,
-                        ev = events.recv() => ev,
-                    };
-                    let Some(ev) = ev else { return };
+            let l = log.clone();
+            owned.spawn(async move {
+                while let Some(ev) = events.recv().await {
                     record(&mut lock(&l), ev);
                 }
             });
@@ -195,15 +190,8 @@ impl Clients {
             self.publishers.push(client.clone());
             // Nobody reads a publisher's events; they are drained so the
             // channel does not grow.
-            let c = self.owned.cancel.clone();
-            self.owned.tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = c.cancelled() => return,
-                        ev = events.recv() => if ev.is_none() { return },
-                    }
-                }
-            });
+            self.owned
+                .spawn(async move { while events.recv().await.is_some() {} });
             let p = Publisher {
                 j,
                 client,
@@ -213,13 +201,7 @@ impl Clients {
                 log: self.publog.clone(),
                 stop: self.stop_publishing.clone(),
             };
-            let c = self.owned.cancel.clone();
-            self.owned.tasks.spawn(async move {
-                tokio::select! {
-                    _ = c.cancelled() => {}
-                    _ = p.run() => {}
-                }
-            });
+            self.owned.spawn(p.run());
         }
     }
 
